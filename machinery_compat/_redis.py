@@ -1,0 +1,141 @@
+"""Redis connections and server-side scripts shared by the Redis broker and backend.
+
+One connection pool per distinct server/db/credentials within a process, so that a
+broker and a backend on the same Redis share it and a producer can pipeline the
+PENDING write and the publish into one round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .config import parse_redis_url
+from .exceptions import ConfigError
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - exercised only without the extra
+    redis = None  # type: ignore[assignment]
+
+_pools: dict[tuple[Any, ...], Any] = {}
+_lock = threading.Lock()
+
+
+def require_redis() -> Any:
+    if redis is None:
+        raise ConfigError(
+            "the Redis broker/backend needs redis-py: pip install 'machinery-compat[redis]'"
+        )
+    return redis
+
+
+def connection_key(url: str) -> tuple[Any, ...]:
+    kw = parse_redis_url(url).to_redis_py_kwargs()
+    return tuple(sorted((k, str(v)) for k, v in kw.items()))
+
+
+def client_for(url: str, *, socket_timeout: float | None = None) -> Any:
+    """A ``redis.Redis`` on a process-wide pool for ``url`` (bytes replies)."""
+    r = require_redis()
+    key = connection_key(url) + (("socket_timeout", str(socket_timeout)),)
+    with _lock:
+        pool = _pools.get(key)
+        if pool is None:
+            kw = parse_redis_url(url).to_redis_py_kwargs()
+            if kw.get("unix_socket_path"):
+                kw["connection_class"] = r.UnixDomainSocketConnection
+                kw["path"] = kw.pop("unix_socket_path")
+                kw.pop("host", None)
+                kw.pop("port", None)
+            if kw.pop("ssl", False):
+                kw["connection_class"] = r.SSLConnection
+            kw.setdefault("health_check_interval", 30)
+            kw["socket_timeout"] = socket_timeout
+            kw["socket_connect_timeout"] = 15
+            kw["max_connections"] = 512
+            pool = r.ConnectionPool(**kw)
+            _pools[key] = pool
+    return r.Redis(connection_pool=pool)
+
+
+# --------------------------------------------------------------------------------------
+# Lua scripts
+# --------------------------------------------------------------------------------------
+
+#: Write a TaskState keeping TaskName and CreatedAt of the stored one (Machinery §6.1 merge),
+#: atomically.  The stored JSON's raw tokens are copied, so the bytes are exactly what Go's
+#: GET + decode + re-encode + SET would give.
+#: KEYS[1] = task UUID; ARGV = head, middle, tail, expiry seconds.  Returns {name, created}.
+MERGE_SET = """
+local old = redis.call('GET', KEYS[1])
+local name = '""'
+local created = '"0001-01-01T00:00:00Z"'
+if old then
+  local ok, st = pcall(cjson.decode, old)
+  if ok and type(st) == 'table' then
+    local _, e = string.find(old, '"TaskName":"', 1, true)
+    if e then
+      local i = e + 1
+      local n = #old
+      while i <= n do
+        local c = string.byte(old, i)
+        if c == 92 then i = i + 2
+        elseif c == 34 then break
+        else i = i + 1 end
+      end
+      name = string.sub(old, e, i)
+    else
+      for k, v in pairs(st) do
+        if string.lower(k) == 'taskname' and type(v) == 'string' then name = cjson.encode(v) end
+      end
+    end
+    local _, ce = string.find(old, '"CreatedAt":"', 1, true)
+    if ce then
+      local q = string.find(old, '"', ce + 1, true)
+      if q then created = string.sub(old, ce, q) end
+    else
+      for k, v in pairs(st) do
+        if string.lower(k) == 'createdat' and type(v) == 'string' then created = '"' .. v .. '"' end
+      end
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. name .. ARGV[2] .. created .. ARGV[3], 'EX', ARGV[4])
+return {name, created}
+"""
+
+#: Move every due delayed task (score <= now in Unix ns) to the list named by its RoutingKey
+#: (the default queue when empty), atomically: a task is moved once, by one process, and
+#: cannot be lost between ZREM and RPUSH.  Undecodable members go to ``<default>.dead``.
+#: KEYS[1] = delayed-tasks ZSET; ARGV = now_ns, limit, default queue.  Returns moved count.
+MOVE_DELAYED = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(items) do
+  local rk = ARGV[3]
+  local ok, sig = pcall(cjson.decode, m)
+  if ok and type(sig) == 'table' then
+    local v = sig['RoutingKey']
+    if v == nil then
+      for k, val in pairs(sig) do
+        if string.lower(k) == 'routingkey' then v = val end
+      end
+    end
+    if type(v) == 'string' and v ~= '' then rk = v end
+  else
+    rk = ARGV[3] .. '.dead'
+  end
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('RPUSH', rk, m)
+end
+return #items
+"""
+
+#: redsync-compatible release: delete the lock only if it still holds our token.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+else
+  return 0
+end
+"""

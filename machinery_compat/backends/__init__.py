@@ -1,0 +1,44 @@
+"""Result backends, resolved lazily from the URL scheme (``create_backend``).
+
+==================  =======================================  =========================
+scheme              module                                   extra
+==================  =======================================  =========================
+``redis://``,       :mod:`machinery_compat.backends.redis`   ``machinery-compat[redis]``
+``rediss://``,
+``redis+socket://``
+==================  =======================================  =========================
+
+Memcache, MongoDB, DynamoDB and AMQP backends are not implemented yet (see README).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..brokers import scheme_of
+from ..exceptions import ConfigError
+from .base import Backend
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+_NOT_YET = {
+    "amqp": "AMQP", "amqps": "AMQP", "memcache": "Memcache", "mongodb": "MongoDB",
+    "mongodb+srv": "MongoDB", "https": "DynamoDB", "http": "DynamoDB",
+}
+
+
+def create_backend(config: Config) -> Backend:
+    """The result backend for ``config.result_backend``."""
+    url = config.result_backend
+    scheme = scheme_of(url)
+    if scheme in ("redis", "rediss", "redis+socket"):
+        from .redis import RedisBackend
+
+        return RedisBackend(url, config.results_expire_in)
+    if scheme in _NOT_YET:
+        raise ConfigError(f"the {_NOT_YET[scheme]} result backend is not implemented yet")
+    raise ConfigError(f"Factory failed with result backend: {scheme}://… (unknown scheme)")
+
+
+__all__ = ["Backend", "create_backend"]

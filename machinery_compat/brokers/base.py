@@ -1,0 +1,80 @@
+"""The broker interface: what producers and workers need from a queue service.
+
+A broker publishes Signature JSON exactly as Go Machinery's broker of the same kind
+does, and hands raw message bodies to the worker as :class:`Delivery` objects, which
+the worker then acknowledges, re-queues (unregistered task) or dead-letters
+(undecodable message).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import Signature
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message taken from a queue: its exact bytes and where it came from."""
+
+    body: bytes
+    queue: str
+    tag: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """Base class of every broker.  Subclasses implement the abstract methods."""
+
+    #: URL schemes this broker handles (for error messages and lazy resolution).
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, default_queue: str) -> None:
+        self.default_queue = default_queue
+
+    # -- producer side ------------------------------------------------------------------
+    def adjust_routing_key(self, sig: Signature) -> None:
+        """Machinery's ``AdjustRoutingKey``: an empty routing key becomes the default queue."""
+        if not sig.routing_key:
+            sig.routing_key = self.default_queue
+
+    @abc.abstractmethod
+    def publish(self, sig: Signature) -> None:
+        """Send one task message; a future ``ETA`` is honoured the broker's way."""
+
+    # -- consumer side ------------------------------------------------------------------
+    @abc.abstractmethod
+    def fetch(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        """Take up to ``max_messages`` messages, waiting at most ``timeout`` s for the first."""
+
+    def ack(self, delivery: Delivery) -> None:  # noqa: B027 - optional hook
+        """The message was processed (whatever the task's outcome)."""
+
+    @abc.abstractmethod
+    def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
+        """Give messages back, unchanged, for another worker (``front``: to the head)."""
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> str:
+        """Keep an unusable message where a user can find it; returns that place's name."""
+
+    def drop(self, delivery: Delivery) -> None:
+        """Discard a message (``IgnoreWhenTaskNotRegistered``)."""
+        self.ack(delivery)
+
+    def move_due_delayed(self, limit: int = 1000) -> int:
+        """Move due delayed tasks to their queues; returns how many were moved."""
+        return 0
+
+    # -- inspection ---------------------------------------------------------------------
+    def pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        raise NotImplementedError(f"{type(self).__name__} cannot list pending tasks")
+
+    def delayed_tasks(self) -> list[Signature]:
+        raise NotImplementedError(f"{type(self).__name__} cannot list delayed tasks")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,176 @@
+"""Registered tasks (what ``@app.task`` returns) and the per-run request context."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import EncodeError, Retry
+from .protocol import Arg, GoTime, Signature
+from .protocol.gotypes import result_types_from_hint, type_from_hint
+
+if TYPE_CHECKING:
+    from .app import Machinery
+    from .result import AsyncResult
+
+
+@dataclass(slots=True)
+class Request:
+    """What a bound task (``bind=True``) sees as ``self.request`` while it runs."""
+
+    id: str
+    name: str
+    signature: Signature
+    retries_left: int
+    retry_timeout: int
+    headers: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
+    args: list[Any] = field(default_factory=list)
+
+    @property
+    def retries(self) -> int:
+        """Celery's name: here, how many retries are still allowed (``RetryCount``)."""
+        return self.retries_left
+
+
+class Task:
+    """A task registered with an app: callable locally, sendable to any worker."""
+
+    def __init__(
+        self,
+        app: Machinery,
+        fn: Callable[..., Any],
+        name: str,
+        *,
+        bind: bool = False,
+        queue: str | None = None,
+        retry_count: int = 0,
+        retry_timeout: int = 0,
+        ignore_when_not_registered: bool = False,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.queue = queue
+        self.retry_count = retry_count
+        self.retry_timeout = retry_timeout
+        self.ignore_when_not_registered = ignore_when_not_registered
+        self._local = threading.local()
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+        self._params, self._var_type, self.result_types = _inspect(fn, bind)
+
+    # -- local call ---------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def run_with(self, args: list[Any], request: Request) -> Any:
+        """Call the function for a received message (worker side)."""
+        if self.bind:
+            self._local.request = request
+            try:
+                return self.fn(self, *args)
+            finally:
+                self._local.request = None
+        return self.fn(*args)
+
+    @property
+    def request(self) -> Request:
+        req: Request | None = getattr(self._local, "request", None)
+        if req is None:
+            raise RuntimeError(f"task {self.name}: request is only available while it runs")
+        return req
+
+    def retry(self, countdown: float | None = None, exc: BaseException | None = None,
+              max_retries: int | None = None) -> typing.NoReturn:
+        """Retry the running task later (like Go's ``ErrRetryTaskLater``)."""
+        raise Retry(str(exc) if exc else "retry requested", countdown if countdown is not None else 1.0,
+                    exc=exc, max_retries=max_retries)
+
+    # -- sending ------------------------------------------------------------------------
+    def typed_args(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None) -> list[Arg]:
+        """Positional Args with Go types from the function's hints (else inferred)."""
+        values = list(args)
+        if kwargs:
+            values = self._bind_kwargs(values, kwargs)
+        out = []
+        for i, v in enumerate(values):
+            if isinstance(v, Arg):
+                out.append(v)
+                continue
+            hint = self._params[i] if i < len(self._params) else self._var_type
+            out.append(Arg.of(v, hint))
+        return out
+
+    def _bind_kwargs(self, values: list[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        sig = inspect.signature(self.fn)
+        params = list(sig.parameters.values())[1 if self.bind else 0:]
+        bound = inspect.Signature(params).bind(*values, **kwargs)
+        out: list[Any] = []
+        for p in params:
+            if p.name not in bound.arguments:
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                out.extend(bound.arguments[p.name])
+            elif p.kind is p.VAR_KEYWORD:
+                raise EncodeError(f"task {self.name}: Machinery has no keyword arguments")
+            else:
+                out.append(bound.arguments[p.name])
+        return out
+
+    def signature(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                  **options: Any) -> Signature:
+        """A :class:`Signature` for this task with typed args and the given options."""
+        opts = {"queue": self.queue, "retry_count": self.retry_count,
+                "retry_timeout": self.retry_timeout,
+                "ignore_when_task_not_registered": self.ignore_when_not_registered}
+        opts.update({k: v for k, v in options.items() if v is not None})
+        return self.app.build_signature(self.name, self.typed_args(args, kwargs), **opts)
+
+    def apply_async(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+                    countdown: float | None = None, eta: GoTime | Any = None,
+                    queue: str | None = None, priority: int | None = None,
+                    headers: Mapping[str, Any] | None = None, task_id: str | None = None,
+                    retry_count: int | None = None, retry_timeout: int | None = None,
+                    immutable: bool | None = None, **extra: Any) -> AsyncResult:
+        sig = self.signature(args, kwargs, countdown=countdown, eta=eta, queue=queue,
+                             priority=priority, headers=headers, task_id=task_id,
+                             retry_count=retry_count, retry_timeout=retry_timeout,
+                             immutable=immutable, **extra)
+        return self.app.send_signature(sig)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply_async(args, kwargs or None)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+def _inspect(fn: Callable[..., Any], bind: bool) -> tuple[list[str | None], str | None, list[str | None] | None]:
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # unresolvable forward references: no pinned types
+        hints = {}
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return [], None, None
+    if bind and params:
+        params = params[1:]
+    positional: list[str | None] = []
+    var_type: str | None = None
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional.append(type_from_hint(hints.get(p.name)))
+        elif p.kind is p.VAR_POSITIONAL:
+            var_type = type_from_hint(hints.get(p.name))
+    results = result_types_from_hint(hints["return"]) if "return" in hints else None
+    return positional, var_type, results

@@ -1,0 +1,437 @@
+"""The worker: consume a queue, run tasks in threads, write states like Go's worker.
+
+For every message (Machinery's ``worker.Process``):
+
+* undecodable JSON → kept in ``<queue>.dead`` with a log line carrying the raw bytes;
+* task not registered here → the original bytes go back to this worker's queue for another
+  (e.g. Go) worker, with a back-off so this worker does not spin on them, and one log line
+  per task name; with ``IgnoreWhenTaskNotRegistered`` the message is dropped (logged);
+* otherwise RECEIVED → STARTED → SUCCESS | FAILURE | RETRY, with Go's bytes.  A task's
+  exception becomes FAILURE with ``str(exc)`` as the error text, or a retry while
+  ``RetryCount > 0`` (Fibonacci delays); raising :class:`~machinery_compat.Retry` retries
+  later without touching ``RetryCount`` (Go's ``ErrRetryTaskLater``).  OnSuccess callbacks get
+  the results appended unless the task is Immutable; OnError callbacks get the error string
+  prepended; a chord callback is sent once, by whichever worker finishes the group.
+
+Shutdown: :meth:`Worker.stop` (or the first SIGINT/SIGTERM in :meth:`Worker.run`) stops
+fetching, pushes back messages taken but not started, and waits for running tasks; a
+second signal returns at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..brokers.base import Delivery
+from ..exceptions import (
+    ArgTypeError,
+    BrokerConnectionError,
+    DecodeError,
+    EncodeError,
+    Retry,
+)
+from ..protocol import (
+    FAILURE,
+    RETRY,
+    SUCCESS,
+    Arg,
+    GoTime,
+    Signature,
+    TaskResult,
+    TaskState,
+)
+from ..protocol.gotypes import SUPPORTED_TYPES, encode_typed, result_type
+from ..protocol.retry import fibonacci_next
+from ..task import Request, Task
+
+if TYPE_CHECKING:
+    from ..app import Machinery
+
+logger = logging.getLogger("machinery_compat.worker")
+
+_MAX_UNREGISTERED_BACKOFF = 1.0
+_MAX_BROKER_BACKOFF = 5.0
+
+
+def error_text(exc: BaseException) -> str:
+    """The error string stored for a failed task (Go: ``err.Error()``)."""
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+class Worker:
+    """Consumes one queue with a pool of threads.  Build it with ``app.worker(...)``."""
+
+    def __init__(
+        self,
+        app: Machinery,
+        *,
+        concurrency: int = 0,
+        queue: str | None = None,
+        poll_timeout: float | None = None,
+        delayed_poll_interval: float | None = None,
+        move_delayed: bool = True,
+        prefetch: int = 0,
+    ) -> None:
+        self.app = app
+        self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
+        self.queue = queue or app.config.default_queue
+        rcfg = app.config.redis
+        normal_ms = rcfg.normal_tasks_poll_period if rcfg and rcfg.normal_tasks_poll_period > 0 else 1000
+        delayed_ms = rcfg.delayed_tasks_poll_period if rcfg and rcfg.delayed_tasks_poll_period > 0 else 500
+        self.poll_timeout = poll_timeout if poll_timeout is not None else normal_ms / 1000
+        self.delayed_poll_interval = (
+            delayed_poll_interval if delayed_poll_interval is not None else delayed_ms / 1000
+        )
+        self.move_delayed = move_delayed
+        self.prefetch = prefetch if prefetch > 0 else self.concurrency
+        self._work: queue_mod.Queue[Delivery | None] = queue_mod.Queue()
+        self._slots = threading.Semaphore(self.prefetch)
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._warned_unregistered: set[str] = set()
+        self._unregistered_backoff = 0.0
+        self._lock = threading.Lock()
+        self._active = 0
+        self.processed = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> Worker:
+        """Start consuming in background threads; returns immediately."""
+        if self._threads:
+            raise RuntimeError("worker already started")
+        broker = self.app.broker
+        _ = self.app.backend
+        logger.info(
+            "worker ready: queue=%s concurrency=%d broker=%s tasks=[%s]",
+            self.queue, self.concurrency, type(broker).__name__, ", ".join(sorted(self.app.tasks)),
+        )
+        for i in range(self.concurrency):
+            self._spawn(self._run_pool, f"mc-worker-{i}")
+        self._spawn(self._consume_loop, "mc-consumer")
+        if self.move_delayed:
+            self._spawn(self._delayed_loop, "mc-delayed")
+        return self
+
+    def _spawn(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop fetching, push back what was taken but not started, finish running tasks."""
+        self._stopping.set()
+        for t in self._threads:
+            if t.name == "mc-consumer":
+                t.join(timeout)
+        # nothing more will be queued: return what no thread has picked up yet
+        leftovers: list[Delivery] = []
+        while True:
+            try:
+                d = self._work.get_nowait()
+            except queue_mod.Empty:
+                break
+            if d is not None:
+                leftovers.append(d)
+        if leftovers:
+            self._give_back(leftovers)
+        for _ in range(self.concurrency):
+            self._work.put(None)
+        for t in self._threads:
+            t.join(timeout)
+        self._stopped.set()
+        logger.info("worker stopped after %d tasks", self.processed)
+
+    def run(self) -> None:
+        """Start and block until SIGINT/SIGTERM (first: graceful, second: at once)."""
+        self.start()
+        signals = 0
+
+        def on_signal(signum: int, frame: Any) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                logger.warning("%s received: finishing running tasks (again to quit at once)",
+                               signal.Signals(signum).name)
+                threading.Thread(target=self.stop, name="mc-stop", daemon=True).start()
+            else:
+                logger.warning("second signal: quitting at once")
+                self._stopped.set()
+
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {}
+        if in_main:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                previous[s] = signal.signal(s, on_signal)
+        try:
+            while not self._stopped.wait(0.2):
+                pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- consuming ----------------------------------------------------------------------
+    def _consume_loop(self) -> None:
+        broker = self.app.broker
+        backoff = 0
+        while not self._stopping.is_set():
+            if not self._slots.acquire(timeout=0.2):
+                continue
+            n = 1
+            while n < self.prefetch and self._slots.acquire(blocking=False):
+                n += 1
+            try:
+                deliveries = broker.fetch(self.queue, n, self.poll_timeout)
+                backoff = 0
+            except BrokerConnectionError as e:
+                for _ in range(n):
+                    self._slots.release()
+                backoff = fibonacci_next(backoff)
+                delay = min(backoff, _MAX_BROKER_BACKOFF)
+                logger.error("broker unreachable: %s; retrying in %gs", e, delay)
+                self._stopping.wait(delay)
+                continue
+            except Exception:
+                for _ in range(n):
+                    self._slots.release()
+                logger.exception("unexpected error while fetching from %s", self.queue)
+                self._stopping.wait(1.0)
+                continue
+            for _ in range(n - len(deliveries)):
+                self._slots.release()
+            if self._stopping.is_set():
+                self._give_back(deliveries)
+                for _ in deliveries:
+                    self._slots.release()
+                break
+            for d in deliveries:
+                self._work.put(d)
+            if self._unregistered_backoff:
+                self._stopping.wait(self._unregistered_backoff)
+
+    def _give_back(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        try:
+            self.app.broker.requeue(deliveries, front=True)
+            logger.info("pushed %d unstarted message(s) back to %s", len(deliveries), self.queue)
+        except Exception as e:  # the broker is gone: say exactly what is lost
+            for d in deliveries:
+                logger.error("could not push message back to %s (%s); raw=%r", d.queue, e, d.body)
+
+    def _run_pool(self) -> None:
+        while True:
+            d = self._work.get()
+            if d is None:
+                return
+            try:
+                self.handle(d)
+            except Exception:
+                logger.exception("unexpected worker error; message raw=%r", d.body)
+            finally:
+                self._slots.release()
+
+    def _delayed_loop(self) -> None:
+        broker = self.app.broker
+        backoff = 0
+        while not self._stopping.wait(self.delayed_poll_interval):
+            try:
+                while broker.move_due_delayed(1000) >= 1000 and not self._stopping.is_set():
+                    pass
+                backoff = 0
+            except Exception as e:
+                backoff = fibonacci_next(backoff)
+                logger.error("moving delayed tasks failed: %s; retrying in %gs", e,
+                             min(backoff, _MAX_BROKER_BACKOFF))
+                self._stopping.wait(min(backoff, _MAX_BROKER_BACKOFF))
+
+    # -- one message --------------------------------------------------------------------
+    def handle(self, delivery: Delivery) -> None:
+        """Decode, route and process one delivery."""
+        broker = self.app.broker
+        try:
+            sig = Signature.from_json(delivery.body)
+        except DecodeError as e:
+            where = broker.dead_letter(delivery, str(e))
+            logger.error("undecodable message on %s moved to %s: %s; raw=%r",
+                         delivery.queue, where, e, delivery.body)
+            return
+        task = self.app.tasks.get(sig.name)
+        if task is None:
+            self._not_registered(delivery, sig)
+            return
+        self._unregistered_backoff = 0.0
+        self.process(sig, task)
+        broker.ack(delivery)
+
+    def _not_registered(self, delivery: Delivery, sig: Signature) -> None:
+        broker = self.app.broker
+        if sig.ignore_when_task_not_registered:
+            broker.drop(delivery)
+            logger.warning("Task %s[%s] is not registered here and IgnoreWhenTaskNotRegistered "
+                           "is set: dropped", sig.name, sig.uuid)
+            return
+        delivery.queue = self.queue  # Go pushes it back to the worker's own queue
+        broker.requeue([delivery])
+        if sig.name not in self._warned_unregistered:
+            self._warned_unregistered.add(sig.name)
+            logger.warning("Task %s is not registered here: message %s pushed back to %s for "
+                           "another worker (logged once per name)", sig.name, sig.uuid, self.queue)
+        self._unregistered_backoff = min(max(self._unregistered_backoff * 2, 0.01),
+                                         _MAX_UNREGISTERED_BACKOFF)
+
+    def process(self, sig: Signature, task: Task) -> None:
+        """Run one task and record its outcome (Go's ``worker.Process``)."""
+        backend = self.app.backend
+        started = time.perf_counter()
+        logger.info("Task %s[%s] received", sig.name, sig.uuid)
+        with self._lock:
+            self._active += 1
+        try:
+            try:
+                args = sig.python_args()
+            except ArgTypeError as e:
+                backend.set_state_received(sig)
+                self._fail(sig, f"Reflect task args error: {e}", None, started)
+                return
+            token = backend.mark_received_started(sig)
+            request = Request(sig.uuid, sig.name, sig, sig.retry_count, sig.retry_timeout,
+                              dict(sig.headers or {}), sig.group_uuid, args)
+            try:
+                value = task.run_with(args, request)
+            except Retry as r:
+                self._retry_later(sig, r, token)
+                return
+            except Exception as e:
+                if sig.retry_count > 0:
+                    self._retry(sig, e, token)
+                else:
+                    self._fail(sig, error_text(e), token, started)
+                return
+            try:
+                results = task_results(task, value)
+            except EncodeError as e:
+                self._fail(sig, f"result cannot be written for Go readers: {e}", token, started)
+                return
+            self._succeed(sig, results, token, started)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self.processed += 1
+
+    # -- outcomes -----------------------------------------------------------------------
+    def _succeed(self, sig: Signature, results: list[TaskResult], token: Any, started: float) -> None:
+        self.app.backend.set_final_state(TaskState(sig.uuid, SUCCESS, results=results), token)
+        if logger.isEnabledFor(logging.INFO):
+            shown = [r.value for r in results]
+            logger.info("Task %s[%s] succeeded in %.4fs: %r", sig.name, sig.uuid,
+                        time.perf_counter() - started,
+                        shown[0] if len(shown) == 1 else (tuple(shown) if shown else None))
+        for cb in sig.on_success or ():
+            cb = cb.copy()
+            if not sig.immutable:
+                cb.args = (cb.args or []) + [Arg(r.type, r.value) for r in results]
+            self._send_callback(cb, "OnSuccess", sig)
+        if sig.group_uuid and sig.chord_callback is not None:
+            self._maybe_trigger_chord(sig)
+
+    def _fail(self, sig: Signature, error: str, token: Any, started: float) -> None:
+        self.app.backend.set_final_state(TaskState(sig.uuid, FAILURE, error=error), token)
+        logger.error("Task %s[%s] failed in %.4fs: %s", sig.name, sig.uuid,
+                     time.perf_counter() - started, error)
+        for cb in sig.on_error or ():
+            cb = cb.copy()
+            cb.args = [Arg("string", error)] + (cb.args or [])
+            self._send_callback(cb, "OnError", sig)
+
+    def _retry(self, sig: Signature, exc: Exception, token: Any) -> None:
+        self.app.backend.set_final_state(TaskState(sig.uuid, RETRY), token)
+        again = sig.copy()
+        again.retry_count -= 1
+        again.retry_timeout = fibonacci_next(again.retry_timeout)
+        again.eta = GoTime.now().add_seconds(again.retry_timeout)
+        logger.warning("Task %s[%s] retry: Retry in %ds: %s (%d retries left)", sig.name,
+                       sig.uuid, again.retry_timeout, error_text(exc), again.retry_count)
+        self.app.publish_with_pending(again)
+
+    def _retry_later(self, sig: Signature, r: Retry, token: Any) -> None:
+        self.app.backend.set_final_state(TaskState(sig.uuid, RETRY), token)
+        again = sig.copy()
+        again.eta = GoTime.now().add_seconds(r.countdown)
+        logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, r.countdown, r)
+        self.app.publish_with_pending(again)
+
+    def _send_callback(self, cb: Signature, kind: str, parent: Signature) -> None:
+        try:
+            if cb.headers is None:
+                cb.headers = {}
+            from ..protocol import task_id
+
+            if not cb.uuid:
+                cb.uuid = task_id()
+            self.app.publish_with_pending(cb)
+        except Exception as e:  # Go ignores these errors; we at least say so
+            logger.error("%s callback %s[%s] of %s[%s] could not be sent: %s", kind, cb.name,
+                         cb.uuid, parent.name, parent.uuid, e)
+
+    def _maybe_trigger_chord(self, sig: Signature) -> None:
+        backend = self.app.backend
+        try:
+            if not backend.group_completed(sig.group_uuid, sig.group_task_count):
+                return
+            if not backend.trigger_chord(sig.group_uuid):
+                return
+            states = backend.group_task_states(sig.group_uuid, sig.group_task_count)
+        except Exception as e:
+            logger.error("chord for group %s: %s", sig.group_uuid, e)
+            return
+        if any(s.state != SUCCESS for s in states):
+            return
+        assert sig.chord_callback is not None
+        cb = sig.chord_callback.copy()
+        if not cb.immutable:
+            cb.args = (cb.args or []) + [
+                Arg(r.type, r.value) for s in states for r in (s.results or ())
+            ]
+        self._send_callback(cb, "chord", sig)
+
+
+def task_results(task: Task, value: Any) -> list[TaskResult]:
+    """A Python return value as Machinery TaskResults (Go type names, Go-readable values)."""
+    types = task.result_types
+    if types == []:
+        return []
+    if types is None:
+        if value is None:
+            return []
+        values = list(value) if isinstance(value, tuple) else [value]
+        types = [None] * len(values)
+    elif len(types) == 1:
+        values = [value]
+    else:
+        if not isinstance(value, (tuple, list)) or len(value) != len(types):
+            raise EncodeError(f"task {task.name} is annotated to return {len(types)} values, "
+                              f"got {value!r}")
+        values = list(value)
+    out = []
+    for t, v in zip(types, values, strict=True):
+        name = t or result_type(v)
+        if name == "[]byte":
+            name = "[]uint8"  # Go's reflection names []byte results "[]uint8"
+        if name in SUPPORTED_TYPES:
+            encode_typed(name, v)
+        out.append(TaskResult(name, v))
+    return out
