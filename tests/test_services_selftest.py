@@ -1,0 +1,144 @@
+"""Self-test of the real-service fixtures in tests/services.py."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests import services
+from tests.services import RedisServer, ServiceUnavailable, free_port
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_redis_url_is_flushed_and_client_is_bytes(
+    redis_server: RedisServer, redis_url: str, redis_client: redis.Redis
+) -> None:
+    assert redis_url == f"redis://127.0.0.1:{redis_server.port}/0"
+    assert redis_client.dbsize() == 0
+    redis_client.set("k", "v")
+    assert redis_client.get("k") == b"v"
+
+
+def test_redis_url_flushes_between_tests(redis_client: redis.Redis) -> None:
+    assert redis_client.get("k") is None
+
+
+def test_marked_redis(request: pytest.FixtureRequest, redis_url: str) -> None:
+    assert request.node.get_closest_marker("redis") is not None
+
+
+def test_stop_and_restart_on_same_port(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory()
+    port, url = server.port, server.url
+    retry = Retry(NoBackoff(), 0)  # fail fast while the server is down
+    with server.client(socket_connect_timeout=1, retry=retry) as client:
+        client.set("k", "v")
+        server.stop()
+        assert not server.running
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        server.start()
+        assert server.running
+        assert (server.port, server.url) == (port, url)
+        assert client.ping()  # the same client reconnects
+        assert client.get("k") is None  # nothing persisted
+
+
+def test_kill_then_start(redis_server_factory: Callable[..., RedisServer]) -> None:
+    server = redis_server_factory()
+    server.kill()
+    assert not server.running
+    server.start()
+    with server.client() as client:
+        assert client.ping()
+
+
+def test_context_manager_cleans_up() -> None:
+    try:
+        server = RedisServer()
+    except ServiceUnavailable as exc:
+        services.missing_service(str(exc))
+    with server:
+        workdir = server.dir
+        assert workdir.is_dir()
+        assert server.pid is not None
+    assert not server.running
+    assert not workdir.exists()
+
+
+def test_session_server_restarted_by_redis_url(redis_server: RedisServer) -> None:
+    # Simulates a test that stopped the shared server and did not restart it.
+    redis_server.stop()
+    assert not redis_server.running
+
+
+def test_session_server_back_after_outage(redis_server: RedisServer, redis_url: str) -> None:
+    assert redis_server.running
+    with redis_server.client() as client:
+        assert client.ping()
+
+
+# -- missing service: skip locally, fail under CI ---------------------------
+
+
+@pytest.fixture
+def no_redis_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+
+
+def test_missing_binary_raises(no_redis_binary: None) -> None:
+    with pytest.raises(ServiceUnavailable, match="redis-server not found"):
+        RedisServer()
+
+
+@pytest.mark.parametrize("ci", [None, "", "false"])
+def test_missing_binary_skips_locally(
+    no_redis_binary: None, monkeypatch: pytest.MonkeyPatch, ci: str | None
+) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.skip.Exception, match="redis-server not found"):
+        services.start_or_report(RedisServer)
+
+
+@pytest.mark.parametrize("ci", ["true", "TRUE", "1"])
+def test_missing_binary_fails_under_ci(
+    no_redis_binary: None, monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.fail.Exception, match=r"redis-server not found.*CI=true"):
+        services.start_or_report(RedisServer)
+
+
+def test_bad_binary_reports_log(tmp_path: Path) -> None:
+    # A "redis-server" that exits at once: start() must fail with a clear error.
+    fake = tmp_path / "fake-redis-server"
+    fake.write_text("#!/bin/sh\necho 'boom: cannot start' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    server = RedisServer(binary=str(fake))
+    try:
+        with pytest.raises(
+            services.ServiceError, match=r"(?s)exited with status 3.*boom: cannot start"
+        ):
+            server.start()
+        assert not server.running
+    finally:
+        server.close()
