@@ -45,6 +45,7 @@ from .task import Request, Task
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Arg",
     "ArgTypeError",
     "AsyncResult",
     "BackendError",

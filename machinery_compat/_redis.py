@@ -38,7 +38,7 @@ def connection_key(url: str) -> tuple[Any, ...]:
 def client_for(url: str, *, socket_timeout: float | None = None) -> Any:
     """A ``redis.Redis`` on a process-wide pool for ``url`` (bytes replies)."""
     r = require_redis()
-    key = connection_key(url) + (("socket_timeout", str(socket_timeout)),)
+    key = (*connection_key(url), ("socket_timeout", str(socket_timeout)))
     with _lock:
         pool = _pools.get(key)
         if pool is None:

@@ -228,7 +228,7 @@ class Machinery:
             ) from e
         broker.publish(sig)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult:
         return AsyncResult(task_id, self.backend)
 
     # -- workers ------------------------------------------------------------------------

@@ -129,7 +129,7 @@ class Task:
     def signature(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                   **options: Any) -> Signature:
         """A :class:`Signature` for this task with typed args and the given options."""
-        opts = {"queue": self.queue, "retry_count": self.retry_count,
+        opts: dict[str, Any] = {"queue": self.queue, "retry_count": self.retry_count,
                 "retry_timeout": self.retry_timeout,
                 "ignore_when_task_not_registered": self.ignore_when_not_registered}
         opts.update({k: v for k, v in options.items() if v is not None})

@@ -65,12 +65,15 @@ class RedisBackend(Backend):
         _, (name, created) = pipe.execute()
         return _text(name), _text(created)
 
-    def set_final_state(self, state: TaskState, merge_info: MergeInfo | None) -> None:
-        """SUCCESS/FAILURE/RETRY: a plain SET when the merged fields are already known."""
-        if merge_info is None:
+    def set_final_state(self, state: TaskState, token: Any = None) -> None:
+        """SUCCESS/FAILURE/RETRY: a plain SET when the merged fields are already known.
+
+        ``token`` is the :data:`MergeInfo` :meth:`mark_received_started` returned.
+        """
+        if token is None:
             self.set_state(state, merge=True)
             return
-        name, created = merge_info
+        name, created = token
         body = (state.head() + name + state.middle() + created + state.tail()).encode(
             "utf-8", "machinery_compat.gojson"
         )

@@ -23,7 +23,6 @@ from typing import Any, Final
 
 from ..exceptions import ArgTypeError, EncodeError
 from .gojson import (
-    FLOAT32_MAX,
     Number,
     encode_float32,
     encode_float64,
@@ -48,7 +47,7 @@ INT64_MIN: Final = -(1 << 63)
 INT64_MAX: Final = (1 << 63) - 1
 UINT64_MAX: Final = (1 << 64) - 1
 
-_INT_LITERAL = re.compile(r"[+-]?\d+\Z")
+_INT_LITERAL = re.compile(r"[+-]?\d+\Z", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +110,7 @@ def _encode_scalar(type_name: str, value: Any) -> str:
             if math.isnan(f) or math.isinf(f):
                 raise EncodeError(f"{value!r} cannot be sent as {type_name}: Go cannot encode NaN/Inf")
             if type_name == "float32":
-                if abs(f) > FLOAT32_MAX:
+                if math.isinf(round_float32(f)):  # Go's float32(x) would be +/-Inf
                     raise EncodeError(f"{value!r} is out of range for Go type float32")
                 return encode_float32(f)
             return encode_float64(f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -205,7 +206,7 @@ def test_retry_count_follows_fibonacci(app: Machinery, redis_client: redis.Redis
     assert sig.eta is not None and abs(sig.eta.unix_ns - score) < 1000
     assert res.get(timeout=15) == "ok"
     assert len(runs) == 3
-    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
     assert 0.9 < gaps[0] < 1.6 and 1.9 < gaps[1] < 2.6, gaps
 
 
