@@ -1,0 +1,149 @@
+// Command mcworker is a Go Machinery worker for the interop suite.
+//
+// It consumes tasks from a Redis broker with Machinery v1 (URL factories,
+// redigo for a single redis:// URL), Machinery v2 with the redigo
+// broker/backend, or Machinery v2 with the go-redis broker/backend, and prints
+// one JSON line per processed task run on stdout (see README.md). Machinery's
+// own log output goes to stderr.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/machinery-compat/interop/internal/jsonl"
+	"github.com/machinery-compat/interop/internal/mc"
+	"github.com/machinery-compat/interop/internal/rurl"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var (
+		flavour     = flag.String("flavour", mc.FlavourV2Redigo, "v1 | v2-redigo | v2-goredis")
+		broker      = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis://[user:pw@]host:port/db)")
+		backend     = flag.String("backend", "", "result backend URL (default: same as -broker)")
+		queue       = flag.String("queue", "machinery_tasks", "queue to consume; also the DefaultQueue")
+		concurrency = flag.Int("concurrency", 4, "worker concurrency")
+		tag         = flag.String("tag", "", "consumer tag (default go-<flavour>-<pid>)")
+		delayedPoll = flag.Int("delayed-poll-ms", 500, "Redis DelayedTasksPollPeriod in ms")
+		normalPoll  = flag.Int("normal-poll-ms", 1000, "Redis NormalTasksPollPeriod in ms (BLPOP timeout)")
+		expire      = flag.Int("results-expire-in", 3600, "ResultsExpireIn in seconds")
+		quitTimeout = flag.Duration("quit-timeout", 30*time.Second, "how long to wait for running tasks on SIGINT/SIGTERM")
+	)
+	flag.Parse()
+	if *backend == "" {
+		*backend = *broker
+	}
+	pid := os.Getpid()
+	if *tag == "" {
+		*tag = fmt.Sprintf("go-%s-%d", *flavour, pid)
+	}
+	out := jsonl.New(os.Stdout)
+	fatal := func(format string, a ...interface{}) int {
+		msg := fmt.Sprintf(format, a...)
+		fmt.Fprintln(os.Stderr, "mcworker:", msg)
+		out.Emit(map[string]interface{}{"event": "fatal", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid, "error": msg})
+		return 1
+	}
+
+	mc.LogToStderr("mcworker ")
+	srv, err := mc.New(mc.Options{
+		Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue,
+		DelayedPollMs: *delayedPoll, NormalPollMs: *normalPoll, ResultsExpireIn: *expire,
+	})
+	if err != nil {
+		return fatal("server: %v", err)
+	}
+
+	bu, err := rurl.Parse(*broker)
+	if err != nil {
+		return fatal("broker URL: %v", err)
+	}
+	rdb := goredis.NewClient(&goredis.Options{Addr: bu.Host, Username: bu.Username, Password: bu.Password, DB: bu.DB})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err = rdb.Ping(context.Background()).Err()
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return fatal("redis ping %s: %v", bu.Host, err)
+	}
+
+	e := &env{srv: srv, rdb: rdb, out: out, flavour: *flavour, tag: *tag, pid: pid}
+	tasks := e.taskMap()
+	if err := srv.RegisterTasks(tasks); err != nil {
+		return fatal("register tasks: %v", err)
+	}
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+
+	w := srv.NewWorker(*tag, *concurrency)
+	// Machinery calls the error handler for final task failures (instead of
+	// logging them) and for broker errors that make it restart consuming.
+	w.SetErrorHandler(func(err error) {
+		msg := "<nil>"
+		if err != nil {
+			msg = err.Error()
+		}
+		fmt.Fprintln(os.Stderr, "mcworker: error handler:", msg)
+		out.Emit(map[string]interface{}{"event": "error_handler", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid, "error": msg})
+	})
+	done := make(chan error, 1)
+	go func() { done <- w.Launch() }()
+
+	names := make([]string, 0, len(tasks))
+	for n := range tasks {
+		names = append(names, n)
+	}
+	out.Emit(map[string]interface{}{
+		"event": "ready", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid,
+		"queue": *queue, "concurrency": *concurrency, "broker": *broker, "backend": *backend,
+		"machinery_version": mc.MachineryVersion(*flavour), "tasks": len(names),
+	})
+
+	stopped := func(reason string, err error) {
+		ev := map[string]interface{}{"event": "stopped", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid, "reason": reason, "error": ""}
+		if err != nil {
+			ev["error"] = err.Error()
+		}
+		out.Emit(ev)
+	}
+
+	select {
+	case err := <-done:
+		stopped("launch returned", err)
+		if err != nil {
+			return 1
+		}
+		return 0
+	case s := <-sigs:
+		out.Emit(map[string]interface{}{"event": "stopping", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid, "signal": s.String()})
+		go w.Quit() // stops fetching, waits for running tasks
+		select {
+		case err := <-done:
+			stopped("signal "+s.String(), err)
+			return 0
+		case s2 := <-sigs:
+			stopped("second signal "+s2.String(), nil)
+			return 1
+		case <-time.After(*quitTimeout):
+			stopped("quit timeout", nil)
+			return 1
+		}
+	}
+}

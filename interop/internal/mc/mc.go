@@ -1,0 +1,171 @@
+// Package mc hides the differences between Machinery v1 (via its URL
+// factories) and Machinery v2 (redigo or go-redis constructors) behind one
+// small interface, so the interop programs can run the same code against
+// every flavour.
+package mc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	stdlog "log"
+	"os"
+	"reflect"
+	"runtime/debug"
+	"time"
+
+	v1log "github.com/RichardKnop/machinery/v1/log"
+	v2log "github.com/RichardKnop/machinery/v2/log"
+)
+
+// Flavours understood by New.
+const (
+	FlavourV1        = "v1"
+	FlavourV2Redigo  = "v2-redigo"
+	FlavourV2GoRedis = "v2-goredis"
+)
+
+// Flavours lists the valid -flavour values.
+var Flavours = []string{FlavourV1, FlavourV2Redigo, FlavourV2GoRedis}
+
+// Options configures a server.
+type Options struct {
+	Flavour         string
+	Broker          string // redis://host:port/db
+	Backend         string // redis://host:port/db
+	Queue           string // DefaultQueue
+	DelayedPollMs   int    // Redis.DelayedTasksPollPeriod
+	NormalPollMs    int    // Redis.NormalTasksPollPeriod
+	ResultsExpireIn int    // seconds
+}
+
+// Arg is a flavour-neutral tasks.Arg.
+type Arg struct {
+	Name  string
+	Type  string
+	Value interface{}
+}
+
+// Spec is a flavour-neutral tasks.Signature (same fields).
+type Spec struct {
+	UUID                        string
+	Name                        string
+	RoutingKey                  string
+	ETA                         *time.Time
+	GroupUUID                   string
+	GroupTaskCount              int
+	Args                        []Arg
+	Headers                     map[string]interface{}
+	Priority                    uint8
+	Immutable                   bool
+	RetryCount                  int
+	RetryTimeout                int
+	OnSuccess                   []*Spec
+	OnError                     []*Spec
+	ChordCallback               *Spec
+	BrokerMessageGroupId        string //nolint:revive // Machinery's spelling
+	StopTaskDeletionOnError     bool
+	IgnoreWhenTaskNotRegistered bool
+}
+
+// SigInfo is what a running task learns about its own signature.
+type SigInfo struct {
+	UUID         string
+	Name         string
+	RoutingKey   string
+	GroupUUID    string
+	RetryCount   int
+	RetryTimeout int
+	ETA          *time.Time
+	// RawArgs is json.Marshal(signature.Args) as the worker holds them
+	// (numbers are json.Number, so literals are re-emitted verbatim).
+	RawArgs json.RawMessage
+}
+
+// Result is a flavour-neutral *result.AsyncResult.
+type Result interface {
+	GetWithTimeout(timeout, sleep time.Duration) ([]reflect.Value, error)
+	// State returns the last polled task state ("" if none was read yet).
+	State() string
+}
+
+// Worker is a flavour-neutral *machinery.Worker.
+type Worker interface {
+	Launch() error
+	Quit()
+	SetErrorHandler(func(err error))
+}
+
+// Server is a flavour-neutral *machinery.Server.
+type Server interface {
+	Flavour() string
+	RegisterTasks(map[string]interface{}) error
+	NewWorker(tag string, concurrency int) Worker
+	SendTask(*Spec) (uuid string, res Result, err error)
+	ReadResult(uuid string) Result
+	// SigInfo extracts the signature Machinery put into a task's context.
+	SigInfo(ctx context.Context) *SigInfo
+	// RetryLater builds this flavour's tasks.ErrRetryTaskLater.
+	RetryLater(msg string, d time.Duration) error
+}
+
+// New builds a Server for o.Flavour.
+func New(o Options) (Server, error) {
+	if o.Queue == "" {
+		o.Queue = "machinery_tasks"
+	}
+	if o.DelayedPollMs <= 0 {
+		o.DelayedPollMs = 500
+	}
+	if o.NormalPollMs <= 0 {
+		o.NormalPollMs = 1000
+	}
+	if o.ResultsExpireIn <= 0 {
+		o.ResultsExpireIn = 3600
+	}
+	switch o.Flavour {
+	case FlavourV1:
+		return newV1(o)
+	case FlavourV2Redigo, FlavourV2GoRedis:
+		return newV2(o)
+	}
+	return nil, fmt.Errorf("unknown flavour %q (want one of %v)", o.Flavour, Flavours)
+}
+
+// LogToStderr sends Machinery's own log output (which goes to stdout by
+// default for DEBUG/INFO/WARNING) to stderr, keeping stdout for JSON lines.
+func LogToStderr(prefix string) {
+	flags := stdlog.LstdFlags | stdlog.Lmicroseconds
+	v1log.Set(stdlog.New(os.Stderr, prefix+"[machinery-v1] ", flags))
+	v2log.Set(stdlog.New(os.Stderr, prefix+"[machinery-v2] ", flags))
+}
+
+func marshalArgs(args interface{}) json.RawMessage {
+	b, err := json.Marshal(args)
+	if err != nil {
+		b, _ = json.Marshal(fmt.Sprintf("<unmarshalable: %v>", err))
+	}
+	return b
+}
+
+// MachineryVersion returns the version of the Machinery module that
+// implements flavour f in this binary (from the embedded build info).
+func MachineryVersion(f string) string {
+	want := "github.com/RichardKnop/machinery/v2"
+	if f == FlavourV1 {
+		want = "github.com/RichardKnop/machinery"
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	for _, d := range bi.Deps {
+		if d.Path == want {
+			if d.Replace != nil {
+				return d.Replace.Version
+			}
+			return d.Version
+		}
+	}
+	return ""
+}

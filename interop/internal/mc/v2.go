@@ -1,0 +1,150 @@
+package mc
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"time"
+
+	machinery "github.com/RichardKnop/machinery/v2"
+	redisbackend "github.com/RichardKnop/machinery/v2/backends/redis"
+	"github.com/RichardKnop/machinery/v2/backends/result"
+	redisbroker "github.com/RichardKnop/machinery/v2/brokers/redis"
+	"github.com/RichardKnop/machinery/v2/config"
+	eagerlock "github.com/RichardKnop/machinery/v2/locks/eager"
+	"github.com/RichardKnop/machinery/v2/tasks"
+
+	"github.com/machinery-compat/interop/internal/rurl"
+)
+
+type v2Server struct {
+	flavour string
+	srv     *machinery.Server
+}
+
+func newV2(o Options) (Server, error) {
+	bu, err := rurl.Parse(o.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %v", err)
+	}
+	ku, err := rurl.Parse(o.Backend)
+	if err != nil {
+		return nil, fmt.Errorf("backend: %v", err)
+	}
+	cnf := &config.Config{
+		Broker:          o.Broker,
+		ResultBackend:   o.Backend,
+		DefaultQueue:    o.Queue,
+		ResultsExpireIn: o.ResultsExpireIn,
+		NoUnixSignals:   true, // mcworker handles SIGINT/SIGTERM itself
+		Redis: &config.RedisConfig{
+			MaxIdle:                10,
+			MaxActive:              100,
+			IdleTimeout:            300,
+			Wait:                   true,
+			ReadTimeout:            15,
+			WriteTimeout:           15,
+			ConnectTimeout:         15,
+			NormalTasksPollPeriod:  o.NormalPollMs,
+			DelayedTasksPollPeriod: o.DelayedPollMs,
+		},
+	}
+	var s *machinery.Server
+	switch o.Flavour {
+	case FlavourV2Redigo:
+		s = machinery.NewServer(cnf,
+			redisbroker.New(cnf, bu.Host, bu.Username, bu.Password, "", bu.DB),
+			redisbackend.New(cnf, ku.Host, ku.Username, ku.Password, "", ku.DB),
+			eagerlock.New())
+	case FlavourV2GoRedis:
+		s = machinery.NewServer(cnf,
+			redisbroker.NewGR(cnf, []string{bu.GoRedisAddr()}, bu.DB),
+			redisbackend.NewGR(cnf, []string{ku.GoRedisAddr()}, ku.DB),
+			eagerlock.New())
+	default:
+		return nil, fmt.Errorf("not a v2 flavour: %q", o.Flavour)
+	}
+	return &v2Server{flavour: o.Flavour, srv: s}, nil
+}
+
+func (s *v2Server) Flavour() string { return s.flavour }
+
+func (s *v2Server) RegisterTasks(m map[string]interface{}) error { return s.srv.RegisterTasks(m) }
+
+func (s *v2Server) NewWorker(tag string, concurrency int) Worker {
+	return s.srv.NewWorker(tag, concurrency)
+}
+
+func (s *v2Server) SendTask(sp *Spec) (string, Result, error) {
+	sig := toV2(sp)
+	r, err := s.srv.SendTask(sig)
+	if err != nil {
+		return sig.UUID, nil, err
+	}
+	return sig.UUID, v2Result{r}, nil
+}
+
+func (s *v2Server) ReadResult(uuid string) Result {
+	return v2Result{result.NewAsyncResult(&tasks.Signature{UUID: uuid}, s.srv.GetBackend())}
+}
+
+func (s *v2Server) SigInfo(ctx context.Context) *SigInfo {
+	sig := tasks.SignatureFromContext(ctx)
+	if sig == nil {
+		return nil
+	}
+	return &SigInfo{
+		UUID: sig.UUID, Name: sig.Name, RoutingKey: sig.RoutingKey, GroupUUID: sig.GroupUUID,
+		RetryCount: sig.RetryCount, RetryTimeout: sig.RetryTimeout, ETA: sig.ETA,
+		RawArgs: marshalArgs(sig.Args),
+	}
+}
+
+func (s *v2Server) RetryLater(msg string, d time.Duration) error {
+	return tasks.NewErrRetryTaskLater(msg, d)
+}
+
+type v2Result struct{ r *result.AsyncResult }
+
+func (r v2Result) GetWithTimeout(timeout, sleep time.Duration) ([]reflect.Value, error) {
+	return r.r.GetWithTimeout(timeout, sleep)
+}
+
+func (r v2Result) State() string {
+	if st := r.r.GetState(); st != nil {
+		return st.State
+	}
+	return ""
+}
+
+func toV2(sp *Spec) *tasks.Signature {
+	if sp == nil {
+		return nil
+	}
+	sig := &tasks.Signature{
+		UUID: sp.UUID, Name: sp.Name, RoutingKey: sp.RoutingKey, ETA: sp.ETA,
+		GroupUUID: sp.GroupUUID, GroupTaskCount: sp.GroupTaskCount,
+		Priority: sp.Priority, Immutable: sp.Immutable,
+		RetryCount: sp.RetryCount, RetryTimeout: sp.RetryTimeout,
+		ChordCallback:               toV2(sp.ChordCallback),
+		BrokerMessageGroupId:        sp.BrokerMessageGroupId,
+		StopTaskDeletionOnError:     sp.StopTaskDeletionOnError,
+		IgnoreWhenTaskNotRegistered: sp.IgnoreWhenTaskNotRegistered,
+	}
+	if sp.Args != nil {
+		sig.Args = make([]tasks.Arg, len(sp.Args))
+		for i, a := range sp.Args {
+			sig.Args[i] = tasks.Arg{Name: a.Name, Type: a.Type, Value: a.Value}
+		}
+	}
+	if sp.Headers != nil {
+		sig.Headers = tasks.Headers(sp.Headers)
+	}
+	for _, c := range sp.OnSuccess {
+		sig.OnSuccess = append(sig.OnSuccess, toV2(c))
+	}
+	for _, c := range sp.OnError {
+		sig.OnError = append(sig.OnError, toV2(c))
+	}
+	return sig
+}
