@@ -13,6 +13,7 @@
 """
 
 from .app import Machinery
+from .canvas import Chain, Chord, Group, Sig, chain, chord, group
 from .config import Config
 from .exceptions import (
     ArgTypeError,
@@ -39,7 +40,7 @@ from .protocol import (
     TaskResult,
     TaskState,
 )
-from .result import AsyncResult
+from .result import AsyncResult, ChainResult, ChordResult, GroupResult
 from .task import Request, Task
 
 __version__ = "0.1.0.dev0"
@@ -51,13 +52,19 @@ __all__ = [
     "BackendError",
     "BrokerConnectionError",
     "BrokerError",
+    "Chain",
+    "ChainResult",
+    "Chord",
+    "ChordResult",
     "Config",
     "ConfigError",
     "DecodeError",
     "EncodeError",
     "GoTime",
     "GoType",
+    "Group",
     "GroupMeta",
+    "GroupResult",
     "Machinery",
     "MachineryCompatError",
     "ProtocolError",
@@ -65,6 +72,7 @@ __all__ = [
     "Request",
     "ResultTimeout",
     "Retry",
+    "Sig",
     "Signature",
     "Task",
     "TaskFailed",
@@ -72,4 +80,7 @@ __all__ = [
     "TaskResult",
     "TaskState",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 ]

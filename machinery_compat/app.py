@@ -25,15 +25,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
 from .backends import Backend, create_backend
 from .brokers import Broker, create_broker
+from .canvas import Sig
 from .config import Config, mask_url
 from .exceptions import BackendError, EncodeError, PublishError, TaskNotRegistered
 from .protocol import Arg, GoTime, Signature, task_id
-from .result import AsyncResult
+from .result import AsyncResult, ChainResult, GroupResult
 from .task import Task
 
 if TYPE_CHECKING:
@@ -117,18 +119,32 @@ class Machinery:
     @overload
     def task(self, fn: None = None, /, *, name: str | None = None, bind: bool = False,
              queue: str | None = None, retry_count: int = 0, retry_timeout: int = 0,
-             ignore_when_not_registered: bool = False) -> Callable[[Callable[..., Any]], Task]: ...
+             ignore_when_not_registered: bool = False, max_retries: int | None = None,
+             default_retry_delay: float | None = None,
+             autoretry_for: tuple[type[BaseException], ...] | None = None,
+             retry_backoff: bool = True) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
              bind: bool = False, queue: str | None = None, retry_count: int = 0,
-             retry_timeout: int = 0,
-             ignore_when_not_registered: bool = False) -> Task | Callable[[Callable[..., Any]], Task]:
-        """Register a function as a task (``@app.task`` or ``@app.task(name="add")``)."""
+             retry_timeout: int = 0, ignore_when_not_registered: bool = False,
+             max_retries: int | None = None, default_retry_delay: float | None = None,
+             autoretry_for: tuple[type[BaseException], ...] | None = None,
+             retry_backoff: bool = True) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a function as a task (``@app.task`` or ``@app.task(name="add")``).
+
+        Machinery options: ``retry_count``/``retry_timeout`` (sent with every call).  Celery
+        options map onto them: ``max_retries`` → ``RetryCount``; ``default_retry_delay`` →
+        the ``RetryTimeout`` whose next Fibonacci step is the first ≥ that delay;
+        ``autoretry_for`` limits which exceptions retry on a Python worker;
+        ``retry_backoff`` must stay True (Machinery always backs off by Fibonacci).
+        """
 
         def register(f: Callable[..., Any]) -> Task:
             t = Task(self, f, name or f.__name__, bind=bind, queue=queue,
                      retry_count=retry_count, retry_timeout=retry_timeout,
-                     ignore_when_not_registered=ignore_when_not_registered)
+                     ignore_when_not_registered=ignore_when_not_registered,
+                     max_retries=max_retries, default_retry_delay=default_retry_delay,
+                     autoretry_for=autoretry_for, retry_backoff=retry_backoff)
             self.tasks[t.name] = t
             return t
 
@@ -174,7 +190,7 @@ class Machinery:
             name=name,
             routing_key=queue or "",
             eta=when,
-            args=[Arg.of(a) for a in args],
+            args=[Arg.of(a) for a in args] or None,
             headers=dict(headers) if headers else None,
             priority=priority or 0,
             immutable=bool(immutable),
@@ -191,9 +207,56 @@ class Machinery:
             raise EncodeError("Machinery tasks take positional arguments only (no kwargs)")
         return self.send_signature(self.build_signature(name, args, **options))
 
-    def signature(self, name: str, args: Sequence[Any] = (), **options: Any) -> Signature:
-        """A Signature for a task by name (e.g. one only Go workers have)."""
-        return self.build_signature(name, args, **options)
+    def signature(self, name: str, args: Sequence[Any] = (), *, immutable: bool = False,
+                  **options: Any) -> Sig:
+        """A canvas signature for a task by name (e.g. one only Go workers have)."""
+        return Sig(self, name, [Arg.of(a) for a in args], immutable=immutable, **options)
+
+    def send_chain(self, sigs: Sequence[Signature]) -> ChainResult:
+        """Go's ``SendChain``: send the first step (the rest travel nested in it)."""
+        self.send_signature(sigs[0])
+        return ChainResult([AsyncResult(s.uuid, self.backend, s.name) for s in sigs])
+
+    def send_group(self, members: Sequence[Signature], send_concurrency: int = 0) -> GroupResult:
+        """Go's ``SendGroup``: InitGroup, PENDING for every member, then publish them all.
+
+        On Redis (broker and backend on one server) everything goes in one pipelined round
+        trip, in that order; otherwise members are published by up to ``send_concurrency``
+        threads (0 = one per member).
+        """
+        if not members:
+            raise ValueError("an empty group cannot be sent")
+        group_uuid = members[0].group_uuid
+        for m in members:
+            m.validate()
+            if m.headers is None:
+                m.headers = {}
+        broker, backend = self.broker, self.backend
+        uuids = [m.uuid for m in members]
+        pipe = _shared_pipeline(broker, backend)
+        if pipe is not None:
+            backend.init_group_ops(pipe, group_uuid, uuids)  # type: ignore[attr-defined]
+            for m in members:
+                backend.pending_ops(pipe, m)  # type: ignore[attr-defined]
+            for m in members:
+                broker.publish_ops(pipe, m)  # type: ignore[attr-defined]
+            try:
+                pipe.execute()
+            except Exception as e:
+                raise PublishError(f"Publish group {group_uuid} error: {e} (its members may "
+                                   f"not all have been stored or sent)") from e
+        else:
+            try:
+                backend.init_group(group_uuid, uuids)
+            except Exception as e:  # Go ignores this error too, but says nothing
+                logger.warning("InitGroup %s failed: %s", group_uuid, e)
+            for m in members:
+                backend.set_state_pending(m)
+            workers = send_concurrency if send_concurrency > 0 else len(members)
+            with ThreadPoolExecutor(max_workers=min(workers, 64)) as pool:
+                list(pool.map(broker.publish, members))
+        return GroupResult(group_uuid, [AsyncResult(u, backend, m.name)
+                                        for u, m in zip(uuids, members, strict=True)])
 
     def send_signature(self, sig: Signature) -> AsyncResult:
         """Go's ``SendTask``: id, headers, PENDING state, then publish."""

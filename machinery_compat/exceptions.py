@@ -7,8 +7,6 @@ is not registered, the queue a message was moved to, ...).
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class MachineryCompatError(Exception):
     """Root of every error raised by this library."""
@@ -95,20 +93,26 @@ class TaskNotRegistered(MachineryCompatError, KeyError):
 
 
 class Retry(MachineryCompatError):
-    """Raise from a task to have it retried later, like Go's ``ErrRetryTaskLater``.
+    """Raise from a task to have it retried later.
 
-    ``countdown`` is the delay in seconds.  The retry does not consume the
-    task's ``RetryCount`` (exactly as Go's ``ErrRetryTaskLater``), unless it
-    was produced by ``Task.retry`` with Celery-style ``max_retries``.
+    ``Retry("why", countdown=3)`` is Go's ``ErrRetryTaskLater``: the task runs again after
+    ``countdown`` seconds (1 s when not given) and its ``RetryCount`` is left untouched.
+
+    ``Task.retry()`` (Celery's ``self.retry``) raises it with ``consume=True``: the retry uses up
+    one of the message's ``RetryCount``; without a countdown the delay is Machinery's next
+    Fibonacci step (``RetryTimeout``), so a Go worker picking the message up keeps the policy.
+    When no retries are left the task fails with the error text of ``exc``.
     """
 
-    def __init__(self, message: str = "", countdown: float = 1.0, exc: BaseException | None = None,
-                 **extra: Any) -> None:
+    def __init__(self, message: str = "", countdown: float | None = None,
+                 exc: BaseException | None = None, *, consume: bool = False,
+                 max_retries: int | None = None) -> None:
         super().__init__(message or (str(exc) if exc else "retry requested"))
         self.message = message
         self.countdown = countdown
         self.exc = exc
-        self.extra = extra
+        self.consume = consume
+        self.max_retries = max_retries
 
 
 __all__ = [

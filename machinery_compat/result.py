@@ -107,3 +107,109 @@ class AsyncResult:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+class GroupResult:
+    """The results of a group's members, in the order they were given."""
+
+    def __init__(self, group_id: str, results: list[AsyncResult]) -> None:
+        self.id = group_id
+        self.results = results
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def completed_count(self) -> int:
+        """How many members finished (SUCCESS or FAILURE), like Machinery's GroupCompleted."""
+        return sum(1 for r in self.results if r.ready())
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def get(self, timeout: float | None = None, interval: float = 0.05,
+            propagate: bool = True) -> list[Any]:
+        """Every member's value, in order; the first FAILURE raises unless ``propagate=False``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(r.get(timeout=left, interval=interval, propagate=propagate))
+        return out
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} ({len(self.results)} tasks)>"
+
+
+class ChainResult:
+    """The results of a chain's steps; ``get()`` is the last step's value (Go's ChainAsyncResult)."""
+
+    def __init__(self, results: list[AsyncResult]) -> None:
+        self.results = results
+
+    @property
+    def id(self) -> str:
+        return self.results[-1].id
+
+    @property
+    def state(self) -> str:
+        return self.results[-1].state
+
+    def ready(self) -> bool:
+        return self.results[-1].ready() or any(r.failed() for r in self.results)
+
+    def get(self, timeout: float | None = None, interval: float = 0.05,
+            propagate: bool = True) -> Any:
+        """Wait for each step in order; a failed step raises (later steps never run)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        value: Any = None
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            value = r.get(timeout=left, interval=interval, propagate=propagate)
+            if isinstance(value, TaskFailed):
+                return value
+        return value
+
+    def __repr__(self) -> str:
+        return f"<ChainResult {' | '.join(r.task_name or r.id for r in self.results)}>"
+
+
+class ChordResult:
+    """A chord: its members' GroupResult and the callback's AsyncResult; ``get()`` = callback value."""
+
+    def __init__(self, group: GroupResult, callback: AsyncResult) -> None:
+        self.group = group
+        self.callback = callback
+
+    @property
+    def id(self) -> str:
+        return self.callback.id
+
+    @property
+    def results(self) -> list[AsyncResult]:
+        return self.group.results
+
+    def ready(self) -> bool:
+        return self.callback.ready() or self.group.failed()
+
+    def get(self, timeout: float | None = None, interval: float = 0.05,
+            propagate: bool = True) -> Any:
+        """Wait for every member (a failed member raises: the callback never runs), then the callback."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = self.group.get(timeout=timeout, interval=interval, propagate=propagate)
+        failed = next((v for v in values if isinstance(v, TaskFailed)), None)
+        if failed is not None:
+            return failed
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.callback.get(timeout=left, interval=interval, propagate=propagate)
+
+    def __repr__(self) -> str:
+        return f"<ChordResult {self.callback.id} ({len(self.group)} members)>"

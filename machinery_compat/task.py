@@ -9,9 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import EncodeError, Retry
+from .canvas import Sig
+from .exceptions import ConfigError, EncodeError, Retry
 from .protocol import Arg, GoTime, Signature
 from .protocol.gotypes import result_types_from_hint, type_from_hint
+from .protocol.retry import fibonacci_next
 
 if TYPE_CHECKING:
     from .app import Machinery
@@ -51,8 +53,22 @@ class Task:
         retry_count: int = 0,
         retry_timeout: int = 0,
         ignore_when_not_registered: bool = False,
+        max_retries: int | None = None,
+        default_retry_delay: float | None = None,
+        autoretry_for: tuple[type[BaseException], ...] | None = None,
+        retry_backoff: bool = True,
     ) -> None:
+        if not retry_backoff:
+            raise ConfigError(
+                f"task {name}: retry_backoff=False cannot be expressed in Machinery, whose "
+                "workers (Go and Python) always back off by Fibonacci steps"
+            )
+        if max_retries is not None:
+            retry_count = max_retries
+        if default_retry_delay is not None:
+            retry_timeout = timeout_for_first_delay(default_retry_delay)
         self.app = app
+        self.autoretry_for = tuple(autoretry_for) if autoretry_for else None
         self.fn = fn
         self.name = name
         self.bind = bind
@@ -91,9 +107,17 @@ class Task:
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None,
               max_retries: int | None = None) -> typing.NoReturn:
-        """Retry the running task later (like Go's ``ErrRetryTaskLater``)."""
-        raise Retry(str(exc) if exc else "retry requested", countdown if countdown is not None else 1.0,
-                    exc=exc, max_retries=max_retries)
+        """Celery's ``self.retry``: use up one of the message's retries (``RetryCount``).
+
+        Without ``countdown`` the delay is Machinery's next Fibonacci step.  ``max_retries``
+        caps the retries left.  With none left the task fails with ``exc``'s text.
+        """
+        raise Retry(str(exc) if exc else "", countdown, exc=exc, consume=True,
+                    max_retries=max_retries)
+
+    def should_autoretry(self, exc: BaseException) -> bool:
+        """Whether an exception uses the RetryCount path (all do unless ``autoretry_for``)."""
+        return self.autoretry_for is None or isinstance(exc, self.autoretry_for)
 
     # -- sending ------------------------------------------------------------------------
     def typed_args(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None) -> list[Arg]:
@@ -129,11 +153,25 @@ class Task:
     def signature(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                   **options: Any) -> Signature:
         """A :class:`Signature` for this task with typed args and the given options."""
-        opts: dict[str, Any] = {"queue": self.queue, "retry_count": self.retry_count,
-                "retry_timeout": self.retry_timeout,
-                "ignore_when_task_not_registered": self.ignore_when_not_registered}
-        opts.update({k: v for k, v in options.items() if v is not None})
+        opts = self._default_options({k: v for k, v in options.items() if v is not None})
         return self.app.build_signature(self.name, self.typed_args(args, kwargs), **opts)
+
+    def s(self, *args: Any, **options: Any) -> Sig:
+        """A canvas signature (partial: a chain appends the previous results to ``args``)."""
+        return Sig(self.app, self.name, self.typed_args(args), **self._default_options(options))
+
+    def si(self, *args: Any, **options: Any) -> Sig:
+        """An immutable canvas signature (ignores the previous task's results)."""
+        return Sig(self.app, self.name, self.typed_args(args), immutable=True,
+                   **self._default_options(options))
+
+    def _default_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        opts: dict[str, Any] = {"queue": self.queue, "retry_count": self.retry_count or None,
+                                "retry_timeout": self.retry_timeout or None,
+                                "ignore_when_task_not_registered":
+                                    self.ignore_when_not_registered or None}
+        opts.update(options)
+        return opts
 
     def apply_async(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
                     countdown: float | None = None, eta: GoTime | Any = None,
@@ -174,3 +212,14 @@ def _inspect(fn: Callable[..., Any], bind: bool) -> tuple[list[str | None], str 
             var_type = type_from_hint(hints.get(p.name))
     results = result_types_from_hint(hints["return"]) if "return" in hints else None
     return positional, var_type, results
+
+
+def timeout_for_first_delay(delay: float) -> int:
+    """The ``RetryTimeout`` whose next Fibonacci step is the first one ≥ ``delay`` seconds.
+
+    Celery's ``default_retry_delay=5`` → ``RetryTimeout=3``: retries after 5, 8, 13 … s.
+    """
+    t = 0
+    while fibonacci_next(t) < delay:
+        t = fibonacci_next(t)
+    return t

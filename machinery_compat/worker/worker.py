@@ -316,7 +316,7 @@ class Worker:
                 self._retry_later(sig, r, token)
                 return
             except Exception as e:
-                if sig.retry_count > 0:
+                if sig.retry_count > 0 and task.should_autoretry(e):
                     self._retry(sig, e, token)
                 else:
                     self._fail(sig, error_text(e), token, started)
@@ -368,10 +368,22 @@ class Worker:
         self.app.publish_with_pending(again)
 
     def _retry_later(self, sig: Signature, r: Retry, token: Any) -> None:
-        self.app.backend.set_final_state(TaskState(sig.uuid, RETRY), token)
         again = sig.copy()
-        again.eta = GoTime.now().add_seconds(r.countdown)
-        logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, r.countdown, r)
+        if r.consume:  # Celery's self.retry(): uses up one RetryCount
+            left = sig.retry_count if r.max_retries is None else min(sig.retry_count, r.max_retries)
+            if left <= 0:
+                text = error_text(r.exc) if r.exc is not None else (
+                    r.message or f"Task {sig.name} retried too many times")
+                self._fail(sig, text, token, time.perf_counter())
+                return
+            again.retry_count = left - 1
+            if r.countdown is None:
+                again.retry_timeout = fibonacci_next(again.retry_timeout)
+        delay = r.countdown if r.countdown is not None else (
+            again.retry_timeout if r.consume else 1.0)
+        self.app.backend.set_final_state(TaskState(sig.uuid, RETRY), token)
+        again.eta = GoTime.now().add_seconds(delay)
+        logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, delay, r)
         self.app.publish_with_pending(again)
 
     def _send_callback(self, cb: Signature, kind: str, parent: Signature) -> None:

@@ -258,15 +258,15 @@ def test_on_success_and_on_error_callbacks(app: Machinery, redis_client: redis.R
     def boom() -> None:
         raise ValueError("kaput")
 
-    on_ok = app.signature("record", args=["prefix"])
-    parent = app.signature("add", args=[1, 2])
+    on_ok = app.build_signature("record", args=["prefix"])
+    parent = app.build_signature("add", args=[1, 2])
     parent.on_success = [on_ok]
     app.send_signature(parent)
-    imm = app.signature("add", args=[5], immutable=True)
-    imm.on_success = [app.signature("record", args=["immutable"])]
+    imm = app.build_signature("add", args=[5], immutable=True)
+    imm.on_success = [app.build_signature("record", args=["immutable"])]
     app.send_signature(imm)
-    failing = app.signature("boom")
-    failing.on_error = [app.signature("record", args=["after"])]
+    failing = app.build_signature("boom")
+    failing.on_error = [app.build_signature("record", args=["after"])]
     app.send_signature(failing)
     start_worker()
     wait_for(lambda: len(seen.get("calls", [])) == 3, what="3 callbacks")
