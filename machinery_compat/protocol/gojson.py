@@ -25,6 +25,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+from fractions import Fraction
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Final
 
@@ -112,7 +113,12 @@ def to_bytes(text: str) -> bytes:
 # --------------------------------------------------------------------------------------
 
 _F32 = struct.Struct("<f")
+_U32 = struct.Struct("<I")
 FLOAT32_MAX: Final = 3.4028234663852886e38
+#: Half an ulp above FLOAT32_MAX (2**128 - 2**103): from here on float32(x) is Inf.
+_F32_OVERFLOW: Final = 3.4028235677973366e38
+#: float32(1e-6): Go compares float32 values against the exponent cut-off in 32 bits.
+_F32_SMALL: Final = 9.999999974752427e-07
 
 
 def _fixed(shortest: str) -> str:
@@ -153,19 +159,54 @@ def round_float32(value: float) -> float:
     """The nearest float32, as a Python float (Go's ``float32(x)``)."""
     if math.isnan(value) or math.isinf(value):
         return value
-    if abs(value) > FLOAT32_MAX:
-        # Go's conversion of an out-of-range constant is a compile error; at run time it is
-        # +/-Inf, which encoding/json refuses.  Report it as such.
-        return math.copysign(math.inf, value)
+    a = abs(value)
+    if a > FLOAT32_MAX:
+        # IEEE round-to-nearest-even: up to half an ulp above the largest float32 still
+        # rounds down to it (Go's float32(3.4028235e38)); from there on it is +/-Inf, which
+        # encoding/json refuses.  (struct.pack raises OverflowError for both.)
+        return math.copysign(FLOAT32_MAX if a < _F32_OVERFLOW else math.inf, value)
     return float(_F32.unpack(_F32.pack(value))[0])
 
 
 def _shortest32(value: float) -> str:
+    """Shortest decimal digits that read back as the float32 ``value`` (finite, non-zero).
+
+    Exact (rational) arithmetic: of the shortest decimals inside the rounding interval, the
+    one nearest to the value; exact ties go to the even digit, except in the narrower
+    interval just above a power of two, where Go's Dragonbox (Go >= 1.26) rounds up
+    (``float32(2**-12)`` -> ``0.00024414063``; Ryu in Go <= 1.25 wrote ``0.00024414062``).
+    """
+    a = abs(value)
+    bits = _U32.unpack(_F32.pack(a))[0]
+    exact = Fraction(a)
+    below = Fraction(_F32.unpack(_U32.pack(bits - 1))[0])
+    if bits < 0x7F7FFFFF:
+        above = Fraction(_F32.unpack(_U32.pack(bits + 1))[0])
+    else:
+        above = 2 * exact - below  # the step above the largest float32 (2**128)
+    lo = (below + exact) / 2
+    hi = (exact + above) / 2
+    inclusive = bits % 2 == 0  # round-half-even parsing takes a bound back to this value
+    shorter = bits & 0x7FFFFF == 0 and bits >= 0x800000  # power of two: narrower below
+    top = Decimal(a).adjusted()  # decimal exponent of the leading digit
     for p in range(1, 10):
-        s = f"{value:.{p}g}"
-        if _F32.unpack(_F32.pack(float(s)))[0] == value:
-            return s
-    return repr(value)
+        k = top - p + 1
+        scale = Fraction(10) ** k
+        d = math.floor(exact / scale)
+        inside = [
+            c for c in (d, d + 1)
+            if (lo <= c * scale <= hi if inclusive else lo < c * scale < hi)
+        ]
+        if not inside:
+            continue
+        if len(inside) == 2:
+            diff = (exact - d * scale) - ((d + 1) * scale - exact)
+            tie_down = not shorter and d % 2 == 0
+            c = d if diff < 0 or (diff == 0 and tie_down) else d + 1
+        else:
+            c = inside[0]
+        return ("-" if value < 0 else "") + f"{c}e{k}"
+    raise AssertionError(f"no 9-digit decimal reads back as float32 {value!r}")
 
 
 def encode_float32(value: float) -> str:
@@ -175,7 +216,7 @@ def encode_float32(value: float) -> str:
         raise EncodeError(f"json: unsupported value: {value!r} (Go cannot encode NaN or Inf)")
     if value == 0.0:
         return "-0" if math.copysign(1.0, value) < 0 else "0"
-    return _go_float(_shortest32(value), value, 1e-6)
+    return _go_float(_shortest32(value), value, _F32_SMALL)
 
 
 # --------------------------------------------------------------------------------------
@@ -254,20 +295,49 @@ _decoder = json.JSONDecoder(
 )
 
 
+def _gojson_decode_errors(err: UnicodeError) -> tuple[str, int]:
+    # Go's decoder replaces every byte of an invalid UTF-8 sequence by its own U+FFFD
+    # (utf8.DecodeRune yields (RuneError, 1)); Python's "replace" uses one per sequence.
+    assert isinstance(err, UnicodeDecodeError)
+    return "\ufffd" * (err.end - err.start), err.end
+
+
+codecs.register_error("machinery_compat.gojson.decode", _gojson_decode_errors)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(value: Any) -> Any:
+    t = type(value)
+    if t is str:
+        return _SURROGATE.sub("\ufffd", value)
+    if t is list:
+        return [_replace_surrogates(v) for v in value]
+    if t is dict:
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def loads(raw: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON with numbers kept as :class:`Number` (Go's ``UseNumber``).
 
-    Invalid UTF-8 is replaced by U+FFFD as Go does.  Errors become :class:`DecodeError`
+    Invalid UTF-8 is replaced by U+FFFD byte by byte, and an escaped lone surrogate
+    (``"\\ud800"``) by U+FFFD, as Go's decoder does.  Errors become :class:`DecodeError`
     carrying the raw input.
     """
     if isinstance(raw, (bytes, bytearray, memoryview)):
-        text = bytes(raw).decode("utf-8", "replace")
+        text = bytes(raw).decode("utf-8", "machinery_compat.gojson.decode")
     else:
         text = raw
     try:
-        return _decoder.decode(text)
+        value = _decoder.decode(text)
+        if "\\ud" in text or "\\uD" in text:
+            value = _replace_surrogates(value)
+        return value
     except (ValueError, RecursionError) as e:
-        raise DecodeError(f"invalid JSON: {e}", raw if not isinstance(raw, memoryview) else bytes(raw)) from e
+        raise DecodeError(
+            f"invalid JSON: {e}", raw if isinstance(raw, (bytes, str)) else bytes(raw)
+        ) from e
 
 
 def plain(value: Any) -> Any:

@@ -20,8 +20,10 @@ _NS: Final = 1_000_000_000
 #: Unix seconds of Go's zero time, 0001-01-01T00:00:00Z.
 _ZERO_SECONDS: Final = -62135596800
 
+# Go accepts only "T" and "Z" in upper case, and ASCII digits.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))\Z",
+    re.ASCII,
 )
 
 

@@ -177,6 +177,8 @@ class Arg:
 
     @classmethod
     def from_obj(cls, obj: Any) -> Arg:
+        if obj is None:  # Go decodes a null element of []Arg as the zero Arg
+            return cls("", None)
         d = _fold(obj, cls.FIELDS, "tasks.Arg")
         return cls(_str(d, "Type", "Arg"), d.get("Value"), _str(d, "Name", "Arg"))
 
