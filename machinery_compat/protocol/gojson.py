@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from fractions import Fraction
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from ..exceptions import DecodeError, EncodeError
@@ -123,10 +123,7 @@ _F32_SMALL: Final = 9.999999974752427e-07
 
 def _fixed(shortest: str) -> str:
     """Plain decimal notation of a shortest-digits repr."""
-    if "e" in shortest or "E" in shortest:
-        s = format(Decimal(shortest), "f")
-    else:
-        s = shortest
+    s = format(Decimal(shortest), "f") if "e" in shortest or "E" in shortest else shortest
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     return s
