@@ -59,6 +59,10 @@ _MAX_UNREGISTERED_BACKOFF = 1.0
 _MAX_BROKER_BACKOFF = 5.0
 
 
+class _NotStarted(Exception):
+    """The task could not be marked RECEIVED/STARTED: it did not run."""
+
+
 def error_text(exc: BaseException) -> str:
     """The error string stored for a failed task (Go: ``err.Error()``)."""
     text = str(exc)
@@ -274,7 +278,15 @@ class Worker:
             self._not_registered(delivery, sig)
             return
         self._unregistered_backoff = 0.0
-        self.process(sig, task)
+        try:
+            self.process(sig, task)
+        except _NotStarted as e:
+            # the backend is unreachable before the task ran: give the message back untouched
+            logger.error("Task %s[%s] not started: result backend error: %s; pushing the "
+                         "message back to %s", sig.name, sig.uuid, e.__cause__, delivery.queue)
+            self._give_back([delivery])
+            self._stopping.wait(1.0)
+            return
         broker.ack(delivery)
 
     def _not_registered(self, delivery: Delivery, sig: Signature) -> None:
@@ -307,7 +319,10 @@ class Worker:
                 backend.set_state_received(sig)
                 self._fail(sig, f"Reflect task args error: {e}", None, started)
                 return
-            token = backend.mark_received_started(sig)
+            try:
+                token = backend.mark_received_started(sig)
+            except Exception as e:
+                raise _NotStarted(str(e)) from e
             request = Request(sig.uuid, sig.name, sig, sig.retry_count, sig.retry_timeout,
                               dict(sig.headers or {}), sig.group_uuid, args)
             try:
@@ -333,8 +348,25 @@ class Worker:
                 self.processed += 1
 
     # -- outcomes -----------------------------------------------------------------------
+    def _store(self, state: TaskState, token: Any) -> None:
+        """Write a final state, retrying through short backend outages (the task already ran)."""
+        delays = (0.2, 1.0, 3.0)
+        for attempt in range(len(delays) + 1):
+            try:
+                self.app.backend.set_final_state(state, token)
+                return
+            except Exception as e:
+                if attempt == len(delays):
+                    logger.error("could not store state %s of task %s after %d attempts: %s; "
+                                 "the state was %s", state.state, state.task_uuid, attempt + 1,
+                                 e, state.to_go_json())
+                    return
+                logger.warning("storing state %s of task %s failed (%s); retrying in %gs",
+                               state.state, state.task_uuid, e, delays[attempt])
+                time.sleep(delays[attempt])
+
     def _succeed(self, sig: Signature, results: list[TaskResult], token: Any, started: float) -> None:
-        self.app.backend.set_final_state(TaskState(sig.uuid, SUCCESS, results=results), token)
+        self._store(TaskState(sig.uuid, SUCCESS, results=results), token)
         if logger.isEnabledFor(logging.INFO):
             shown = [r.value for r in results]
             logger.info("Task %s[%s] succeeded in %.4fs: %r", sig.name, sig.uuid,
@@ -349,7 +381,7 @@ class Worker:
             self._maybe_trigger_chord(sig)
 
     def _fail(self, sig: Signature, error: str, token: Any, started: float) -> None:
-        self.app.backend.set_final_state(TaskState(sig.uuid, FAILURE, error=error), token)
+        self._store(TaskState(sig.uuid, FAILURE, error=error), token)
         logger.error("Task %s[%s] failed in %.4fs: %s", sig.name, sig.uuid,
                      time.perf_counter() - started, error)
         for cb in sig.on_error or ():
@@ -358,14 +390,14 @@ class Worker:
             self._send_callback(cb, "OnError", sig)
 
     def _retry(self, sig: Signature, exc: Exception, token: Any) -> None:
-        self.app.backend.set_final_state(TaskState(sig.uuid, RETRY), token)
+        self._store(TaskState(sig.uuid, RETRY), token)
         again = sig.copy()
         again.retry_count -= 1
         again.retry_timeout = fibonacci_next(again.retry_timeout)
         again.eta = GoTime.now().add_seconds(again.retry_timeout)
         logger.warning("Task %s[%s] retry: Retry in %ds: %s (%d retries left)", sig.name,
                        sig.uuid, again.retry_timeout, error_text(exc), again.retry_count)
-        self.app.publish_with_pending(again)
+        self._resend(again)
 
     def _retry_later(self, sig: Signature, r: Retry, token: Any) -> None:
         again = sig.copy()
@@ -381,10 +413,24 @@ class Worker:
                 again.retry_timeout = fibonacci_next(again.retry_timeout)
         delay = r.countdown if r.countdown is not None else (
             again.retry_timeout if r.consume else 1.0)
-        self.app.backend.set_final_state(TaskState(sig.uuid, RETRY), token)
+        self._store(TaskState(sig.uuid, RETRY), token)
         again.eta = GoTime.now().add_seconds(delay)
         logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, delay, r)
-        self.app.publish_with_pending(again)
+        self._resend(again)
+
+    def _resend(self, sig: Signature) -> None:
+        """Publish a retry; if the broker stays down, log the message so it is not lost silently."""
+        delays = (0.2, 1.0, 3.0)
+        for attempt in range(len(delays) + 1):
+            try:
+                self.app.publish_with_pending(sig)
+                return
+            except Exception as e:
+                if attempt == len(delays):
+                    logger.error("retry of task %s[%s] could not be published: %s; message=%s",
+                                 sig.name, sig.uuid, e, sig.to_go_json())
+                    return
+                time.sleep(delays[attempt])
 
     def _send_callback(self, cb: Signature, kind: str, parent: Signature) -> None:
         try:

@@ -445,3 +445,31 @@ def test_log_lines_a_celery_user_recognises(
     assert any(m.startswith(f"Task add[{res.id}] succeeded in ") and m.endswith(": 4") for m in msgs)
     assert caplog.records[0].name.startswith("machinery_compat")
     logging.getLogger("machinery_compat").debug("done")
+
+
+def test_backend_outage_before_start_pushes_the_message_back(
+    redis_url: str, redis_client: redis.Redis, redis_server_factory: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend_server = redis_server_factory()
+    app = Machinery(broker=redis_url, result_backend=backend_server.url)
+    runs = []
+
+    @app.task(name="add")
+    def add(*nums: int) -> int:
+        runs.append(nums)
+        return sum(nums)
+
+    backend_server.stop()
+    redis_client.rpush("machinery_tasks", Signature(uuid="task_bo", name="add", args=[Arg("int64", 4)],
+                                                    headers={}).to_json())
+    w = app.worker(concurrency=1, poll_timeout=0.1).start()
+    try:
+        wait_for(lambda: any("not started: result backend error" in r.getMessage()
+                             for r in caplog.records), timeout=30, what="backend error log")
+        assert runs == []
+        backend_server.start()
+        assert app.AsyncResult("task_bo").get(timeout=30) == 4
+    finally:
+        w.stop(timeout=10)
+    assert runs == [(4,)]
