@@ -330,7 +330,10 @@ class Worker:
             except Retry as r:
                 self._retry_later(sig, r, token)
                 return
-            except Exception as e:
+            except BaseException as e:
+                # Like Go's recover() around a task: SystemExit (sys.exit()) and other
+                # BaseExceptions become the task's failure instead of killing this pool
+                # thread and leaving the task STARTED forever.
                 if sig.retry_count > 0 and task.should_autoretry(e):
                     self._retry(sig, e, token)
                 else:
@@ -389,7 +392,7 @@ class Worker:
             cb.args = [Arg("string", error)] + (cb.args or [])
             self._send_callback(cb, "OnError", sig)
 
-    def _retry(self, sig: Signature, exc: Exception, token: Any) -> None:
+    def _retry(self, sig: Signature, exc: BaseException, token: Any) -> None:
         self._store(TaskState(sig.uuid, RETRY), token)
         again = sig.copy()
         again.retry_count -= 1
