@@ -66,7 +66,9 @@ def client_for(url: str, *, socket_timeout: float | None = None) -> Any:
 #: Write a TaskState keeping TaskName and CreatedAt of the stored one (Machinery §6.1 merge),
 #: atomically.  The stored JSON's raw tokens are copied, so the bytes are exactly what Go's
 #: GET + decode + re-encode + SET would give.
-#: KEYS[1] = task UUID; ARGV = head, middle, tail, expiry seconds.  Returns {name, created}.
+#: KEYS[1] = task UUID; ARGV = expiry seconds, head, tail, middle[, middle …].  Each middle is
+#: one state, written in order with its own SET (RECEIVED then STARTED in one call, as Go's two
+#: GET+SET pairs would leave them).  Returns {name, created}.
 MERGE_SET = """
 local old = redis.call('GET', KEYS[1])
 local name = '""'
@@ -101,7 +103,9 @@ if old then
     end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. name .. ARGV[2] .. created .. ARGV[3], 'EX', ARGV[4])
+for i = 4, #ARGV do
+  redis.call('SET', KEYS[1], ARGV[2] .. name .. ARGV[i] .. created .. ARGV[3], 'EX', ARGV[1])
+end
 return {name, created}
 """
 

@@ -49,20 +49,21 @@ class RedisBackend(Backend):
 
     def set_state(self, state: TaskState, *, merge: bool) -> None:
         if merge:
-            self._merge(keys=[state.task_uuid], args=self._merge_args(state))
+            self._merge(keys=[state.task_uuid],
+                        args=[self.expire_in, state.head(), state.tail(), state.middle()])
         else:
             self.client.set(state.task_uuid, state.to_json(), ex=self.expire_in)
-
-    def _merge_args(self, state: TaskState) -> list[Any]:
-        return [state.head(), state.middle(), state.tail(), self.expire_in]
 
     def mark_received_started(self, sig: Signature) -> MergeInfo:
         from ..protocol import RECEIVED, STARTED
 
-        pipe = self.client.pipeline(transaction=False)
-        self._merge(keys=[sig.uuid], args=self._merge_args(TaskState(sig.uuid, RECEIVED)), client=pipe)
-        self._merge(keys=[sig.uuid], args=self._merge_args(TaskState(sig.uuid, STARTED)), client=pipe)
-        _, (name, created) = pipe.execute()
+        received = TaskState(sig.uuid, RECEIVED)
+        started = TaskState(sig.uuid, STARTED)
+        name, created = self._merge(
+            keys=[sig.uuid],
+            args=[self.expire_in, received.head(), received.tail(), received.middle(),
+                  started.middle()],
+        )
         return _text(name), _text(created)
 
     def set_final_state(self, state: TaskState, token: Any = None) -> None:
