@@ -7,6 +7,7 @@ PENDING write and the publish into one round trip.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -143,3 +144,83 @@ else
   return 0
 end
 """
+
+
+class FastPath:
+    """Hot-path commands written straight onto a per-thread connection.
+
+    redis-py's ``Redis``/``Pipeline`` objects cost more Python time per command than the
+    round trip itself; producers and workers send a handful of fixed commands per task, so
+    they pack them in one write and read the replies here.  Each thread keeps one connection
+    checked out of the shared pool; any error drops that connection (the next call takes a
+    fresh one) and is re-raised as redis-py raised it.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.pool = client.connection_pool
+        self._local = threading.local()
+
+    def _conn(self) -> Any:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = _Held(self.pool, self.pool.get_connection())
+            self._local.held = held  # released to the pool when the thread ends
+        return held.conn
+
+    def _drop(self, conn: Any) -> None:
+        held: _Held | None = getattr(self._local, "held", None)
+        self._local.held = None
+        try:
+            conn.disconnect()
+        finally:
+            if held is not None:
+                held.release()
+
+    def execute(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` in one write; return their replies (an error reply raises)."""
+        conn = self._conn()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies = [conn.read_response(disconnect_on_error=False) for _ in commands]
+        except BaseException:
+            self._drop(conn)
+            raise
+        return replies
+
+    def call(self, *args: Any) -> Any:
+        return self.execute(args)[0]
+
+    def evalsha(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """``EVALSHA`` of a registered redis-py Script, loading it once if Redis lost it."""
+        r = require_redis()
+        try:
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except r.exceptions.NoScriptError:
+            script.sha = self.call("SCRIPT", "LOAD", script.script)
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        """Give this thread's connection back to the pool."""
+        held: _Held | None = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            held.release()
+
+
+class _Held:
+    """One thread's checked-out connection; returned to the pool when the thread ends."""
+
+    __slots__ = ("conn", "pool")
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self.pool = pool
+        self.conn = conn
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.pool.release(conn)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.release()

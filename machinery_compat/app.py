@@ -233,15 +233,13 @@ class Machinery:
                 m.headers = {}
         broker, backend = self.broker, self.backend
         uuids = [m.uuid for m in members]
-        pipe = _shared_pipeline(broker, backend)
-        if pipe is not None:
-            backend.init_group_ops(pipe, group_uuid, uuids)  # type: ignore[attr-defined]
-            for m in members:
-                backend.pending_ops(pipe, m)  # type: ignore[attr-defined]
-            for m in members:
-                broker.publish_ops(pipe, m)  # type: ignore[attr-defined]
+        fast = _shared_fast_path(broker, backend)
+        if fast is not None:
+            commands = [backend.init_group_command(group_uuid, uuids)]  # type: ignore[attr-defined]
+            commands += [backend.pending_command(m) for m in members]  # type: ignore[attr-defined]
+            commands += [broker.publish_command(m) for m in members]  # type: ignore[attr-defined]
             try:
-                pipe.execute()
+                fast.execute(*commands)
             except Exception as e:
                 raise PublishError(f"Publish group {group_uuid} error: {e} (its members may "
                                    f"not all have been stored or sent)") from e
@@ -269,14 +267,13 @@ class Machinery:
         return AsyncResult(sig.uuid, self.backend, sig.name)
 
     def publish_with_pending(self, sig: Signature) -> None:
-        """Write PENDING for ``sig`` and publish it (one round trip when both are on Redis)."""
+        """Write PENDING for ``sig`` and publish it (one write when both are on one Redis)."""
         broker, backend = self.broker, self.backend
-        pipe = _shared_pipeline(broker, backend)
-        if pipe is not None:
-            backend.pending_ops(pipe, sig)  # type: ignore[attr-defined]
-            broker.publish_ops(pipe, sig)  # type: ignore[attr-defined]
+        fast = _shared_fast_path(broker, backend)
+        if fast is not None:
             try:
-                pipe.execute()
+                fast.execute(backend.pending_command(sig),  # type: ignore[attr-defined]
+                             broker.publish_command(sig))  # type: ignore[attr-defined]
             except Exception as e:
                 raise PublishError(
                     f"Publish message error: {e} (task {sig.uuid} {sig.name!r}: the PENDING "
@@ -312,16 +309,16 @@ class Machinery:
                 f"backend={mask_url(self.config.result_backend)} tasks={len(self.tasks)}>")
 
 
-def _shared_pipeline(broker: Broker, backend: Backend) -> Any:
-    """A pipeline when broker and backend use the same Redis connection pool, else None."""
-    b_client = getattr(broker, "client", None)
-    r_client = getattr(backend, "client", None)
+def _shared_fast_path(broker: Broker, backend: Backend) -> Any:
+    """The broker's fast path when broker and backend share one Redis connection pool."""
+    b_fast = getattr(broker, "fast", None)
+    r_fast = getattr(backend, "fast", None)
     if (
-        b_client is not None
-        and r_client is not None
-        and hasattr(broker, "publish_ops")
-        and hasattr(backend, "pending_ops")
-        and b_client.connection_pool is r_client.connection_pool
+        b_fast is not None
+        and r_fast is not None
+        and hasattr(broker, "publish_command")
+        and hasattr(backend, "pending_command")
+        and b_fast.pool is r_fast.pool
     ):
-        return b_client.pipeline(transaction=False)
+        return b_fast
     return None

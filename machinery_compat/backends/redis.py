@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._redis import MERGE_SET, UNLOCK, client_for
+from .._redis import MERGE_SET, UNLOCK, FastPath, client_for
 from ..exceptions import BackendError, DecodeError
 from ..protocol import GoTime, GroupMeta, Signature, TaskState
 from .base import Backend, pending_state
@@ -39,13 +39,14 @@ class RedisBackend(Backend):
         super().__init__(results_expire_in)
         self.url = url
         self.client = client if client is not None else client_for(url)
+        self.fast = FastPath(self.client)
         self._merge = self.client.register_script(MERGE_SET)
         self._unlock = self.client.register_script(UNLOCK)
 
     # -- writes -------------------------------------------------------------------------
-    def pending_ops(self, pipe: Any, sig: Signature) -> None:
-        """Queue the PENDING write for ``sig`` on a pipeline."""
-        pipe.set(sig.uuid, pending_state(sig).to_json(), ex=self.expire_in)
+    def pending_command(self, sig: Signature) -> tuple[Any, ...]:
+        """The command that writes PENDING for ``sig``."""
+        return ("SET", sig.uuid, pending_state(sig).to_json(), "EX", self.expire_in)
 
     def set_state(self, state: TaskState, *, merge: bool) -> None:
         if merge:
@@ -59,9 +60,10 @@ class RedisBackend(Backend):
 
         received = TaskState(sig.uuid, RECEIVED)
         started = TaskState(sig.uuid, STARTED)
-        name, created = self._merge(
-            keys=[sig.uuid],
-            args=[self.expire_in, received.head(), received.tail(), received.middle(),
+        name, created = self.fast.evalsha(
+            self._merge,
+            [sig.uuid],
+            [self.expire_in, received.head(), received.tail(), received.middle(),
                   started.middle()],
         )
         return _text(name), _text(created)
@@ -78,7 +80,7 @@ class RedisBackend(Backend):
         body = (state.head() + name + state.middle() + created + state.tail()).encode(
             "utf-8", "machinery_compat.gojson"
         )
-        self.client.set(state.task_uuid, body, ex=self.expire_in)
+        self.fast.call("SET", state.task_uuid, body, "EX", self.expire_in)
 
     # -- reads --------------------------------------------------------------------------
     def get_state(self, task_uuid: str) -> TaskState | None:
@@ -96,9 +98,9 @@ class RedisBackend(Backend):
         meta = GroupMeta(group_uuid, list(task_uuids), created_at=GoTime.now())
         self.client.set(group_uuid, meta.to_json(), ex=self.expire_in)
 
-    def init_group_ops(self, pipe: Any, group_uuid: str, task_uuids: Sequence[str]) -> None:
+    def init_group_command(self, group_uuid: str, task_uuids: Sequence[str]) -> tuple[Any, ...]:
         meta = GroupMeta(group_uuid, list(task_uuids), created_at=GoTime.now())
-        pipe.set(group_uuid, meta.to_json(), ex=self.expire_in)
+        return ("SET", group_uuid, meta.to_json(), "EX", self.expire_in)
 
     def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
         raw = self.client.get(group_uuid)

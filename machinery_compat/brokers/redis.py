@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._redis import MOVE_DELAYED, client_for
+from .._redis import MOVE_DELAYED, FastPath, client_for
 from ..exceptions import BrokerConnectionError, DecodeError, PublishError
 from ..protocol import Signature
 from .base import Broker, Delivery
@@ -53,30 +53,24 @@ class RedisBroker(Broker):
         self.url = url
         self.delayed_tasks_key = delayed_tasks_key or DEFAULT_DELAYED_TASKS_KEY
         self.client = client if client is not None else client_for(url)
+        self.fast = FastPath(self.client)
         self._move_script = self.client.register_script(MOVE_DELAYED)
         self._errors = _connection_errors()
 
     # -- producer -----------------------------------------------------------------------
-    def publish_ops(self, pipe: Any, sig: Signature, body: bytes | None = None) -> None:
-        """Queue the commands that publish ``sig`` on a pipeline (routing key adjusted)."""
-        self.adjust_routing_key(sig)
-        if body is None:
-            body = sig.to_json()
-        eta = sig.eta
-        if eta is not None and eta.unix_ns > time.time_ns():
-            pipe.zadd(self.delayed_tasks_key, {body: eta.unix_ns})
-        else:
-            pipe.rpush(sig.routing_key, body)
-
-    def publish(self, sig: Signature) -> None:
+    def publish_command(self, sig: Signature) -> tuple[Any, ...]:
+        """The command that publishes ``sig`` (routing key adjusted): RPUSH, or ZADD for a future ETA."""
         self.adjust_routing_key(sig)
         body = sig.to_json()
+        eta = sig.eta
+        if eta is not None and eta.unix_ns > time.time_ns():
+            return ("ZADD", self.delayed_tasks_key, eta.unix_ns, body)
+        return ("RPUSH", sig.routing_key, body)
+
+    def publish(self, sig: Signature) -> None:
+        command = self.publish_command(sig)
         try:
-            eta = sig.eta
-            if eta is not None and eta.unix_ns > time.time_ns():
-                self.client.zadd(self.delayed_tasks_key, {body: eta.unix_ns})
-            else:
-                self.client.rpush(sig.routing_key, body)
+            self.fast.execute(command)
         except self._errors as e:
             raise PublishError(f"Publish message error: {e} (task {sig.uuid} not sent)") from e
 
@@ -84,12 +78,12 @@ class RedisBroker(Broker):
     def fetch(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
         try:
             if max_messages > 1:
-                items = self.client.lpop(queue, max_messages)
+                items = self.fast.call("LPOP", queue, max_messages)
             else:
-                one = self.client.lpop(queue)
+                one = self.fast.call("LPOP", queue)
                 items = None if one is None else [one]
             if not items:
-                popped = self.client.blpop([queue], timeout=max(timeout, 0.01))
+                popped = self.fast.call("BLPOP", queue, f"{max(timeout, 0.01):.3f}")
                 if popped is None:
                     return []
                 items = [popped[1]]
@@ -103,17 +97,12 @@ class RedisBroker(Broker):
         by_queue: dict[str, list[bytes]] = {}
         for d in deliveries:
             by_queue.setdefault(d.queue, []).append(d.body)
-        pipe = self.client.pipeline(transaction=False)
-        for q, bodies in by_queue.items():
-            if front:
-                pipe.lpush(q, *reversed(bodies))
-            else:
-                pipe.rpush(q, *bodies)
-        pipe.execute()
+        self.fast.execute(*[("LPUSH", q, *reversed(bodies)) if front else ("RPUSH", q, *bodies)
+                            for q, bodies in by_queue.items()])
 
     def dead_letter(self, delivery: Delivery, reason: str) -> str:
         where = f"{delivery.queue}.dead"
-        self.client.rpush(where, delivery.body)
+        self.fast.call("RPUSH", where, delivery.body)
         return where
 
     def move_due_delayed(self, limit: int = 1000) -> int:
