@@ -1,0 +1,471 @@
+"""Direction 2: a Go Machinery producer (mcproducer, ``wait: true``), a Python worker.
+
+One in-process Python worker per flavour (``interop/tests/pyapp.py``: the Go worker's task
+names, echo tasks with Go types pinned by ``Annotated[..., GoType(...)]``) runs every
+scenario at once; Go's ``AsyncResult.Get`` must return the right Go values (``go_type``,
+exact ``value``), the right error texts, and the stored bytes must be exactly what a Go
+worker stores (the same expectations as direction 1).  A ``MONITOR`` records every state
+write; the Python side records every run (args, retry fields, ETA, wall time).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interop.tests.cases import (
+    ECHO_VALUES,
+    FAIL_ERROR,
+    FAIL_MSG,
+    PANIC_ERROR,
+    PANIC_MSG,
+    EchoValue,
+    same,
+)
+from interop.tests.harness import (
+    GO_TO_PY,
+    REPO,
+    GoWorker,
+    Num,
+    RedisMonitor,
+    results_bytes,
+    run_producer,
+    state_write_problems,
+    wait_for,
+)
+from interop.tests.pyapp import PyApp, Run, make_app
+from machinery_compat import Signature, TaskFailed
+from tests.services import RedisServer
+
+pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
+
+SUCCESS_STATES = ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+FAILURE_STATES = ["PENDING", "RECEIVED", "STARTED", "FAILURE"]
+PY_DELAYED_POLL = 0.05
+MOVE_SLACK = 0.6  # the Python worker moves every due task each 50 ms poll (Lua, batched)
+ETA_COUNTDOWN_MS = 1500
+EXIT_MSG = "fatal: sys.exit() inside a task"
+
+
+@dataclass
+class D2:
+    flavour: str
+    url: str
+    queue: str
+    py: PyApp
+    out: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> mcproducer line
+    echo: dict[str, list[tuple[EchoValue, str]]] = field(default_factory=dict)  # type -> (v, id)
+    outcome: dict[str, Any] = field(default_factory=dict)  # uuid -> Python AsyncResult.get
+    raw: dict[str, bytes | None] = field(default_factory=dict)
+    states: dict[str, list[str]] = field(default_factory=dict)
+    writes: dict[str, list[bytes]] = field(default_factory=dict)
+    zadds: dict[str, tuple[bytes, float]] = field(default_factory=dict)  # uuid -> (member, score)
+    etas: dict[str, str] = field(default_factory=dict)
+
+    def line(self, key: str) -> dict[str, Any]:
+        line = self.out[key]
+        assert line["sent"] is True and line["uuid"].startswith("task_"), line
+        return line
+
+    def runs(self, uuid: str) -> list[Run]:
+        return self.py.executions.for_uuid(uuid)
+
+    def one_run(self, uuid: str) -> Run:
+        runs = self.runs(uuid)
+        assert len(runs) == 1, f"expected exactly one Python run of {uuid}, got {runs}"
+        return runs[0]
+
+
+def _ok(line: dict[str, Any]) -> list[dict[str, Any]]:
+    assert (line["state"], line["error"]) == ("SUCCESS", ""), line
+    return list(line["results"])
+
+
+@pytest.fixture(scope="module")
+def d2(flavour: str, go_bins: Path, interop_redis: RedisServer,
+       new_db: Callable[[], str]) -> Iterator[D2]:
+    url = new_db()
+    db = int(url.rsplit("/", 1)[1])
+    queue = f"q_d2_{flavour}"
+    mon = RedisMonitor(interop_redis.host, interop_redis.port, db).start()
+    py = make_app(url, queue)
+    worker = py.app.worker(concurrency=8, poll_timeout=0.1,
+                           delayed_poll_interval=PY_DELAYED_POLL).start()
+    run = D2(flavour, url, queue, py)
+    try:
+        lines: list[dict[str, Any]] = []
+        for t, values in ECHO_VALUES.items():
+            run.echo[t] = []
+            for i, v in enumerate(values):
+                key = f"echo {t} {i}"
+                run.echo[t].append((v, key))
+                lines.append({"id": key, "name": v.task, "args": [v.producer_arg()]})
+
+        def s(key: str, name: str, *args: dict[str, Any], **extra: Any) -> None:
+            lines.append({"id": key, "name": name, "args": list(args), **extra})
+
+        def i64(n: int) -> dict[str, Any]:
+            return {"type": "int64", "value": n}
+
+        def st(text: str) -> dict[str, Any]:
+            return {"type": "string", "value": text}
+
+        s("multi_return", "multi_return")
+        s("only_error", "only_error")
+        s("fail", "fail", st(FAIL_MSG))
+        s("panic", "panic_task", st(PANIC_MSG))
+        s("panic_exit", "panic_exit", st(EXIT_MSG), timeout_ms=8000)
+        s("retry", "fail_n_times", st(f"d2-{flavour}"), i64(2), retry_count=3)
+        s("retry_later", "retry_later", st(f"d2-{flavour}"), i64(700), retry_count=2)
+        s("countdown", "add", i64(40), i64(2), countdown_ms=ETA_COUNTDOWN_MS)
+        eta = (datetime.now(timezone(timedelta(hours=2))) + timedelta(seconds=1.2)).isoformat()
+        run.etas["eta_offset"] = eta
+        s("eta_offset", "concat", st("eta"), st("+02:00"), eta=eta)
+        s("py_dict", "py_dict")
+        # callbacks (§3.4, §3.6): built by Go's producer, sent on by the Python worker
+        for key, parent, cb, extra in (
+            ("on_success", ("add", [i64(1), i64(2)]), ("add", [i64(100)]), {}),
+            ("on_success_immutable", ("add", [i64(1), i64(2)]), ("add", [i64(100)]),
+             {"immutable": True}),
+            ("on_error", ("fail", [st(FAIL_MSG)]), ("concat", [st("!")]), {}),
+        ):
+            cb_uuid = f"task_cb_{key}_{flavour}"
+            field_name = "on_error" if key == "on_error" else "on_success"
+            s(key, parent[0], *parent[1], **extra,
+              **{field_name: [{"name": cb[0], "uuid": cb_uuid, "args": cb[1]}]})
+            lines.append({"id": f"cb {key}", "read": cb_uuid})
+
+        for line in run_producer(flavour, url, lines, queue=queue, parallel=len(lines)):
+            run.out[line["id"]] = line
+        for line in run.out.values():
+            uuid = line["uuid"]
+            res = py.app.AsyncResult(uuid)
+            run.outcome[uuid] = res.get(timeout=1, propagate=False) if res.ready() else None
+            run.raw[uuid] = py.counters.get(uuid)
+        mon.stop()
+        for line in run.out.values():
+            uuid = line["uuid"]
+            run.states[uuid] = mon.states(uuid)
+            run.writes[uuid] = mon.state_writes(uuid)
+        for c in mon.calls("ZADD"):
+            if len(c.args) == 4 and c.args[1] == b"delayed_tasks":
+                sig = Signature.from_json(c.args[3])
+                run.zadds[sig.uuid] = (c.args[3], float(c.args[2]))
+        yield run
+    finally:
+        mon.stop()
+        worker.stop(timeout=10)
+        py.close()
+
+
+# --------------------------------------------------------------------------------------
+# every type, edge values
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(GO_TO_PY, "echo {echo_type}")
+@pytest.mark.parametrize("echo_type", list(ECHO_VALUES))
+def test_echo(d2: D2, echo_type: str) -> None:
+    problems = []
+    for v, key in d2.echo[echo_type]:
+        line = d2.line(key)
+        uuid = line["uuid"]
+        if (line["state"], line["error"]) != ("SUCCESS", ""):
+            problems.append(f"{v.label()}: Go read {line['state']!r} error {line['error']!r}")
+            continue
+        run = d2.one_run(uuid)
+        got = d2.outcome[uuid]
+        go = line["results"]
+        checks = {
+            # what the Python task received
+            "python arg": (same(run.args[0], v.expected_py()), True),
+            # Go's AsyncResult
+            "go type": ([r["go_type"] for r in go], [v.go_type]),
+            "go value": ([r["exact"] for r in go], [v.expected_go_value()]),
+            # stored bytes: identical to what a Go worker stores
+            "stored Results": (results_bytes(d2.raw[uuid]), v.wire.encode()),
+            # Python's AsyncResult
+            "python value": (same(got, v.expected_py()), True),
+            "states": (d2.states[uuid], SUCCESS_STATES),
+            "state writes": (state_write_problems(d2.writes[uuid], uuid, v.task,
+                                                  results=v.wire.encode()), []),
+        }
+        if v.go_repr is not None:
+            checks["go repr"] = ([r["repr"] for r in go], [v.go_repr])
+        for what, (actual, expected) in checks.items():
+            if actual != expected:
+                problems.append(f"{v.label()}: {what}: {actual!r} != {expected!r}"
+                                f" (python arg {run.args[0]!r}, python got {got!r})")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------
+# results shape, failures
+# --------------------------------------------------------------------------------------
+
+MULTI_WIRE = (b'[{"Type":"int64","Value":42},{"Type":"string","Value":"answer"},'
+              b'{"Type":"bool","Value":true}]')
+
+
+@pytest.mark.matrix(GO_TO_PY, "multi_return: 3 results")
+def test_multi_return(d2: D2) -> None:
+    line = d2.line("multi_return")
+    assert [(r["go_type"], r["exact"], r["repr"]) for r in _ok(line)] == [
+        ("int64", Num("42"), "42"), ("string", "answer", "answer"), ("bool", True, "true")]
+    assert results_bytes(d2.raw[line["uuid"]]) == MULTI_WIRE
+    assert d2.outcome[line["uuid"]] == (42, "answer", True)
+    d2.one_run(line["uuid"])
+    assert state_write_problems(d2.writes[line["uuid"]], line["uuid"], "multi_return",
+                                results=MULTI_WIRE) == []
+
+
+@pytest.mark.matrix(GO_TO_PY, "only_error: no results")
+def test_only_error(d2: D2) -> None:
+    line = d2.line("only_error")
+    assert _ok(line) == []
+    assert results_bytes(d2.raw[line["uuid"]]) == b"[]"
+    assert d2.outcome[line["uuid"]] is None
+    assert d2.states[line["uuid"]] == SUCCESS_STATES
+    assert state_write_problems(d2.writes[line["uuid"]], line["uuid"], "only_error",
+                                results=b"[]") == []
+
+
+def _check_failure(run: D2, key: str, msg: str, error: str) -> None:
+    line = run.line(key)
+    assert (line["state"], line["error"]) == ("FAILURE", msg), line
+    assert "results" not in line
+    uuid = line["uuid"]
+    raw = run.raw[uuid]
+    assert raw is not None and raw == run.writes[uuid][-1]
+    assert state_write_problems(run.writes[uuid], uuid, line["name"], error=error.encode()) == []
+    failed = run.outcome[uuid]
+    assert isinstance(failed, TaskFailed) and failed.error == msg, failed
+    assert run.states[uuid] == FAILURE_STATES
+    run.one_run(uuid)
+
+
+@pytest.mark.matrix(GO_TO_PY, "failure: FAILURE + error text on both sides")
+def test_failure(d2: D2) -> None:
+    _check_failure(d2, "fail", FAIL_MSG, FAIL_ERROR)
+
+
+@pytest.mark.matrix(GO_TO_PY, "panic (Go panic / Python exception) → FAILURE")
+def test_panic(d2: D2) -> None:
+    _check_failure(d2, "panic", PANIC_MSG, PANIC_ERROR)
+
+
+@pytest.mark.matrix(GO_TO_PY, "panic as BaseException (sys.exit in a Python task) → FAILURE")
+def test_panic_base_exception(d2: D2) -> None:
+    """Go recovers every panic into a FAILURE; a Python task calling ``sys.exit(msg)`` must
+    not leave the task STARTED forever (the Go producer would wait until its timeout)."""
+    _check_failure(d2, "panic_exit", EXIT_MSG, EXIT_MSG)
+
+
+# --------------------------------------------------------------------------------------
+# retries and ETAs
+# --------------------------------------------------------------------------------------
+
+RETRY_STATES = ["PENDING", "RECEIVED", "STARTED", "RETRY", "PENDING", "RECEIVED", "STARTED",
+                "RETRY", "PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+
+
+@pytest.mark.matrix(GO_TO_PY, "retry: RetryCount=3, fails twice → 3 (delays 1 s, 2 s)")
+def test_retry_count(d2: D2) -> None:
+    line = d2.line("retry")
+    assert [(r["go_type"], r["exact"]) for r in _ok(line)] == [("int64", Num("3"))]
+    runs = d2.runs(line["uuid"])
+    assert [(r.retry_count, r.retry_timeout) for r in runs] == [(3, 0), (2, 1), (1, 2)]
+    assert runs[0].eta is None and runs[1].eta is not None and runs[2].eta is not None
+    # ETA = failure time + 1 s, then + 2 s; each run starts once due (Python moves every 50 ms)
+    assert 1.0 <= runs[1].eta - runs[0].at < 1.3, runs
+    assert 2.0 <= runs[2].eta - runs[1].at < 2.3, runs
+    assert 0 <= runs[1].at - runs[1].eta < MOVE_SLACK, runs
+    assert 0 <= runs[2].at - runs[2].eta < MOVE_SLACK, runs
+    gaps = [runs[1].at - runs[0].at, runs[2].at - runs[1].at]
+    assert 1.0 <= gaps[0] < 1.0 + MOVE_SLACK and 2.0 <= gaps[1] < 2.0 + MOVE_SLACK, gaps
+    assert d2.states[line["uuid"]] == RETRY_STATES
+    assert state_write_problems(d2.writes[line["uuid"]], line["uuid"], "fail_n_times",
+                                results=b'[{"Type":"int64","Value":3}]') == []
+    assert d2.outcome[line["uuid"]] == 3
+
+
+@pytest.mark.matrix(GO_TO_PY, "retry-later: ErrRetryTaskLater / Retry(countdown), RetryCount kept")
+def test_retry_later(d2: D2) -> None:
+    line = d2.line("retry_later")
+    assert [(r["go_type"], r["exact"]) for r in _ok(line)] == [("string", "done")]
+    runs = d2.runs(line["uuid"])
+    assert [(r.retry_count, r.retry_timeout) for r in runs] == [(2, 0), (2, 0)]
+    assert runs[1].eta is not None
+    assert 0.7 <= runs[1].eta - runs[0].at < 1.0, runs
+    assert 0 <= runs[1].at - runs[1].eta < MOVE_SLACK, runs
+    assert d2.states[line["uuid"]] == ["PENDING", "RECEIVED", "STARTED", "RETRY", "PENDING",
+                                       "RECEIVED", "STARTED", "SUCCESS"]
+
+
+@pytest.mark.matrix(GO_TO_PY, "ETA: countdown via delayed_tasks, moved by the other side")
+def test_eta_countdown(d2: D2) -> None:
+    line = d2.line("countdown")
+    uuid = line["uuid"]
+    member, score = d2.zadds[uuid]  # Go's producer ZADDed it
+    sig = Signature.from_json(member)
+    assert sig.eta is not None and abs(score - sig.eta.unix_ns) < 1024, (score, sig.eta)
+    run = d2.one_run(uuid)
+    assert run.eta is not None and abs(run.eta - sig.eta.timestamp()) < 1e-6
+    assert 0 <= run.at - run.eta < MOVE_SLACK, run
+    assert line["elapsed_ms"] >= ETA_COUNTDOWN_MS - 50, line
+    assert [(r["go_type"], r["exact"]) for r in _ok(line)] == [("int64", Num("42"))]
+    assert d2.states[uuid] == SUCCESS_STATES
+
+
+@pytest.mark.matrix(GO_TO_PY, "ETA with a +02:00 offset (kept as given)")
+def test_eta_offset(d2: D2) -> None:
+    line = d2.line("eta_offset")
+    uuid = line["uuid"]
+    member, _score = d2.zadds[uuid]
+    assert b'"ETA":"' in member and b'+02:00"' in member, member
+    run = d2.one_run(uuid)
+    assert run.eta_text is not None and run.eta_text.endswith("+02:00"), run
+    want = datetime.fromisoformat(d2.etas["eta_offset"]).timestamp()
+    assert run.eta is not None and abs(run.eta - want) < 1e-6
+    assert 0 <= run.at - want < MOVE_SLACK
+    assert [(r["go_type"], r["exact"]) for r in _ok(line)] == [("string", "eta+02:00")]
+
+
+@pytest.mark.matrix(GO_TO_PY, "untyped Python result (dict): Go's Get reports it, Python reads it")
+def test_untyped_result(d2: D2) -> None:
+    """A documented limitation, pinned: a Python task returning a dict stores the type name
+    Go's reflection would print; Go readers cannot reflect it (§2.5)."""
+    line = d2.line("py_dict")
+    assert line["state"] == "SUCCESS"
+    assert line["error"] == "map[string]interface {} is not one of supported types"
+    assert "results" not in line
+    assert results_bytes(d2.raw[line["uuid"]]) == (
+        b'[{"Type":"map[string]interface {}","Value":{"k":[1,2]}}]')
+    assert d2.outcome[line["uuid"]] == {"k": [1, 2]}
+
+
+# --------------------------------------------------------------------------------------
+# callbacks
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(GO_TO_PY, "OnSuccess callback: parent's results appended (§3.4)")
+def test_on_success_callback(d2: D2) -> None:
+    assert [(r["go_type"], r["exact"]) for r in _ok(d2.line("on_success"))] == [
+        ("int64", Num("3"))]
+    read = d2.out["cb on_success"]
+    assert [(r["go_type"], r["exact"]) for r in _ok(read)] == [("int64", Num("103"))]
+    run = d2.one_run(read["uuid"])
+    assert run.args == (100, 3)
+    # the Python worker wrote the callback's PENDING (TaskName "add") before publishing it
+    assert d2.states[read["uuid"]] == SUCCESS_STATES
+    assert state_write_problems(d2.writes[read["uuid"]], read["uuid"], "add",
+                                results=b'[{"Type":"int64","Value":103}]') == []
+
+
+@pytest.mark.matrix(GO_TO_PY, "OnSuccess callback of an Immutable parent: args unchanged")
+def test_on_success_immutable(d2: D2) -> None:
+    read = d2.out["cb on_success_immutable"]
+    assert [(r["go_type"], r["exact"]) for r in _ok(read)] == [("int64", Num("100"))]
+    assert d2.one_run(read["uuid"]).args == (100,)
+
+
+@pytest.mark.matrix(GO_TO_PY, "OnError callback: error text prepended (§3.6)")
+def test_on_error_callback(d2: D2) -> None:
+    parent = d2.line("on_error")
+    assert (parent["state"], parent["error"]) == ("FAILURE", FAIL_MSG)
+    read = d2.out["cb on_error"]
+    assert [(r["go_type"], r["exact"]) for r in _ok(read)] == [("string", FAIL_MSG + "!")]
+    assert d2.one_run(read["uuid"]).args == (FAIL_MSG, "!")
+
+
+# --------------------------------------------------------------------------------------
+# unregistered task: a Go worker hands a Python-only task to the Python worker
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(GO_TO_PY, "unregistered task handed over to a worker that has it")
+def test_unregistered_handoff(flavour: str, go_bins: Path, new_db: Callable[[], str],
+                              tmp_path: Path) -> None:
+    """A Python-only task reaches a Go worker first; Go RPUSHes it back (in a busy loop);
+    once a Python worker consumes the same queue too, Python runs it exactly once."""
+    url = new_db()
+    queue = f"q_h2_{flavour}"
+    go = GoWorker(flavour, url, queue, log_dir=tmp_path).start()
+    py: PyApp | None = None
+    worker = None
+    try:
+        (sent,) = run_producer(flavour, url, [{"name": "py_only", "wait": False,
+                                               "args": [{"type": "string", "value": "hello"}]}],
+                               queue=queue)
+        assert sent["sent"] is True, sent
+        wait_for(lambda: "Task not registered with this worker" in go.stderr(), timeout=10,
+                 what="the Go worker to push the Python-only task back")
+        py = make_app(url, queue, only={"py_only", "add"})
+        worker = py.app.worker(concurrency=2, poll_timeout=0.1,
+                               delayed_poll_interval=PY_DELAYED_POLL).start()
+        (read,) = run_producer(flavour, url, [{"read": sent["uuid"], "timeout_ms": 20000}])
+        assert [(r["go_type"], r["exact"]) for r in _ok(read)] == [("string", "py:HELLO")]
+        assert len(py.executions.for_uuid(sent["uuid"])) == 1
+        assert go.tasks() == []
+    finally:
+        if worker is not None:
+            worker.stop(timeout=10)
+        if py is not None:
+            py.close()
+        go.stop()
+
+
+# --------------------------------------------------------------------------------------
+# the same app, as a worker process started from the command line
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(GO_TO_PY, "Python worker process from the CLI (-A interop.tests.pyapp:app)")
+def test_cli_worker(flavour: str, go_bins: Path, new_db: Callable[[], str],
+                    tmp_path: Path) -> None:
+    url = new_db()
+    queue = f"q_cli_{flavour}"
+    env = {**os.environ, "MC_INTEROP_BROKER": url, "MC_INTEROP_QUEUE": queue}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "machinery_compat", "worker", "-A",
+             "interop.tests.pyapp:app", "-c", "2"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "worker ready" in log.read_text(errors="replace") or proc.poll() is not None,
+                 timeout=20, what="the CLI worker to start")
+        assert proc.poll() is None, log.read_text(errors="replace")
+        lines = [
+            {"id": "int8", "name": "echo_int8", "args": [{"type": "int8", "value": -128}]},
+            {"id": "multi", "name": "multi_return"},
+            {"id": "strings", "name": "echo_[]string",
+             "args": [{"type": "[]string", "value": ["<>&", "\u2028"]}]},
+        ]
+        out = {o["id"]: o for o in run_producer(flavour, url, lines, queue=queue, parallel=3)}
+        assert [(r["go_type"], r["exact"]) for r in _ok(out["int8"])] == [("int8", Num("-128"))]
+        assert [r["go_type"] for r in _ok(out["multi"])] == ["int64", "string", "bool"]
+        assert [(r["go_type"], r["exact"]) for r in _ok(out["strings"])] == [
+            ("[]string", ["<>&", "\u2028"])]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    text = log.read_text(errors="replace")
+    assert rc == 0, text[-3000:]
+    assert "worker stopped after 3 tasks" in text, text[-3000:]
