@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import ctypes
 import importlib.metadata
 import io
 import json
@@ -94,17 +93,20 @@ class BenchError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
-def _preexec() -> None:  # pragma: no cover - runs in the child
-    """Die with the benchmark (Linux), and stay out of the terminal's Ctrl-C."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _die_with_bench() -> list[str]:
+    """Command prefix: the child gets SIGKILL if the benchmark dies (util-linux ``setpriv``).
+
+    Not a ``preexec_fn``: Python code between fork and exec can deadlock in a threaded process.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv and sys.platform == "linux" else []
 
 
 def spawn(cmd: list[str], *, stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.STDOUT,
           stdin: Any = subprocess.DEVNULL, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        cmd, cwd=ROOT, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
-        start_new_session=True, preexec_fn=_preexec if sys.platform == "linux" else None,
+        [*_die_with_bench(), *cmd], cwd=ROOT, stdin=stdin, stdout=stdout, stderr=stderr,
+        env=env, start_new_session=True,
     )
 
 
@@ -352,10 +354,10 @@ class Bench:
         logfile = self.workdir / "celery-producer.log"
         rcpu0 = self.redis_cpu()
         out = subprocess.run(
-            [sys.executable, "-m", "bench.celery_app", "produce", str(self.n)],
+            [*_die_with_bench(), sys.executable, "-m", "bench.celery_app", "produce", str(self.n)],
             cwd=ROOT, env=child_env(BENCH_REDIS_URL=self.server.url, BENCH_IDS_KEY=IDS_KEY),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logfile.open("wb"),
-            timeout=600, start_new_session=True, preexec_fn=_preexec, check=False,
+            timeout=600, start_new_session=True, check=False,
         )
         if out.returncode != 0:
             raise BenchError(f"celery producer failed ({out.returncode}):\n{tail(logfile)}")

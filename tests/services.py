@@ -29,7 +29,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -91,29 +90,15 @@ def free_port(host: str = LOOPBACK) -> int:
         return port
 
 
-_libc: Any = None
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child if the test process dies
-    (so a crashed or SIGKILLed pytest leaves no redis-server behind). libc is
-    loaded here, in the parent: the child only makes one prctl call."""
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return None
-    if _libc is None:
-        try:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            return None
-    libc = _libc
-
-    def preexec() -> None:  # pragma: no cover - runs in the child
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
+def die_with_parent_prefix() -> list[str]:
+    """A command prefix asking Linux to SIGTERM the child if the thread that started it dies
+    (so a crashed or SIGKILLed pytest leaves no server behind): util-linux's
+    ``setpriv --pdeathsig``.  Not a ``preexec_fn``: Python code run between fork and exec
+    can deadlock in a process with threads (it hung CI once), ``setpriv`` cannot."""
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None:
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def _no_retry() -> Any:
@@ -260,13 +245,13 @@ class RedisServer:
         with open(self.log_path, "ab") as log:
             log.write(f"--- starting on port {self.port}\n".encode())
             log.flush()
+            prefix = die_with_parent_prefix() if self.die_with_parent else []
             self._proc = subprocess.Popen(
-                self._command(),
+                [*prefix, *self._command()],
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None,
             )
         try:
             self._wait_ready()
