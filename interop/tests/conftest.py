@@ -181,7 +181,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _ICON = {"passed": "✅", "failed": "❌", "skipped": "skipped", None: "not run"}
-_SHORT = {"Python → Go worker": "Py→Go", "Go → Python worker": "Go→Py", "mixed pool": "mixed"}
+_SHORT = {"Python → Go worker": "Py→Go", "Go → Python worker": "Go→Py", "mixed pool": "mixed",
+          "workflows": "wf"}
 
 
 def _versions() -> dict[str, str]:
@@ -239,7 +240,9 @@ def _render(st: _State) -> str:
         "Directions: **Py→Go** = Python producer, Go worker (results read by Python's",
         "`AsyncResult` and by Go's `AsyncResult` via `mcproducer`); **Go→Py** = Go producer",
         "(`mcproducer`, `AsyncResult.Get`), Python worker; **mixed** = one Go and one Python",
-        "worker on the same queue, tasks from both producers.",
+        "worker on the same queue, tasks from both producers; **wf** = workflows (chains,",
+        "groups, chords) whose steps run on a Go and a Python worker sharing one queue, each",
+        "worker registering a different set of task names, sent by either producer.",
         "",
         "| case | " + " | ".join(f"{_SHORT.get(d, d)} {f}" for d, f in columns) + " |",
         "|---|" + "|".join(":-:" for _ in columns) + "|",
@@ -276,7 +279,9 @@ NOT_IN_MATRIX = """
   `tests/integration/test_redis_worker.py`.
 * **Undecodable messages sent to a Go worker**: the same consumer breakage (protocol
   notes §5.2).
-* **Groups and chords** across Go and Python workers: not part of this matrix.
+* **Chords sent by Go's `SendGroup`/`SendChord`**: `mcproducer` only calls `SendTask`, so the
+  Go-produced chords (wf) get `InitGroup` and the members' PENDING states from Python first
+  (what `SendGroup` does before publishing, §3.1), then Go publishes every member.
 
 ## Go behaviour worth knowing (seen in these runs)
 

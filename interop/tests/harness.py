@@ -40,7 +40,8 @@ FLAVOURS = ("v1", "v2-redigo", "v2-goredis")
 PY_TO_GO = "Python → Go worker"
 GO_TO_PY = "Go → Python worker"
 MIXED = "mixed pool"
-DIRECTIONS = (PY_TO_GO, GO_TO_PY, MIXED)
+WORKFLOWS = "workflows"
+DIRECTIONS = (PY_TO_GO, GO_TO_PY, MIXED, WORKFLOWS)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,671 @@
+"""Workflows across Go and Python: chains, groups and chords whose tasks run on both sides.
+
+Every test starts one Go worker (``mcworker``) and one in-process Python worker on the same
+fresh queue/DB.  The Python worker registers the Python-only tasks below (``py_add``,
+``py_mul``, ``py_sq``, ``py_concat``, ``py_fail``: names no Go worker has) plus, in some
+tests, ``add`` (then a *shared* name: either worker may run it); every other name
+(``multiply``, ``concat``, ``fail``, and ``add`` when not shared) only the Go worker has.  So
+each step must be handed to the right side, and the worker that finishes a step sends the
+next one (OnSuccess with the results appended, OnError with the error prepended, the chord
+callback with every member's results in group order), whichever language wrote it.
+
+* who ran what: Go's ``task`` lines (``raw_args`` = the Args as the Go worker decoded them)
+  and the Python worker's own record (the Args JSON as received, re-encoded with Go's rules);
+* results are read with Python's ``AsyncResult``/``GroupResult`` and with Go's
+  ``AsyncResult`` (``mcproducer`` read lines / ``-read``);
+* chords sent by the Go producer: ``mcproducer`` only has ``SendTask``, so the test first does
+  what Go's ``SendGroup`` does before publishing (§3.1): ``InitGroup`` and a PENDING state for
+  every member (``app.backend.init_group`` / ``set_state_pending``), then Go publishes the
+  members one by one.  (Writing the PENDING states first matters: a Go worker finishing a member
+  while another member has no state yet gets an error from ``GroupCompleted`` (§6.1), which
+  Machinery's ``Process`` returns to the Redis broker: the consumer breakage of
+  interop/README.md.)
+* racing chords: 200 chords of 2-3 shared ``add`` members, both workers at concurrency 4,
+  once with a Go-only callback and once with a Python-only one: every callback runs exactly
+  once with the right args, every group meta gets exactly one ``ChordTriggered:true`` write
+  (MONITOR), and both worker kinds trigger some chords (counted by wrapping the Python
+  backend's ``trigger_chord``, and checked against the Go worker's own connections, by
+  their ports, writing the other groups' ``ChordTriggered:true``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interop.tests.harness import (
+    WORKFLOWS,
+    GoWorker,
+    Num,
+    RedisMonitor,
+    read_one,
+    run_producer,
+    wait_for,
+)
+from interop.tests.pyapp import PyApp, make_app
+from machinery_compat import AsyncResult, ChordResult, TaskFailed, chord, group
+from machinery_compat.protocol import chord_id, group_id, task_id
+from machinery_compat.worker import Worker
+from tests.services import RedisServer
+
+pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
+
+PY_ONLY = ("py_add", "py_mul", "py_sq", "py_concat", "py_fail")
+TIMEOUT = 30.0  # generous per-workflow budget; a healthy run needs well under a second
+SETTLE = 0.5  # after everything finished: time for a duplicate/unwanted run to show up
+N_RACING = 200
+
+
+def arg(go_type: str, value: Any) -> dict[str, Any]:
+    """One Arg as Go marshals it (``{"Name":"","Type":…,"Value":…}``)."""
+    return {"Name": "", "Type": go_type, "Value": value}
+
+
+def i64s(*values: int) -> list[dict[str, Any]]:
+    return [arg("int64", v) for v in values]
+
+
+def line_i64(n: int) -> dict[str, Any]:
+    """An mcproducer input arg."""
+    return {"type": "int64", "value": n}
+
+
+def line_str(text: str) -> dict[str, Any]:
+    return {"type": "string", "value": text}
+
+
+class Pool:
+    """A Go worker and a Python worker on one queue; the Python one has ``PY_ONLY`` + ``shared``."""
+
+    def __init__(self, flavour: str, url: str, queue: str, log_dir: Path, *,
+                 shared: Iterable[str] = (), go_concurrency: int = 4,
+                 py_concurrency: int = 4) -> None:
+        self.flavour, self.url, self.queue = flavour, url, queue
+        self.go = GoWorker(flavour, url, queue, concurrency=go_concurrency, log_dir=log_dir)
+        self.py: PyApp = make_app(url, queue, only=set(shared))
+        self.app = self.py.app
+        self.py_concurrency = py_concurrency
+        self.worker: Worker | None = None
+        self._lock = threading.Lock()
+        self.received: dict[str, list[list[dict[str, Any]]]] = {}  # uuid -> Args per run
+        self.py_triggered: list[str] = []  # groups whose chord the Python worker triggered
+        self.py_lost: list[str] = []  # ... tried to trigger but found already triggered
+        self._register_py_only()
+        self._count_triggers()
+
+    # -- Python side --------------------------------------------------------------------
+    def _register_py_only(self) -> None:
+        app, ex = self.app, self.py.executions
+
+        def seen(task: Any, name: str, args: tuple[Any, ...]) -> None:
+            ex.record(task, name, args)
+            sig = task.request.signature
+            raw = json.loads("[" + ",".join(a.to_go_json() for a in sig.args or ()) + "]")
+            with self._lock:
+                self.received.setdefault(sig.uuid, []).append(raw)
+
+        def py_add(self: Any, *nums: int) -> int:
+            seen(self, "py_add", nums)
+            return sum(nums)
+
+        def py_mul(self: Any, *nums: int) -> int:
+            seen(self, "py_mul", nums)
+            p = 1
+            for n in nums:
+                p *= n
+            return p
+
+        def py_sq(self: Any, x: int) -> int:
+            seen(self, "py_sq", (x,))
+            return x * x
+
+        def py_concat(self: Any, *parts: str) -> str:
+            seen(self, "py_concat", parts)
+            return "".join(parts)
+
+        def py_fail(self: Any, msg: str) -> int:
+            seen(self, "py_fail", (msg,))
+            raise RuntimeError(msg)
+
+        for fn in (py_add, py_mul, py_sq, py_concat, py_fail):
+            app.task(name=fn.__name__, bind=True)(fn)
+
+    def _count_triggers(self) -> None:
+        """Record every chord trigger attempt of the Python worker: won (``TriggerChord`` true:
+        it sends the callback) or lost (the group meta already had ``ChordTriggered``)."""
+        backend = self.app.backend
+        original = backend.trigger_chord
+
+        def trigger_chord(group_uuid: str) -> bool:
+            won = original(group_uuid)
+            with self._lock:
+                (self.py_triggered if won else self.py_lost).append(group_uuid)
+            return won
+
+        backend.trigger_chord = trigger_chord  # type: ignore[method-assign]
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> Pool:
+        self.go.start()
+        self.worker = self.app.worker(concurrency=self.py_concurrency, poll_timeout=0.1).start()
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self.worker is not None:
+                self.worker.stop(timeout=10)
+        finally:
+            self.py.close()
+            self.go.stop()
+
+    # -- who ran what -------------------------------------------------------------------
+    def runs(self, uuid: str) -> list[str]:
+        return (["go"] * len(self.go.tasks(uuid))
+                + ["py"] * len(self.py.executions.for_uuid(uuid)))
+
+    def all_runs(self) -> dict[str, list[str]]:
+        """uuid -> the sides that ran it, for every run recorded so far."""
+        out: dict[str, list[str]] = {}
+        for e in self.go.tasks():
+            out.setdefault(e["uuid"], []).append("go")
+        for r in self.py.executions.snapshot():
+            out.setdefault(r.uuid, []).append("py")
+        return out
+
+    def wait_runs(self, uuids: Iterable[str], timeout: float = 5.0) -> None:
+        """Until every task has at least one recorded run (Go lines arrive asynchronously)."""
+        todo = list(uuids)
+
+        def missing() -> list[str]:
+            runs = self.all_runs()
+            return [u for u in todo if u not in runs]
+
+        wait_for(lambda: not missing(), timeout,
+                 f"a recorded run of each of {len(todo)} tasks")
+
+    def go_run(self, uuid: str) -> dict[str, Any]:
+        """The only run of ``uuid``, which must have been on the Go worker."""
+        assert self.runs(uuid) == ["go"], (uuid, self.runs(uuid))
+        return self.go.tasks(uuid)[0]
+
+    def py_args(self, uuid: str) -> list[dict[str, Any]]:
+        """The Args of the only run of ``uuid``, which must have been on the Python worker."""
+        assert self.runs(uuid) == ["py"], (uuid, self.runs(uuid))
+        return self.received[uuid][0]
+
+    def go_errors(self) -> list[str]:
+        return [e["error"] for e in self.go.snapshot() if e.get("event") == "error_handler"]
+
+    def get(self, uuid: str, timeout: float = TIMEOUT) -> Any:
+        return AsyncResult(uuid, self.app.backend).get(timeout=timeout)
+
+
+@pytest.fixture
+def make_pool(flavour: str, go_bins: Path, new_db: Callable[[], str],
+              tmp_path: Path) -> Iterator[Callable[..., Pool]]:
+    made: list[Pool] = []
+
+    def make(**options: Any) -> Pool:
+        pool = Pool(flavour, new_db(), f"q_wf_{flavour}", tmp_path, **options)
+        made.append(pool)
+        return pool.start()
+
+    yield make
+    for pool in made:
+        pool.stop()
+
+
+def _go_results(line: dict[str, Any]) -> list[tuple[str, Any]]:
+    assert (line["state"], line["error"]) == ("SUCCESS", ""), line
+    return [(r["go_type"], r["exact"]) for r in line["results"]]
+
+
+# --------------------------------------------------------------------------------------
+# chains
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(WORKFLOWS, "chain Py→Go→Py→Go (Python producer): results appended each step")
+def test_chain_python_producer(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    app = pool.app
+    c = (app.get_task("py_add").s(1, 2)              # 3        (Python)
+         | app.signature("multiply", args=[4])       # 4*3=12   (Go)
+         | app.get_task("py_sq").s()                 # 144      (Python)
+         | app.signature("add", args=[1000]))        # 1144     (Go)
+    res = c.apply_async()
+    assert res.get(timeout=TIMEOUT) == 1144
+    u = [r.id for r in res.results]
+    assert [pool.get(x) for x in u] == [3, 12, 144, 1144]
+    pool.wait_runs(u)
+    # every step ran exactly once, on the side that has it, with the parent's result appended
+    assert pool.py_args(u[0]) == i64s(1, 2)
+    step1 = pool.go_run(u[1])
+    assert (step1["name"], step1["raw_args"], step1["results"]) == ("multiply", i64s(4, 3), [12])
+    assert pool.py_args(u[2]) == i64s(12)
+    step3 = pool.go_run(u[3])
+    assert (step3["name"], step3["raw_args"], step3["results"]) == ("add", i64s(1000, 144), [1144])
+    # the worker that finished a step sent the next one in the same queue
+    assert {e["routing_key"] for e in (step1, step3)} == {pool.queue}
+    # Go's AsyncResult reads the last step
+    assert _go_results(read_one(pool.flavour, pool.url, u[3])) == [("int64", Num("1144"))]
+    assert pool.go_errors() == []
+
+
+@pytest.mark.matrix(WORKFLOWS, "chain Go→Py→Go→Py→Go (Go producer, nested OnSuccess)")
+def test_chain_go_producer(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    u = [task_id() for _ in range(5)]
+    steps = [("multiply", [2, 3]), ("py_add", [10]), ("add", [100]), ("py_sq", []), ("add", [1])]
+    nested: dict[str, Any] | None = None
+    for uuid, (name, args) in reversed(list(zip(u, steps, strict=True))):
+        node: dict[str, Any] = {"name": name, "uuid": uuid, "args": [line_i64(a) for a in args]}
+        if nested is not None:
+            node["on_success"] = [nested]
+        nested = node
+    assert nested is not None
+    first, last = run_producer(pool.flavour, pool.url,
+                               [{"id": "chain", **nested},
+                                {"id": "last", "read": u[-1], "timeout_ms": 20000}],
+                               queue=pool.queue)
+    assert first["uuid"] == u[0]
+    assert _go_results(first) == [("int64", Num("6"))]  # SendTask's AsyncResult: first step
+    assert _go_results(last) == [("int64", Num("13457"))]  # 6 → 16 → 116 → 13456 → 13457
+    assert [pool.get(x) for x in u] == [6, 16, 116, 13456, 13457]
+    pool.wait_runs(u)
+    assert pool.go_run(u[0])["raw_args"] == i64s(2, 3)
+    assert pool.py_args(u[1]) == i64s(10, 6)
+    assert pool.go_run(u[2])["raw_args"] == i64s(100, 16)
+    assert pool.py_args(u[3]) == i64s(116)
+    assert pool.go_run(u[4])["raw_args"] == i64s(1, 13456)
+    assert pool.go_errors() == []
+
+
+# --------------------------------------------------------------------------------------
+# groups and chords
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(WORKFLOWS, "group: Go-only, Python-only and shared members, results in order")
+def test_group_mixed(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(shared={"add"})
+    app = pool.app
+    members = [
+        (app.signature("add", args=[1, 2]), 3, None),            # shared
+        (app.signature("multiply", args=[3, 4]), 12, "go"),
+        (app.get_task("py_add").s(5, 6), 11, "py"),
+        (app.signature("concat", args=["a", "b"]), "ab", "go"),
+        (app.get_task("py_mul").s(7, 8), 56, "py"),
+        (app.get_task("py_concat").s("x", "y"), "xy", "py"),
+    ] + [(app.signature("add", args=[i, 100]), i + 100, None) for i in range(6)]  # shared
+    res = group(m for m, _, _ in members).apply_async()
+    assert res.get(timeout=TIMEOUT) == [v for _, v, _ in members]
+    uuids = [r.id for r in res.results]
+    assert len(set(uuids)) == len(uuids)
+    pool.wait_runs(uuids)
+    for uuid, (_, _, side) in zip(uuids, members, strict=True):
+        runs = pool.runs(uuid)
+        assert len(runs) == 1 and (side is None or runs == [side]), (uuid, runs)
+    # Go's AsyncResult reads every member
+    reads = run_producer(pool.flavour, pool.url,
+                         [{"read": u, "timeout_ms": 5000} for u in uuids], parallel=8)
+    want = [("string", v) if isinstance(v, str) else ("int64", Num(str(v)))
+            for _, v, _ in members]
+    assert [_go_results(r)[0] for r in reads] == want
+    shared = Counter(pool.runs(u)[0] for u, (_, _, s) in zip(uuids, members, strict=True)
+                     if s is None)
+    assert sum(shared.values()) == 7
+    assert pool.go_errors() == []
+
+
+CHORD_MEMBERS = [("py_add", [1, 2], 3), ("multiply", [3, 4], 12), ("add", [5, 6], 11),
+                 ("py_mul", [2, 5], 10), ("multiply", [7, 1], 7), ("py_sq", [4], 16)]
+
+
+def _chord_test(pool: Pool, callback: str) -> None:
+    app = pool.app
+    sigs = [app.get_task(n).s(*a) if n.startswith("py_") else app.signature(n, args=a)
+            for n, a, _ in CHORD_MEMBERS]
+    values = [v for _, _, v in CHORD_MEMBERS]
+    body = (app.get_task(callback).s(1000) if callback.startswith("py_")
+            else app.signature(callback, args=[1000]))
+    res = chord(sigs, body).apply_async()
+    assert res.get(timeout=TIMEOUT) == 1000 + sum(values)
+    assert res.group.get(timeout=1) == values
+    members = [r.id for r in res.results]
+    cb = res.callback.id
+    assert cb.startswith("chord_")
+    pool.wait_runs([*members, cb])
+    for uuid, (name, _, _) in zip(members, CHORD_MEMBERS, strict=True):
+        assert pool.runs(uuid) == (["py"] if name.startswith("py_") else ["go"]), name
+    # the callback got its own arg, then every member's result in group order (§3.7)
+    expected_args = i64s(1000, *values)
+    time.sleep(SETTLE)
+    if callback.startswith("py_"):
+        assert pool.py_args(cb) == expected_args
+    else:
+        ev = pool.go_run(cb)
+        assert (ev["name"], ev["raw_args"], ev["results"]) == (
+            callback, expected_args, [1000 + sum(values)])
+        assert ev["group_uuid"] == ""
+    meta = pool.app.backend.get_group_meta(res.group.id)
+    assert meta is not None and meta.chord_triggered is True and meta.task_uuids == members
+    assert _go_results(read_one(pool.flavour, pool.url, cb)) == [
+        ("int64", Num(str(1000 + sum(values))))]
+    assert pool.go_errors() == []
+
+
+@pytest.mark.matrix(WORKFLOWS, "chord, members on both sides, Go callback: results in group order")
+def test_chord_go_callback(make_pool: Callable[..., Pool]) -> None:
+    _chord_test(make_pool(), "add")
+
+
+@pytest.mark.matrix(WORKFLOWS,
+                    "chord, members on both sides, Python callback: results in group order")
+def test_chord_python_callback(make_pool: Callable[..., Pool]) -> None:
+    _chord_test(make_pool(), "py_add")
+
+
+def _init_group_like_send_group(pool: Pool, gid: str,
+                                members: list[tuple[str, str, list[Any]]]) -> None:
+    """What Go's ``SendGroup`` does before publishing (§3.1): InitGroup, then PENDING for
+    every member, in order.  ``mcproducer`` then publishes each member with ``SendTask``."""
+    backend = pool.app.backend
+    backend.init_group(gid, [u for u, _, _ in members])
+    for uuid, name, args in members:
+        backend.set_state_pending(pool.app.build_signature(name, args, task_id=uuid))
+
+
+@pytest.mark.matrix(WORKFLOWS, "chord sent by the Go producer (InitGroup from Python), "
+                               "Go and Python callbacks")
+def test_chord_go_producer(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    spec = [("py_add", [1, 2]), ("multiply", [3, 4]), ("py_mul", [5, 6]), ("py_sq", [3])]
+    values = [3, 12, 30, 9]
+    lines: list[dict[str, Any]] = []
+    chords: dict[str, tuple[str, list[str]]] = {}  # callback name -> (callback uuid, members)
+    for cb_name in ("add", "py_add"):
+        gid, cb = group_id(), chord_id()
+        members = [(task_id(), n, a) for n, a in spec]
+        _init_group_like_send_group(pool, gid, members)
+        chords[cb_name] = (cb, [u for u, _, _ in members])
+        lines += [{"id": f"{cb_name} {i}", "name": n, "uuid": u, "wait": False,
+                   "args": [line_i64(x) for x in a],
+                   "group_uuid": gid, "group_task_count": len(members),
+                   "chord_callback": {"name": cb_name, "uuid": cb, "args": [line_i64(100)]}}
+                  for i, (u, n, a) in enumerate(members)]
+    for cb_name, (cb, _) in chords.items():
+        lines.append({"id": f"read {cb_name}", "read": cb, "timeout_ms": 20000})
+    out = {o["id"]: o for o in run_producer(pool.flavour, pool.url, lines, queue=pool.queue)}
+    assert all(o.get("sent") is True for k, o in out.items() if not k.startswith("read")), out
+    total = 100 + sum(values)
+    for cb_name, (cb, members) in chords.items():
+        assert _go_results(out[f"read {cb_name}"]) == [("int64", Num(str(total)))]
+        assert pool.get(cb) == total
+        assert [pool.get(u) for u in members] == values
+        pool.wait_runs([*members, cb])
+        for uuid, (name, _) in zip(members, spec, strict=True):
+            assert pool.runs(uuid) == (["py"] if name.startswith("py_") else ["go"]), name
+    time.sleep(SETTLE)
+    ev = pool.go_run(chords["add"][0])
+    assert (ev["raw_args"], ev["results"]) == (i64s(100, *values), [total])
+    assert pool.py_args(chords["py_add"][0]) == i64s(100, *values)
+    assert pool.go_errors() == []
+
+
+# --------------------------------------------------------------------------------------
+# racing chords
+# --------------------------------------------------------------------------------------
+
+
+def _drain(mon: RedisMonitor, client: Any) -> None:
+    """Stop ``mon`` once it has recorded everything sent before now (the reader can lag
+    behind a busy server): send a marker command and wait until it shows up."""
+    marker = f"wf-monitor-marker:{task_id()}".encode()
+    client.exists(marker)
+    seen = 0
+
+    def arrived() -> bool:
+        nonlocal seen
+        cmds = mon.snapshot()
+        found = any(c.args[1:2] == [marker] for c in cmds[seen:])
+        seen = len(cmds)
+        return found
+
+    try:
+        wait_for(arrived, 30, "MONITOR to catch up")
+    finally:
+        mon.stop()
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets process ``pid`` has open (Linux ``/proc``)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _racing_chords(pool: Pool, interop_redis: RedisServer, callback: str,
+                   record_property: Callable[[str, object], None]) -> None:
+    """200 chords of 2 or 3 shared ``add`` members (either worker may run any of them and
+    finish the group); the callback gets the members' results appended in group order."""
+    app = pool.app
+    db = int(pool.url.rsplit("/", 1)[1])
+    mon = RedisMonitor(interop_redis.host, interop_redis.port, db).start()
+    add = app.get_task("add")
+    assert pool.go.pid is not None
+    go_ports_before = _tcp_ports(pool.go.pid)
+    body = (app.get_task(callback).s() if callback.startswith("py_")
+            else app.signature(callback))
+    sent: list[tuple[ChordResult, list[int]]] = []
+    try:
+        for i in range(N_RACING):
+            values = [i + j + 1 for j in range(2 + i % 2)]
+            header = [add.s(i, j + 1) for j in range(len(values))]
+            sent.append((chord(header, body).apply_async(), values))
+        deadline = time.monotonic() + 60
+        for res, values in sent:
+            want = 1
+            for v in values:
+                want *= v
+            assert res.callback.get(timeout=max(0.5, deadline - time.monotonic())) == want
+        time.sleep(SETTLE)
+    finally:
+        _drain(mon, pool.py.counters)
+    go_ports = go_ports_before | _tcp_ports(pool.go.pid)
+    callbacks = [res.callback.id for res, _ in sent]
+    members = [r.id for res, _ in sent for r in res.results]
+    gids = [res.group.id for res, _ in sent]
+    pool.wait_runs(callbacks + members)
+    runs = pool.all_runs()
+    # every member ran exactly once (on either worker), every callback exactly once, on the
+    # only side that has it, with the members' results appended in group order
+    assert [u for u in members if len(runs[u]) != 1] == []
+    member_runs = Counter(runs[u][0] for u in members)
+    cb_side = "py" if callback.startswith("py_") else "go"
+    bad = {u: runs[u] for u in callbacks if runs[u] != [cb_side]}
+    assert not bad, f"{len(bad)} callbacks not run exactly once on {cb_side}: " \
+                    f"{list(bad.items())[:5]}"
+    assert len(runs) == len(members) + len(callbacks)  # nothing else ran
+    for res, values in sent:
+        cb = res.callback.id
+        got = pool.py_args(cb) if cb_side == "py" else pool.go_run(cb)["raw_args"]
+        assert got == i64s(*values), (cb, got, values)
+    # each group meta was marked ChordTriggered exactly once, by one of the two workers
+    true_writes = Counter({gid: 0 for gid in gids})
+    go_wrote = set()  # groups whose ChordTriggered:true came from a Go worker connection
+    for c in mon.calls("SET"):
+        if len(c.args) >= 3 and b'"ChordTriggered":true' in c.args[2]:
+            true_writes[c.args[1].decode()] += 1
+            if int(c.client.rsplit(":", 1)[1]) in go_ports:
+                go_wrote.add(c.args[1].decode())
+    assert set(true_writes) == set(gids)
+    assert set(true_writes.values()) == {1}, {g: n for g, n in true_writes.items() if n != 1}
+    py_won = Counter(pool.py_triggered)
+    assert set(py_won) <= set(gids) and set(py_won.values()) <= {1}, py_won
+    by_py = len(py_won)
+    by_go = len(gids) - by_py
+    # the Go worker's own connections wrote exactly the other ones (MONITOR client ports)
+    assert go_wrote == set(gids) - set(py_won), (len(go_wrote), by_go)
+    # races the Python worker lost to the Go worker: it found the group complete, took
+    # TriggerChordMutex, and saw ChordTriggered already set by Go
+    lost_to_go = len(set(pool.py_lost) - set(py_won))
+    note = (f"{N_RACING} chords, {len(members)} add members (Go ran {member_runs['go']}, "
+            f"Python {member_runs['py']}); {len(callbacks)} {callback} callbacks, each run "
+            f"exactly once; chords triggered by the Go worker {by_go}, by the Python worker "
+            f"{by_py}; the Python worker also found {lost_to_go} complete chords already "
+            f"triggered by Go")
+    print(f"\n[{pool.flavour}] racing chords, {callback} callback: {note}")
+    record_property("note", note)
+    assert by_go > 0 and by_py > 0, note
+    assert pool.go_errors() == []
+
+
+@pytest.mark.matrix(WORKFLOWS, "200 racing chords (shared add members), Go-only "
+                               "callback: each exactly once, both sides trigger")
+def test_racing_chords_go_callback(make_pool: Callable[..., Pool], interop_redis: RedisServer,
+                                   record_property: Callable[[str, object], None]) -> None:
+    pool = make_pool(shared={"add"}, go_concurrency=4, py_concurrency=4)
+    _racing_chords(pool, interop_redis, "multiply", record_property)
+
+
+@pytest.mark.matrix(WORKFLOWS, "200 racing chords (shared add members), Python-only "
+                               "callback: each exactly once, both sides trigger")
+def test_racing_chords_python_callback(make_pool: Callable[..., Pool],
+                                       interop_redis: RedisServer,
+                                       record_property: Callable[[str, object], None]) -> None:
+    pool = make_pool(shared={"add"}, go_concurrency=4, py_concurrency=4)
+    _racing_chords(pool, interop_redis, "py_mul", record_property)
+
+
+# --------------------------------------------------------------------------------------
+# failure and immutability
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.matrix(WORKFLOWS, "chord with failing members (Go fail, Python raise): OnError "
+                               "gets the error prepended, no chord callback")
+def test_chord_failing_member(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    app = pool.app
+    # -- Python producer: the chord compiled, OnError set on the failing members ---------
+    c = chord([app.signature("multiply", args=[2, 3]), app.signature("fail", args=["go boom"]),
+               app.get_task("py_fail").s("py boom"), app.get_task("py_add").s(1, 1)],
+              app.signature("add", args=[1000]))
+    members, callback = c.to_signatures()
+    py_err_cb, go_err_cb = task_id(), task_id()
+    members[1].on_error = [app.build_signature("py_concat", ["!"], task_id=py_err_cb)]
+    members[2].on_error = [app.build_signature("concat", ["?"], task_id=go_err_cb)]
+    gres = app.send_group(members)
+    # -- Go producer: the same chord, OnError in the input lines --------------------------
+    gid, go_cb = group_id(), chord_id()
+    spec = [(task_id(), "multiply", [line_i64(2), line_i64(3)]),
+            (task_id(), "fail", [line_str("go boom")]),
+            (task_id(), "py_fail", [line_str("py boom")]),
+            (task_id(), "py_add", [line_i64(1), line_i64(1)])]
+    _init_group_like_send_group(pool, gid, [(u, n, [a["value"] for a in args])
+                                            for u, n, args in spec])
+    go_py_err_cb, go_go_err_cb = task_id(), task_id()
+    on_error = {"fail": {"name": "py_concat", "uuid": go_py_err_cb, "args": [line_str("!")]},
+                "py_fail": {"name": "concat", "uuid": go_go_err_cb, "args": [line_str("?")]}}
+    lines = [{"id": n, "name": n, "uuid": u, "args": args, "wait": False,
+              "group_uuid": gid, "group_task_count": len(spec),
+              "chord_callback": {"name": "add", "uuid": go_cb, "args": [line_i64(1000)]},
+              **({"on_error": [on_error[n]]} if n in on_error else {})}
+             for u, n, args in spec]
+    lines += [{"id": f"read {u}", "read": u, "timeout_ms": 20000}
+              for u in (go_py_err_cb, go_go_err_cb)]
+    out = run_producer(pool.flavour, pool.url, lines, queue=pool.queue)
+    go_reads = [o for o in out if o.get("read")]
+    assert [_go_results(r) for r in go_reads] == [[("string", "go boom!")],
+                                                  [("string", "py boom?")]]
+
+    # members: values and errors, in order (both chords)
+    for uuids in ([m.uuid for m in members], [u for u, _, _ in spec]):
+        got = [AsyncResult(u, app.backend).get(timeout=TIMEOUT, propagate=False)
+               for u in uuids]
+        assert got[0] == 6 and got[3] == 2
+        assert [(type(g), g.error) for g in got[1:3]] == [(TaskFailed, "go boom"),
+                                                          (TaskFailed, "py boom")]
+        pool.wait_runs(uuids)
+        assert [pool.runs(u) for u in uuids] == [["go"], ["go"], ["py"], ["py"]]
+    with pytest.raises(TaskFailed) as info:
+        ChordResult(gres, app.AsyncResult(callback.uuid)).get(timeout=TIMEOUT)
+    assert info.value.error == "go boom"
+    # OnError callbacks: the error text prepended to their own args (§3.6), sent by the
+    # worker that ran the failing member to the other side
+    assert pool.get(py_err_cb) == "go boom!"
+    assert pool.get(go_err_cb) == "py boom?"
+    pool.wait_runs([py_err_cb, go_err_cb, go_py_err_cb, go_go_err_cb])
+    for py_cb, go_cb_uuid in ((py_err_cb, go_err_cb), (go_py_err_cb, go_go_err_cb)):
+        assert pool.py_args(py_cb) == [arg("string", "go boom"), arg("string", "!")]
+        ev = pool.go_run(go_cb_uuid)
+        assert (ev["name"], ev["raw_args"], ev["results"]) == (
+            "concat", [arg("string", "py boom"), arg("string", "?")], ["py boom?"])
+    # the chord callbacks never ran, were never even sent (no PENDING)
+    time.sleep(SETTLE + 0.5)
+    for cb in (callback.uuid, go_cb):
+        assert pool.runs(cb) == []
+        assert pool.py.counters.exists(cb) == 0
+    assert sorted(pool.go_errors()) == ["go boom", "go boom"]
+
+
+@pytest.mark.matrix(WORKFLOWS, "immutable si(): chain steps and chord callbacks ignore results")
+def test_immutable(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    app = pool.app
+    # chain: Go → Py si() → Go si() → Py
+    c = (app.signature("multiply", args=[3, 4])          # 12                 (Go)
+         | app.get_task("py_add").si(5)                  # 5, not 5+12        (Python)
+         | app.signature("multiply", args=[7, 2], immutable=True)  # 14, not 70 (Go)
+         | app.get_task("py_add").s(1))                  # 1+14 = 15          (Python)
+    res = c.apply_async()
+    assert res.get(timeout=TIMEOUT) == 15
+    u = [r.id for r in res.results]
+    assert [pool.get(x) for x in u] == [12, 5, 14, 15]
+    pool.wait_runs(u)
+    assert pool.go_run(u[0])["raw_args"] == i64s(3, 4)
+    assert pool.py_args(u[1]) == i64s(5)
+    assert pool.go_run(u[2])["raw_args"] == i64s(7, 2)
+    assert pool.py_args(u[3]) == i64s(1, 14)
+    # chords with an immutable callback: Go (multiply) and Python (py_add) callbacks
+    header = [app.get_task("py_add").s(1, 2), app.signature("multiply", args=[2, 3]),
+              app.get_task("py_mul").s(2, 2)]
+    go_res = chord(header, app.signature("multiply", args=[6, 7], immutable=True)).apply_async()
+    py_res = chord(header, app.get_task("py_add").si(40, 2)).apply_async()
+    assert go_res.get(timeout=TIMEOUT) == 42
+    assert py_res.get(timeout=TIMEOUT) == 42
+    assert go_res.group.get(timeout=1) == py_res.group.get(timeout=1) == [3, 6, 4]
+    pool.wait_runs([go_res.callback.id, py_res.callback.id])
+    time.sleep(SETTLE)
+    ev = pool.go_run(go_res.callback.id)
+    assert (ev["raw_args"], ev["results"]) == (i64s(6, 7), [42])
+    assert pool.py_args(py_res.callback.id) == i64s(40, 2)
+    assert _go_results(read_one(pool.flavour, pool.url, go_res.callback.id)) == [
+        ("int64", Num("42"))]
+    assert pool.go_errors() == []
