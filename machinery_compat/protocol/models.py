@@ -12,13 +12,16 @@ is as lenient as Go's (case-insensitive keys, unknown keys ignored) and raises
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 from ..exceptions import DecodeError, EncodeError, ProtocolError
 from .gojson import Number, encode_map, encode_str, encode_value, loads, plain, to_bytes
 from .gotime import ZERO_TIME_TEXT, GoTime
 from .gotypes import SUPPORTED_TYPES, encode_result_value, encode_typed, infer_type, to_python
+
+_T = TypeVar("_T")
 
 # task states
 PENDING: Final = "PENDING"
@@ -77,6 +80,15 @@ def _fold(obj: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
         if name is not None:
             out[name] = v
     return out
+
+
+def _decode(from_obj: Callable[[Any], _T], raw: bytes | bytearray | memoryview | str) -> _T:
+    """Parse ``raw`` and build a model from it; a DecodeError always carries ``raw``."""
+    try:
+        return from_obj(loads(raw))
+    except DecodeError as e:
+        e.raw = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+        raise
 
 
 def _kind(v: Any) -> str:
@@ -313,12 +325,7 @@ class Signature:
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> Signature:
         """Decode a message body; :class:`DecodeError` (with ``raw``) where Go would fail."""
-        obj = loads(raw)
-        try:
-            return cls.from_obj(obj)
-        except DecodeError as e:
-            e.raw = raw.encode() if isinstance(raw, str) else bytes(raw)
-            raise
+        return _decode(cls.from_obj, raw)
 
     @classmethod
     def from_obj(cls, obj: Any) -> Signature:
@@ -433,12 +440,7 @@ class TaskState:
 
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> TaskState:
-        obj = loads(raw)
-        try:
-            return cls.from_obj(obj)
-        except DecodeError as e:
-            e.raw = raw.encode() if isinstance(raw, str) else bytes(raw)
-            raise
+        return _decode(cls.from_obj, raw)
 
     @classmethod
     def from_obj(cls, obj: Any) -> TaskState:
@@ -488,26 +490,25 @@ class GroupMeta:
 
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> GroupMeta:
-        obj = loads(raw)
+        return _decode(cls.from_obj, raw)
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> GroupMeta:
         w = "GroupMeta"
-        try:
-            d = _fold(obj, cls.FIELDS, "tasks.GroupMeta")
-            uuids = d.get("TaskUUIDs")
-            if uuids is not None and not (isinstance(uuids, list) and all(isinstance(u, str) for u in uuids)):
-                raise DecodeError("json: cannot unmarshal into Go struct field GroupMeta.TaskUUIDs of type []string")
-            created = _time(d, "CreatedAt", w, nullable=False)
-            assert created is not None
-            return cls(
-                group_uuid=_str(d, "GroupUUID", w),
-                task_uuids=list(uuids or []),
-                chord_triggered=_bool(d, "ChordTriggered", w),
-                lock=_bool(d, "Lock", w),
-                created_at=created,
-                ttl=_int(d, "TTL", w, go_type="int64"),
-            )
-        except DecodeError as e:
-            e.raw = raw.encode() if isinstance(raw, str) else bytes(raw)
-            raise
+        d = _fold(obj, cls.FIELDS, "tasks.GroupMeta")
+        uuids = d.get("TaskUUIDs")
+        if uuids is not None and not (isinstance(uuids, list) and all(isinstance(u, str) for u in uuids)):
+            raise DecodeError("json: cannot unmarshal into Go struct field GroupMeta.TaskUUIDs of type []string")
+        created = _time(d, "CreatedAt", w, nullable=False)
+        assert created is not None
+        return cls(
+            group_uuid=_str(d, "GroupUUID", w),
+            task_uuids=list(uuids or []),
+            chord_triggered=_bool(d, "ChordTriggered", w),
+            lock=_bool(d, "Lock", w),
+            created_at=created,
+            ttl=_int(d, "TTL", w, go_type="int64"),
+        )
 
 
 __all__ = [
