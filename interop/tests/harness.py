@@ -120,13 +120,15 @@ def build_go_programs() -> tuple[bool, str]:
         return _build_result
 
 
-def _preexec() -> Callable[[], None] | None:
-    """SIGTERM the child if this process dies (no Go workers left behind)."""
-    try:
-        from tests.services import _pdeathsig_preexec
-    except ImportError:  # pragma: no cover
-        return None
-    return _pdeathsig_preexec()
+def _die_with_parent() -> list[str]:
+    """Command prefix: SIGTERM the Go worker if this process dies (no workers left behind).
+
+    A prefix (``setpriv --pdeathsig``), not a ``preexec_fn``: Python code between fork and
+    exec can deadlock in a threaded process, which once hung a whole CI run.
+    """
+    from tests.services import die_with_parent_prefix
+
+    return die_with_parent_prefix()
 
 
 # --------------------------------------------------------------------------------------
@@ -167,8 +169,8 @@ class GoWorker:
         self._stderr_path = d / f"{self.tag}.stderr.log"
         with open(self._stderr_path, "wb") as err:
             self._proc = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                preexec_fn=_preexec(),
+                [*_die_with_parent(), *self.args], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err,
             )
         self._reader = threading.Thread(target=self._read, name=f"read-{self.tag}", daemon=True)
         self._reader.start()
@@ -310,7 +312,7 @@ def run_producer(flavour: str, broker: str, lines: Iterable[dict[str, Any]], *,
     args = [str(BIN / "mcproducer"), "-flavour", flavour, "-broker", broker, "-queue", queue,
             "-parallel", str(parallel), *extra]
     proc = subprocess.run(args, input=payload.encode(), capture_output=True, timeout=timeout,
-                          check=False, preexec_fn=_preexec())
+                          check=False)
     assert proc.returncode == 0, (f"mcproducer exited {proc.returncode}; stderr:\n"
                                   f"{proc.stderr.decode(errors='replace')[-3000:]}")
     out = [_producer_line(raw) for raw in proc.stdout.splitlines() if raw.strip()]
@@ -323,7 +325,7 @@ def read_one(flavour: str, broker: str, uuid: str, timeout_ms: int = 5000) -> di
     args = [str(BIN / "mcproducer"), "-flavour", flavour, "-broker", broker, "-read", uuid,
             "-timeout-ms", str(timeout_ms)]
     proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
-                          check=False, preexec_fn=_preexec())
+                          check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     lines = [raw for raw in proc.stdout.splitlines() if raw.strip()]
     assert len(lines) == 1, lines

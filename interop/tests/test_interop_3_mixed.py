@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -90,7 +91,14 @@ def _send_from_go_in_background(pool: Pool, lines: list[dict[str, Any]]) -> Call
 
     def produce() -> None:
         try:
-            out.extend(run_producer(pool.flavour, pool.url, lines, queue=pool.queue, parallel=8))
+            out.extend(run_producer(pool.flavour, pool.url, lines, queue=pool.queue, parallel=8,
+                                    timeout=60))
+        except subprocess.TimeoutExpired as e:
+            done = len((e.stdout or b"").splitlines())
+            errors.append(AssertionError(
+                f"mcproducer did not finish within {e.timeout}s ({done} of {len(lines)} "
+                f"lines answered); stderr tail:\n"
+                f"{(e.stderr or b'').decode(errors='replace')[-3000:]}"))
         except BaseException as e:  # reported by join()
             errors.append(e)
 
