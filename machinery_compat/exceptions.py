@@ -36,7 +36,7 @@ class DecodeError(ProtocolError, ValueError):
 
     def __init__(self, message: str, raw: bytes | str | None = None) -> None:
         super().__init__(message)
-        self.raw = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+        self.raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
 
 
 class ArgTypeError(ProtocolError, TypeError):

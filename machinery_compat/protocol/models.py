@@ -87,7 +87,7 @@ def _decode(from_obj: Callable[[Any], _T], raw: bytes | bytearray | memoryview |
     try:
         return from_obj(loads(raw))
     except DecodeError as e:
-        e.raw = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+        e.raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
         raise
 
 

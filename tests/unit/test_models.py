@@ -701,3 +701,13 @@ def test_property_signature_round_trip(sig: Signature) -> None:
     assert [(a.type, a.name) for a in back.args or ()] == [(a.type, a.name) for a in sig.args or ()]
     assert (back.args is None) == (sig.args is None)
     assert (back.headers is None) == (sig.headers is None)
+
+
+def test_decode_error_keeps_raw_text_with_lone_surrogates() -> None:
+    from machinery_compat import DecodeError as _DecodeError
+    from machinery_compat.protocol import Signature as _Signature
+
+    text = '{"UUID":1,"x":"\ud800"}'
+    with pytest.raises(_DecodeError) as info:
+        _Signature.from_json(text)
+    assert info.value.raw == text.encode("utf-8", "surrogatepass")
