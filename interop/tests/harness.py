@@ -444,7 +444,7 @@ class RedisMonitor:
         """Stop after draining what the server already sent (idempotent)."""
         if self._stop.is_set():
             return
-        time.sleep(0.05)
+        self._drain()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -453,6 +453,30 @@ class RedisMonitor:
                 self._sock.close()
         if self.error is not None:
             raise AssertionError(f"MONITOR reader failed: {self.error!r}")
+
+    def _drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything the server sent before now has been read: a busy server's
+        MONITOR stream lags, so send a marker command on this DB and wait to see it."""
+        marker = f"monitor-drain-marker:{time.monotonic_ns()}".encode()
+        with self._lock:
+            start = len(self.commands)
+        with socket.create_connection((self.host, self.port), timeout=5) as sock:
+            sock.sendall(f"SELECT {self.db}\r\n".encode() + b"EXISTS " + marker + b"\r\n")
+            got = b""
+            while got.count(b"\r\n") < 2:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(c.args[1:2] == [marker] for c in self.commands[start:]):
+                    return
+            if self._thread is None or not self._thread.is_alive():
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"MONITOR stream still behind after {timeout}s")
 
     def snapshot(self) -> list[MonitoredCommand]:
         with self._lock:
