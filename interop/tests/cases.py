@@ -18,6 +18,10 @@ from typing import Any
 
 from interop.tests.harness import exact
 
+#: The state writes a task goes through, whichever side runs it (checked with MONITOR).
+SUCCESS_STATES = ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+FAILURE_STATES = ["PENDING", "RECEIVED", "STARTED", "FAILURE"]
+
 
 def f32(x: float) -> float:
     """``float32(x)`` as a Python float."""

@@ -25,8 +25,10 @@ from interop.tests.cases import (
     ECHO_VALUES,
     FAIL_ERROR,
     FAIL_MSG,
+    FAILURE_STATES,
     PANIC_ERROR,
     PANIC_MSG,
+    SUCCESS_STATES,
     EchoValue,
     same,
 )
@@ -49,8 +51,6 @@ from tests.services import RedisServer
 
 pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
 
-SUCCESS_STATES = ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
-FAILURE_STATES = ["PENDING", "RECEIVED", "STARTED", "FAILURE"]
 ETA_COUNTDOWN = 1.5
 GO_DELAYED_POLL = 0.5  # Machinery's default DelayedTasksPollPeriod
 # A Go worker moves at most ONE due delayed task per poll period (v2-goredis even takes the

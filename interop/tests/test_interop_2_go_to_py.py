@@ -26,8 +26,10 @@ from interop.tests.cases import (
     ECHO_VALUES,
     FAIL_ERROR,
     FAIL_MSG,
+    FAILURE_STATES,
     PANIC_ERROR,
     PANIC_MSG,
+    SUCCESS_STATES,
     EchoValue,
     same,
 )
@@ -48,8 +50,6 @@ from tests.services import RedisServer
 
 pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
 
-SUCCESS_STATES = ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
-FAILURE_STATES = ["PENDING", "RECEIVED", "STARTED", "FAILURE"]
 PY_DELAYED_POLL = 0.05
 MOVE_SLACK = 0.6  # the Python worker moves every due task each 50 ms poll (Lua, batched)
 ETA_COUNTDOWN_MS = 1500
