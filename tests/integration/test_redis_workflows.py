@@ -276,3 +276,30 @@ def test_default_retry_delay_rounds_to_a_fibonacci_step(app: Machinery) -> None:
 
     with pytest.raises(ConfigError, match="Fibonacci"):
         app.task(name="u", retry_backoff=False)(lambda: None)
+
+
+def test_chord_trigger_takes_gos_redsync_lock(app: Machinery, redis_client: redis.Redis) -> None:
+    """Same key, NX + PX 8000, 16-byte base64 token, compare-and-delete release (redsync v4)."""
+    backend = app.backend
+    backend.init_group("group_lock", ["task_a"])  # type: ignore[attr-defined]
+    # a Go worker holds the lock: we must wait for it, not barge in
+    redis_client.set("TriggerChordMutex", b"go-token", px=400)
+    start = time.monotonic()
+    with redis_client.monitor() as mon:
+        assert backend.trigger_chord("group_lock") is True
+        cmds = []
+        for event in mon.listen():
+            cmds.append(event["command"])
+            if event["command"].startswith("EVALSHA"):
+                break
+    assert time.monotonic() - start >= 0.3
+    sets = [c for c in cmds if c.startswith("SET TriggerChordMutex")]
+    assert sets, cmds
+    parts = sets[-1].split()
+    assert parts[3:] == ["NX", "PX", "8000"] and len(parts[2]) == 24  # base64 of 16 bytes
+    assert redis_client.get("TriggerChordMutex") is None  # released
+    assert backend.trigger_chord("group_lock") is False  # already triggered
+    # release never deletes a lock someone else holds now
+    redis_client.set("TriggerChordMutex", b"someone-else", px=5000)
+    assert backend._unlock(keys=["TriggerChordMutex"], args=[b"not-ours"]) == 0  # type: ignore[attr-defined]
+    assert redis_client.get("TriggerChordMutex") == b"someone-else"
