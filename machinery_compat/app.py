@@ -259,6 +259,11 @@ class Machinery:
     def send_signature(self, sig: Signature) -> AsyncResult:
         """Go's ``SendTask``: id, headers, PENDING state, then publish."""
         sig.validate()
+        return self.forward_signature(sig)
+
+    def forward_signature(self, sig: Signature) -> AsyncResult:
+        """``send_signature`` without the send-time checks, for signatures received from the
+        wire (callbacks, chord callbacks) whose values are forwarded as they came."""
         if not sig.uuid:
             sig.uuid = task_id()
         if sig.headers is None:

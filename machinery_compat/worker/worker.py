@@ -26,6 +26,7 @@ import queue as queue_mod
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..brokers.base import Delivery
@@ -353,19 +354,23 @@ class Worker:
     # -- outcomes -----------------------------------------------------------------------
     def _store(self, state: TaskState, token: Any) -> None:
         """Write a final state, retrying through short backend outages (the task already ran)."""
+        self._persist(lambda: self.app.backend.set_final_state(state, token),
+                      f"state {state.state} of task {state.task_uuid}", state.to_go_json)
+
+    def _persist(self, action: Callable[[], object], what: str, payload: Callable[[], str]) -> None:
+        """Run ``action`` with short retries; if it keeps failing, log ``payload()`` so the data
+        is not lost silently."""
         delays = (0.2, 1.0, 3.0)
         for attempt in range(len(delays) + 1):
             try:
-                self.app.backend.set_final_state(state, token)
+                action()
                 return
             except Exception as e:
                 if attempt == len(delays):
-                    logger.error("could not store state %s of task %s after %d attempts: %s; "
-                                 "the state was %s", state.state, state.task_uuid, attempt + 1,
-                                 e, state.to_go_json())
+                    logger.error("could not store %s after %d attempts: %s; it was %s", what,
+                                 attempt + 1, e, payload())
                     return
-                logger.warning("storing state %s of task %s failed (%s); retrying in %gs",
-                               state.state, state.task_uuid, e, delays[attempt])
+                logger.warning("storing %s failed (%s); retrying in %gs", what, e, delays[attempt])
                 time.sleep(delays[attempt])
 
     def _succeed(self, sig: Signature, results: list[TaskResult], token: Any, started: float) -> None:
@@ -423,27 +428,12 @@ class Worker:
 
     def _resend(self, sig: Signature) -> None:
         """Publish a retry; if the broker stays down, log the message so it is not lost silently."""
-        delays = (0.2, 1.0, 3.0)
-        for attempt in range(len(delays) + 1):
-            try:
-                self.app.publish_with_pending(sig)
-                return
-            except Exception as e:
-                if attempt == len(delays):
-                    logger.error("retry of task %s[%s] could not be published: %s; message=%s",
-                                 sig.name, sig.uuid, e, sig.to_go_json())
-                    return
-                time.sleep(delays[attempt])
+        self._persist(lambda: self.app.publish_with_pending(sig),
+                      f"retry of task {sig.name}[{sig.uuid}]", sig.to_go_json)
 
     def _send_callback(self, cb: Signature, kind: str, parent: Signature) -> None:
         try:
-            if cb.headers is None:
-                cb.headers = {}
-            from ..protocol import task_id
-
-            if not cb.uuid:
-                cb.uuid = task_id()
-            self.app.publish_with_pending(cb)
+            self.app.forward_signature(cb)
         except Exception as e:  # Go ignores these errors; we at least say so
             logger.error("%s callback %s[%s] of %s[%s] could not be sent: %s", kind, cb.name,
                          cb.uuid, parent.name, parent.uuid, e)
