@@ -88,10 +88,13 @@ class Task:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
 
-    def run_with(self, args: list[Any], request: Request) -> Any:
-        """Call the function for a received message (worker side)."""
+    def run(self, sig: Signature, args: list[Any]) -> Any:
+        """Call the function for a received message (worker side); a bound task gets
+        ``self.request`` built from the signature."""
         if self.bind:
-            self._local.request = request
+            self._local.request = Request(sig.uuid, sig.name, sig, sig.retry_count,
+                                          sig.retry_timeout, dict(sig.headers or {}),
+                                          sig.group_uuid, args)
             try:
                 return self.fn(self, *args)
             finally:

@@ -49,7 +49,7 @@ from ..protocol import (
 )
 from ..protocol.gotypes import SUPPORTED_TYPES, encode_typed, result_type
 from ..protocol.retry import fibonacci_next
-from ..task import Request, Task
+from ..task import Task
 
 if TYPE_CHECKING:
     from ..app import Machinery
@@ -324,10 +324,8 @@ class Worker:
                 token = backend.mark_received_started(sig)
             except Exception as e:
                 raise _NotStarted(str(e)) from e
-            request = Request(sig.uuid, sig.name, sig, sig.retry_count, sig.retry_timeout,
-                              dict(sig.headers or {}), sig.group_uuid, args)
             try:
-                value = task.run_with(args, request)
+                value = task.run(sig, args)
             except Retry as r:
                 self._retry_later(sig, r, token)
                 return
