@@ -297,11 +297,13 @@ class Machinery:
         return AsyncResult(task_id, self.backend)
 
     # -- workers ------------------------------------------------------------------------
-    def worker(self, concurrency: int = 0, queue: str | None = None, **options: Any) -> Worker:
-        """A worker consuming ``queue`` (default queue if ``None``) with ``concurrency`` threads."""
+    def worker(self, concurrency: int = 0, queue: str | None = None, *,
+               queues: Sequence[str] | str | None = None, **options: Any) -> Worker:
+        """A worker with ``concurrency`` threads consuming ``queue``, or several ``queues``
+        (a list or ``"a,b"``, served round-robin), or the default queue if neither is given."""
         from .worker import Worker
 
-        return Worker(self, concurrency=concurrency, queue=queue, **options)
+        return Worker(self, concurrency=concurrency, queue=queue, queues=queues, **options)
 
     def close(self) -> None:
         if self._broker is not None:

@@ -26,6 +26,12 @@ class Delivery:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def rotate(queues: Sequence[str], turn: int) -> list[str]:
+    """``queues`` starting at position ``turn`` (mod len): round-robin order for one fetch."""
+    k = turn % len(queues)
+    return [*queues[k:], *queues[:k]]
+
+
 class Broker(abc.ABC):
     """Base class of every broker.  Subclasses implement the abstract methods."""
 
@@ -47,8 +53,11 @@ class Broker(abc.ABC):
 
     # -- consumer side ------------------------------------------------------------------
     @abc.abstractmethod
-    def fetch(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
-        """Take up to ``max_messages`` messages, waiting at most ``timeout`` s for the first."""
+    def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        """Take up to ``max_messages`` messages from ``queues``, waiting at most ``timeout`` s
+        for the first.  Each :class:`Delivery` names the queue it came from.  Callers pass the
+        queues in a rotating order (see :func:`rotate`), so a broker serves them fairly by
+        taking from the first non-empty one."""
 
     def ack(self, delivery: Delivery) -> None:  # noqa: B027 - optional hook
         """The message was processed (whatever the task's outcome)."""

@@ -75,21 +75,24 @@ class RedisBroker(Broker):
             raise PublishError(f"Publish message error: {e} (task {sig.uuid} not sent)") from e
 
     # -- consumer -----------------------------------------------------------------------
-    def fetch(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+    def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        """LPOP from the first non-empty queue (in the order given), else one BLPOP on all."""
         try:
-            if max_messages > 1:
-                items = self.fast.call("LPOP", queue, max_messages)
-            else:
-                one = self.fast.call("LPOP", queue)
-                items = None if one is None else [one]
-            if not items:
-                popped = self.fast.call("BLPOP", queue, f"{max(timeout, 0.01):.3f}")
-                if popped is None:
-                    return []
-                items = [popped[1]]
+            for queue in queues:
+                if max_messages > 1:
+                    items = self.fast.call("LPOP", queue, max_messages)
+                else:
+                    one = self.fast.call("LPOP", queue)
+                    items = None if one is None else [one]
+                if items:
+                    return [Delivery(body, queue) for body in items]
+            popped = self.fast.call("BLPOP", *queues, f"{max(timeout, 0.01):.3f}")
         except self._errors as e:
-            raise BrokerConnectionError(f"redis broker {queue!r}: {e}") from e
-        return [Delivery(body, queue) for body in items]
+            raise BrokerConnectionError(f"redis broker {', '.join(queues)}: {e}") from e
+        if popped is None:
+            return []
+        name = popped[0].decode("utf-8", "surrogateescape") if isinstance(popped[0], bytes) else popped[0]
+        return [Delivery(popped[1], name)]
 
     def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
         if not deliveries:

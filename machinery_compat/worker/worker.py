@@ -26,10 +26,10 @@ import queue as queue_mod
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..brokers.base import Delivery
+from ..brokers.base import Delivery, rotate
 from ..exceptions import (
     ArgTypeError,
     BrokerConnectionError,
@@ -79,6 +79,7 @@ class Worker:
         *,
         concurrency: int = 0,
         queue: str | None = None,
+        queues: Sequence[str] | str | None = None,
         poll_timeout: float | None = None,
         delayed_poll_interval: float | None = None,
         move_delayed: bool = True,
@@ -86,7 +87,8 @@ class Worker:
     ) -> None:
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
-        self.queue = queue or app.config.default_queue
+        self.queues = _queue_list(queue, queues, app.config.default_queue)
+        self.queue = self.queues[0]
         rcfg = app.config.redis
         normal_ms = rcfg.normal_tasks_poll_period if rcfg and rcfg.normal_tasks_poll_period > 0 else 1000
         delayed_ms = rcfg.delayed_tasks_poll_period if rcfg and rcfg.delayed_tasks_poll_period > 0 else 500
@@ -115,8 +117,8 @@ class Worker:
         broker = self.app.broker
         _ = self.app.backend
         logger.info(
-            "worker ready: queue=%s concurrency=%d broker=%s tasks=[%s]",
-            self.queue, self.concurrency, type(broker).__name__, ", ".join(sorted(self.app.tasks)),
+            "worker ready: queues=%s concurrency=%d broker=%s tasks=[%s]",
+            ",".join(self.queues), self.concurrency, type(broker).__name__, ", ".join(sorted(self.app.tasks)),
         )
         for i in range(self.concurrency):
             self._spawn(self._run_pool, f"mc-worker-{i}")
@@ -192,6 +194,7 @@ class Worker:
     def _consume_loop(self) -> None:
         broker = self.app.broker
         backoff = 0
+        turn = 0
         while not self._stopping.is_set():
             if not self._slots.acquire(timeout=0.2):
                 continue
@@ -199,7 +202,9 @@ class Worker:
             while n < self.prefetch and self._slots.acquire(blocking=False):
                 n += 1
             try:
-                deliveries = broker.fetch(self.queue, n, self.poll_timeout)
+                order = rotate(self.queues, turn) if len(self.queues) > 1 else self.queues
+                turn += 1
+                deliveries = broker.fetch(order, n, self.poll_timeout)
                 backoff = 0
             except BrokerConnectionError as e:
                 for _ in range(n):
@@ -212,7 +217,7 @@ class Worker:
             except Exception:
                 for _ in range(n):
                     self._slots.release()
-                logger.exception("unexpected error while fetching from %s", self.queue)
+                logger.exception("unexpected error while fetching from %s", ",".join(self.queues))
                 self._stopping.wait(1.0)
                 continue
             for _ in range(n - len(deliveries)):
@@ -232,7 +237,8 @@ class Worker:
             return
         try:
             self.app.broker.requeue(deliveries, front=True)
-            logger.info("pushed %d unstarted message(s) back to %s", len(deliveries), self.queue)
+            logger.info("pushed %d unstarted message(s) back to %s", len(deliveries),
+                        ",".join(sorted({d.queue for d in deliveries})))
         except Exception as e:  # the broker is gone: say exactly what is lost
             for d in deliveries:
                 logger.error("could not push message back to %s (%s); raw=%r", d.queue, e, d.body)
@@ -297,12 +303,12 @@ class Worker:
             logger.warning("Task %s[%s] is not registered here and IgnoreWhenTaskNotRegistered "
                            "is set: dropped", sig.name, sig.uuid)
             return
-        delivery.queue = self.queue  # Go pushes it back to the worker's own queue
+        # Go pushes it back to the queue the worker consumes (the one it came from)
         broker.requeue([delivery])
         if sig.name not in self._warned_unregistered:
             self._warned_unregistered.add(sig.name)
             logger.warning("Task %s is not registered here: message %s pushed back to %s for "
-                           "another worker (logged once per name)", sig.name, sig.uuid, self.queue)
+                           "another worker (logged once per name)", sig.name, sig.uuid, delivery.queue)
         self._unregistered_backoff = min(max(self._unregistered_backoff * 2, 0.01),
                                          _MAX_UNREGISTERED_BACKOFF)
 
@@ -456,6 +462,27 @@ class Worker:
                 Arg(r.type, r.value) for s in states for r in (s.results or ())
             ]
         self._send_callback(cb, "chord", sig)
+
+
+def _queue_list(queue: str | None, queues: Sequence[str] | str | None, default: str) -> list[str]:
+    """The queues a worker consumes: ``queues`` (a list, or a comma-separated string as
+    Celery's ``-Q a,b``), else ``queue``, else the default queue; duplicates dropped."""
+    if queue is not None and queues is not None:
+        raise ValueError("give either queue= or queues=, not both")
+    if queues is None:
+        raw: list[str] = [queue] if queue is not None else [default]
+    elif isinstance(queues, str):
+        raw = queues.split(",")
+    else:
+        raw = [part for q in queues for part in str(q).split(",")]
+    out: list[str] = []
+    for q in raw:
+        q = q.strip()
+        if not q:
+            raise ValueError(f"empty queue name in {queues if queues is not None else queue!r}")
+        if q not in out:
+            out.append(q)
+    return out
 
 
 def task_results(task: Task, value: Any) -> list[TaskResult]:
