@@ -6,6 +6,8 @@ scheme              module                                   extra
 ``redis://``,       :mod:`machinery_compat.backends.redis`   ``machinery-compat[redis]``
 ``rediss://``,
 ``redis+socket://``
+``memory://``,      :mod:`machinery_compat.backends.memory`  (none: in-process, for tests)
+``memory://<name>``
 ==================  =======================================  =========================
 
 Memcache, MongoDB, DynamoDB and AMQP backends are not implemented yet (see README).
@@ -36,6 +38,10 @@ def create_backend(config: Config) -> Backend:
         from .redis import RedisBackend
 
         return RedisBackend(url, config.results_expire_in)
+    if scheme == "memory":
+        from .memory import MemoryBackend
+
+        return MemoryBackend(url, config.results_expire_in)
     if scheme in _NOT_YET:
         raise ConfigError(f"the {_NOT_YET[scheme]} result backend is not implemented yet")
     raise ConfigError(f"Factory failed with result backend: {scheme}://… (unknown scheme)")

@@ -6,6 +6,8 @@ scheme              module                                  extra
 ``redis://``,       :mod:`machinery_compat.brokers.redis`   ``machinery-compat[redis]``
 ``rediss://``,
 ``redis+socket://``
+``memory://``,      :mod:`machinery_compat.brokers.memory`  (none: in-process, for tests)
+``memory://<name>``
 ==================  ======================================  =========================
 
 AMQP, SQS and GCP Pub/Sub brokers are not implemented yet (see README).
@@ -43,6 +45,10 @@ def create_broker(config: Config) -> Broker:
             config.default_queue,
             delayed_tasks_key=redis_cfg.delayed_tasks_key if redis_cfg else "",
         )
+    if scheme == "memory":
+        from .memory import MemoryBroker
+
+        return MemoryBroker(url, config.default_queue)
     if scheme in _NOT_YET:
         raise ConfigError(f"the {_NOT_YET[scheme]} broker is not implemented yet ({scheme}://)")
     raise ConfigError(f"Factory failed with broker URL: {scheme}://… (unknown scheme)")
