@@ -1,6 +1,15 @@
-"""Command line: ``machinery-compat worker -A package.module:app -c 4 -Q queue``.
+"""Command line: ``machinery-compat worker -A package.module:app -c 4 -Q a,b``.
 
-Also ``python -m machinery_compat``.  The only place that configures logging.
+Also ``python -m machinery_compat``.  ``machinery-compat worker --help`` lists every option::
+
+    machinery-compat --version
+    machinery-compat worker -A mypkg.tasks:app            # default queue, 2 x CPUs threads
+    machinery-compat worker -A mypkg.tasks:app -Q a,b -Q c -c 8 -l INFO -n w1@%h
+    machinery-compat worker -A mypkg.tasks:app --config config.yml --logfile worker.log
+    machinery-compat worker -A mypkg.tasks:app -P solo    # one task at a time
+
+Errors in the options, the app reference or the config file are one line on stderr and exit
+status 2.  This is the only module that configures logging (stderr, or ``--logfile``).
 """
 
 from __future__ import annotations
@@ -9,72 +18,211 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import __version__
 from .app import Machinery
-from .config import Config
+from .config import Config, mask_url
 from .exceptions import ConfigError
+
+logger = logging.getLogger("machinery_compat.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+POOLS = ("threads", "solo", "processes")
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(threadName)s] %(message)s"
+
+
+class UsageError(Exception):
+    """A command-line option that cannot be honoured (exit status 2)."""
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerArgs:
     app: str
-    concurrency: int
-    queue: str | None
-    config: str | None
-    loglevel: str
+    concurrency: int = 0
+    queues: tuple[str, ...] = ()  # empty: the app's default queue
+    config: str | None = None
+    loglevel: str = "info"
+    hostname: str | None = None
+    logfile: str | None = None
+    pool: str = "threads"
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> WorkerArgs:
+        return cls(app=ns.app, concurrency=ns.concurrency,
+                   queues=tuple(q for group in ns.queues or () for q in group),
+                   config=ns.config, loglevel=ns.loglevel, hostname=ns.hostname,
+                   logfile=ns.logfile, pool=ns.pool)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+def _queue_names(value: str) -> list[str]:
+    """One ``-Q`` value: ``a`` or ``a,b`` (an empty name is an error)."""
+    names = [q.strip() for q in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty queue name in {value!r}")
+    return names
+
+
+def _concurrency(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (the default) or more, not {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="machinery-compat",
                                 description="Python workers for Go Machinery queues")
-    sub = p.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="run a worker")
-    w.add_argument("-A", "--app", required=True,
+    p.add_argument("--version", action="version", version=f"machinery-compat {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    w = sub.add_parser("worker", help="run a worker",
+                       description="Consume Machinery queues and run the app's tasks. The first "
+                                   "SIGINT/SIGTERM finishes running tasks; a second quits at once.")
+    w.add_argument("-A", "--app", required=True, metavar="MODULE[:ATTR]",
                    help="the app to load, as package.module:attribute (attribute defaults to 'app')")
-    w.add_argument("-c", "--concurrency", type=int, default=0,
-                   help="worker threads (default: 2 x CPUs, as Go's Redis worker)")
-    w.add_argument("-Q", "--queue", default=None, help="queue to consume (default: default_queue)")
-    w.add_argument("--config", default=None,
+    w.add_argument("-c", "--concurrency", type=_concurrency, default=0, metavar="N",
+                   help="worker threads (default 0: 2 x CPUs, as Go's Redis worker)")
+    w.add_argument("-Q", "--queues", "--queue", dest="queues", type=_queue_names,
+                   action="append", metavar="QUEUE[,QUEUE...]",
+                   help="queue(s) to consume, comma-separated and/or repeated (-Q a,b -Q c); "
+                        "served round-robin (default: the config's default_queue)")
+    w.add_argument("--config", default=None, metavar="FILE",
                    help="Machinery YAML config file (the one Go workers read); overrides the app's")
-    w.add_argument("-l", "--loglevel", default="info",
-                   choices=["debug", "info", "warning", "error", "critical"])
+    w.add_argument("-l", "--loglevel", default="info", type=str.lower, choices=LOG_LEVELS,
+                   metavar="LEVEL",
+                   help="log level, any case: " + ", ".join(LOG_LEVELS) + " (default: info)")
+    w.add_argument("-n", "--hostname", default=None, metavar="NAME",
+                   help="this worker's name in logs; %%h expands to the host name, %%n to its "
+                        "first label, %%d to the domain (default: <pid>@<host>)")
+    w.add_argument("--logfile", default=None, metavar="FILE",
+                   help="append logs to FILE instead of writing them to stderr")
+    w.add_argument("-P", "--pool", default="threads", type=str.lower, choices=POOLS,
+                   help="threads (default): -c tasks at once in threads; solo: one task at a "
+                        "time; processes: not implemented yet")
     return p
 
 
+# -- running ---------------------------------------------------------------------------------
 def load_app(spec: str) -> Machinery:
     """Import ``package.module:attr`` (``attr`` defaults to ``app``)."""
     module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ConfigError(f"-A {spec!r}: give the app as package.module:attribute")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"cannot import {module_name!r}: {e}") from e
-    obj = getattr(module, attr or "app", None)
+    attr = attr or "app"
+    if not hasattr(module, attr):
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
+    obj = getattr(module, attr)
     if not isinstance(obj, Machinery):
         raise ConfigError(f"{spec!r} is not a machinery_compat.Machinery app (got {obj!r})")
     return obj
 
 
+def expand_hostname(name: str) -> str:
+    """Celery's hostname placeholders: ``%h`` host name, ``%n`` its first label, ``%d`` the
+    rest (domain), ``%%`` a percent sign."""
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    out: list[str] = []
+    i = 0
+    while i < len(name):
+        c = name[i]
+        if c == "%" and i + 1 < len(name) and name[i + 1] in "hnd%":
+            out.append({"h": host, "n": short, "d": domain, "%": "%"}[name[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def configure_logging(loglevel: str, logfile: str | None) -> None:
+    """Log to stderr, or append to ``logfile``."""
+    if logfile is not None:
+        try:
+            handler: logging.Handler = logging.FileHandler(logfile, encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--logfile {logfile}: {e.strerror or e}") from e
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=loglevel.upper(), handlers=[handler], force=True)
+
+
+def banner(args: WorkerArgs, app: Machinery, hostname: str, queues: Sequence[str],
+           concurrency: int) -> str:
+    """The startup summary (passwords in URLs masked)."""
+    pool = f"{concurrency} (solo: one task at a time)" if args.pool == "solo" else \
+        f"{concurrency} ({args.pool})"
+    tasks = sorted(app.tasks)
+    rows = [
+        ("app", args.app),
+        ("hostname", hostname),
+        ("broker", mask_url(app.config.broker)),
+        ("results", mask_url(app.config.result_backend) or "(none)"),
+        ("queues", ", ".join(queues)),
+        ("concurrency", pool),
+    ]
+    lines = [f"machinery-compat {__version__} worker"]
+    lines += [f"  {key + ':':<13}{value}" for key, value in rows]
+    lines.append(f"  {'tasks:':<13}({len(tasks)})")
+    lines += [f"    . {name}" for name in tasks]
+    return "\n".join(lines)
+
+
 def run_worker(args: WorkerArgs) -> int:
-    logging.basicConfig(level=args.loglevel.upper(),
-                        format="[%(asctime)s: %(levelname)s/%(threadName)s] %(message)s")
+    """Load the app and run a worker until SIGINT/SIGTERM; returns the exit status."""
+    if args.pool == "processes":
+        raise UsageError("-P processes is not implemented yet; use -P threads (the default) "
+                         "or -P solo")
+    concurrency = args.concurrency
+    if args.pool == "solo":
+        if concurrency > 1:
+            raise UsageError(f"-P solo runs one task at a time; drop -c {concurrency}")
+        concurrency = 1
+    configure_logging(args.loglevel, args.logfile)
     app = load_app(args.app)
     if args.config:
         app.config = Config.from_yaml(args.config)
-    app.worker(concurrency=args.concurrency, queue=args.queue).run()
+    hostname = expand_hostname(args.hostname) if args.hostname is not None else None
+    try:
+        import inspect  # TEMPORARY until Worker(hostname=) lands
+
+        from .worker import Worker
+        extra = {"hostname": hostname} if "hostname" in inspect.signature(Worker).parameters else {}
+        worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **extra)
+    except ValueError as e:  # e.g. an empty queue name in the config's default_queue
+        raise UsageError(str(e)) from e
+    _ = app.broker, app.backend  # a bad URL fails here, before the banner
+    shown = getattr(worker, "hostname", None) or hostname or f"{os.getpid()}@{socket.gethostname()}"
+    logger.info("%s", banner(args, app, shown, worker.queues, worker.concurrency))
+    worker.run()
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "worker":
         try:
-            return run_worker(WorkerArgs(ns.app, ns.concurrency, ns.queue, ns.config, ns.loglevel))
-        except ConfigError as e:
-            print(f"machinery-compat: {e}", file=sys.stderr)
+            return run_worker(WorkerArgs.from_namespace(ns))
+        except (ConfigError, UsageError) as e:
+            print(f"machinery-compat: error: {_one_line(str(e))}", file=sys.stderr)
             return 2
     return 2
