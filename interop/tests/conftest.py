@@ -279,7 +279,7 @@ NOT_IN_MATRIX = """
   messages (interop/README.md, last section); a JSON bool/object for a slice type even
   crashes the Go process (protocol notes §2.2). The Python worker's answer to the same bytes
   (FAILURE `Reflect task args error: …`, Go's texts) is tested in
-  `tests/integration/test_redis_worker.py`.
+  `tests/behaviour/test_worker.py`.
 * **Undecodable messages sent to a Go worker**: the same consumer breakage (protocol
   notes §5.2).
 * **Chords sent by Go's `SendGroup`/`SendChord`**: `mcproducer` only calls `SendTask`, so the

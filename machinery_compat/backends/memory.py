@@ -17,7 +17,8 @@ It stores exactly what the Redis backend stores, and reads it back through the s
 * entries expire ``results_expire_in`` seconds (default 3600) after their last write;
 * the chord trigger is decided under a lock, so exactly one caller per group gets ``True``;
 * :meth:`~MemoryBackend.purge_state` / :meth:`~MemoryBackend.purge_group_meta` delete entries,
-  :meth:`~MemoryBackend.raw` returns the stored bytes, :func:`reset` throws a store away.
+  :meth:`~MemoryBackend.raw` returns the stored bytes, :meth:`~MemoryBackend.store_raw` stores
+  bytes as a Go worker would have written them, :func:`reset` throws a store away.
 
 Thread-safe; no optional dependency.
 """
@@ -101,6 +102,12 @@ class MemoryBackend(Backend):
         """The Go JSON bytes stored under a task or group UUID (``None``: none or expired)."""
         with self._s.lock:
             return self._get(key)
+
+    def store_raw(self, key: str, body: bytes) -> None:
+        """Store bytes as they are under ``key`` (as a Go worker's ``SET`` would), expiring
+        like any other entry; they are decoded only when read."""
+        with self._s.lock:
+            self._put(key, bytes(body))
 
     # -- writes -------------------------------------------------------------------------
     def set_state(self, state: TaskState, *, merge: bool) -> None:

@@ -24,7 +24,8 @@ Fixtures (names are stable; write new behaviour tests against them):
   head first), ``push(queue, *bodies)`` (inject raw bytes, as a Go producer would),
   ``delayed()`` (raw ``(body, due_ns)`` pairs, soonest first), ``push_delayed(body, due_ns)``,
   ``pending(queue)`` / ``delayed_tasks()`` (decoded :class:`Signature` lists) and
-  ``state_bytes(uuid)`` (the Go JSON the backend holds for a task or group UUID).
+  ``state_bytes(uuid)`` / ``put_state_bytes(uuid, body)`` (the Go JSON the backend holds for a
+  task or group UUID; write one as a Go worker would).
 * ``eager_app``  an app on ``eager://<unique name>`` (eager broker, memory-backed results).
 
 Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the type of
@@ -217,6 +218,15 @@ class Probe:
             return raw
         assert isinstance(self.backend, memory_backend.MemoryBackend)
         return self.backend.raw(uuid)
+
+    def put_state_bytes(self, uuid: str, body: bytes) -> None:
+        """Store raw bytes under a task or group UUID, as a Go worker would write them."""
+        client = self._redis(self.backend)
+        if client is not None:
+            client.set(uuid, body, ex=3600)
+            return
+        assert isinstance(self.backend, memory_backend.MemoryBackend)
+        self.backend.store_raw(uuid, body)
 
 
 @pytest.fixture

@@ -1,35 +1,24 @@
-"""The Python worker against messages written exactly as Go writes them (§12.1)."""
+"""The Python worker against messages written exactly as Go writes them (§12.1), on every
+broker and backend.  Redis-only details (MONITOR, TTLs, outages) are in
+tests/integration/test_redis_layout.py."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import pytest
-import redis
 
 from machinery_compat import Arg, GoType, Machinery, Retry, Signature, TaskFailed
-from machinery_compat.worker import Worker
+from tests.helpers import GO_PENDING, GOLDEN_BODY, UUID, state_bytes
 
-from .conftest import wait_for
-from .test_redis_producer import GOLDEN_BODY, UUID
-
-GO_PENDING = (
-    b'{"TaskUUID":"task_7e0b7c39-3d0c-4b5e-9e1a-2f7d5c1b8a90","TaskName":"add","State":"PENDING",'
-    b'"Results":null,"Error":"","CreatedAt":"2024-05-01T12:34:56.123456789Z","TTL":0}'
-)
-
-
-def _state(uuid: str, name: str, state: str, created: str, results: str = "null", error: str = "") -> bytes:
-    return (f'{{"TaskUUID":"{uuid}","TaskName":"{name}","State":"{state}","Results":{results},'
-            f'"Error":"{error}","CreatedAt":"{created}","TTL":0}}').encode()
-
-
-StartWorker = Callable[..., Worker]
+from .conftest import Probe, StartWorker, wait_for
 
 
 def _register_basics(app: Machinery) -> None:
@@ -38,80 +27,59 @@ def _register_basics(app: Machinery) -> None:
         return sum(nums)
 
 
-def test_go_produced_message_states_byte_for_byte(
-    app: Machinery, redis_client: redis.Redis, redis_server: Any, start_worker: StartWorker
+@pytest.mark.mixed
+def test_go_produced_message_final_state_byte_for_byte(
+    app: Machinery, probe: Probe, start_worker: StartWorker
 ) -> None:
+    """A Go producer's PENDING and message: SUCCESS keeps its TaskName and CreatedAt."""
     _register_basics(app)
-    created = "2024-05-01T12:34:56.123456789Z"
-    # play the Go producer: SET PENDING, then RPUSH the exact body
-    redis_client.set(UUID, GO_PENDING, ex=3600)
-    monitor_client = redis_server.client()
-    seen: list[str] = []
-    ready = threading.Event()
-
-    def watch() -> None:
-        with monitor_client.monitor() as mon:
-            ready.set()
-            for event in mon.listen():
-                cmd = event["command"]
-                if cmd.startswith(f"SET {UUID}"):
-                    seen.append(cmd)
-                    if "SUCCESS" in cmd:
-                        return
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    ready.wait(5)
-    redis_client.rpush("machinery_tasks", GOLDEN_BODY)
+    probe.put_state_bytes(UUID, GO_PENDING)
+    probe.push("machinery_tasks", GOLDEN_BODY)
     start_worker()
-    wait_for(lambda: b"SUCCESS" in (redis_client.get(UUID) or b""), what="SUCCESS")
-    t.join(5)
-    final = redis_client.get(UUID)
-    assert final == _state(UUID, "add", "SUCCESS", created, '[{"Type":"int64","Value":2}]')
-    assert 3590 < redis_client.ttl(UUID) <= 3600
-    # the intermediate writes were RECEIVED then STARTED, each merged, then SUCCESS
-    states = [s.split('"State":"')[1].split('"')[0] for s in seen]
-    assert states == ["RECEIVED", "STARTED", "SUCCESS"]
-    assert all(f'"CreatedAt":"{created}"' in s and '"TaskName":"add"' in s for s in seen)
-    assert all(s.endswith('"EX" "3600"') or s.endswith("EX 3600") for s in seen), seen
+    wait_for(lambda: b"SUCCESS" in (probe.state_bytes(UUID) or b""), what="SUCCESS")
+    assert probe.state_bytes(UUID) == state_bytes(
+        UUID, "add", "SUCCESS", "2024-05-01T12:34:56.123456789Z", '[{"Type":"int64","Value":2}]')
 
 
-def test_received_without_prior_state(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+def test_received_without_prior_state(app: Machinery, probe: Probe, start_worker: StartWorker) -> None:
     gate = threading.Event()
 
     @app.task(name="hold")
     def hold() -> None:
         gate.wait(5)
 
-    redis_client.rpush("machinery_tasks", Signature(uuid="task_np", name="hold", args=[]).to_json())
+    probe.push("machinery_tasks", Signature(uuid="task_np", name="hold", args=[]).to_json())
     start_worker()
-    wait_for(lambda: b"STARTED" in (redis_client.get("task_np") or b""), what="STARTED")
-    assert redis_client.get("task_np") == _state("task_np", "", "STARTED", "0001-01-01T00:00:00Z")
+    wait_for(lambda: b"STARTED" in (probe.state_bytes("task_np") or b""), what="STARTED")
+    assert probe.state_bytes("task_np") == state_bytes("task_np", "", "STARTED", "0001-01-01T00:00:00Z")
     gate.set()
-    wait_for(lambda: b"SUCCESS" in (redis_client.get("task_np") or b""), what="SUCCESS")
-    assert redis_client.get("task_np") == _state("task_np", "", "SUCCESS", "0001-01-01T00:00:00Z", "[]")
+    wait_for(lambda: b"SUCCESS" in (probe.state_bytes("task_np") or b""), what="SUCCESS")
+    assert probe.state_bytes("task_np") == state_bytes("task_np", "", "SUCCESS", "0001-01-01T00:00:00Z", "[]")
 
 
-def test_failure_state_and_error_text(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+@pytest.mark.mixed
+def test_failure_state_and_error_text(app: Machinery, probe: Probe, start_worker: StartWorker) -> None:
     @app.task(name="boom")
     def boom(msg: str) -> int:
         raise ValueError(msg)
 
     res = boom.delay('bad "thing" <&>')
+    pending = probe.state_bytes(res.id) or b""
+    created = re.search(rb'"CreatedAt":"([^"]+)"', pending)
+    assert created, pending
     start_worker()
     with pytest.raises(TaskFailed) as info:
         res.get(timeout=5)
     assert info.value.error == 'bad "thing" <&>'
-    raw = redis_client.get(res.id)
-    assert raw is not None
-    assert b'"State":"FAILURE","Results":null,"Error":"bad \\"thing\\" \\u003c\\u0026\\u003e"' in raw
-    assert b'"TaskName":"boom"' in raw
+    assert probe.state_bytes(res.id) == state_bytes(
+        res.id, "boom", "FAILURE", created.group(1).decode(),
+        error='bad \\"thing\\" \\u003c\\u0026\\u003e')
 
 
-def test_reflect_args_error_is_a_failure(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+def test_reflect_args_error_is_a_failure(app: Machinery, probe: Probe, start_worker: StartWorker) -> None:
     _register_basics(app)
-    redis_client.rpush("machinery_tasks", b'{"UUID":"task_ra","Name":"add","Args":[{"Type":"int64","Value":"1"}]}')
-    redis_client.rpush("machinery_tasks", b'{"UUID":"task_rb","Name":"add","Args":[{"Type":"int64","Value":1.5}]}')
+    probe.push("machinery_tasks", b'{"UUID":"task_ra","Name":"add","Args":[{"Type":"int64","Value":"1"}]}')
+    probe.push("machinery_tasks", b'{"UUID":"task_rb","Name":"add","Args":[{"Type":"int64","Value":1.5}]}')
     start_worker()
     for uuid, text in (("task_ra", "Reflect task args error: 1 is not int64"),
                        ("task_rb", 'Reflect task args error: strconv.ParseInt: parsing "1.5": invalid syntax')):
@@ -120,8 +88,9 @@ def test_reflect_args_error_is_a_failure(app: Machinery, redis_client: redis.Red
         assert info.value.error == text
 
 
+@pytest.mark.mixed
 def test_every_type_reaches_the_task_as_python_values(
-    app: Machinery, redis_client: redis.Redis, start_worker: StartWorker
+    app: Machinery, probe: Probe, start_worker: StartWorker
 ) -> None:
     got: dict[str, Any] = {}
 
@@ -135,16 +104,15 @@ def test_every_type_reaches_the_task_as_python_values(
             b'{"Type":"float32","Value":0.1},{"Type":"float64","Value":1e3},{"Type":"string","Value":"h\\u00e9"},'
             b'{"Type":"[]byte","Value":"aGk="},{"Type":"[]uint8","Value":[104,105]},{"Type":"[]int32","Value":null},'
             b'{"Type":"[]string","Value":["a","b"]},{"Type":"[]float64","Value":[1,2.5]}]}')
-    redis_client.rpush("machinery_tasks", body)
+    probe.push("machinery_tasks", body)
     start_worker()
     wait_for(lambda: "values" in got, what="task run")
-    import struct
     f32 = struct.unpack("f", struct.pack("f", 0.1))[0]
     assert got["values"] == (True, -128, 44, -9223372036854775808, 18446744073709551615, f32, 1000.0,
                              "hé", b"hi", b"hi", [], ["a", "b"], [1.0, 2.5])
 
 
-def test_results_typed_for_go_readers(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+def test_results_typed_for_go_readers(app: Machinery, probe: Probe, start_worker: StartWorker) -> None:
     @app.task(name="many")
     def many() -> tuple[int, str, bool, float, bytes, list[int]]:
         return 1, "s", True, 2.0, b"hi", [1, 2]
@@ -164,16 +132,16 @@ def test_results_typed_for_go_readers(app: Machinery, redis_client: redis.Redis,
     r1, r2, r3, r4 = many.delay(), narrow.delay(), untyped.delay(), nothing.delay()
     start_worker()
     assert r1.get(timeout=5) == (1, "s", True, 2.0, b"hi", [1, 2])
-    raw = redis_client.get(r1.id)
+    raw = probe.state_bytes(r1.id)
     assert raw is not None
     assert (b'"Results":[{"Type":"int64","Value":1},{"Type":"string","Value":"s"},{"Type":"bool","Value":true},'
             b'{"Type":"float64","Value":2},{"Type":"[]uint8","Value":"aGk="},{"Type":"[]int64","Value":[1,2]}]') in raw
     assert r2.get(timeout=5) == 255
-    assert b'"Results":[{"Type":"uint8","Value":255}]' in (redis_client.get(r2.id) or b"")
+    assert b'"Results":[{"Type":"uint8","Value":255}]' in (probe.state_bytes(r2.id) or b"")
     assert r3.get(timeout=5) == {"k": [1, 2]}
-    assert b'"Results":[{"Type":"map[string]interface {}","Value":{"k":[1,2]}}]' in (redis_client.get(r3.id) or b"")
+    assert b'"Results":[{"Type":"map[string]interface {}","Value":{"k":[1,2]}}]' in (probe.state_bytes(r3.id) or b"")
     assert r4.get(timeout=5) is None
-    assert b'"Results":[]' in (redis_client.get(r4.id) or b"")
+    assert b'"Results":[]' in (probe.state_bytes(r4.id) or b"")
 
 
 def test_result_out_of_range_fails_the_task(app: Machinery, start_worker: StartWorker) -> None:
@@ -187,7 +155,15 @@ def test_result_out_of_range_fails_the_task(app: Machinery, start_worker: StartW
         res.get(timeout=5)
 
 
-def test_retry_count_follows_fibonacci(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+def test_results_expire_after_results_expire_in(make_app: Callable[..., Machinery], probe: Probe) -> None:
+    app = make_app(results_expire_in=1)
+    res = app.send_task("add", args=[1])
+    assert res.state == "PENDING"
+    wait_for(lambda: probe.state_bytes(res.id) is None, timeout=5, what="state expired")
+    assert app.backend.get_state(res.id) is None
+
+
+def test_retry_count_follows_fibonacci(app: Machinery, probe: Probe, start_worker: StartWorker) -> None:
     runs: list[float] = []
 
     @app.task(name="flaky")
@@ -199,11 +175,11 @@ def test_retry_count_follows_fibonacci(app: Machinery, redis_client: redis.Redis
 
     res = flaky.apply_async(retry_count=3)
     start_worker()
-    wait_for(lambda: redis_client.zcard("delayed_tasks"), what="first retry scheduled")
-    (body, score), = redis_client.zrange("delayed_tasks", 0, -1, withscores=True)
+    wait_for(probe.delayed, what="first retry scheduled")
+    (body, due), = probe.delayed()
     sig = Signature.from_json(body)
     assert (sig.uuid, sig.retry_count, sig.retry_timeout) == (res.id, 2, 1)
-    assert sig.eta is not None and abs(sig.eta.unix_ns - score) < 1000
+    assert sig.eta is not None and abs(sig.eta.unix_ns - due) < 1000  # a Redis score is a double
     assert res.get(timeout=15) == "ok"
     assert len(runs) == 3
     gaps = [b - a for a, b in itertools.pairwise(runs)]
@@ -225,7 +201,8 @@ def test_retry_exhausted_is_failure(app: Machinery, start_worker: StartWorker) -
     assert len(runs) == 2
 
 
-def test_retry_later_keeps_retry_count(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+@pytest.mark.mixed
+def test_retry_later_keeps_retry_count(app: Machinery, probe: Probe, start_worker: StartWorker) -> None:
     runs = []
 
     @app.task(name="later")
@@ -237,13 +214,14 @@ def test_retry_later_keeps_retry_count(app: Machinery, redis_client: redis.Redis
 
     res = later.apply_async(retry_count=5, retry_timeout=7)
     start_worker()
-    wait_for(lambda: redis_client.zcard("delayed_tasks"), what="retry-later scheduled")
-    sig = Signature.from_json(redis_client.zrange("delayed_tasks", 0, -1)[0])
+    wait_for(probe.delayed, what="retry-later scheduled")
+    sig = Signature.from_json(probe.delayed()[0][0])
     assert (sig.retry_count, sig.retry_timeout) == (5, 7)
     assert res.get(timeout=5) == "done"
 
 
-def test_on_success_and_on_error_callbacks(app: Machinery, redis_client: redis.Redis, start_worker: StartWorker) -> None:
+@pytest.mark.mixed
+def test_on_success_and_on_error_callbacks(app: Machinery, start_worker: StartWorker) -> None:
     seen: dict[str, Any] = {}
 
     @app.task(name="add")
@@ -274,27 +252,35 @@ def test_on_success_and_on_error_callbacks(app: Machinery, redis_client: redis.R
 
 
 def test_unregistered_task_requeued_without_livelock(
-    app: Machinery, redis_client: redis.Redis, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
+    app: Machinery, probe: Probe, start_worker: StartWorker, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     body = Signature(uuid="task_go_only", name="go_only", routing_key="machinery_tasks", headers={}).to_json()
-    redis_client.rpush("machinery_tasks", body)
-    redis_client.config_resetstat()
+    probe.push("machinery_tasks", body)
+    broker = app.broker
+    requeued: list[bytes] = []
+    real_requeue = broker.requeue
+
+    def counting_requeue(deliveries: Any, *, front: bool = False) -> None:
+        requeued.extend(d.body for d in deliveries)
+        real_requeue(deliveries, front=front)
+
+    monkeypatch.setattr(broker, "requeue", counting_requeue)
     start_worker()
     time.sleep(1.5)
-    stats = redis_client.info("commandstats")
-    pushes = stats.get("cmdstat_rpush", {}).get("calls", 0)
-    assert 1 <= pushes < 60, pushes  # backed off, not thousands of round trips
-    # the bytes are untouched and still there for a worker that has the task
-    assert redis_client.lrange("machinery_tasks", 0, -1) == [body] or redis_client.llen("machinery_tasks") == 0
+    assert 1 <= len(requeued) < 60, len(requeued)  # backed off, not thousands of round trips
+    assert set(requeued) == {body}  # the bytes are untouched, for a worker that has the task
+    assert probe.messages() in ([body], [])  # (or taken by the worker just now)
     warnings = [r for r in caplog.records if "go_only is not registered" in r.getMessage()]
     assert len(warnings) == 1
-    assert redis_client.get("task_go_only") is None  # no state written for it
+    assert probe.state_bytes("task_go_only") is None  # no state written for it
 
 
+@pytest.mark.mixed
 def test_unregistered_then_handled_by_another_worker(
-    app: Machinery, redis_url: str, redis_client: redis.Redis, start_worker: StartWorker
+    app: Machinery, make_app: Callable[..., Machinery], start_worker: StartWorker
 ) -> None:
-    other = Machinery(broker=redis_url, default_queue="machinery_tasks")
+    other = make_app()
 
     @other.task(name="only_other")
     def only_other() -> str:
@@ -308,34 +294,34 @@ def test_unregistered_then_handled_by_another_worker(
 
 
 def test_ignore_when_task_not_registered_drops(
-    app: Machinery, redis_client: redis.Redis, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
+    app: Machinery, probe: Probe, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
 ) -> None:
     app.send_task("nobody", ignore_when_task_not_registered=True)
     start_worker()
     wait_for(lambda: any("IgnoreWhenTaskNotRegistered" in r.getMessage() for r in caplog.records), what="drop log")
-    assert redis_client.llen("machinery_tasks") == 0
+    assert probe.messages() == []
 
 
 def test_undecodable_message_kept_in_dead_list(
-    app: Machinery, redis_client: redis.Redis, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
+    app: Machinery, probe: Probe, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
 ) -> None:
     _register_basics(app)
-    for bad in (b"not json", b'{"UUID":"x","RetryCount":"3"}', b'{"ETA":"2024-05-01T12:00:00"}', b"[1]"):
-        redis_client.rpush("machinery_tasks", bad)
+    bad = [b"not json", b'{"UUID":"x","RetryCount":"3"}', b'{"ETA":"2024-05-01T12:00:00"}', b"[1]"]
+    probe.push("machinery_tasks", *bad)
     res = app.send_task("add", args=[1, 2])
     start_worker()
     assert res.get(timeout=5) == 3  # the worker survived
-    wait_for(lambda: redis_client.llen("machinery_tasks.dead") == 4, what="4 dead letters")
-    assert sorted(redis_client.lrange("machinery_tasks.dead", 0, -1)) == sorted(
-        [b"not json", b'{"UUID":"x","RetryCount":"3"}', b'{"ETA":"2024-05-01T12:00:00"}', b"[1]"])
+    wait_for(lambda: len(probe.dead()) == 4, what="4 dead letters")
+    assert sorted(probe.dead()) == sorted(bad)
     msgs = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
     assert len(msgs) == 4 and all("moved to machinery_tasks.dead" in m for m in msgs)
     assert any("raw=b'not json'" in m for m in msgs)
     assert any("Signature.RetryCount of type int" in m for m in msgs)
 
 
+@pytest.mark.mixed
 def test_delayed_tasks_moved_once_by_competing_workers(
-    app: Machinery, redis_url: str, redis_client: redis.Redis, start_worker: StartWorker
+    app: Machinery, make_app: Callable[..., Machinery], probe: Probe, start_worker: StartWorker
 ) -> None:
     counts: dict[str, int] = {}
     lock = threading.Lock()
@@ -347,27 +333,24 @@ def test_delayed_tasks_moved_once_by_competing_workers(
                 counts[key] = counts.get(key, 0) + 1
 
     make(app)
-    other = Machinery(broker=redis_url, default_queue="machinery_tasks")
+    other = make_app()
     make(other)
     n = 300
-    pipe = redis_client.pipeline()
     due = time.time_ns() + 300_000_000
     for i in range(n):
         sig = Signature(uuid=f"task_d{i}", name="count", routing_key="machinery_tasks",
                         args=[Arg("string", f"k{i}")], headers={})
-        pipe.zadd("delayed_tasks", {sig.to_json(): due + i})
-    pipe.execute()
+        probe.push_delayed(sig.to_json(), due + i)
     start_worker(concurrency=4, delayed_poll_interval=0.01)
     start_worker(other, concurrency=4, delayed_poll_interval=0.01)
     wait_for(lambda: sum(counts.values()) >= n, timeout=20, what="all delayed tasks run")
     time.sleep(0.3)
     assert len(counts) == n and set(counts.values()) == {1}
-    assert redis_client.zcard("delayed_tasks") == 0
+    assert probe.delayed() == []
 
 
-def test_graceful_stop_finishes_running_and_leaves_the_rest(
-    app: Machinery, redis_client: redis.Redis
-) -> None:
+@pytest.mark.mixed
+def test_graceful_stop_finishes_running_and_leaves_the_rest(app: Machinery, probe: Probe) -> None:
     started = threading.Event()
     finished = []
 
@@ -384,38 +367,10 @@ def test_graceful_stop_finishes_running_and_leaves_the_rest(
     w.stop(timeout=10)
     done = [r for r in results if r.ready()]
     assert len(done) == len(finished) >= 1
-    assert redis_client.llen("machinery_tasks") == 10 - len(finished)
     # what was pushed back is intact and in order
-    remaining = [Signature.from_json(b).uuid for b in redis_client.lrange("machinery_tasks", 0, -1)]
+    remaining = [Signature.from_json(b).uuid for b in probe.messages()]
     assert remaining == [r.id for r in results if not r.ready()]
-
-
-def test_worker_survives_broker_outage(redis_server_factory, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    server = redis_server_factory()
-    app = Machinery(broker=server.url)
-
-    @app.task(name="add")
-    def add(*nums: int) -> int:
-        return sum(nums)
-
-    w = app.worker(concurrency=2, poll_timeout=0.1).start()
-    try:
-        assert app.send_task("add", args=[1, 1]).get(timeout=5) == 2
-        server.stop()
-        time.sleep(1.0)
-        server.start()
-        res = wait_for(lambda: _try_send(app), timeout=10, what="producer reconnect")
-        assert res.get(timeout=15) == 5
-    finally:
-        w.stop(timeout=10)
-    assert any("broker unreachable" in r.getMessage() for r in caplog.records)
-
-
-def _try_send(app: Machinery) -> Any:
-    try:
-        return app.send_task("add", args=[2, 3])
-    except Exception:
-        return None
+    assert len(remaining) == 10 - len(finished)
 
 
 def test_bound_task_sees_request(app: Machinery, start_worker: StartWorker) -> None:
@@ -447,29 +402,10 @@ def test_log_lines_a_celery_user_recognises(
     logging.getLogger("machinery_compat").debug("done")
 
 
-def test_backend_outage_before_start_pushes_the_message_back(
-    redis_url: str, redis_client: redis.Redis, redis_server_factory: Any,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    backend_server = redis_server_factory()
-    app = Machinery(broker=redis_url, result_backend=backend_server.url)
-    runs = []
-
-    @app.task(name="add")
-    def add(*nums: int) -> int:
-        runs.append(nums)
-        return sum(nums)
-
-    backend_server.stop()
-    redis_client.rpush("machinery_tasks", Signature(uuid="task_bo", name="add", args=[Arg("int64", 4)],
-                                                    headers={}).to_json())
-    w = app.worker(concurrency=1, poll_timeout=0.1).start()
-    try:
-        wait_for(lambda: any("not started: result backend error" in r.getMessage()
-                             for r in caplog.records), timeout=30, what="backend error log")
-        assert runs == []
-        backend_server.start()
-        assert app.AsyncResult("task_bo").get(timeout=30) == 4
-    finally:
-        w.stop(timeout=10)
-    assert runs == [(4,)]
+@pytest.mark.mixed
+def test_worker_consumes_several_queues(app: Machinery, start_worker: StartWorker) -> None:
+    _register_basics(app)
+    a = app.send_task("add", args=[1], queue="qa")
+    b = app.send_task("add", args=[2], queue="qb")
+    start_worker(queues=["qa", "qb"])
+    assert (a.get(timeout=5), b.get(timeout=5)) == (1, 2)

@@ -1,6 +1,8 @@
-"""Chains, groups, chords and Celery-style retries on a real Redis, Python workers only.
+"""Chains, groups, chords and Celery-style retries, Python workers only, on every broker and
+backend.
 
-The same workflows across Go and Python workers are in interop/tests/.
+The same workflows across Go and Python workers are in interop/tests/; the Redis chord lock
+is in tests/integration/test_redis_layout.py.
 """
 
 from __future__ import annotations
@@ -13,14 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from machinery_compat import GroupMeta, Machinery, Signature, TaskFailed, chain, chord, group
-from machinery_compat.worker import Worker
 
-from .conftest import wait_for
-
-StartWorker = Callable[..., Worker]
+from .conftest import Probe, StartWorker, wait_for
 
 
 @pytest.fixture
@@ -58,6 +56,7 @@ def tasks(app: Machinery) -> dict[str, Any]:
     return {"add": add, "multiply": multiply, "fail": fail, "collect": collect, "runs": runs}
 
 
+@pytest.mark.mixed
 def test_chain_passes_results_along(app: Machinery, tasks: dict[str, Any], start_worker: StartWorker) -> None:
     add = tasks["add"]
     res = (add.s(1, 1) | add.s(5) | app.signature("multiply", args=[4])).apply_async()
@@ -83,12 +82,13 @@ def test_chain_failure_stops_and_raises(app: Machinery, tasks: dict[str, Any], s
     assert tasks["runs"]["add"] == 1
 
 
+@pytest.mark.mixed
 def test_group_results_in_order(
-    app: Machinery, tasks: dict[str, Any], redis_client: redis.Redis, start_worker: StartWorker
+    app: Machinery, tasks: dict[str, Any], probe: Probe, start_worker: StartWorker
 ) -> None:
     add = tasks["add"]
     res = group(add.s(i, i) for i in range(10)).apply_async()
-    meta = GroupMeta.from_json(redis_client.get(res.id) or b"")
+    meta = GroupMeta.from_json(probe.state_bytes(res.id) or b"")
     assert meta.task_uuids == [r.id for r in res.results] and not meta.chord_triggered
     assert all(r.state == "PENDING" for r in res.results)
     assert res.completed_count() == 0
@@ -97,21 +97,7 @@ def test_group_results_in_order(
     assert res.ready() and res.successful() and res.completed_count() == 10
 
 
-def test_group_send_concurrency_without_pipeline(
-    redis_url: str, start_worker: StartWorker, redis_client: redis.Redis
-) -> None:
-    # broker and backend in different DBs: no shared pipeline, threads publish
-    app = Machinery(broker=redis_url, result_backend=redis_url.replace("/0", "/1"))
-
-    @app.task(name="add")
-    def add(*nums: int) -> int:
-        return sum(nums)
-
-    res = group(add.s(i) for i in range(6)).apply_async(send_concurrency=2)
-    start_worker(app)
-    assert res.get(timeout=10) == list(range(6))
-
-
+@pytest.mark.mixed
 def test_chord_callback_gets_member_results_in_group_order(
     app: Machinery, tasks: dict[str, Any], start_worker: StartWorker
 ) -> None:
@@ -145,8 +131,9 @@ def test_chord_failing_member_no_callback_on_error_fired(
     assert not res.callback.ready()
 
 
+@pytest.mark.mixed
 def test_on_error_of_a_group_member(
-    app: Machinery, tasks: dict[str, Any], redis_client: redis.Redis, start_worker: StartWorker
+    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker
 ) -> None:
     members, _ = chord([tasks["add"].s(1), tasks["fail"].s("bad")], tasks["collect"].s()).to_signatures()
     members[1].on_error = [app.build_signature("collect", args=["handled"])]
@@ -158,10 +145,11 @@ def test_on_error_of_a_group_member(
     assert tasks["runs"]["collect"] == 1
 
 
+@pytest.mark.mixed
 def test_racing_chords_fire_each_callback_once(
-    app: Machinery, redis_url: str, tasks: dict[str, Any], start_worker: StartWorker
+    app: Machinery, make_app: Callable[..., Machinery], tasks: dict[str, Any], start_worker: StartWorker
 ) -> None:
-    other = Machinery(broker=redis_url, default_queue="machinery_tasks")
+    other = make_app()
     fired: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -190,7 +178,7 @@ def test_racing_chords_fire_each_callback_once(
 
 
 def test_celery_style_retry_maps_onto_retry_count(
-    app: Machinery, redis_client: redis.Redis, start_worker: StartWorker
+    app: Machinery, probe: Probe, start_worker: StartWorker
 ) -> None:
     attempts: list[tuple[int, float]] = []
 
@@ -202,11 +190,11 @@ def test_celery_style_retry_maps_onto_retry_count(
         return "ok"
 
     res = flaky_celery.delay()
-    sent = Signature.from_json(redis_client.lindex("machinery_tasks", 0) or b"")
+    sent = Signature.from_json(probe.messages()[0])
     assert (sent.retry_count, sent.retry_timeout) == (3, 0)
     start_worker()
-    wait_for(lambda: redis_client.zcard("delayed_tasks"), what="retry scheduled")
-    again = Signature.from_json(redis_client.zrange("delayed_tasks", 0, 0)[0])
+    wait_for(probe.delayed, what="retry scheduled")
+    again = Signature.from_json(probe.delayed()[0][0])
     assert (again.uuid, again.retry_count, again.retry_timeout) == (res.id, 2, 1)
     assert res.get(timeout=15) == "ok"
     assert [a[0] for a in attempts] == [3, 2, 1]
@@ -259,47 +247,3 @@ def test_autoretry_for_only_listed_exceptions(app: Machinery, start_worker: Star
         bad.get(timeout=10)
     assert good.get(timeout=10) == "ok"
     assert runs.count("value") == 1 and runs.count("conn") == 2
-
-
-def test_default_retry_delay_rounds_to_a_fibonacci_step(app: Machinery) -> None:
-    from machinery_compat.task import timeout_for_first_delay
-
-    assert [timeout_for_first_delay(d) for d in (1, 2, 4, 5, 10, 60)] == [0, 1, 3, 3, 8, 55]
-
-    @app.task(name="t", default_retry_delay=10, max_retries=4)
-    def t() -> None:
-        return None
-
-    sig = t.signature()
-    assert (sig.retry_count, sig.retry_timeout) == (4, 8)  # delays 13, 21, 34, 55 s
-    from machinery_compat import ConfigError
-
-    with pytest.raises(ConfigError, match="Fibonacci"):
-        app.task(name="u", retry_backoff=False)(lambda: None)
-
-
-def test_chord_trigger_takes_gos_redsync_lock(app: Machinery, redis_client: redis.Redis) -> None:
-    """Same key, NX + PX 8000, 16-byte base64 token, compare-and-delete release (redsync v4)."""
-    backend = app.backend
-    backend.init_group("group_lock", ["task_a"])  # type: ignore[attr-defined]
-    # a Go worker holds the lock: we must wait for it, not barge in
-    redis_client.set("TriggerChordMutex", b"go-token", px=400)
-    start = time.monotonic()
-    with redis_client.monitor() as mon:
-        assert backend.trigger_chord("group_lock") is True
-        cmds = []
-        for event in mon.listen():
-            cmds.append(event["command"])
-            if event["command"].startswith("EVALSHA"):
-                break
-    assert time.monotonic() - start >= 0.3
-    sets = [c for c in cmds if c.startswith("SET TriggerChordMutex")]
-    assert sets, cmds
-    parts = sets[-1].split()
-    assert parts[3:] == ["NX", "PX", "8000"] and len(parts[2]) == 24  # base64 of 16 bytes
-    assert redis_client.get("TriggerChordMutex") is None  # released
-    assert backend.trigger_chord("group_lock") is False  # already triggered
-    # release never deletes a lock someone else holds now
-    redis_client.set("TriggerChordMutex", b"someone-else", px=5000)
-    assert backend._unlock(keys=["TriggerChordMutex"], args=[b"not-ours"]) == 0  # type: ignore[attr-defined]
-    assert redis_client.get("TriggerChordMutex") == b"someone-else"

@@ -1,9 +1,11 @@
-"""Fixtures for the Redis integration tests: an app on the session redis-server."""
+"""Fixtures for the Redis integration tests: an app on the session redis-server.
+
+``wait_for`` is :func:`tests.helpers.wait_for`, re-exported for the tests here.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,6 +13,9 @@ import pytest
 
 from machinery_compat import Machinery
 from machinery_compat.worker import Worker
+from tests.helpers import wait_for
+
+__all__ = ["wait_for"]
 
 
 @pytest.fixture
@@ -34,18 +39,6 @@ def start_worker(app: Machinery) -> Iterator[Callable[..., Worker]]:
     yield start
     for w in workers:
         w.stop(timeout=10)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)

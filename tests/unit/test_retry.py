@@ -52,3 +52,20 @@ def test_retry_delays_chain_fibonacci_next() -> None:
     for delay in retry_delays(10):
         t = fibonacci_next(t)
         assert delay == t
+
+
+def test_default_retry_delay_rounds_to_a_fibonacci_step() -> None:
+    from machinery_compat import ConfigError, Machinery
+    from machinery_compat.task import timeout_for_first_delay
+
+    assert [timeout_for_first_delay(d) for d in (1, 2, 4, 5, 10, 60)] == [0, 1, 3, 3, 8, 55]
+    app = Machinery(broker="memory://unit-retry")  # never connected: signature() does no I/O
+
+    @app.task(name="t", default_retry_delay=10, max_retries=4)
+    def t() -> None:
+        return None
+
+    sig = t.signature()
+    assert (sig.retry_count, sig.retry_timeout) == (4, 8)  # delays 13, 21, 34, 55 s
+    with pytest.raises(ConfigError, match="Fibonacci"):
+        app.task(name="u", retry_backoff=False)(lambda: None)
