@@ -101,7 +101,7 @@ class Machinery:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    self._broker = create_broker(self.config)
+                    self._broker = create_broker(self.config, app=self)
         return self._broker
 
     @property

@@ -82,14 +82,15 @@ class TaskFailed(MachineryCompatError):
 
 
 class TaskNotRegistered(MachineryCompatError, KeyError):
-    """No task of that name is registered with this app."""
+    """No task of that name is registered with this app (``detail``: where, and why it matters)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, detail: str = "") -> None:
         super().__init__(name)
         self.name = name
+        self.detail = detail
 
     def __str__(self) -> str:
-        return f"task {self.name!r} is not registered"
+        return f"task {self.name!r} is not registered" + (f" {self.detail}" if self.detail else "")
 
 
 class Retry(MachineryCompatError):

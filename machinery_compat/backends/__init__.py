@@ -7,7 +7,9 @@ scheme              module                                   extra
 ``rediss://``,
 ``redis+socket://``
 ``memory://``,      :mod:`machinery_compat.backends.memory`  (none: in-process, for tests)
-``memory://<name>``
+``memory://<name>``,
+``eager``,
+``eager://<name>``
 ==================  =======================================  =========================
 
 Memcache, MongoDB, DynamoDB and AMQP backends are not implemented yet (see README).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..brokers import scheme_of
+from ..brokers import not_configured_hint, scheme_of
 from ..exceptions import ConfigError
 from .base import Backend
 
@@ -32,19 +34,23 @@ _NOT_YET = {
 
 def create_backend(config: Config) -> Backend:
     """The result backend for ``config.result_backend``."""
+    from ..config import DEFAULT_RESULT_BACKEND
+
     url = config.result_backend
     scheme = scheme_of(url)
     if scheme in ("redis", "rediss", "redis+socket"):
         from .redis import RedisBackend
 
         return RedisBackend(url, config.results_expire_in)
-    if scheme == "memory":
+    if scheme in ("memory", "eager"):
         from .memory import MemoryBackend
 
         return MemoryBackend(url, config.results_expire_in)
+    hint = not_configured_hint("result_backend", url, DEFAULT_RESULT_BACKEND)
     if scheme in _NOT_YET:
-        raise ConfigError(f"the {_NOT_YET[scheme]} result backend is not implemented yet")
-    raise ConfigError(f"Factory failed with result backend: {scheme}://… (unknown scheme)")
+        raise ConfigError(f"the {_NOT_YET[scheme]} result backend is not implemented yet "
+                          f"({scheme}://){hint}")
+    raise ConfigError(f"Factory failed with result backend: {scheme}://… (unknown scheme){hint}")
 
 
 __all__ = ["Backend", "create_backend"]

@@ -8,6 +8,8 @@ scheme              module                                  extra
 ``redis+socket://``
 ``memory://``,      :mod:`machinery_compat.brokers.memory`  (none: in-process, for tests)
 ``memory://<name>``
+``eager``,          :mod:`machinery_compat.brokers.eager`   (none: runs tasks in the
+``eager://<name>``                                          producer's call, for tests)
 ==================  ======================================  =========================
 
 AMQP, SQS and GCP Pub/Sub brokers are not implemented yet (see README).
@@ -21,6 +23,7 @@ from ..exceptions import ConfigError
 from .base import Broker, Delivery
 
 if TYPE_CHECKING:
+    from ..app import Machinery
     from ..config import Config
 
 _NOT_YET = {
@@ -32,8 +35,23 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else url.split(":", 1)[0].lower()
 
 
-def create_broker(config: Config) -> Broker:
-    """The broker for ``config.broker``."""
+def not_configured_hint(key: str, url: str, default: str) -> str:
+    """What to add to a "not implemented"/"unknown" error about ``config.<key>``: when the
+    value is empty or Machinery's built-in default, say so and how to set it."""
+    how = (f"set it with `{key}: redis://localhost:6379/0` in the YAML file, the "
+           f"{key.upper()} environment variable, or Machinery({key}=...)")
+    if not url:
+        return f"; no {key} is configured: {how}"
+    if url == default:
+        return (f"; {url} is Machinery's default {key}, used because the configuration does "
+                f"not set one: {how}")
+    return ""
+
+
+def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
+    """The broker for ``config.broker`` (``app``: the app it serves; the eager broker needs it)."""
+    from ..config import DEFAULT_BROKER
+
     url = config.broker
     scheme = scheme_of(url)
     if scheme in ("redis", "rediss", "redis+socket"):
@@ -49,9 +67,17 @@ def create_broker(config: Config) -> Broker:
         from .memory import MemoryBroker
 
         return MemoryBroker(url, config.default_queue)
+    if scheme == "eager":
+        from .eager import EagerBroker
+
+        if app is None:
+            raise ConfigError("the eager broker runs tasks through an app's worker: "
+                              "use Machinery(broker='eager://') (worker is not assigned in eager-mode)")
+        return EagerBroker(app, url, config.default_queue)
+    hint = not_configured_hint("broker", url, DEFAULT_BROKER)
     if scheme in _NOT_YET:
-        raise ConfigError(f"the {_NOT_YET[scheme]} broker is not implemented yet ({scheme}://)")
-    raise ConfigError(f"Factory failed with broker URL: {scheme}://… (unknown scheme)")
+        raise ConfigError(f"the {_NOT_YET[scheme]} broker is not implemented yet ({scheme}://){hint}")
+    raise ConfigError(f"Factory failed with broker URL: {scheme}://… (unknown scheme){hint}")
 
 
-__all__ = ["Broker", "Delivery", "create_broker", "scheme_of"]
+__all__ = ["Broker", "Delivery", "create_broker", "not_configured_hint", "scheme_of"]
