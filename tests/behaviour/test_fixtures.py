@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
 from machinery_compat import Machinery, Signature
 
-from .conftest import Probe, StartWorker
+from .conftest import Probe, StartWorker, wait_for
 
 
 @pytest.mark.mixed
@@ -30,14 +31,12 @@ def test_app_worker_and_probe(app: Machinery, app_kind: str, probe: Probe, start
     start_worker()
     assert res.get(timeout=5) == 3
     assert b'"State":"SUCCESS"' in (probe.state_bytes(res.id) or b"")
-    from tests.helpers import wait_for
-
     assert wait_for(lambda: probe.dead() == [b"not json"], what="dead letter")
     assert probe.messages() == []
 
 
-def test_make_app_shares_broker_and_backend(app: Machinery, make_app: object) -> None:
-    other = make_app()  # type: ignore[operator]
+def test_make_app_shares_broker_and_backend(app: Machinery, make_app: Callable[..., Machinery]) -> None:
+    other = make_app()
     res = app.send_task("add", args=[1])
     assert [s.uuid for s in other.broker.pending_tasks()] == [res.id]
     assert other.AsyncResult(res.id).state == "PENDING"
