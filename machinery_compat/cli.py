@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__
 from .app import Machinery
@@ -198,12 +200,11 @@ def run_worker(args: WorkerArgs) -> int:
     if args.config:
         app.config = Config.from_yaml(args.config)
     hostname = expand_hostname(args.hostname) if args.hostname is not None else None
+    options: dict[str, Any] = {}
+    if hostname is not None and _worker_takes_hostname():
+        options["hostname"] = hostname
     try:
-        import inspect  # TEMPORARY until Worker(hostname=) lands
-
-        from .worker import Worker
-        extra = {"hostname": hostname} if "hostname" in inspect.signature(Worker).parameters else {}
-        worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **extra)
+        worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **options)
     except ValueError as e:  # e.g. an empty queue name in the config's default_queue
         raise UsageError(str(e)) from e
     _ = app.broker, app.backend  # a bad URL fails here, before the banner
@@ -211,6 +212,14 @@ def run_worker(args: WorkerArgs) -> int:
     logger.info("%s", banner(args, app, shown, worker.queues, worker.concurrency))
     worker.run()
     return 0
+
+
+def _worker_takes_hostname() -> bool:
+    """Whether this Worker has the ``hostname=`` parameter (being added alongside this CLI);
+    until it has, ``-n`` names the worker in the banner only."""
+    from .worker import Worker
+
+    return "hostname" in inspect.signature(Worker).parameters
 
 
 def _one_line(text: str) -> str:
