@@ -21,13 +21,13 @@ from machinery_compat.config import (
     RedisConfig,
     RedisURL,
     SQSConfig,
-    _parse_redis_url_cached,
     mask_url,
     parse_go_bool,
     parse_go_int,
     parse_redis_lock_url,
     parse_redis_url,
 )
+from machinery_compat.config.redis_url import _parse_redis_url_cached
 from machinery_compat.exceptions import ConfigError
 
 LOGGER = "machinery_compat.config"

@@ -1,0 +1,168 @@
+"""The key table: one row per Go struct field, with its YAML keys and environment names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+from .model import AMQPConfig, Config, DynamoDBConfig, RedisConfig, SQSConfig
+
+_Kind: TypeAlias = Literal[
+    "str", "int", "bool", "bool_or", "opt_int", "map", "binding_map", "declare_map"
+]
+_Section: TypeAlias = Literal["amqp", "sqs", "redis", "dynamodb"] | None
+
+
+@dataclass(frozen=True)
+class _Key:
+    section: _Section
+    attr: str
+    yaml: tuple[str, ...]
+    env: tuple[str, ...]
+    kind: _Kind
+    secret: Literal["", "url", "text"] = ""
+
+
+_KEYS: Final[tuple[_Key, ...]] = (
+    _Key(None, "broker", ("broker",), ("BROKER",), "str", "url"),
+    _Key(None, "lock", ("lock",), ("LOCK",), "str", "url"),
+    _Key(
+        None,
+        "multiple_broker_separator",
+        ("multiple_broker_separator",),
+        ("MULTIPLE_BROKEN_SEPARATOR",),
+        "str",
+    ),
+    _Key(None, "default_queue", ("default_queue",), ("DEFAULT_QUEUE",), "str"),
+    _Key(None, "result_backend", ("result_backend",), ("RESULT_BACKEND",), "str", "url"),
+    _Key(None, "results_expire_in", ("results_expire_in",), ("RESULTS_EXPIRE_IN",), "int"),
+    _Key(None, "no_unix_signals", ("no_unix_signals",), ("NO_UNIX_SIGNALS",), "bool"),
+    _Key("amqp", "exchange", ("exchange",), ("AMQP_EXCHANGE",), "str"),
+    _Key("amqp", "exchange_type", ("exchange_type",), ("AMQP_EXCHANGE_TYPE",), "str"),
+    _Key(
+        "amqp",
+        "queue_declare_args",
+        ("queue_declare_args",),
+        ("AMQP_QUEUE_DECLARE_ARGS",),
+        "declare_map",
+    ),
+    _Key(
+        "amqp",
+        "queue_binding_args",
+        ("queue_binding_args",),
+        ("AMQP_QUEUE_BINDING_ARGS",),
+        "binding_map",
+    ),
+    _Key("amqp", "binding_key", ("binding_key",), ("AMQP_BINDING_KEY",), "str"),
+    _Key("amqp", "prefetch_count", ("prefetch_count",), ("AMQP_PREFETCH_COUNT",), "int"),
+    _Key("amqp", "auto_delete", ("auto_delete",), ("AMQP_AUTO_DELETE",), "bool"),
+    _Key("amqp", "delayed_queue", ("delayed_queue",), ("AMQP_DELAYED_QUEUE",), "str"),
+    _Key(
+        "sqs",
+        "wait_time_seconds",
+        ("receive_wait_time_seconds",),
+        ("SQS_WAIT_TIME_SECONDS",),
+        "int",
+    ),
+    _Key(
+        "sqs",
+        "visibility_timeout",
+        ("receive_visibility_timeout",),
+        ("SQS_VISIBILITY_TIMEOUT",),
+        "opt_int",
+    ),
+    _Key(
+        "sqs",
+        "visibility_heartbeat",
+        ("visibility_hearth_beat",),
+        ("SQS_VISIBILITY_HEARTBEAT",),
+        "bool",
+    ),
+    _Key("redis", "max_idle", ("max_idle",), ("REDIS_MAX_IDLE",), "int"),
+    _Key("redis", "max_active", ("max_active",), ("REDIS_MAX_ACTIVE",), "int"),
+    _Key("redis", "idle_timeout", ("max_idle_timeout",), ("REDIS_IDLE_TIMEOUT",), "int"),
+    _Key("redis", "wait", ("wait",), ("REDIS_WAIT",), "bool"),
+    _Key("redis", "read_timeout", ("read_timeout",), ("REDIS_READ_TIMEOUT",), "int"),
+    _Key("redis", "write_timeout", ("write_timeout",), ("REDIS_WRITE_TIMEOUT",), "int"),
+    _Key("redis", "connect_timeout", ("connect_timeout",), ("REDIS_CONNECT_TIMEOUT",), "int"),
+    _Key(
+        "redis",
+        "normal_tasks_poll_period",
+        ("normal_tasks_poll_period",),
+        ("REDIS_NORMAL_TASKS_POLL_PERIOD",),
+        "int",
+    ),
+    _Key(
+        "redis",
+        "delayed_tasks_poll_period",
+        ("delayed_tasks_poll_period",),
+        ("REDIS_DELAYED_TASKS_POLL_PERIOD",),
+        "int",
+    ),
+    _Key(
+        "redis",
+        "delayed_tasks_key",
+        ("delayed_tasks_key",),
+        ("REDIS_DELAYED_TASKS_KEY",),
+        "str",
+    ),
+    _Key("redis", "client_name", ("client_name",), ("REDIS_CLIENT_NAME",), "str"),
+    _Key("redis", "master_name", ("master_name",), ("REDIS_MASTER_NAME",), "str"),
+    _Key(
+        "redis",
+        "cluster_enabled",
+        ("cluster_enabled", "cluster_mode"),
+        ("REDIS_CLUSTER_ENABLED", "REDIS_CLUSTER_MODE"),
+        "bool_or",
+    ),
+    _Key(
+        "redis",
+        "sentinel_password",
+        ("sentinel_password",),
+        ("REDIS_SENTINEL_PASSWORD",),
+        "str",
+        "text",
+    ),
+    _Key(
+        "dynamodb",
+        "task_states_table",
+        ("task_states_table",),
+        ("TASK_STATES_TABLE",),
+        "str",
+    ),
+    _Key(
+        "dynamodb",
+        "group_metas_table",
+        ("group_metas_table",),
+        ("GROUP_METAS_TABLE",),
+        "str",
+    ),
+)
+
+# envconfig's prefix for the fields of each nested struct: the Go field name, upper-cased.
+_ENV_PREFIX: Final[dict[_Section, str]] = {
+    None: "",
+    "amqp": "AMQP",
+    "sqs": "SQS",
+    "redis": "REDIS",
+    "dynamodb": "DYNAMODB",
+}
+
+_SECTION_TYPES: Final[dict[str, Callable[[], Any]]] = {
+    "amqp": AMQPConfig,
+    "sqs": SQSConfig,
+    "redis": RedisConfig,
+    "dynamodb": DynamoDBConfig,
+}
+
+
+def _section_for_env(cnf: Config, section: _Section) -> Any:
+    if section is None:
+        return cnf
+    obj = getattr(cnf, section)
+    if obj is None:  # cannot happen from from_env's start value, but keep it total
+        obj = _SECTION_TYPES[section]()
+        setattr(cnf, section, obj)
+    return obj
+
