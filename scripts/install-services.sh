@@ -18,7 +18,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_SERVICES=(
     "redis-server:redis-server"
-    # "rabbitmq-server:rabbitmq-server"
+    "rabbitmq-server:rabbitmq-server"
     # "memcached:memcached"
 )
 GO_SERVICES=(

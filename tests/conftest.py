@@ -8,8 +8,15 @@ Fixtures (defined in tests/services.py, re-exported here):
 * ``redis_client``  function-scoped redis-py client (decode_responses=False)
 * ``redis_server_factory``  private servers for outage tests
 
-Tests using them are marked ``redis`` automatically. A missing redis-server
-skips them locally and fails them when CI=true.
+* ``rabbitmq_server``  session-scoped :class:`tests.services.RabbitMQServer` (its own
+  Erlang node: ``.url``, ``.node``, ``.ctl(...)``, ``.queues(vhost)``, ``.new_vhost()``)
+* ``rabbitmq_url``     session-scoped ``amqp://guest:guest@127.0.0.1:PORT/`` (vhost ``/``)
+* ``rabbitmq_vhost_url``  function-scoped URL of a fresh, empty vhost on that node
+* ``rabbitmq_restart``  ``rabbitmq_restart(down_for=0, kill=False)`` restarts the session node
+* ``rabbitmq_server_factory``  private nodes for outage tests
+
+Tests using them are marked ``redis`` / ``rabbitmq`` automatically. A missing
+redis-server or rabbitmq-server skips them locally and fails them when CI=true.
 """
 
 from __future__ import annotations
@@ -26,18 +33,37 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.services import (  # noqa: E402
+    RABBITMQ_FIXTURES,
     REDIS_FIXTURES,
     free_port,
+    rabbitmq_restart,
+    rabbitmq_server,
+    rabbitmq_server_factory,
+    rabbitmq_url,
+    rabbitmq_vhost_url,
     redis_client,
     redis_server,
     redis_server_factory,
     redis_url,
 )
 
-__all__ = ["free_port", "redis_client", "redis_server", "redis_server_factory", "redis_url"]
+__all__ = [
+    "free_port",
+    "rabbitmq_restart",
+    "rabbitmq_server",
+    "rabbitmq_server_factory",
+    "rabbitmq_url",
+    "rabbitmq_vhost_url",
+    "redis_client",
+    "redis_server",
+    "redis_server_factory",
+    "redis_url",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
+        if RABBITMQ_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.rabbitmq)
