@@ -30,6 +30,7 @@ from .exceptions import (
     Retry,
     TaskFailed,
     TaskNotRegistered,
+    UnsupportedOption,
 )
 from .protocol import (
     Arg,
@@ -79,6 +80,7 @@ __all__ = [
     "TaskNotRegistered",
     "TaskResult",
     "TaskState",
+    "UnsupportedOption",
     "__version__",
     "chain",
     "chord",

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .options import translate
 from .protocol import Arg, Signature, chord_id, group_id, task_id
 
 if TYPE_CHECKING:
@@ -48,11 +49,15 @@ class Sig:
         self.name = name
         self.args = list(args)
         self.immutable = immutable
-        self.options = {k: v for k, v in options.items() if v is not None}
+        self.options: dict[str, Any] = {}
+        self.set(**options)
 
     # -- building -----------------------------------------------------------------------
     def set(self, **options: Any) -> Sig:
-        """Set options (``queue=``, ``countdown=``, …) in place; returns ``self``."""
+        """Set sending options (``queue=``, ``countdown=``, ``link=`` …, see
+        :meth:`Machinery.build_signature`) in place; returns ``self``.  An option a Machinery
+        message cannot carry raises :class:`UnsupportedOption` here, not at send time."""
+        translate(options, where=f"{self.name}.set")
         self.options.update({k: v for k, v in options.items() if v is not None})
         return self
 
@@ -66,21 +71,24 @@ class Sig:
         """The protocol Signature (UUID generated if none was given)."""
         opts = {**{k: v for k, v in defaults.items() if v is not None}, **self.options}
         opts.setdefault("immutable", self.immutable)
-        sig = self.app.build_signature(self.name, self.args, **opts)
+        sig = self.app.build_signature(self.name, self.args, where="apply_async", **opts)
         if not sig.uuid:
             sig.uuid = task_id()
         return sig
 
     # -- composing ----------------------------------------------------------------------
     def __or__(self, other: Sig | Chain) -> Chain:
+        """``a | b``: a chain of this task then ``other``."""
         return Chain(self) | other
 
     # -- sending ------------------------------------------------------------------------
     def apply_async(self, args: Sequence[Any] = (), **options: Any) -> AsyncResult:
+        """Send this task, with ``args`` appended and ``options`` added to its own."""
         sig = (self.clone(args) if args else self).to_signature(**options)
         return self.app.send_signature(sig)
 
     def delay(self, *args: Any) -> AsyncResult:
+        """Send this task with ``args`` appended."""
         return self.apply_async(args)
 
     def __repr__(self) -> str:
@@ -124,15 +132,17 @@ class Chain:
         for i in range(len(sigs) - 1, -1, -1):
             nxt = self.tasks[i + 1] if i + 1 < len(self.tasks) else None
             sigs[i].immutable = nxt.immutable if nxt is not None else self.tasks[i].immutable
-            if i + 1 < len(sigs):
-                sigs[i].on_success = [sigs[i + 1]]
+            if i + 1 < len(sigs):  # the next step first, then any link= of this step
+                sigs[i].on_success = [sigs[i + 1], *(sigs[i].on_success or ())]
         return sigs
 
     def apply_async(self, **options: Any) -> ChainResult:
+        """Send the chain (its first step carries the rest); see the module docstring."""
         return self.app.send_chain(self.to_signatures(**options))
 
     @property
     def app(self) -> Machinery:
+        """The app of the first step."""
         return self.tasks[0].app
 
     def __repr__(self) -> str:
@@ -154,6 +164,7 @@ class Group:
         self.tasks = flat
 
     def __or__(self, other: Sig) -> Chord:
+        """``group | callback``: a chord."""
         return Chord(self, other)
 
     def to_signatures(self, group_uuid: str | None = None, **options: Any) -> list[Signature]:
@@ -168,10 +179,13 @@ class Group:
         return sigs
 
     def apply_async(self, send_concurrency: int = 0, **options: Any) -> GroupResult:
+        """Send every member (Go's ``SendGroup``); ``send_concurrency`` bounds the publishing
+        threads when broker and backend are not one Redis (0: one per member)."""
         return self.app.send_group(self.to_signatures(**options), send_concurrency)
 
     @property
     def app(self) -> Machinery:
+        """The app of the first member."""
         return self.tasks[0].app
 
     def __repr__(self) -> str:
@@ -197,6 +211,7 @@ class Chord:
         return members, callback
 
     def apply_async(self, send_concurrency: int = 0, **options: Any) -> ChordResult:
+        """Send the members (each carrying the callback); the last to finish sends it."""
         from .result import ChordResult
 
         members, callback = self.to_signatures(**options)
@@ -208,14 +223,17 @@ class Chord:
 
 
 def chain(*tasks: Sig | Chain) -> Chain:
+    """Tasks run one after the other: ``chain(add.s(1, 1), add.s(5))`` (same as ``|``)."""
     return Chain(*tasks)
 
 
 def group(*tasks: Sig | Iterable[Sig]) -> Group:
+    """Tasks run in parallel: ``group(add.s(1, 1), add.s(2, 2))`` or ``group(generator)``."""
     return Group(*tasks)
 
 
 def chord(header: Group | Iterable[Sig], body: Sig) -> Chord:
+    """A group, then ``body`` with every member's results appended (Go's ``NewChord``)."""
     return Chord(header, body)
 
 

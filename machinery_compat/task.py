@@ -7,11 +7,13 @@ import threading
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .canvas import Sig
 from .exceptions import ConfigError, EncodeError, Retry
-from .protocol import Arg, GoTime, Signature
+from .options import MACHINERY_OPTIONS, MAPPED_OPTIONS, translate
+from .protocol import Arg, Signature
+from .protocol.gojson import plain
 from .protocol.gotypes import result_types_from_hint, type_from_hint
 from .protocol.retry import fibonacci_next
 
@@ -19,10 +21,22 @@ if TYPE_CHECKING:
     from .app import Machinery
     from .result import AsyncResult
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The message header in which Python workers count the retries done (Celery's name for it).
+#: Go workers ignore it and keep it unchanged when they retry.
+RETRIES_HEADER = "retries"
+
 
 @dataclass(slots=True)
 class Request:
-    """What a bound task (``bind=True``) sees as ``self.request`` while it runs."""
+    """What a bound task (``bind=True``) sees as ``self.request`` while it runs.
+
+    ``retries`` is Celery's: how many times this task has been retried so far (0 on the
+    first run).  ``retries_left`` is Machinery's ``RetryCount``: how many retries the message
+    still allows.
+    """
 
     id: str
     name: str
@@ -32,20 +46,29 @@ class Request:
     headers: dict[str, Any] = field(default_factory=dict)
     group: str = ""
     args: list[Any] = field(default_factory=list)
-
-    @property
-    def retries(self) -> int:
-        """Celery's name: here, how many retries are still allowed (``RetryCount``)."""
-        return self.retries_left
+    retries: int = 0
 
 
-class Task:
-    """A task registered with an app: callable locally, sendable to any worker."""
+def retries_done(sig: Signature, configured: int) -> int:
+    """How many times ``sig`` was retried: the ``retries`` header Python workers keep, and
+    at least the task's configured retry count minus the retries the message has left
+    (which also counts retries made by Go workers)."""
+    counted = plain((sig.headers or {}).get(RETRIES_HEADER))  # a JSON number as decoded
+    from_header = counted if isinstance(counted, int) and not isinstance(counted, bool) else 0
+    return max(from_header, configured - sig.retry_count, 0)
+
+
+class Task(Generic[P, R]):
+    """A task registered with an app: callable locally, sendable to any worker.
+
+    ``Task[P, R]`` keeps the function's parameters ``P`` and return type ``R`` for type
+    checkers: ``add.delay("x")`` is a mypy error when ``add`` takes ints.
+    """
 
     def __init__(
         self,
         app: Machinery,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         name: str,
         *,
         bind: bool = False,
@@ -57,6 +80,7 @@ class Task:
         default_retry_delay: float | None = None,
         autoretry_for: tuple[type[BaseException], ...] | None = None,
         retry_backoff: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         if not retry_backoff:
             raise ConfigError(
@@ -76,6 +100,9 @@ class Task:
         self.retry_count = retry_count
         self.retry_timeout = retry_timeout
         self.ignore_when_not_registered = ignore_when_not_registered
+        #: Further sending defaults (``priority``, ``expires``, ``link`` …), checked now.
+        self.options = dict(options or {})
+        translate(self.options, where=f"@app.task {name}")
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
@@ -83,18 +110,20 @@ class Task:
         self._params, self._var_type, self.result_types = _inspect(fn, bind)
 
     # -- local call ---------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now (no message, no worker)."""
         if self.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
 
-    def run(self, sig: Signature, args: list[Any]) -> Any:
+    def run(self, sig: Signature, args: list[Any]) -> R:
         """Call the function for a received message (worker side); a bound task gets
         ``self.request`` built from the signature."""
         if self.bind:
             self._local.request = Request(sig.uuid, sig.name, sig, sig.retry_count,
                                           sig.retry_timeout, dict(sig.headers or {}),
-                                          sig.group_uuid, args)
+                                          sig.group_uuid, args,
+                                          retries_done(sig, self.retry_count))
             try:
                 return self.fn(self, *args)
             finally:
@@ -103,6 +132,7 @@ class Task:
 
     @property
     def request(self) -> Request:
+        """The running message's :class:`Request` (``bind=True`` tasks, while they run)."""
         req: Request | None = getattr(self._local, "request", None)
         if req is None:
             raise RuntimeError(f"task {self.name}: request is only available while it runs")
@@ -123,11 +153,18 @@ class Task:
         return self.autoretry_for is None or isinstance(exc, self.autoretry_for)
 
     # -- sending ------------------------------------------------------------------------
-    def typed_args(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None) -> list[Arg]:
-        """Positional Args with Go types from the function's hints (else inferred)."""
+    def typed_args(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None, *,
+                   partial: bool = False) -> list[Arg]:
+        """Positional Args with Go types from the function's hints (else inferred).
+
+        ``kwargs`` are mapped to their positions (Machinery has positional arguments only);
+        skipped parameters before a given one take their defaults.  ``partial``: a canvas
+        signature, whose missing arguments come later (appended results), so every keyword
+        must follow the given positional arguments without a gap.
+        """
         values = list(args)
         if kwargs:
-            values = self._bind_kwargs(values, kwargs)
+            values = self._bind_kwargs(values, kwargs, partial)
         out = []
         for i, v in enumerate(values):
             if isinstance(v, Arg):
@@ -137,58 +174,86 @@ class Task:
             out.append(Arg.of(v, hint))
         return out
 
-    def _bind_kwargs(self, values: list[Any], kwargs: Mapping[str, Any]) -> list[Any]:
-        sig = inspect.signature(self.fn)
-        params = list(sig.parameters.values())[1 if self.bind else 0:]
-        bound = inspect.Signature(params).bind(*values, **kwargs)
+    def _bind_kwargs(self, values: list[Any], kwargs: Mapping[str, Any], partial: bool) -> list[Any]:
+        params = list(inspect.signature(self.fn).parameters.values())[1 if self.bind else 0:]
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            raise EncodeError(f"task {self.name}: Machinery has positional arguments only, so "
+                              f"**{next(p.name for p in params if p.kind is p.VAR_KEYWORD)} "
+                              "cannot be sent; give the task named parameters")
+        try:
+            bound = inspect.Signature(params).bind_partial(*values, **kwargs)
+        except TypeError as e:
+            names = {p.name for p in params}
+            options = sorted(k for k in kwargs if k not in names
+                             and (k in MACHINERY_OPTIONS or k in MAPPED_OPTIONS))
+            hint = (f" ({', '.join(options)}: sending option(s), not task arguments: use "
+                    f".s(...).set({options[0]}=...) or apply_async({options[0]}=...))"
+                    if options else "")
+            raise EncodeError(f"task {self.name}: {e}{hint}") from None
+        last = max(i for i, p in enumerate(params) if p.name in bound.arguments)
         out: list[Any] = []
-        for p in params:
-            if p.name not in bound.arguments:
+        for p in params[:last + 1]:
+            if p.kind is p.KEYWORD_ONLY:
+                if p.name in bound.arguments:
+                    raise EncodeError(f"task {self.name}: keyword-only parameter {p.name!r} "
+                                      "cannot be sent (Machinery has positional arguments only)")
                 continue
-            if p.kind is p.VAR_POSITIONAL:
-                out.extend(bound.arguments[p.name])
-            elif p.kind is p.VAR_KEYWORD:
-                raise EncodeError(f"task {self.name}: Machinery has no keyword arguments")
+            if p.name in bound.arguments:
+                arg = bound.arguments[p.name]
+                out.extend(arg if p.kind is p.VAR_POSITIONAL else [arg])
+            elif p.kind is p.VAR_POSITIONAL:
+                continue
+            elif p.default is not p.empty and not partial:
+                out.append(p.default)
             else:
-                out.append(bound.arguments[p.name])
+                given = ", ".join(repr(k) for k in kwargs)
+                raise EncodeError(
+                    f"task {self.name}: cannot place keyword argument(s) {given} by position: "
+                    f"parameter {p.name!r} before them is not given"
+                    + (" (in a canvas signature, results of the previous task are appended "
+                       "after the given arguments)" if partial else ""))
         return out
 
     def signature(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                   **options: Any) -> Signature:
         """A :class:`Signature` for this task with typed args and the given options."""
-        opts = self._default_options({k: v for k, v in options.items() if v is not None})
-        return self.app.build_signature(self.name, self.typed_args(args, kwargs), **opts)
+        return self.app.build_signature(self.name, self.typed_args(args, kwargs),
+                                        where="apply_async", **self._default_options(options))
 
-    def s(self, *args: Any, **options: Any) -> Sig:
-        """A canvas signature (partial: a chain appends the previous results to ``args``)."""
-        return Sig(self.app, self.name, self.typed_args(args), **self._default_options(options))
+    def s(self, *args: Any, **kwargs: Any) -> Sig:
+        """A canvas signature (partial: a chain appends the previous results to ``args``).
 
-    def si(self, *args: Any, **options: Any) -> Sig:
+        Keyword arguments are the task's (mapped to positions), as in Celery; set sending
+        options with ``.set(queue=…, countdown=…)``.
+        """
+        return Sig(self.app, self.name, self.typed_args(args, kwargs, partial=True),
+                   **self._default_options({}))
+
+    def si(self, *args: Any, **kwargs: Any) -> Sig:
         """An immutable canvas signature (ignores the previous task's results)."""
-        return Sig(self.app, self.name, self.typed_args(args), immutable=True,
-                   **self._default_options(options))
+        return Sig(self.app, self.name, self.typed_args(args, kwargs, partial=True),
+                   immutable=True, **self._default_options({}))
 
-    def _default_options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _default_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         opts: dict[str, Any] = {"queue": self.queue, "retry_count": self.retry_count or None,
                                 "retry_timeout": self.retry_timeout or None,
                                 "ignore_when_task_not_registered":
-                                    self.ignore_when_not_registered or None}
-        opts.update(options)
+                                    self.ignore_when_not_registered or None, **self.options}
+        opts.update({k: v for k, v in options.items() if v is not None})
         return opts
 
-    def apply_async(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
-                    countdown: float | None = None, eta: GoTime | Any = None,
-                    queue: str | None = None, priority: int | None = None,
-                    headers: Mapping[str, Any] | None = None, task_id: str | None = None,
-                    retry_count: int | None = None, retry_timeout: int | None = None,
-                    immutable: bool | None = None, **extra: Any) -> AsyncResult:
-        sig = self.signature(args, kwargs, countdown=countdown, eta=eta, queue=queue,
-                             priority=priority, headers=headers, task_id=task_id,
-                             retry_count=retry_count, retry_timeout=retry_timeout,
-                             immutable=immutable, **extra)
-        return self.app.send_signature(sig)
+    def apply_async(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                    **options: Any) -> AsyncResult:
+        """Send this task: ``args``/``kwargs`` are the task's arguments (kwargs are mapped to
+        positions); options as :meth:`Machinery.send_task` (``countdown``, ``eta``, ``queue``,
+        ``priority``, ``headers``, ``task_id``, ``retry_count``, ``link``, ``expires`` …).
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        Returns or raises within the broker's and backend's configured timeouts.
+        """
+        return self.app.send_signature(self.signature(args, kwargs, **options))
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """Send this task with these arguments and the task's default options."""
         return self.apply_async(args, kwargs or None)
 
     def __repr__(self) -> str:

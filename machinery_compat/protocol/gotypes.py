@@ -61,11 +61,17 @@ class GoType:
             raise EncodeError(unsupported_type_message(self.name))
 
 
-def unsupported_type_message(type_name: str) -> str:
-    return (
-        f"{type_name} is not one of supported types "
-        f"(Machinery accepts: {', '.join(sorted(SUPPORTED_TYPES))})"
-    )
+#: What the Go type names are, in a sentence (error messages; the README lists them all).
+TYPES_IN_BRIEF: Final = (
+    "Machinery's types are Go's: bool, int, int8…int64, uint, uint8…uint64, float32, float64, "
+    "string, []byte and slices of these (e.g. []int64, []string); see the README's Types table"
+)
+
+
+def unsupported_type_message(type_name: str, *, hint: bool = True) -> str:
+    """Go's ``ErrUnsupportedType`` text; with ``hint``, followed by what the types are."""
+    text = f"{type_name} is not one of supported types"
+    return f"{text} ({TYPES_IN_BRIEF})" if hint else text
 
 
 def element_type(type_name: str) -> str:
@@ -223,7 +229,7 @@ def _scalar_to_python(type_name: str, value: Any, lenient: bool) -> Any:
         if lenient and isinstance(value, str) and value in ("true", "false"):
             return value == "true"
         raise ArgTypeError(f"{go_format(value)} is not bool")
-    raise ArgTypeError(unsupported_type_message(type_name))
+    raise ArgTypeError(unsupported_type_message(type_name, hint=False))
 
 
 def to_python(type_name: str, value: Any, *, lenient: bool = False) -> Any:
@@ -256,7 +262,7 @@ def to_python(type_name: str, value: Any, *, lenient: bool = False) -> Any:
             )
         el = element_type(type_name)
         return [_scalar_to_python(el, v, lenient) for v in value]
-    raise ArgTypeError(unsupported_type_message(type_name))
+    raise ArgTypeError(unsupported_type_message(type_name, hint=False))
 
 
 # --------------------------------------------------------------------------------------
@@ -309,9 +315,36 @@ def infer_type(value: Any) -> str:
     if isinstance(value, str):
         return "string"
     raise EncodeError(
-        f"cannot infer a Go type for {type(value).__name__} value {value!r}; "
-        f"pass Arg(type, value) with one of: {', '.join(sorted(SUPPORTED_TYPES))}"
+        f"cannot infer a Go type for {type(value).__name__} value {value!r}: "
+        f"{_what_to_send(value)}"
     )
+
+
+def _what_to_send(value: Any) -> str:
+    """Advice for a value Machinery cannot carry as it is."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    if value is None:
+        return ("Machinery has no null argument; leave it out (and give the parameter a "
+                "default) or send a value such as an empty string")
+    if isinstance(value, dict):
+        return ("Machinery has no map arguments; send it as JSON in a string "
+                "(json.dumps(value), json.loads in the task)")
+    if isinstance(value, (set, frozenset)):
+        return "send a list instead (sorted(value))"
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return ("Machinery has no time arguments; send value.isoformat() as a string, or a "
+                "Unix time as int64/float64")
+    if isinstance(value, dt.timedelta):
+        return "send value.total_seconds() as a float64"
+    if isinstance(value, decimal.Decimal):
+        return "send str(value) (exact) or float(value)"
+    if isinstance(value, uuid.UUID):
+        return "send str(value)"
+    return (f"convert it to bool, int, float, str, bytes or a list of one of them, or pass "
+            f"Arg('<go type>', value); {TYPES_IN_BRIEF}")
 
 
 def result_type(value: Any) -> str:

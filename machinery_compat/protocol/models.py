@@ -195,29 +195,53 @@ class Arg:
         return cls(_str(d, "Type", "Arg"), d.get("Value"), _str(d, "Name", "Arg"))
 
 
+_NO_RAW: Final = object()
+
+
 @dataclass(slots=True)
 class TaskResult:
-    """One value a task returned: Go type name + value."""
+    """One value a task returned: Go type name + value.
+
+    ``value`` is a plain Python value (``int``, ``float``, ``str``, ``bytes``, lists of
+    them …) whether the result was built here or read from the wire.  A result read from the
+    wire also keeps the value exactly as received (``wire_value``: a JSON number literal, a
+    base64 string …), which is what is forwarded and re-encoded, byte for byte, and what
+    :attr:`python_value` converts with Go's rules (raising for a value Go could not reflect).
+    """
 
     type: str
     value: Any
+    raw: Any = field(default=_NO_RAW, repr=False, compare=False)
 
     FIELDS: ClassVar[tuple[str, ...]] = ("Type", "Value")
 
     @property
+    def wire_value(self) -> Any:
+        """The value as it travels: as received when read from the wire, else ``value``."""
+        return self.value if self.raw is _NO_RAW else self.raw
+
+    @property
     def python_value(self) -> Any:
-        """The value as Python sees it; lenient about stringified values and other types."""
+        """The value converted with Go's rules; lenient about stringified values (DynamoDB)
+        and other types; :class:`ArgTypeError` for a value Go could not reflect either."""
         if self.type in SUPPORTED_TYPES:
-            return to_python(self.type, self.value, lenient=True)
-        return plain(self.value)
+            return to_python(self.type, self.wire_value, lenient=True)
+        return plain(self.wire_value)
 
     def to_go_json(self) -> str:
-        return '{"Type":' + encode_str(self.type) + ',"Value":' + _encode_typed_value(self.type, self.value) + "}"
+        return ('{"Type":' + encode_str(self.type) + ',"Value":'
+                + _encode_typed_value(self.type, self.wire_value) + "}")
 
     @classmethod
     def from_obj(cls, obj: Any) -> TaskResult:
         d = _fold(obj, cls.FIELDS, "tasks.TaskResult")
-        return cls(_str(d, "Type", "TaskResult"), d.get("Value"))
+        type_name, raw = _str(d, "Type", "TaskResult"), d.get("Value")
+        result = cls(type_name, None, raw)
+        try:
+            result.value = result.python_value
+        except ProtocolError:  # mistyped: kept as decoded; python_value raises when asked
+            result.value = plain(raw)
+        return result
 
 
 def _encode_list(items: list[Any] | None) -> str:

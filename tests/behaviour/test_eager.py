@@ -169,11 +169,11 @@ def test_countdown_and_eta_run_at_once(app: Machinery) -> None:
 
 
 def test_retry_count_retries_run_at_once(app: Machinery) -> None:
-    runs: list[int] = []
+    runs: list[tuple[int, int]] = []
 
     @app.task(name="flaky", bind=True)
     def flaky(self: Any) -> str:
-        runs.append(self.request.retries)
+        runs.append((self.request.retries, self.request.retries_left))
         if len(runs) < 3:
             raise RuntimeError(f"attempt {len(runs)}")
         return "ok"
@@ -182,17 +182,17 @@ def test_retry_count_retries_run_at_once(app: Machinery) -> None:
     res = flaky.apply_async(retry_count=3)
     assert time.monotonic() - start < 1  # the 1 s and 2 s Fibonacci delays are not waited for
     assert res.get(timeout=0) == "ok"
-    assert runs == [3, 2, 1]
+    assert runs == [(0, 3), (1, 2), (2, 1)]  # Celery's retries done; Machinery's RetryCount left
 
     @app.task(name="always", max_retries=2)
     def always() -> None:
-        runs.append(-1)
+        runs.append((-1, -1))
         raise RuntimeError("still broken")
 
     runs.clear()
     with pytest.raises(TaskFailed, match="still broken"):
         always.delay().get(timeout=0)
-    assert runs == [-1, -1, -1]
+    assert runs == [(-1, -1)] * 3
 
 
 def test_celery_style_retry_runs_at_once(app: Machinery) -> None:
@@ -206,7 +206,7 @@ def test_celery_style_retry_runs_at_once(app: Machinery) -> None:
         return "ok"
 
     assert celery_flaky.delay().get(timeout=0) == "ok"
-    assert attempts == [3, 2]
+    assert attempts == [0, 1]
 
 
 def test_endless_retry_later_is_stopped_with_a_failure(app: Machinery) -> None:

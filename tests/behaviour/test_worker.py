@@ -379,12 +379,13 @@ def test_bound_task_sees_request(app: Machinery, start_worker: StartWorker) -> N
     @app.task(name="introspect", bind=True)
     def introspect(self: Any, x: int) -> str:
         seen["id"], seen["retries"], seen["headers"] = self.request.id, self.request.retries, self.request.headers
+        seen["left"] = self.request.retries_left
         return self.request.name
 
     res = introspect.apply_async(args=[1], retry_count=2, headers={"h": "v"})
     start_worker()
     assert res.get(timeout=5) == "introspect"
-    assert seen == {"id": res.id, "retries": 2, "headers": {"h": "v"}}
+    assert seen == {"id": res.id, "retries": 0, "left": 2, "headers": {"h": "v"}}
 
 
 def test_log_lines_a_celery_user_recognises(

@@ -28,7 +28,7 @@ def app() -> Machinery:
 
 def test_chain_matches_go_new_chain(app: Machinery) -> None:
     add = app.tasks["add"]
-    c = chain(add.s(1, 1, task_id="task_chain-0001"), add.s(5, task_id="task_chain-0002"),
+    c = chain(add.s(1, 1).set(task_id="task_chain-0001"), add.s(5).set(task_id="task_chain-0002"),
               app.signature("multiply", args=[3], task_id="task_chain-0003"))
     first = c.to_signatures()[0]
     assert first.to_go_json() == GOLDEN["chain_nested"]
@@ -36,14 +36,14 @@ def test_chain_matches_go_new_chain(app: Machinery) -> None:
 
 def test_pipe_operator_builds_the_same_chain(app: Machinery) -> None:
     add = app.tasks["add"]
-    c = (add.s(1, 1, task_id="task_chain-0001") | add.s(5, task_id="task_chain-0002")
+    c = (add.s(1, 1).set(task_id="task_chain-0001") | add.s(5).set(task_id="task_chain-0002")
          | app.signature("multiply", args=[3], task_id="task_chain-0003"))
     assert c.to_signatures()[0].to_go_json() == GOLDEN["chain_nested"]
 
 
 def test_group_members_match_go_new_group(app: Machinery) -> None:
     add = app.tasks["add"]
-    g = group(add.s(i, i, task_id=f"task_group-000{i}") for i in (1, 2, 3))
+    g = group(add.s(i, i).set(task_id=f"task_group-000{i}") for i in (1, 2, 3))
     members = g.to_signatures(group_uuid="group_0f3c2b1a-9d8e-4f7a-8b6c-5d4e3f2a1b0c")
     for i, m in enumerate(members):
         assert m.to_go_json() == GOLDEN[f"group_member_{i}"]
@@ -51,7 +51,7 @@ def test_group_members_match_go_new_group(app: Machinery) -> None:
 
 def test_chord_member_matches_go_new_chord(app: Machinery) -> None:
     add = app.tasks["add"]
-    header = group(add.s(i, i, task_id=f"task_group-000{i}") for i in (1, 2, 3))
+    header = group(add.s(i, i).set(task_id=f"task_group-000{i}") for i in (1, 2, 3))
     body = app.signature("multiply", task_id="chord_5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d")
     members, callback = chord(header, body).to_signatures()
     for m in members:

@@ -273,7 +273,8 @@ def test_case_insensitive_state_and_result_keys() -> None:
     )
     assert state.task_uuid == "u"
     assert state.state == SUCCESS
-    assert state.results == [TaskResult("int64", Number("2"))]
+    assert state.results == [TaskResult("int64", 2)]  # a plain value
+    assert state.results is not None and state.results[0].wire_value == Number("2")
     assert state.created_at == GoTime.parse("2024-05-01T12:00:00Z")
     assert state.ttl == 5
 
