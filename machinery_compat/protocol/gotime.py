@@ -82,6 +82,7 @@ class GoTime:
 
     # -- conversions --------------------------------------------------------------------
     def is_zero(self) -> bool:
+        """Go's ``Time.IsZero``: the zero time ``0001-01-01T00:00:00Z``."""
         return self.unix_ns == _ZERO_SECONDS * _NS
 
     def to_datetime(self) -> datetime:
@@ -93,6 +94,7 @@ class GoTime:
         )
 
     def timestamp(self) -> float:
+        """Unix time in seconds (float)."""
         return self.unix_ns / _NS
 
     def isoformat(self) -> str:
@@ -117,6 +119,7 @@ class GoTime:
         return text
 
     def add_seconds(self, seconds: float) -> GoTime:
+        """This time plus ``seconds`` (offset kept)."""
         return GoTime(self.unix_ns + round(seconds * _NS), self.offset)
 
     # -- dunder -------------------------------------------------------------------------

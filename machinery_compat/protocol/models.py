@@ -175,6 +175,7 @@ class Arg:
 
     @property
     def python_value(self) -> Any:
+        """The value converted with Go's reflection rules (:class:`ArgTypeError` where Go would refuse it)."""
         return to_python(self.type, self.value)
 
     def validate(self) -> None:
@@ -182,6 +183,7 @@ class Arg:
         encode_typed(self.type, self.value)
 
     def to_go_json(self) -> str:
+        """This argument as Go's ``encoding/json`` writes a ``tasks.Arg``."""
         return (
             '{"Name":' + encode_str(self.name) + ',"Type":' + encode_str(self.type)
             + ',"Value":' + _encode_typed_value(self.type, self.value) + "}"
@@ -189,6 +191,7 @@ class Arg:
 
     @classmethod
     def from_obj(cls, obj: Any) -> Arg:
+        """An Arg from decoded JSON (Go's lenient rules: case-insensitive keys, ``null`` = zero Arg)."""
         if obj is None:  # Go decodes a null element of []Arg as the zero Arg
             return cls("", None)
         d = _fold(obj, cls.FIELDS, "tasks.Arg")
@@ -229,11 +232,13 @@ class TaskResult:
         return plain(self.wire_value)
 
     def to_go_json(self) -> str:
+        """This result as Go's ``encoding/json`` writes a ``tasks.TaskResult``."""
         return ('{"Type":' + encode_str(self.type) + ',"Value":'
                 + _encode_typed_value(self.type, self.wire_value) + "}")
 
     @classmethod
     def from_obj(cls, obj: Any) -> TaskResult:
+        """A TaskResult from decoded JSON: ``value`` converted, the received value kept."""
         d = _fold(obj, cls.FIELDS, "tasks.TaskResult")
         type_name, raw = _str(d, "Type", "TaskResult"), d.get("Value")
         result = cls(type_name, None, raw)
@@ -353,6 +358,7 @@ class Signature:
 
     @classmethod
     def from_obj(cls, obj: Any) -> Signature:
+        """A Signature from decoded JSON, with Go's decoding rules (see :meth:`from_json`)."""
         w = "Signature"
         d = _fold(obj, cls.FIELDS, "tasks.Signature")
         headers = d.get("Headers")
@@ -442,9 +448,11 @@ class TaskState:
         )
 
     def tail(self) -> str:
+        """The JSON after ``CreatedAt`` (``,"TTL":…}``): the Redis merge script splices the stored name and time in between."""
         return ',"TTL":' + str(self.ttl) + "}"
 
     def to_go_json(self) -> str:
+        """This state as Go's ``encoding/json`` writes a ``tasks.TaskState`` (text)."""
         created = self.created_at
         return (
             self.head() + encode_str(self.task_name) + self.middle()
@@ -453,21 +461,26 @@ class TaskState:
         )
 
     def to_json(self) -> bytes:
+        """This state as Go writes it, UTF-8 bytes."""
         return to_bytes(self.to_go_json())
 
     @property
     def ready(self) -> bool:
+        """SUCCESS or FAILURE (Machinery's "completed")."""
         return self.state in READY_STATES
 
     def python_results(self) -> list[Any]:
+        """The results as Python values (Go's reflection rules; raises where Go's ``AsyncResult`` would)."""
         return [r.python_value for r in self.results or ()]
 
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> TaskState:
+        """Decode a stored state as Go would (:class:`DecodeError` with the raw bytes if Go could not)."""
         return _decode(cls.from_obj, raw)
 
     @classmethod
     def from_obj(cls, obj: Any) -> TaskState:
+        """A TaskState from decoded JSON."""
         w = "TaskState"
         d = _fold(obj, cls.FIELDS, "tasks.TaskState")
         created = _time(d, "CreatedAt", w, nullable=False)
@@ -499,6 +512,7 @@ class GroupMeta:
     )
 
     def to_go_json(self) -> str:
+        """This group meta as Go's ``encoding/json`` writes a ``tasks.GroupMeta`` (text)."""
         uuids = self.task_uuids
         return (
             '{"GroupUUID":' + encode_str(self.group_uuid)
@@ -510,14 +524,17 @@ class GroupMeta:
         )
 
     def to_json(self) -> bytes:
+        """This group meta as Go writes it, UTF-8 bytes."""
         return to_bytes(self.to_go_json())
 
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> GroupMeta:
+        """Decode a stored group meta as Go would (:class:`DecodeError` with the raw bytes if not)."""
         return _decode(cls.from_obj, raw)
 
     @classmethod
     def from_obj(cls, obj: Any) -> GroupMeta:
+        """A GroupMeta from decoded JSON."""
         w = "GroupMeta"
         d = _fold(obj, cls.FIELDS, "tasks.GroupMeta")
         uuids = d.get("TaskUUIDs")
