@@ -3,11 +3,24 @@
 One connection pool per distinct server/db/credentials within a process, so that a
 broker and a backend on the same Redis share it and a producer can pipeline the
 PENDING write and the publish into one round trip.
+
+Fork safety
+-----------
+
+A process may fork after using Redis (gunicorn ``--preload``, ``multiprocessing`` with
+fork, Celery's prefork pool).  In the child:
+
+* a :class:`FastPath` never uses, returns or closes a connection the parent checked out:
+  each one remembers the pid that took it, and a child forgets it and takes a fresh one;
+* redis-py's pools notice the new pid themselves and start empty; the locks of this
+  module's pools and the module lock are re-created (:func:`os.register_at_fork`), in case
+  another thread of the parent held one at the moment of the fork.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any
 
@@ -58,6 +71,26 @@ def client_for(url: str, *, socket_timeout: float | None = None) -> Any:
             pool = r.ConnectionPool(**kw)
             _pools[key] = pool
     return r.Redis(connection_pool=pool)
+
+
+_RLOCK_TYPE = type(threading.RLock())
+
+
+def _after_fork_in_child() -> None:
+    """Re-create locks another thread of the parent may have held when it forked."""
+    global _lock
+    _lock = threading.Lock()
+    for pool in _pools.values():
+        # redis-py resets a pool in a child (pid check), but under the pool's own locks:
+        # fresh ones, or a lock held by a parent thread at fork time would block forever.
+        for name in ("_fork_lock", "_lock"):
+            old = getattr(pool, name, None)
+            if old is not None:
+                setattr(pool, name,
+                        threading.RLock() if isinstance(old, _RLOCK_TYPE) else threading.Lock())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # --------------------------------------------------------------------------------------
@@ -153,7 +186,8 @@ class FastPath:
     round trip itself; producers and workers send a handful of fixed commands per task, so
     they pack them in one write and read the replies here.  Each thread keeps one connection
     checked out of the shared pool; any error drops that connection (the next call takes a
-    fresh one) and is re-raised as redis-py raised it.
+    fresh one) and is re-raised as redis-py raised it.  After a fork, the child never
+    touches the connection its parent held: it takes its own.
     """
 
     def __init__(self, client: Any) -> None:
@@ -162,7 +196,9 @@ class FastPath:
 
     def _conn(self) -> Any:
         held: _Held | None = getattr(self._local, "held", None)
-        if held is None:
+        if held is None or held.pid != os.getpid():
+            if held is not None:  # inherited through fork: the parent's socket, forget it
+                held.forget()
             held = _Held(self.pool, self.pool.get_connection())
             self._local.held = held  # released to the pool when the thread ends
         return held.conn
@@ -208,18 +244,28 @@ class FastPath:
 
 
 class _Held:
-    """One thread's checked-out connection; returned to the pool when the thread ends."""
+    """One thread's checked-out connection; returned to the pool when the thread ends.
 
-    __slots__ = ("conn", "pool")
+    Only by the process that took it: in a forked child, :meth:`release` (and the
+    finalizer, which may run while Python cleans up the parent's other threads in the
+    child) just forgets the connection, never sending on, returning or shutting down the
+    parent's socket.
+    """
+
+    __slots__ = ("conn", "pid", "pool")
 
     def __init__(self, pool: Any, conn: Any) -> None:
         self.pool = pool
         self.conn = conn
+        self.pid = os.getpid()
 
     def release(self) -> None:
         conn, self.conn = self.conn, None
-        if conn is not None:
+        if conn is not None and self.pid == os.getpid():
             self.pool.release(conn)
+
+    def forget(self) -> None:
+        self.conn = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown

@@ -23,7 +23,9 @@ both go in one round trip), then the publish.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -42,6 +44,20 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 logger = logging.getLogger(__name__)
+
+#: Every live app, so that a forked child can replace their locks.
+_apps: weakref.WeakSet[Machinery] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A lock another thread of the parent held at the fork stays held forever in the child:
+    give every app a fresh one (its broker and backend connections handle the fork
+    themselves, see :mod:`machinery_compat._redis`)."""
+    for app in list(_apps):
+        app._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _to_gotime(eta: Any) -> GoTime:
@@ -84,6 +100,7 @@ class Machinery:
         self._broker: Broker | None = None
         self._backend: Backend | None = None
         self._lock = threading.Lock()
+        _apps.add(self)
 
     # -- construction -------------------------------------------------------------------
     @classmethod

@@ -25,8 +25,10 @@ Thread-safe; no optional dependency.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +50,8 @@ class _Store:
 
 _stores: dict[str, _Store] = {}
 _stores_lock = threading.Lock()
+#: every store still in use (also those :func:`reset` dropped but a backend still holds)
+_live: weakref.WeakValueDictionary[int, _Store] = weakref.WeakValueDictionary()
 
 
 def _store(name: str) -> _Store:
@@ -55,6 +59,7 @@ def _store(name: str) -> _Store:
         store = _stores.get(name)
         if store is None:
             store = _stores[name] = _Store()
+            _live[id(store)] = store
         return store
 
 
@@ -65,6 +70,18 @@ def reset(name: str | None = None) -> None:
             _stores.clear()
         else:
             _stores.pop(name, None)
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks in a forked child: one another thread held at the fork stays held there.
+    (The child keeps the parent's data as it was at the fork.)"""
+    global _stores_lock
+    _stores_lock = threading.Lock()
+    for store in list(_live.values()):
+        store.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MemoryBackend(Backend):

@@ -29,8 +29,10 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +58,8 @@ class _Store:
 
 _stores: dict[str, _Store] = {}
 _stores_lock = threading.Lock()
+#: every store still in use (also those :func:`reset` dropped but a broker still holds)
+_live: weakref.WeakValueDictionary[int, _Store] = weakref.WeakValueDictionary()
 
 
 def store_name(url: str) -> str:
@@ -69,6 +73,7 @@ def _store(name: str) -> _Store:
         store = _stores.get(name)
         if store is None:
             store = _stores[name] = _Store()
+            _live[id(store)] = store
         return store
 
 
@@ -80,6 +85,18 @@ def reset(name: str | None = None) -> None:
             _stores.clear()
         else:
             _stores.pop(name, None)
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks in a forked child: one another thread held at the fork stays held there.
+    (The child keeps the parent's data as it was at the fork.)"""
+    global _stores_lock
+    _stores_lock = threading.Lock()
+    for store in list(_live.values()):
+        store.cond = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MemoryBroker(Broker):
