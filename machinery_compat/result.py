@@ -1,8 +1,19 @@
 """AsyncResult: poll a task's state through the result backend (Celery-shaped).
 
-``get()`` returns the task's single result, a tuple for several, ``None`` for none
-(a Go task returning only ``error``); a FAILURE raises :class:`TaskFailed` with the
-error text the worker stored, unless ``propagate=False``.
+``get()`` (alias ``wait()``) returns the task's single result, a tuple for several, ``None``
+for none (a Go task returning only ``error``); a FAILURE raises :class:`TaskFailed` with the
+error text the worker stored, unless ``propagate=False`` (then it is returned).
+
+When a Python worker ran the failed task, the TaskFailed also carries the exception's class
+name, module and traceback (``exc_type``, ``exc_module``, ``traceback``), read from the record
+stored beside the state (``<task UUID>.exc``, see :mod:`machinery_compat.backends.base`), and
+is also an instance of the original exception class when that class is already imported here
+(``except ZeroDivisionError:`` works; see :func:`~machinery_compat.exceptions.task_failed`).
+A Go worker writes no such record: ``exc_type`` and ``traceback`` are then ``None``.
+
+As in Celery, an id nobody knows reads as PENDING (``state``, and the ``ResultTimeout``
+message of ``get(timeout=...)``); ``result``/``info`` are the value (or the TaskFailed) once
+the task is ready, else ``None``.
 """
 
 from __future__ import annotations
@@ -10,11 +21,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ResultTimeout, TaskFailed
+from .exceptions import ResultTimeout, TaskFailed, task_failed
 from .protocol import FAILURE, PENDING, SUCCESS, TaskResult, TaskState
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends.base import Backend, ExceptionRecord
 
 
 class AsyncResult:
@@ -25,6 +36,13 @@ class AsyncResult:
         self.backend = backend
         self.task_name = task_name
         self._cache: TaskState | None = None
+        #: (the FAILURE state it was read for, its exception record or None)
+        self._record: tuple[TaskState, ExceptionRecord | None] | None = None
+
+    @property
+    def task_id(self) -> str:
+        """The task's UUID (Celery's name for ``id``)."""
+        return self.id
 
     # -- state --------------------------------------------------------------------------
     def task_state(self) -> TaskState | None:
@@ -45,13 +63,16 @@ class AsyncResult:
     status = state
 
     def ready(self) -> bool:
+        """Whether the task finished (SUCCESS or FAILURE)."""
         st = self.task_state()
         return st is not None and st.ready
 
     def successful(self) -> bool:
+        """Whether the task finished in SUCCESS."""
         return self.state == SUCCESS
 
     def failed(self) -> bool:
+        """Whether the task finished in FAILURE."""
         return self.state == FAILURE
 
     @property
@@ -62,8 +83,60 @@ class AsyncResult:
 
     @property
     def error(self) -> str | None:
+        """The stored error text once FAILURE (exactly what the worker wrote), else ``None``."""
         st = self.task_state()
         return st.error if st is not None and st.state == FAILURE else None
+
+    @property
+    def result(self) -> Any:
+        """The value as :meth:`get` returns it once SUCCESS, the :class:`TaskFailed` once
+        FAILURE, ``None`` before (Celery's ``AsyncResult.result``)."""
+        st = self.task_state()
+        if st is None or not st.ready:
+            return None
+        return self._outcome(st)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback text a Python worker recorded for a FAILURE; ``None`` otherwise (not
+        failed, a Go worker ran it, or the backend keeps no record)."""
+        st = self.task_state()
+        if st is None or st.state != FAILURE:
+            return None
+        record = self._exception_record(st)
+        return record.traceback if record is not None else None
+
+    def _exception_record(self, st: TaskState) -> ExceptionRecord | None:
+        """The record stored beside this FAILURE state, if it belongs to it (read once)."""
+        if self._record is not None and self._record[0] is st:
+            return self._record[1]
+        record = self.backend.get_exception_record(self.id)
+        if record is not None and record.error != st.error:
+            record = None  # left over from an earlier run of this UUID
+        self._record = (st, record)
+        return record
+
+    def _failure(self, st: TaskState) -> TaskFailed:
+        record = self._exception_record(st)
+        name = st.task_name or self.task_name
+        if record is None:
+            return TaskFailed(self.id, st.error, name)
+        return task_failed(self.id, st.error, name, exc_type=record.exc_type,
+                           exc_module=record.exc_module, exc_qualname=record.exc_qualname,
+                           traceback=record.traceback)
+
+    def _outcome(self, st: TaskState) -> Any:
+        """What a ready state gives: the TaskFailed, or the value(s)."""
+        if st.state == FAILURE:
+            return self._failure(st)
+        values = st.python_results()
+        if not values:
+            return None
+        if len(values) == 1:
+            return values[0]
+        return tuple(values)
 
     # -- waiting ------------------------------------------------------------------------
     def wait_state(self, timeout: float | None = None, interval: float = 0.05) -> TaskState:
@@ -75,29 +148,28 @@ class AsyncResult:
             if st is not None and st.ready:
                 return st
             if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(self.id, timeout or 0.0, st.state if st else None)
+                raise ResultTimeout(self.id, timeout or 0.0,
+                                    st.state if st is not None and st.state else PENDING)
             time.sleep(sleep)
             sleep = min(sleep * 2, interval)
 
     def get(self, timeout: float | None = None, interval: float = 0.05, propagate: bool = True) -> Any:
         """Wait and return the value(s); see the module docstring."""
-        st = self.wait_state(timeout, interval)
-        if st.state == FAILURE:
-            err = TaskFailed(self.id, st.error, st.task_name or self.task_name)
-            if propagate:
-                raise err
-            return err
-        values = st.python_results()
-        if not values:
-            return None
-        if len(values) == 1:
-            return values[0]
-        return tuple(values)
+        outcome = self._outcome(self.wait_state(timeout, interval))
+        if propagate and isinstance(outcome, TaskFailed):
+            raise outcome
+        return outcome
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05,
+             propagate: bool = True) -> Any:
+        """:meth:`get` (Celery's older name)."""
+        return self.get(timeout=timeout, interval=interval, propagate=propagate)
 
     def forget(self) -> None:
-        """Delete the stored state."""
+        """Delete the stored state and the exception record beside it."""
         self.backend.purge_state(self.id)
         self._cache = None
+        self._record = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.task_name or 'task'}[{self.id}]>"
@@ -117,6 +189,7 @@ class GroupResult:
         self.results = results
 
     def ready(self) -> bool:
+        """Whether every member finished."""
         return all(r.ready() for r in self.results)
 
     def completed_count(self) -> int:
@@ -124,9 +197,11 @@ class GroupResult:
         return sum(1 for r in self.results if r.ready())
 
     def successful(self) -> bool:
+        """Whether every member finished in SUCCESS."""
         return all(r.successful() for r in self.results)
 
     def failed(self) -> bool:
+        """Whether any member finished in FAILURE."""
         return any(r.failed() for r in self.results)
 
     def get(self, timeout: float | None = None, interval: float = 0.05,
@@ -157,13 +232,16 @@ class ChainResult:
 
     @property
     def id(self) -> str:
+        """The last step's task UUID."""
         return self.results[-1].id
 
     @property
     def state(self) -> str:
+        """The last step's state."""
         return self.results[-1].state
 
     def ready(self) -> bool:
+        """Whether the last step finished, or a step failed (later steps never run)."""
         return self.results[-1].ready() or any(r.failed() for r in self.results)
 
     def get(self, timeout: float | None = None, interval: float = 0.05,
@@ -191,13 +269,16 @@ class ChordResult:
 
     @property
     def id(self) -> str:
+        """The callback's task UUID."""
         return self.callback.id
 
     @property
     def results(self) -> list[AsyncResult]:
+        """The members' AsyncResults, in order."""
         return self.group.results
 
     def ready(self) -> bool:
+        """Whether the callback finished, or a member failed (the callback never runs)."""
         return self.callback.ready() or self.group.failed()
 
     def get(self, timeout: float | None = None, interval: float = 0.05,

@@ -4,14 +4,28 @@ The worker writes states through the ``set_state_*`` methods; each backend imple
 Machinery's merge rules for its store.  :meth:`Backend.mark_received_started` and
 :meth:`Backend.finish` exist so that a backend can batch writes into fewer round trips
 (the Redis backend does); their defaults call the single-state methods in order.
+
+**Exception records.**  Machinery's TaskState has no room for an exception's type or
+traceback, so a Python worker stores them beside a FAILURE state: a small JSON object
+(:class:`ExceptionRecord`) under the key :func:`exception_record_key` gives, ``<task
+UUID>.exc``, with the state's expiry, written just before the state (so whoever reads FAILURE
+finds it).  Go never reads or writes it; ``AsyncResult`` uses it for ``TaskFailed.exc_type`` /
+``exc_module`` / ``traceback`` and the ``except OriginalError:`` behaviour.  A backend that
+cannot store one keeps the defaults here (nothing stored, ``None`` read), and readers then see
+``exc_type=None``, as for a task a Go worker ran.
 """
 
 from __future__ import annotations
 
 import abc
+import json
+import logging
+import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..exceptions import DecodeError
 from ..protocol import (
     FAILURE,
     PENDING,
@@ -27,6 +41,73 @@ from ..protocol import (
 )
 
 DEFAULT_RESULTS_EXPIRE_IN = 3600
+#: appended to a task UUID: the key of its :class:`ExceptionRecord`
+EXCEPTION_RECORD_SUFFIX = ".exc"
+
+logger = logging.getLogger(__name__)
+
+
+def exception_record_key(task_uuid: str) -> str:
+    """Where a task's :class:`ExceptionRecord` is stored: ``<task UUID>.exc``."""
+    return task_uuid + EXCEPTION_RECORD_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRecord:
+    """The exception behind a FAILURE state, as a Python worker saw it.
+
+    Stored as JSON, e.g. ``{"exc_type":"ZeroDivisionError","exc_module":"builtins",
+    "exc_qualname":"ZeroDivisionError","traceback":"Traceback (most recent call last):\\n...",
+    "error":"division by zero"}``.  ``error`` is the state's ``Error`` text the record belongs
+    to: a record whose ``error`` differs from the stored state's (left over from an earlier run
+    of the same UUID) is ignored by readers.
+    """
+
+    exc_type: str
+    exc_module: str
+    exc_qualname: str
+    traceback: str
+    error: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, error: str) -> ExceptionRecord:
+        t = type(exc)
+        return cls(t.__name__, t.__module__, t.__qualname__,
+                   "".join(traceback.format_exception(exc)), error)
+
+    def to_json(self) -> bytes:
+        # ASCII-only JSON: lone surrogates in an exception message survive the round trip
+        return json.dumps({
+            "exc_type": self.exc_type,
+            "exc_module": self.exc_module,
+            "exc_qualname": self.exc_qualname,
+            "traceback": self.traceback,
+            "error": self.error,
+        }, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ExceptionRecord:
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DecodeError(f"undecodable exception record: {e}", raw) from e
+        fields = ("exc_type", "exc_module", "exc_qualname", "traceback", "error")
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(f), str) for f in fields):
+            raise DecodeError("exception record is not an object of strings "
+                              f"{', '.join(fields)}", raw)
+        return cls(*(obj[f] for f in fields))
+
+
+def decode_exception_record(task_uuid: str, raw: bytes | str | None) -> ExceptionRecord | None:
+    """:meth:`ExceptionRecord.from_json`, or ``None`` (logged) when the bytes are not one: the
+    record is an extra, never a reason for ``get()`` to fail."""
+    if raw is None:
+        return None
+    try:
+        return ExceptionRecord.from_json(raw)
+    except DecodeError as e:
+        logger.warning("ignoring the exception record of task %s: %s; raw=%r", task_uuid, e, raw)
+        return None
 
 
 class Backend(abc.ABC):
@@ -70,9 +151,20 @@ class Backend(abc.ABC):
         self.set_state_started(sig)
         return None
 
-    def set_final_state(self, state: TaskState, token: Any = None) -> None:
-        """Write SUCCESS/FAILURE/RETRY after :meth:`mark_received_started` (merging)."""
+    def set_final_state(self, state: TaskState, token: Any = None,
+                        exc_record: ExceptionRecord | None = None) -> None:
+        """Write SUCCESS/FAILURE/RETRY after :meth:`mark_received_started` (merging), and a
+        FAILURE's ``exc_record`` before it."""
+        if exc_record is not None:
+            self.set_exception_record(state.task_uuid, exc_record)
         self.set_state(state, merge=True)
+
+    def set_exception_record(self, task_uuid: str, record: ExceptionRecord) -> None:  # noqa: B027
+        """Store ``record`` under :func:`exception_record_key`; this default stores nothing."""
+
+    def get_exception_record(self, task_uuid: str) -> ExceptionRecord | None:
+        """The stored :class:`ExceptionRecord` (``None``: none, or this backend keeps none)."""
+        return None
 
     # -- reads --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -113,6 +205,7 @@ class Backend(abc.ABC):
 
     # -- housekeeping -------------------------------------------------------------------
     def purge_state(self, task_uuid: str) -> None:
+        """Delete the task's state and its :class:`ExceptionRecord`."""
         raise NotImplementedError
 
     def purge_group_meta(self, group_uuid: str) -> None:

@@ -16,7 +16,10 @@ It stores exactly what the Redis backend stores, and reads it back through the s
   name and the zero time, as on Redis;
 * entries expire ``results_expire_in`` seconds (default 3600) after their last write;
 * the chord trigger is decided under a lock, so exactly one caller per group gets ``True``;
-* :meth:`~MemoryBackend.purge_state` / :meth:`~MemoryBackend.purge_group_meta` delete entries,
+* a Python worker's FAILURE comes with its exception record (type, module, traceback) as JSON
+  under ``<task UUID>.exc``, as on Redis (see :mod:`machinery_compat.backends.base`);
+* :meth:`~MemoryBackend.purge_state` (state and exception record) /
+  :meth:`~MemoryBackend.purge_group_meta` delete entries,
   :meth:`~MemoryBackend.raw` returns the stored bytes, :meth:`~MemoryBackend.store_raw` stores
   bytes as a Go worker would have written them, :func:`reset` throws a store away.
 
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from ..brokers.memory import store_name
 from ..exceptions import BackendError, DecodeError
 from ..protocol import GoTime, GroupMeta, TaskState
-from .base import Backend
+from .base import Backend, ExceptionRecord, decode_exception_record, exception_record_key
 
 SCHEMES = ("memory", "eager")
 
@@ -143,10 +146,17 @@ class MemoryBackend(Backend):
                                   created_at=created, ttl=state.ttl)
             self._put(state.task_uuid, state.to_json())
 
+    def set_exception_record(self, task_uuid: str, record: ExceptionRecord) -> None:
+        with self._s.lock:
+            self._put(exception_record_key(task_uuid), record.to_json())
+
     # -- reads --------------------------------------------------------------------------
     def get_state(self, task_uuid: str) -> TaskState | None:
         raw = self.raw(task_uuid)
         return None if raw is None else TaskState.from_json(raw)
+
+    def get_exception_record(self, task_uuid: str) -> ExceptionRecord | None:
+        return decode_exception_record(task_uuid, self.raw(exception_record_key(task_uuid)))
 
     def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         with self._s.lock:
@@ -179,6 +189,7 @@ class MemoryBackend(Backend):
     def purge_state(self, task_uuid: str) -> None:
         with self._s.lock:
             self._s.data.pop(task_uuid, None)
+            self._s.data.pop(exception_record_key(task_uuid), None)
 
     def purge_group_meta(self, group_uuid: str) -> None:
         with self._s.lock:

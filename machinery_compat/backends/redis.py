@@ -7,7 +7,11 @@
   Lua script, so RECEIVED and STARTED cost one round trip together and the final state
   another (Go needs six);
 * the chord trigger takes the same redsync-style lock Go uses (key ``TriggerChordMutex``,
-  random token, ``PX 8000``, compare-and-delete release).
+  random token, ``PX 8000``, compare-and-delete release);
+* a Python worker's FAILURE also stores the exception's type, module and traceback as JSON
+  under ``<task UUID>.exc`` (same ``EX``), sent in the same write as the state and before it
+  (:mod:`machinery_compat.backends.base`); Go ignores that key.  ``purge_state`` (what
+  ``AsyncResult.forget()`` calls) deletes both keys.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from typing import Any
 from .._redis import MERGE_SET, UNLOCK, FastPath, client_for
 from ..exceptions import BackendError, DecodeError
 from ..protocol import GoTime, GroupMeta, Signature, TaskState
-from .base import Backend, pending_state
+from .base import (
+    Backend,
+    ExceptionRecord,
+    decode_exception_record,
+    exception_record_key,
+    pending_state,
+)
 
 CHORD_MUTEX_KEY = "TriggerChordMutex"
 CHORD_MUTEX_EXPIRY_MS = 8000
@@ -68,19 +78,30 @@ class RedisBackend(Backend):
         )
         return _text(name), _text(created)
 
-    def set_final_state(self, state: TaskState, token: Any = None) -> None:
+    def set_final_state(self, state: TaskState, token: Any = None,
+                        exc_record: ExceptionRecord | None = None) -> None:
         """SUCCESS/FAILURE/RETRY: a plain SET when the merged fields are already known.
 
-        ``token`` is the :data:`MergeInfo` :meth:`mark_received_started` returned.
+        ``token`` is the :data:`MergeInfo` :meth:`mark_received_started` returned.  An
+        ``exc_record`` is SET first, in the same write.
         """
         if token is None:
-            self.set_state(state, merge=True)
+            super().set_final_state(state, None, exc_record)
             return
         name, created = token
         body = (state.head() + name + state.middle() + created + state.tail()).encode(
             "utf-8", "machinery_compat.gojson"
         )
-        self.fast.call("SET", state.task_uuid, body, "EX", self.expire_in)
+        commands = [("SET", state.task_uuid, body, "EX", self.expire_in)]
+        if exc_record is not None:
+            commands.insert(0, self.exception_record_command(state.task_uuid, exc_record))
+        self.fast.execute(*commands)
+
+    def exception_record_command(self, task_uuid: str, record: ExceptionRecord) -> tuple[Any, ...]:
+        return ("SET", exception_record_key(task_uuid), record.to_json(), "EX", self.expire_in)
+
+    def set_exception_record(self, task_uuid: str, record: ExceptionRecord) -> None:
+        self.client.set(exception_record_key(task_uuid), record.to_json(), ex=self.expire_in)
 
     # -- reads --------------------------------------------------------------------------
     def get_state(self, task_uuid: str) -> TaskState | None:
@@ -92,6 +113,9 @@ class RedisBackend(Backend):
             return []
         raws = self.client.mget(list(task_uuids))
         return [None if r is None else TaskState.from_json(r) for r in raws]
+
+    def get_exception_record(self, task_uuid: str) -> ExceptionRecord | None:
+        return decode_exception_record(task_uuid, self.client.get(exception_record_key(task_uuid)))
 
     # -- groups -------------------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
@@ -128,7 +152,7 @@ class RedisBackend(Backend):
             self._unlock(keys=[CHORD_MUTEX_KEY], args=[token])
 
     def purge_state(self, task_uuid: str) -> None:
-        self.client.delete(task_uuid)
+        self.client.delete(task_uuid, exception_record_key(task_uuid))
 
     def purge_group_meta(self, group_uuid: str) -> None:
         self.client.delete(group_uuid)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import ExceptionRecord
 from ..brokers.base import Delivery, rotate
 from ..exceptions import (
     ArgTypeError,
@@ -65,8 +66,12 @@ class _NotStarted(Exception):
 
 
 def error_text(exc: BaseException) -> str:
-    """The error string stored for a failed task (Go: ``err.Error()``)."""
-    text = str(exc)
+    """The error string stored for a failed task (Go: ``err.Error()``): ``str(exc)``, or the
+    class name when that is empty or ``__str__`` itself fails."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
     return text if text else type(exc).__name__
 
 
@@ -342,7 +347,7 @@ class Worker:
                 if sig.retry_count > 0 and task.should_autoretry(e):
                     self._retry(sig, e, token)
                 else:
-                    self._fail(sig, error_text(e), token, started)
+                    self._fail(sig, error_text(e), token, started, e)
                 return
             try:
                 results = task_results(task, value)
@@ -392,10 +397,26 @@ class Worker:
         if sig.group_uuid and sig.chord_callback is not None:
             self._maybe_trigger_chord(sig)
 
-    def _fail(self, sig: Signature, error: str, token: Any, started: float) -> None:
-        self._store(TaskState(sig.uuid, FAILURE, error=error), token)
-        logger.error("Task %s[%s] failed in %.4fs: %s", sig.name, sig.uuid,
-                     time.perf_counter() - started, error)
+    def _fail(self, sig: Signature, error: str, token: Any, started: float,
+              exc: BaseException | None = None) -> None:
+        """FAILURE with ``error`` as the state's Error.  ``exc``: the task's own exception, logged
+        with its traceback (Celery's ``raised unexpected`` line) and recorded beside the state
+        (type, module, traceback: see :mod:`machinery_compat.backends.base`)."""
+        state = TaskState(sig.uuid, FAILURE, error=error)
+        if exc is None:
+            self._store(state, token)
+            logger.error("Task %s[%s] failed in %.4fs: %s", sig.name, sig.uuid,
+                         time.perf_counter() - started, error)
+        else:
+            record = ExceptionRecord.from_exception(exc, error)
+            self._persist(lambda: self.app.backend.set_final_state(state, token, record),
+                          f"state FAILURE of task {sig.uuid}", state.to_go_json)
+            try:
+                shown = repr(exc)
+            except Exception:
+                shown = type(exc).__name__
+            logger.error("Task %s[%s] raised unexpected: %s", sig.name, sig.uuid, shown,
+                         exc_info=exc)
         for cb in sig.on_error or ():
             cb = cb.copy()
             cb.args = [Arg("string", error)] + (cb.args or [])
