@@ -10,9 +10,11 @@ scheme              module                                   extra
 ``memory://<name>``,
 ``eager``,
 ``eager://<name>``
+``amqp://``,        :mod:`machinery_compat.backends.amqp`    ``machinery-compat[amqp]``
+``amqps://``
 ==================  =======================================  =========================
 
-Memcache, MongoDB, DynamoDB and AMQP backends are not implemented yet (see README).
+Memcache, MongoDB and DynamoDB backends are not implemented yet (see README).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 _NOT_YET = {
-    "amqp": "AMQP", "amqps": "AMQP", "memcache": "Memcache", "mongodb": "MongoDB",
+    "memcache": "Memcache", "mongodb": "MongoDB",
     "mongodb+srv": "MongoDB", "https": "DynamoDB", "http": "DynamoDB",
 }
 
@@ -42,6 +44,10 @@ def create_backend(config: Config) -> Backend:
         from .redis import RedisBackend
 
         return RedisBackend(url, config.results_expire_in)
+    if scheme in ("amqp", "amqps"):
+        from .amqp import AMQPBackend
+
+        return AMQPBackend.from_config(config)
     if scheme in ("memory", "eager"):
         from .memory import MemoryBackend
 

@@ -10,9 +10,11 @@ scheme              module                                  extra
 ``memory://<name>``
 ``eager``,          :mod:`machinery_compat.brokers.eager`   (none: runs tasks in the
 ``eager://<name>``                                          producer's call, for tests)
+``amqp://``,        :mod:`machinery_compat.brokers.amqp`    ``machinery-compat[amqp]``
+``amqps://``
 ==================  ======================================  =========================
 
-AMQP, SQS and GCP Pub/Sub brokers are not implemented yet (see README).
+SQS and GCP Pub/Sub brokers are not implemented yet (see README).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 _NOT_YET = {
-    "amqp": "AMQP", "amqps": "AMQP", "https": "SQS", "http": "SQS", "gcppubsub": "GCP Pub/Sub",
+    "https": "SQS", "http": "SQS", "gcppubsub": "GCP Pub/Sub",
 }
 
 
@@ -63,6 +65,10 @@ def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
             config.default_queue,
             delayed_tasks_key=redis_cfg.delayed_tasks_key if redis_cfg else "",
         )
+    if scheme in ("amqp", "amqps"):
+        from .amqp import AMQPBroker
+
+        return AMQPBroker.from_config(config)
     if scheme == "memory":
         from .memory import MemoryBroker
 

@@ -8,8 +8,10 @@ import pytest
 
 from machinery_compat import ConfigError, Machinery
 from machinery_compat.backends import create_backend
+from machinery_compat.backends.amqp import AMQPBackend
 from machinery_compat.backends.memory import MemoryBackend
 from machinery_compat.brokers import create_broker
+from machinery_compat.brokers.amqp import AMQPBroker
 from machinery_compat.brokers.eager import EagerBroker
 from machinery_compat.brokers.memory import MemoryBroker
 from machinery_compat.config import DEFAULT_BROKER, DEFAULT_RESULT_BACKEND, Config
@@ -25,42 +27,46 @@ def test_machinery_defaults_are_amqp() -> None:
 
 
 @pytest.mark.parametrize("source", ["yaml", "env"])
-def test_default_result_backend_refused_saying_it_is_the_default(source: str) -> None:
+def test_default_result_backend_is_machinery_amqp(source: str) -> None:
+    """As in Go, a configuration without result_backend uses Machinery's default AMQP URL
+    (resolving it connects to nothing yet)."""
     if source == "yaml":
         cfg = Config.from_yaml(io.StringIO("broker: redis://localhost:6379/0\n"))
     else:
         cfg = Config.from_env({"BROKER": "redis://localhost:6379/0"})
     assert cfg.result_backend == DEFAULT_RESULT_BACKEND
-    with pytest.raises(ConfigError) as info:
-        create_backend(cfg)
-    text = str(info.value)
-    assert text.startswith("the AMQP result backend is not implemented yet (amqp://)")
-    assert "amqp://guest:guest@localhost:5672/ is Machinery's default result_backend" in text
-    assert "the configuration does not set one" in text
-    assert text.endswith(HOW_BACKEND)
+    backend = create_backend(cfg)
+    assert isinstance(backend, AMQPBackend)
+    assert backend.endpoint.urls == (DEFAULT_RESULT_BACKEND,)
+    assert backend.queue_args == {"x-message-ttl": 3_600_000, "x-expires": 3_600_000}
 
 
-def test_default_broker_refused_saying_it_is_the_default() -> None:
+def test_default_broker_is_machinery_amqp() -> None:
     cfg = Config.from_yaml(io.StringIO("default_queue: q\n"))
-    with pytest.raises(ConfigError) as info:
-        create_broker(cfg)
-    text = str(info.value)
-    assert "amqp://guest:guest@localhost:5672/ is Machinery's default broker" in text
-    assert text.endswith(HOW_BROKER)
+    broker = create_broker(cfg)
+    assert isinstance(broker, AMQPBroker)
+    assert broker.default_queue == "q" and broker.endpoint.urls == (DEFAULT_BROKER,)
 
 
 def test_app_from_yaml_without_result_backend() -> None:
     app = Machinery(config=Config.from_yaml(io.StringIO("broker: memory://unit-f\n")))
     assert isinstance(app.broker, MemoryBroker)
-    with pytest.raises(ConfigError, match="Machinery's default result_backend"):
-        _ = app.backend
+    assert isinstance(app.backend, AMQPBackend)
 
 
-def test_an_explicit_amqp_url_gets_no_default_hint() -> None:
-    cfg = Config.from_env({"BROKER": "redis://h/0", "RESULT_BACKEND": "amqp://me:pw@rabbit:5672/"})
-    with pytest.raises(ConfigError) as info:
-        create_backend(cfg)
-    assert str(info.value) == "the AMQP result backend is not implemented yet (amqp://)"
+def test_amqp_urls_and_separator() -> None:
+    cfg = Config.from_env({"BROKER": "amqp://a:1@h1:5672/|amqps://a:1@h2:5671/v",
+                           "MULTIPLE_BROKEN_SEPARATOR": "|",
+                           "RESULT_BACKEND": "amqp://me:pw@rabbit:5672/"})
+    broker = create_broker(cfg)
+    assert isinstance(broker, AMQPBroker)
+    assert broker.endpoint.urls == ("amqp://a:1@h1:5672/", "amqps://a:1@h2:5671/v")
+    backend = create_backend(cfg)
+    assert isinstance(backend, AMQPBackend)
+    assert backend.endpoint.urls == ("amqp://me:pw@rabbit:5672/",)
+    assert backend.endpoint.tls_context is None
+    tls = create_backend(Config(broker="memory://", result_backend="amqps://me:pw@rabbit/"))
+    assert isinstance(tls, AMQPBackend) and tls.endpoint.tls_context is not None
 
 
 def test_empty_and_unknown_urls() -> None:

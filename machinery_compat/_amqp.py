@@ -1,0 +1,460 @@
+"""AMQP 0-9-1 plumbing shared by the AMQP broker and the AMQP result backend.
+
+Connections are :class:`kombu.Connection` objects (URL parsing, fail-over between several
+URLs, ``ensure_connection`` with back-off, heartbeats, TLS); every protocol operation runs
+on the underlying py-amqp channel, so that names, flags, argument types and message
+properties are exactly the ones Go Machinery uses (kombu's ``Producer`` would add its own
+properties and body encoding).
+
+* :class:`Long` marks a field-table integer that must go out as AMQP ``l`` (signed 64-bit),
+  as Go sends ``int64`` (the delay queues' ``x-message-ttl``/``x-expires``).  py-amqp writes
+  every other integer as ``I`` (signed 32-bit), as Go does for ``int`` and ``int32``.
+* :func:`go_table` converts a YAML ``queue_declare_args``/``queue_binding_args`` mapping to
+  the values Go's ``amqp.Table`` would send (YAML integers are Go ``int``: ``I``).
+* :class:`Link` is one connection + one confirm-mode channel, with the declarations it has
+  made; :class:`LinkPool` hands links to threads (py-amqp channels are not thread-safe) and
+  retries an operation on a fresh link within a time budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from struct import pack
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from .exceptions import BrokerConnectionError, BrokerError, ConfigError, PublishError
+
+if TYPE_CHECKING:
+    import kombu
+
+    from .config import AMQPConfig, Config
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Heartbeat (seconds) of consumer connections; Go's amqp091 dials with 10 s.
+CONSUMER_HEARTBEAT = 10
+#: How long a producer keeps retrying a publish (reconnecting between tries) before it raises
+#: :class:`~machinery_compat.exceptions.PublishError`.
+PUBLISH_RETRY_BUDGET = 20.0
+#: How long one publish waits for RabbitMQ's confirm.
+CONFIRM_TIMEOUT = 10.0
+#: TCP connect timeout of one attempt.
+CONNECT_TIMEOUT = 5.0
+#: Idle producer/backend connections kept per pool.
+POOL_SIZE = 16
+
+
+class Long(int):
+    """An integer sent in an AMQP field table as ``l`` (signed 64-bit), like Go's ``int64``."""
+
+    __slots__ = ()
+
+
+def _install_long_fields() -> None:
+    """Teach py-amqp's table writer :class:`Long` (it writes every small int as ``I``).
+
+    The hook only changes how :class:`Long` instances are written; every other value goes
+    to py-amqp's own writer unchanged.
+    """
+    from amqp import serialization
+
+    original = serialization._write_item
+    if getattr(original, "_machinery_compat", False):
+        return
+
+    def write_item(v: Any, write: Callable[[bytes], Any], bits: Any) -> None:
+        if type(v) is Long:
+            write(pack(">cq", b"l", int(v)))
+        else:
+            original(v, write, bits)
+
+    write_item._machinery_compat = True  # type: ignore[attr-defined]
+    serialization._write_item = write_item
+
+
+_install_lock = threading.Lock()
+_installed = False
+
+
+def require_kombu(what: str) -> None:
+    """ConfigError with the install hint when kombu / py-amqp are missing."""
+    try:
+        import amqp  # noqa: F401
+        import kombu  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"the AMQP {what} needs kombu and py-amqp: "
+                          f"pip install 'machinery-compat[amqp]' ({e})") from e
+
+
+def ensure_field_types() -> None:
+    global _installed
+    with _install_lock:
+        if not _installed:
+            _install_long_fields()
+            _installed = True
+
+
+def _go_int(v: int) -> int:
+    """Go's ``int`` in a table: ``I`` with the low 32 bits (two's complement)."""
+    return ((v + 2**31) % 2**32) - 2**31
+
+
+def go_table(args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``args`` (from YAML or code) as Go's ``amqp.Table`` would send them.
+
+    Integers become 32-bit ``I`` (Go ``int``; a :class:`Long` stays ``l``), strings ``S``,
+    floats ``d``, booleans ``t``, nested maps ``F``, lists ``A``.
+    """
+    out: dict[str, Any] = {}
+    for k, v in (args or {}).items():
+        out[str(k)] = _go_value(v)
+    return out
+
+
+def _go_value(v: Any) -> Any:
+    if isinstance(v, bool) or v is None or isinstance(v, Long):
+        return v
+    if isinstance(v, int):
+        return _go_int(v)
+    if isinstance(v, Mapping):
+        return go_table(v)
+    if isinstance(v, (list, tuple)):
+        return [_go_value(x) for x in v]
+    return v
+
+
+def split_urls(url: str, separator: str) -> list[str]:
+    """``broker`` split on ``multiple_broker_separator`` (Go: ``strings.Split``), blanks dropped."""
+    parts = url.split(separator) if separator else [url]
+    urls = [p.strip() for p in parts if p.strip()]
+    if not urls:
+        raise ConfigError(f"no AMQP URL in {url!r}")
+    for u in urls:
+        scheme = urlsplit(u).scheme.lower()
+        if scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"not an AMQP URL: {u!r} (amqp:// or amqps://)")
+    return urls
+
+
+def amqp_config(config: Config) -> AMQPConfig:
+    """``config.amqp``, or Machinery's defaults when the YAML file had no ``amqp:`` section
+    (Go would dereference a nil pointer there)."""
+    from .config import AMQPConfig
+
+    return config.amqp if config.amqp is not None else AMQPConfig()
+
+
+# -- connections --------------------------------------------------------------------------
+
+def _kombu_transports() -> tuple[type[Any], type[Any]]:
+    """kombu pyamqp transports (plain, TLS) whose TLS side wraps sockets with an
+    :class:`ssl.SSLContext` (Go's ``TLSConfig``); py-amqp itself only takes option dicts."""
+    from amqp.transport import SSLTransport as AmqpSSLTransport
+    from kombu.transport import pyamqp
+
+    class _ContextSSLTransport(AmqpSSLTransport):  # type: ignore[misc]
+        def _wrap_socket(self, sock: socket.socket, context: Any = None, **opts: Any) -> Any:
+            ctx: ssl.SSLContext = opts["mc_context"]
+            host = self.host.rsplit(":", 1)[0].strip("[]") if ":" in self.host else self.host
+            return ctx.wrap_socket(sock, server_hostname=host if ctx.check_hostname else None,
+                                   do_handshake_on_connect=False)
+
+    class _Connection(pyamqp.Connection):  # type: ignore[misc]
+        def Transport(self, host: str, connect_timeout: Any, ssl: Any = False,
+                      read_timeout: Any = None, write_timeout: Any = None,
+                      socket_settings: Any = None, **kwargs: Any) -> Any:
+            if isinstance(ssl, dict) and "mc_context" in ssl:
+                return _ContextSSLTransport(host, connect_timeout=connect_timeout, ssl=ssl,
+                                            read_timeout=read_timeout,
+                                            write_timeout=write_timeout,
+                                            socket_settings=socket_settings, **kwargs)
+            return super().Transport(host, connect_timeout, ssl, read_timeout,
+                                     write_timeout, socket_settings, **kwargs)
+
+    class _Transport(pyamqp.Transport):  # type: ignore[misc]
+        Connection = _Connection
+
+    class _TLSTransport(pyamqp.SSLTransport):  # type: ignore[misc]
+        Connection = _Connection
+
+    return _Transport, _TLSTransport
+
+
+_transports: tuple[type[Any], type[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect: the URLs in fail-over order and the TLS context."""
+
+    urls: tuple[str, ...]
+    tls_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_url(cls, url: str, separator: str = "", tls: ssl.SSLContext | None = None) -> Endpoint:
+        urls = tuple(split_urls(url, separator))
+        if urlsplit(urls[0]).scheme.lower() == "amqps" and tls is None:
+            tls = ssl.create_default_context()  # Go: DialTLS with a nil config
+        return cls(urls, tls if urlsplit(urls[0]).scheme.lower() == "amqps" else None)
+
+    def connection(self, *, heartbeat: float = 0) -> kombu.Connection:
+        """A new (not yet connected) kombu connection over these URLs."""
+        import kombu
+
+        global _transports
+        ensure_field_types()
+        if _transports is None:
+            _transports = _kombu_transports()
+        plain, tls = _transports
+        kwargs: dict[str, Any] = {}
+        if self.tls_context is not None:
+            kwargs["ssl"] = {"mc_context": self.tls_context}
+        return kombu.Connection(
+            list(self.urls),
+            transport=tls if self.tls_context is not None else plain,
+            heartbeat=heartbeat,
+            connect_timeout=CONNECT_TIMEOUT,
+            failover_strategy="round-robin",
+            **kwargs,
+        )
+
+    def describe(self) -> str:
+        from .config.masking import mask_url
+
+        return ", ".join(mask_url(u) for u in self.urls)
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which a connection is unusable (reconnect and try again)."""
+    import amqp
+
+    return (amqp.exceptions.RecoverableConnectionError, amqp.exceptions.ConnectionError,
+            OSError, socket.timeout, EOFError)
+
+
+def channel_errors() -> tuple[type[BaseException], ...]:
+    """Errors that closed a channel (the connection may live on)."""
+    import amqp
+
+    return (amqp.exceptions.ChannelError,)
+
+
+def connect(conn: kombu.Connection, *, attempts: int | None = None, what: str = "") -> Any:
+    """``conn.ensure_connection`` with back-off (0.2 s, +0.5 s a round, at most 2 s), at most
+    ``attempts`` rounds over the URLs; returns the py-amqp connection.  Raises
+    :class:`BrokerConnectionError`."""
+    n_urls = len(conn.alt) if conn.alt else 1
+
+    def errback(exc: BaseException, interval: float) -> None:
+        logger.warning("AMQP %s: cannot connect to %s (%s); next try in %.1fs", what or "link",
+                       conn.as_uri(), exc, interval)
+
+    try:
+        conn.ensure_connection(
+            errback=errback,
+            max_retries=None if attempts is None else attempts * n_urls - 1,
+            interval_start=0.2, interval_step=0.5, interval_max=2.0,
+        )
+    except Exception as e:
+        raise BrokerConnectionError(f"AMQP: cannot connect to {conn.as_uri()}: {e}") from e
+    return conn.connection
+
+
+def is_channel_error(exc: BaseException) -> bool:
+    import amqp
+
+    return isinstance(exc, amqp.exceptions.ChannelError)
+
+
+def close_quietly(conn: kombu.Connection | None) -> None:
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:  # already broken: release what can be released
+        try:
+            conn.collect()
+        except Exception:
+            logger.debug("closing a broken AMQP connection", exc_info=True)
+
+
+# -- declarations -------------------------------------------------------------------------
+
+def declare_exchange(channel: Any, name: str, kind: str) -> None:
+    """Go's ``ExchangeDeclare(name, type, durable=true, autoDelete=false, internal=false,
+    noWait=false, args=nil)`` (skipped for the default exchange ``""``, as Go does)."""
+    if name:  # py-amqp always sends internal=false
+        channel.exchange_declare(name, kind, passive=False, durable=True, auto_delete=False,
+                                 nowait=False, arguments=None)
+
+
+def declare_queue(channel: Any, name: str, *, durable: bool, auto_delete: bool,
+                  arguments: Mapping[str, Any] | None) -> tuple[str, int, int]:
+    """``QueueDeclare(name, durable, autoDelete, exclusive=false, noWait=false, args)``;
+    returns (name, message count, consumer count)."""
+    ok = channel.queue_declare(name, passive=False, durable=durable, exclusive=False,
+                               auto_delete=auto_delete, nowait=False,
+                               arguments=dict(arguments) if arguments else None)
+    return ok.queue, ok.message_count, ok.consumer_count
+
+
+def bind_queue(channel: Any, queue: str, exchange: str, key: str,
+               arguments: Mapping[str, Any] | None) -> None:
+    """``QueueBind(queue, key, exchange, noWait=false, args)`` (skipped for the default
+    exchange, which refuses bindings; Go would fail there)."""
+    if exchange:
+        channel.queue_bind(queue, exchange, key, nowait=False,
+                           arguments=dict(arguments) if arguments else None)
+
+
+def basic_nack(channel: Any, delivery_tag: int, *, multiple: bool, requeue: bool) -> None:
+    """``basic.nack`` (py-amqp has no method for it; Go's ``Delivery.Nack`` sends this)."""
+    from amqp import spec
+
+    channel.send_method(spec.Basic.Nack, "Lbb", (delivery_tag, multiple, requeue))
+
+
+# -- links --------------------------------------------------------------------------------
+
+class Link:
+    """One connection with one channel in confirm mode, used by one thread at a time."""
+
+    def __init__(self, endpoint: Endpoint, what: str) -> None:
+        self.endpoint = endpoint
+        self.what = what
+        self.conn = endpoint.connection()
+        self.channel: Any = None
+        #: declarations made on this connection (cache keys chosen by the caller)
+        self.declared: set[Any] = set()
+        self._returned: list[tuple[int, str]] = []
+        self._seq = 0  # publisher-confirm sequence number (RabbitMQ's delivery tag)
+        self.used = time.monotonic()
+
+    def open(self, attempts: int | None = 1) -> Link:
+        connect(self.conn, attempts=attempts, what=self.what)
+        self.channel = self.conn.connection.channel()
+        self.channel.confirm_select()
+        self.channel.events["basic_return"].add(self._on_return)
+        return self
+
+    def _on_return(self, exc: BaseException, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.append((getattr(exc, "code", 0), f"{exc}"))
+
+    def publish(self, body: bytes, exchange: str, routing_key: str, properties: Mapping[str, Any],
+                *, mandatory: bool = True, timeout: float = CONFIRM_TIMEOUT) -> None:
+        """Publish and wait for the broker's confirm; a nack or a return raises PublishError."""
+        import amqp
+
+        msg = amqp.Message(body, **properties)
+        self._returned.clear()
+        ch = self.channel
+        self._seq += 1
+        ch._basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+        nacked: list[bool] = []
+
+        def on_confirm(method: Any, *args: Any) -> None:
+            if method == amqp.spec.Basic.Nack:
+                nacked.append(True)
+
+        try:
+            ch.wait([amqp.spec.Basic.Ack, amqp.spec.Basic.Nack], callback=on_confirm,
+                    timeout=timeout)
+        except TimeoutError as e:
+            raise amqp.exceptions.RecoverableConnectionError(
+                f"no publisher confirm within {timeout:g}s") from e
+        self.used = time.monotonic()
+        if nacked:
+            raise PublishError(f"Failed delivery of delivery tag: {self._seq} (RabbitMQ nacked "
+                               f"the message for exchange {exchange!r}, key {routing_key!r})")
+        if self._returned:
+            _code, text = self._returned[0]
+            raise UnroutableError(
+                f"RabbitMQ returned the message: exchange {exchange!r} has no queue bound for "
+                f"routing key {routing_key!r} ({text})")
+
+    def close(self) -> None:
+        close_quietly(self.conn)
+
+
+class UnroutableError(PublishError):
+    """A mandatory publish came back: no queue is bound for the routing key."""
+
+
+class LinkPool:
+    """Links for many threads: each operation borrows one; broken links are dropped and
+    the operation is retried on a new link until ``budget`` seconds have passed."""
+
+    def __init__(self, endpoint: Endpoint, what: str, size: int = POOL_SIZE) -> None:
+        self.endpoint = endpoint
+        self.what = what
+        self.size = size
+        self._idle: list[Link] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._retryable: tuple[type[BaseException], ...] = (BrokerConnectionError,
+                                                             *connection_errors())
+
+    def _take(self) -> Link:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return Link(self.endpoint, self.what).open()
+
+    def _give(self, link: Link) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.size:
+                self._idle.append(link)
+                return
+        link.close()
+
+    def run(self, op: Callable[[Link], T], *, budget: float = PUBLISH_RETRY_BUDGET,
+            describe: str = "") -> T:
+        """``op(link)`` on a healthy link, retried on connection errors (and once on a channel
+        error, which closes the channel) within ``budget`` seconds."""
+        deadline = time.monotonic() + budget
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            link: Link | None = None
+            try:
+                link = self._take()
+                result = op(link)
+            except self._retryable as e:
+                if link is not None:
+                    link.close()
+                if time.monotonic() + delay > deadline:
+                    raise BrokerConnectionError(
+                        f"AMQP {describe or self.what}: gave up after {attempt} attempt(s) in "
+                        f"{budget:g}s: {e}") from e
+                logger.warning("AMQP %s failed (%s); retrying in %.1fs", describe or self.what,
+                               e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except BaseException as e:
+                if link is not None:
+                    if is_channel_error(e) or not isinstance(e, BrokerError):
+                        link.close()  # the channel (or the protocol state) is gone
+                    else:
+                        self._give(link)
+                raise
+            self._give(link)
+            return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for link in idle:
+            link.close()
+

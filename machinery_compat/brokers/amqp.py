@@ -1,0 +1,540 @@
+"""AMQP 0-9-1 (RabbitMQ) broker, with Go Machinery's topology (§5.1 of the protocol notes).
+
+URL forms: ``amqp://user:password@host:port/vhost`` and ``amqps://…`` (TLS: the config's
+``tls_config`` :class:`ssl.SSLContext`, else the system's default context, as Go's
+``DialTLS`` with a nil config).  Several URLs joined by ``multiple_broker_separator`` are
+tried in order, and again on every reconnection.  Settings come from the config's ``amqp:``
+section, the same one a Go worker reads.
+
+What goes over the wire (so Go workers and producers accept it, and the reverse):
+
+* exchange ``amqp.exchange`` of type ``amqp.exchange_type``, durable, not auto-delete;
+* routing key: the signature's, else ``amqp.binding_key`` for a direct exchange, else the
+  default queue (Go's AMQP ``AdjustRoutingKey``);
+* a producer declares the queue named after the routing key (direct exchange; otherwise the
+  default queue bound with ``amqp.binding_key``), durable, with ``amqp.queue_declare_args``,
+  and binds it with ``amqp.queue_binding_args``; a worker declares the queue it consumes
+  the same way and binds it with ``amqp.binding_key`` — including Go's duplication: with the
+  default config ``machinery_task`` (the producers' queue) and ``machinery_tasks`` (the
+  workers') both receive every default-routed task;
+* messages: the raw Signature JSON, ``content_type=application/json``, ``delivery_mode=2``,
+  the Signature's Headers as message headers (absent when empty), its Priority as message
+  priority (absent when 0); mandatory, publisher confirms on: a nack or a returned message
+  raises :class:`~machinery_compat.exceptions.PublishError`;
+* a future ETA goes through Go's per-delay queue ``delay.<ms>.<exchange>.<routing key>``
+  (``x-dead-letter-exchange``, ``x-dead-letter-routing-key``, ``x-message-ttl`` and
+  ``x-expires`` = 2 * ms as 64-bit ``l``), or, with ``amqp.delayed_queue`` set, that one queue
+  with a per-message ``expiration``.
+
+Consuming: ``basic.qos(amqp.prefetch_count)``; a message is acked after its task finished
+(at-least-once: a worker that dies mid-task leaves it to RabbitMQ to redeliver).  A task this
+worker does not know is rejected with requeue (the worker backs off so it does not spin on
+it); an undecodable message is published, unchanged, to the durable queue ``<queue>.dead``
+and then acked, with a log line carrying its bytes.
+
+Connections: a worker's connection has 10 s heartbeats and reconnects with back-off
+(re-declaring everything) when RabbitMQ goes away; messages it held unacked are redelivered
+by RabbitMQ.  Producers share a pool of connections (one per publishing thread at most); a
+publish is retried on a new connection for up to 20 s (:data:`~machinery_compat._amqp.
+PUBLISH_RETRY_BUDGET`) and then raises :class:`~machinery_compat.exceptions.PublishError`.
+A retried publish whose first confirm was lost may deliver the task twice (at-least-once).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._amqp import (
+    CONSUMER_HEARTBEAT,
+    PUBLISH_RETRY_BUDGET,
+    Endpoint,
+    Link,
+    LinkPool,
+    Long,
+    UnroutableError,
+    amqp_config,
+    basic_nack,
+    bind_queue,
+    channel_errors,
+    close_quietly,
+    connect,
+    connection_errors,
+    declare_exchange,
+    declare_queue,
+    go_table,
+    require_kombu,
+)
+from ..exceptions import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from ..protocol import Signature
+from .base import Broker, Delivery
+
+if TYPE_CHECKING:
+    import kombu
+
+    from ..config import AMQPConfig, Config
+
+logger = logging.getLogger(__name__)
+
+_consumer_ids = itertools.count(1)
+
+
+class AMQPBroker(Broker):
+    schemes = ("amqp", "amqps")
+
+    def __init__(
+        self,
+        url: str,
+        default_queue: str = "machinery_tasks",
+        *,
+        amqp: AMQPConfig | None = None,
+        separator: str = "",
+        tls: Any = None,
+        publish_budget: float = PUBLISH_RETRY_BUDGET,
+    ) -> None:
+        from ..config import AMQPConfig
+
+        require_kombu("broker")
+        super().__init__(default_queue)
+        self.cfg = amqp if amqp is not None else AMQPConfig()
+        self.endpoint = Endpoint.from_url(url, separator, tls)
+        self.url = url
+        self.publish_budget = publish_budget
+        self.declare_args = go_table(self.cfg.queue_declare_args)
+        self.binding_args = go_table(self.cfg.queue_binding_args)
+        self._pool = LinkPool(self.endpoint, "producer")
+        self._consumer: _Consumer | None = None
+        self._consumer_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> AMQPBroker:
+        return cls(config.broker, config.default_queue, amqp=amqp_config(config),
+                   separator=config.multiple_broker_separator, tls=config.tls_config)
+
+    # -- producer -----------------------------------------------------------------------
+    @property
+    def is_direct(self) -> bool:
+        return self.cfg.exchange_type == "direct"
+
+    def adjust_routing_key(self, sig: Signature) -> None:
+        """Go's AMQP ``AdjustRoutingKey``: binding key for a direct exchange, else the default
+        queue."""
+        if not sig.routing_key:
+            sig.routing_key = self.cfg.binding_key if self.is_direct else self.default_queue
+
+    def properties(self, sig: Signature, *, priority: bool = True) -> dict[str, Any]:
+        """The message properties Go sets for ``sig``."""
+        props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 2}
+        if sig.headers:
+            props["application_headers"] = dict(sig.headers)
+        if priority and sig.priority:
+            props["priority"] = sig.priority & 0xFF
+        return props
+
+    def publish(self, sig: Signature) -> None:
+        self.adjust_routing_key(sig)
+        body = sig.to_json()
+        if sig.eta is not None:
+            delay_ms = (sig.eta.unix_ns - time.time_ns()) // 1_000_000
+            if sig.eta.unix_ns > time.time_ns() and delay_ms > 0:
+                self._publish_delayed(sig, body, delay_ms)
+                return
+        if self.is_direct:
+            queue, key = sig.routing_key, sig.routing_key
+        else:
+            queue, key = self.default_queue, self.cfg.binding_key
+        props = self.properties(sig)
+
+        def op(link: Link) -> None:
+            self._declare_task_queue(link, queue, key)
+            try:
+                link.publish(body, self.cfg.exchange, sig.routing_key, props)
+            except UnroutableError:
+                # the queue was deleted behind this cached connection: declare it again, once
+                link.declared.discard(("queue", queue, key))
+                self._declare_task_queue(link, queue, key)
+                link.publish(body, self.cfg.exchange, sig.routing_key, props)
+
+        self._run(op, sig)
+
+    def _run(self, op: Any, sig: Signature) -> None:
+        try:
+            self._pool.run(op, budget=self.publish_budget,
+                           describe=f"publish of task {sig.name}[{sig.uuid}]")
+        except PublishError:
+            raise
+        except BrokerError as e:
+            raise PublishError(f"Failed to publish task {sig.name}[{sig.uuid}] to "
+                               f"{self.endpoint.describe()}: {e}") from e
+        except Exception as e:
+            raise PublishError(f"Failed to publish task {sig.name}[{sig.uuid}]: {e}") from e
+
+    def _declare_exchange(self, link: Link) -> None:
+        if "exchange" not in link.declared:
+            declare_exchange(link.channel, self.cfg.exchange, self.cfg.exchange_type)
+            link.declared.add("exchange")
+
+    def _declare_task_queue(self, link: Link, queue: str, key: str) -> None:
+        """What Go's producer connection for ``queue`` declares (once per connection)."""
+        mark = ("queue", queue, key)
+        if mark in link.declared:
+            return
+        self._declare_exchange(link)
+        declare_queue(link.channel, queue, durable=True, auto_delete=False,
+                      arguments=self.declare_args)
+        bind_queue(link.channel, queue, self.cfg.exchange, key, self.binding_args)
+        link.declared.add(mark)
+
+    def delay_queue(self, routing_key: str, delay_ms: int) -> tuple[str, dict[str, Any]]:
+        """Name and declare arguments of the queue that holds a task for ``delay_ms``."""
+        args: dict[str, Any] = {
+            "x-dead-letter-exchange": self.cfg.exchange,
+            "x-dead-letter-routing-key": routing_key,
+        }
+        if self.cfg.delayed_queue:
+            return self.cfg.delayed_queue, args
+        args["x-message-ttl"] = Long(delay_ms)
+        args["x-expires"] = Long(delay_ms * 2)
+        return f"delay.{delay_ms}.{self.cfg.exchange}.{routing_key}", args
+
+    def _publish_delayed(self, sig: Signature, body: bytes, delay_ms: int) -> None:
+        queue, args = self.delay_queue(sig.routing_key, delay_ms)
+        props = self.properties(sig, priority=False)
+        if self.cfg.delayed_queue:
+            props["expiration"] = str(delay_ms)
+
+        def op(link: Link) -> None:
+            # declared on every publish, as Go does (it re-arms the queue's x-expires)
+            self._declare_exchange(link)
+            declare_queue(link.channel, queue, durable=True, auto_delete=self.cfg.auto_delete,
+                          arguments=args)
+            bind_queue(link.channel, queue, self.cfg.exchange, queue, self.binding_args)
+            link.publish(body, self.cfg.exchange, queue, props)
+
+        self._run(op, sig)
+
+    # -- consumer -----------------------------------------------------------------------
+    def _get_consumer(self) -> _Consumer:
+        with self._consumer_lock:
+            if self._consumer is None:
+                self._consumer = _Consumer(self)
+            return self._consumer
+
+    def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        return self._get_consumer().fetch(queues, max_messages, timeout)
+
+    def ack(self, delivery: Delivery) -> None:
+        self._get_consumer().settle(delivery, "ack")
+
+    def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
+        """Reject with requeue: RabbitMQ puts them back where they were (near the head, so
+        ``front`` is always true here) for any consumer, Go or Python."""
+        consumer = self._get_consumer()
+        for d in deliveries:
+            if "delivery_tag" in d.extra:
+                consumer.settle(d, "requeue")
+            else:  # not from this broker's consumer: publish the bytes again
+                self.publish_raw(d.queue, d.body)
+
+    def drop(self, delivery: Delivery) -> None:
+        """``IgnoreWhenTaskNotRegistered``: Go nacks without requeue."""
+        self._get_consumer().settle(delivery, "drop")
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> str:
+        """Publish the bytes, unchanged, to the durable queue ``<queue>.dead`` (default
+        exchange), then ack the original."""
+        where = f"{delivery.queue}.dead"
+        self.publish_raw(where, delivery.body, headers={"x-machinery-compat-reason": reason[:1000]})
+        if "delivery_tag" in delivery.extra:
+            self._get_consumer().settle(delivery, "ack")
+        return where
+
+    def publish_raw(self, queue: str, body: bytes, *, headers: dict[str, Any] | None = None) -> None:
+        """Put raw bytes into ``queue`` (declared durable, plain) through the default exchange."""
+        props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 2}
+        if headers:
+            props["application_headers"] = headers
+
+        def op(link: Link) -> None:
+            mark = ("plain", queue)
+            if mark not in link.declared:
+                declare_queue(link.channel, queue, durable=True, auto_delete=False, arguments=None)
+                link.declared.add(mark)
+            link.publish(body, "", queue, props)
+
+        try:
+            self._pool.run(op, budget=self.publish_budget, describe=f"publish to {queue}")
+        except BrokerError as e:
+            raise PublishError(f"could not put a message into {queue}: {e}") from e
+
+    # -- inspection ---------------------------------------------------------------------
+    def pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        """Go's ``GetPendingTasks``: ``basic.get`` every message without ack, then give them
+        all back (``basic.nack(multiple, requeue)``).  Messages already delivered to a
+        consumer are not seen.  Undecodable ones are logged and skipped."""
+        q = queue or self.default_queue
+        key = self.cfg.binding_key
+
+        def op(link: Link) -> list[Signature]:
+            self._declare_task_queue(link, q, key)
+            ch = link.channel
+            out: list[Signature] = []
+            last = 0
+            try:
+                while True:
+                    msg = ch.basic_get(q, no_ack=False)
+                    if msg is None:
+                        break
+                    last = msg.delivery_tag
+                    body = _body_bytes(msg.body)
+                    try:
+                        out.append(Signature.from_json(body))
+                    except DecodeError as e:
+                        logger.warning("undecodable message in %s: %s; raw=%r", q, e, body[:200])
+            finally:
+                if last:
+                    basic_nack(ch, last, multiple=True, requeue=True)
+            return out
+
+        result: list[Signature] = self._pool.run(op, describe=f"pending tasks of {q}")
+        return result
+
+    def close(self) -> None:
+        with self._consumer_lock:
+            consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+        self._pool.close()
+
+
+def _body_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    return str(body).encode("utf-8", "surrogateescape")
+
+
+class _Consumer:
+    """The worker side of one broker: one connection, one channel, a consumer per queue.
+
+    py-amqp channels are not thread-safe, so every use of the connection holds ``_io``:
+    the fetching thread holds it while it reads frames (never while it waits for the socket
+    to become readable), pool threads hold it for the instant an ack/reject takes.  A
+    heartbeat thread keeps the connection alive while no fetch runs (all worker threads
+    busy with long tasks).  Deliveries carry the connection generation they came on: after
+    a reconnection, settling an old one is skipped (RabbitMQ has already requeued it).
+    """
+
+    def __init__(self, broker: AMQPBroker) -> None:
+        self.broker = broker
+        self.cfg = broker.cfg
+        self._io = threading.RLock()
+        self._conn: kombu.Connection | None = None
+        self._channel: Any = None
+        self._generation = 0
+        self._consumers: dict[str, str] = {}  # consumer tag -> queue
+        self._buffer: collections.deque[Delivery] = collections.deque()
+        self._errors = connection_errors()
+        self._channel_errors = channel_errors()
+        self._fetching = False
+        self._closed = threading.Event()
+        self._tag_prefix = f"machinery_compat-{socket.gethostname()}-{os.getpid()}-{next(_consumer_ids)}"
+        self._heartbeat: threading.Thread | None = None
+
+    # -- connection ---------------------------------------------------------------------
+    def _connect(self) -> None:
+        conn = self.broker.endpoint.connection(heartbeat=CONSUMER_HEARTBEAT)
+        try:
+            connect(conn, attempts=1, what="consumer")
+            channel = conn.connection.channel()
+            declare_exchange(channel, self.cfg.exchange, self.cfg.exchange_type)
+            channel.basic_qos(0, self.cfg.prefetch_count, False)
+        except BaseException:
+            close_quietly(conn)
+            raise
+        self._conn, self._channel = conn, channel
+        self._generation += 1
+        self._consumers = {}
+        logger.info("AMQP consumer connected to %s", conn.as_uri())
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._heartbeat_loop,
+                                               name="mc-amqp-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _consume(self, queue: str) -> None:
+        """Declare, bind and consume ``queue`` as Go's ``StartConsuming`` does."""
+        ch = self._channel
+        declare_queue(ch, queue, durable=True, auto_delete=False, arguments=self.broker.declare_args)
+        bind_queue(ch, queue, self.cfg.exchange, self.cfg.binding_key, self.broker.binding_args)
+        tag = f"{self._tag_prefix}-{queue}"
+        generation = self._generation
+
+        def on_message(msg: Any) -> None:
+            self._buffer.append(Delivery(
+                _body_bytes(msg.body), queue, msg.delivery_tag,
+                {"delivery_tag": msg.delivery_tag, "generation": generation,
+                 "redelivered": bool(msg.delivery_info.get("redelivered"))},
+            ))
+
+        ch.basic_consume(queue, consumer_tag=tag, no_local=False, no_ack=False, exclusive=False,
+                         nowait=False, callback=on_message, arguments=None)
+        self._consumers[tag] = queue
+
+    def _broken(self, exc: BaseException) -> BrokerConnectionError:
+        """Forget the connection (RabbitMQ requeues what it had delivered on it)."""
+        conn, self._conn, self._channel = self._conn, None, None
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._consumers = {}
+        close_quietly(conn)
+        if dropped:
+            logger.info("AMQP consumer: %d prefetched message(s) left to RabbitMQ to redeliver",
+                        dropped)
+        return BrokerConnectionError(f"AMQP consumer connection lost: {exc!r}")
+
+    def _ready(self, queues: Sequence[str]) -> None:
+        if self._conn is None:
+            self._connect()
+        missing = set(queues) - set(self._consumers.values())
+        for q in sorted(missing):
+            self._consume(q)
+
+    # -- reading ------------------------------------------------------------------------
+    def _sock(self) -> Any:
+        conn = self._conn
+        if conn is None:
+            return None
+        transport = getattr(conn.connection, "transport", None)
+        return getattr(transport, "sock", None)
+
+    def _pending_bytes(self) -> bool:
+        """Bytes py-amqp already holds (partial frame, TLS record) that select() cannot see."""
+        transport = getattr(self._conn.connection, "transport", None) if self._conn else None
+        if transport is None:
+            return False
+        if getattr(transport, "_read_buffer", b""):
+            return True
+        pending = getattr(transport.sock, "pending", None)
+        return bool(pending and pending())
+
+    def _pump(self) -> None:
+        """Read every frame that has arrived (deliveries land in ``_buffer``) and keep the
+        heartbeats going.  Holds ``_io``; never blocks for long."""
+        conn = self._conn
+        assert conn is not None
+        amqp_conn = conn.connection
+        sock = self._sock()
+        for _ in range(10_000):
+            if not self._pending_bytes():
+                r, _, _ = select.select([sock], [], [], 0)
+                if not r:
+                    break
+            try:
+                amqp_conn.blocking_read(timeout=1.0)
+            except TimeoutError:
+                break
+        conn.heartbeat_check()
+
+    def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            with self._io:
+                if self._closed.is_set():
+                    return []
+                self._fetching = True
+                try:
+                    self._ready(queues)
+                    if not self._buffer:
+                        self._pump()
+                except BrokerConnectionError:
+                    raise
+                except self._errors as e:
+                    raise self._broken(e) from e
+                except self._channel_errors as e:
+                    # e.g. PRECONDITION_FAILED: a queue exists with other arguments
+                    self._broken(e)
+                    raise BrokerError(f"AMQP consumer of {', '.join(queues)}: {e}") from e
+                if self._buffer:
+                    self._fetching = False
+                    return self._take(queues, max_messages)
+                sock = self._sock()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fetching = False
+                return []
+            try:
+                select.select([sock], [], [], min(left, CONSUMER_HEARTBEAT / 4))
+            except (OSError, ValueError):  # closed under us by a reconnection: look again
+                time.sleep(0.01)
+
+    def _take(self, queues: Sequence[str], n: int) -> list[Delivery]:
+        """Up to ``n`` buffered deliveries, from the queues in the order given (so a worker
+        rotating its queue list serves them fairly), each queue's in arrival order."""
+        out: list[Delivery] = []
+        if len(queues) <= 1 or len(self._buffer) <= n:
+            while self._buffer and len(out) < n:
+                out.append(self._buffer.popleft())
+            return out
+        rank = {q: i for i, q in enumerate(queues)}
+        ordered = sorted(self._buffer, key=lambda d: rank.get(d.queue, len(rank)))
+        out = ordered[:n]
+        taken = {id(d) for d in out}
+        self._buffer = collections.deque(d for d in self._buffer if id(d) not in taken)
+        return out
+
+    # -- settling -----------------------------------------------------------------------
+    def settle(self, delivery: Delivery, how: str) -> None:
+        tag = delivery.extra.get("delivery_tag")
+        if tag is None:
+            return
+        with self._io:
+            if self._channel is None or delivery.extra.get("generation") != self._generation:
+                logger.info("AMQP: cannot %s message %s from %s: its connection was lost; "
+                            "RabbitMQ redelivers it", how, tag, delivery.queue)
+                return
+            try:
+                if how == "ack":
+                    self._channel.basic_ack(tag, multiple=False)
+                else:  # Go: delivery.Nack(multiple=false, requeue)
+                    basic_nack(self._channel, tag, multiple=False, requeue=how == "requeue")
+            except (*self._errors, *self._channel_errors) as e:
+                logger.warning("AMQP: %s of message %s from %s failed (%s); RabbitMQ "
+                               "redelivers it", how, tag, delivery.queue, e)
+                self._broken(e)
+
+    # -- heartbeats and shutdown --------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self._closed.wait(CONSUMER_HEARTBEAT / 4):
+            # only when no fetch is waiting: fetch pumps (and beats) on its own
+            if self._fetching or not self._io.acquire(timeout=0.1):
+                continue
+            try:
+                if self._conn is not None:
+                    self._pump()
+            except (*self._errors, *self._channel_errors) as e:
+                logger.warning("AMQP consumer heartbeat: %s", e)
+                self._broken(e)
+            except Exception:
+                logger.exception("AMQP consumer heartbeat failed")
+            finally:
+                self._io.release()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._io:
+            conn, self._conn, self._channel = self._conn, None, None
+            self._buffer.clear()
+            if conn is not None:
+                # unacked deliveries go back to their queues when the connection closes
+                close_quietly(conn)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=2)
