@@ -1,8 +1,26 @@
 """Redis connections and server-side scripts shared by the Redis broker and backend.
 
-One connection pool per distinct server/db/credentials within a process, so that a
-broker and a backend on the same Redis share it and a producer can pipeline the
-PENDING write and the publish into one round trip.
+One connection pool per distinct server/db/credentials/timeouts within a process, so that a
+broker and a backend on the same Redis share it and a producer can pipeline the PENDING
+write and the publish into one round trip.
+
+Timeouts
+--------
+
+Every connection gets the three timeouts of Machinery's ``redis`` config section
+(:class:`Timeouts`, defaults 15 s each; a value <= 0 means no timeout, as in Go):
+
+* ``connect_timeout`` bounds opening a connection (TCP/unix socket connect, TLS);
+* redis-py has one socket timeout for reads and writes, so every write of a command and
+  every read of a reply (the connection handshake's included) waits at most
+  ``max(read_timeout, write_timeout)``;
+* a blocking command (the worker's ``BLPOP``) waits its own timeout plus that;
+* redis-py's own retries are off: one call is one attempt, and a timeout surfaces at once
+  as ``redis.TimeoutError`` (the broker and backend translate it).
+
+So a call on a stalled Redis returns or fails within about ``connect_timeout`` +
+``max(read_timeout, write_timeout)`` (a new connection whose handshake stalls: one more
+``max(read_timeout, write_timeout)``).
 
 Fork safety
 -----------
@@ -22,10 +40,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .config import parse_redis_url
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config, RedisConfig
 
 try:
     import redis
@@ -34,6 +56,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 _pools: dict[tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
+
+#: Machinery's default for ``redis.read_timeout``, ``write_timeout`` and ``connect_timeout``.
+DEFAULT_TIMEOUT = 15.0
 
 
 def require_redis() -> Any:
@@ -44,18 +69,56 @@ def require_redis() -> Any:
     return redis
 
 
+def _seconds(value: float) -> float | None:
+    """A configured timeout in seconds; <= 0 means none (Go's zero duration)."""
+    return float(value) if value > 0 else None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Socket timeouts (seconds; ``None``: wait forever) of every connection of a pool."""
+
+    connect: float | None = DEFAULT_TIMEOUT
+    read: float | None = DEFAULT_TIMEOUT
+    write: float | None = DEFAULT_TIMEOUT
+
+    @classmethod
+    def from_redis_config(cls, cfg: RedisConfig) -> Timeouts:
+        return cls(_seconds(cfg.connect_timeout), _seconds(cfg.read_timeout),
+                   _seconds(cfg.write_timeout))
+
+    @classmethod
+    def from_config(cls, config: Config) -> Timeouts:
+        """The timeouts of ``config.redis`` (Go's fallback section when it is ``None``)."""
+        return cls.from_redis_config(config.effective_redis)
+
+    @property
+    def socket(self) -> float | None:
+        """redis-py's ``socket_timeout`` (reads and writes): the larger of the two."""
+        if self.read is None or self.write is None:
+            return None
+        return max(self.read, self.write)
+
+
 def connection_key(url: str) -> tuple[Any, ...]:
     kw = parse_redis_url(url).to_redis_py_kwargs()
     return tuple(sorted((k, str(v)) for k, v in kw.items()))
 
 
-def client_for(url: str, *, socket_timeout: float | None = None) -> Any:
-    """A ``redis.Redis`` on a process-wide pool for ``url`` (bytes replies)."""
+def client_for(url: str, timeouts: Timeouts | None = None) -> Any:
+    """A ``redis.Redis`` on a process-wide pool for ``url`` and ``timeouts`` (bytes replies).
+
+    ``timeouts=None`` means Machinery's defaults (15 s each).
+    """
     r = require_redis()
-    key = (*connection_key(url), ("socket_timeout", str(socket_timeout)))
+    t = timeouts if timeouts is not None else Timeouts()
+    key = (*connection_key(url), ("timeouts", t.connect, t.read, t.write))
     with _lock:
         pool = _pools.get(key)
         if pool is None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
             kw = parse_redis_url(url).to_redis_py_kwargs()
             if kw.get("unix_socket_path"):
                 kw["connection_class"] = r.UnixDomainSocketConnection
@@ -65,8 +128,9 @@ def client_for(url: str, *, socket_timeout: float | None = None) -> Any:
             if kw.pop("ssl", False):
                 kw["connection_class"] = r.SSLConnection
             kw.setdefault("health_check_interval", 30)
-            kw["socket_timeout"] = socket_timeout
-            kw["socket_connect_timeout"] = 15
+            kw["socket_timeout"] = t.socket
+            kw["socket_connect_timeout"] = t.connect
+            kw["retry"] = Retry(NoBackoff(), 0)  # one attempt per call: the timeouts are bounds
             kw["max_connections"] = 512
             pool = r.ConnectionPool(**kw)
             _pools[key] = pool
@@ -225,6 +289,26 @@ class FastPath:
 
     def call(self, *args: Any) -> Any:
         return self.execute(args)[0]
+
+    def call_blocking(self, wait: float, *args: Any) -> Any:
+        """A blocking command (``BLPOP … wait``): its reply may take ``wait`` seconds, so the
+        read waits ``wait`` + the socket timeout instead of timing out spuriously."""
+        conn = self._conn()
+        try:
+            conn.send_packed_command(conn.pack_commands([args]), check_health=False)
+            normal = conn.socket_timeout
+            sock = conn._sock
+            if normal is None or sock is None:
+                return conn.read_response(disconnect_on_error=False)
+            sock.settimeout(wait + normal)
+            try:
+                return conn.read_response(disconnect_on_error=False)
+            finally:
+                if conn._sock is sock:
+                    sock.settimeout(normal)
+        except BaseException:
+            self._drop(conn)
+            raise
 
     def evalsha(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """``EVALSHA`` of a registered redis-py Script, loading it once if Redis lost it."""

@@ -60,6 +60,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _is_redis(url: str) -> bool:
+    from .brokers import scheme_of
+
+    return scheme_of(url) in ("redis", "rediss", "redis+socket")
+
+
 def _to_gotime(eta: Any) -> GoTime:
     if isinstance(eta, GoTime):
         return eta
@@ -115,18 +121,32 @@ class Machinery:
 
     @property
     def broker(self) -> Broker:
+        """The broker for ``config.broker``, created on first use (a Redis one with the
+        ``config.redis`` timeouts)."""
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    self._broker = create_broker(self.config, app=self)
+                    if _is_redis(self.config.broker):  # with config.redis's timeouts
+                        from .brokers.redis import RedisBroker
+
+                        self._broker = RedisBroker.from_config(self.config)
+                    else:
+                        self._broker = create_broker(self.config, app=self)
         return self._broker
 
     @property
     def backend(self) -> Backend:
+        """The result backend for ``config.result_backend``, created on first use (a Redis one
+        with the ``config.redis`` timeouts)."""
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    self._backend = create_backend(self.config)
+                    if _is_redis(self.config.result_backend):  # with config.redis's timeouts
+                        from .backends.redis import RedisBackend
+
+                        self._backend = RedisBackend.from_config(self.config)
+                    else:
+                        self._backend = create_backend(self.config)
         return self._backend
 
     # -- tasks --------------------------------------------------------------------------

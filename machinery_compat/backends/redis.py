@@ -12,6 +12,12 @@
   under ``<task UUID>.exc`` (same ``EX``), sent in the same write as the state and before it
   (:mod:`machinery_compat.backends.base`); Go ignores that key.  ``purge_state`` (what
   ``AsyncResult.forget()`` calls) deletes both keys.
+
+Timeouts: ``redis.connect_timeout``, ``read_timeout`` and ``write_timeout`` of the config
+(15 s each by default) bound every command (see :mod:`machinery_compat._redis`); a read that
+fails or times out raises :class:`~machinery_compat.exceptions.BackendError`, so
+``AsyncResult.get(timeout=t)`` on a stalled Redis returns within about ``t`` + the read
+timeout.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import base64
 import os
 import random
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from .._redis import MERGE_SET, UNLOCK, FastPath, client_for
+from .._redis import MERGE_SET, UNLOCK, FastPath, Timeouts, client_for
 from ..exceptions import BackendError, DecodeError
 from ..protocol import GoTime, GroupMeta, Signature, TaskState
 from .base import (
@@ -33,6 +40,9 @@ from .base import (
     exception_record_key,
     pending_state,
 )
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 CHORD_MUTEX_KEY = "TriggerChordMutex"
 CHORD_MUTEX_EXPIRY_MS = 8000
@@ -45,13 +55,22 @@ MergeInfo = tuple[str, str]
 class RedisBackend(Backend):
     schemes = ("redis", "rediss", "redis+socket")
 
-    def __init__(self, url: str, results_expire_in: int = 0, *, client: Any = None) -> None:
+    def __init__(self, url: str, results_expire_in: int = 0, *, client: Any = None,
+                 timeouts: Timeouts | None = None) -> None:
+        """``timeouts``: of the connections (default: Machinery's, 15 s each); ignored when
+        a ``client`` is given."""
         super().__init__(results_expire_in)
         self.url = url
-        self.client = client if client is not None else client_for(url)
+        self.client = client if client is not None else client_for(url, timeouts)
         self.fast = FastPath(self.client)
         self._merge = self.client.register_script(MERGE_SET)
         self._unlock = self.client.register_script(UNLOCK)
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisBackend:
+        """The backend for ``config.result_backend``, with ``config.redis``'s timeouts."""
+        return cls(config.result_backend, config.results_expire_in,
+                   timeouts=Timeouts.from_config(config))
 
     # -- writes -------------------------------------------------------------------------
     def pending_command(self, sig: Signature) -> tuple[Any, ...]:
@@ -105,13 +124,15 @@ class RedisBackend(Backend):
 
     # -- reads --------------------------------------------------------------------------
     def get_state(self, task_uuid: str) -> TaskState | None:
-        raw = self.client.get(task_uuid)
+        with _reading(task_uuid):
+            raw = self.client.get(task_uuid)
         return None if raw is None else TaskState.from_json(raw)
 
     def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         if not task_uuids:
             return []
-        raws = self.client.mget(list(task_uuids))
+        with _reading(f"{task_uuids[0]} …" if len(task_uuids) > 1 else task_uuids[0]):
+            raws = self.client.mget(list(task_uuids))
         return [None if r is None else TaskState.from_json(r) for r in raws]
 
     def get_exception_record(self, task_uuid: str) -> ExceptionRecord | None:
@@ -127,7 +148,8 @@ class RedisBackend(Backend):
         return ("SET", group_uuid, meta.to_json(), "EX", self.expire_in)
 
     def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
-        raw = self.client.get(group_uuid)
+        with _reading(group_uuid):
+            raw = self.client.get(group_uuid)
         return None if raw is None else GroupMeta.from_json(raw)
 
     def trigger_chord(self, group_uuid: str) -> bool:
@@ -156,6 +178,17 @@ class RedisBackend(Backend):
 
     def purge_group_meta(self, group_uuid: str) -> None:
         self.client.delete(group_uuid)
+
+
+@contextmanager
+def _reading(key: str) -> Iterator[None]:
+    """Translate redis-py's connection errors and timeouts of a read into BackendError."""
+    import redis
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BackendError(f"redis backend: reading {key}: {e}") from e
 
 
 def _text(v: Any) -> str:

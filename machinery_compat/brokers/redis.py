@@ -13,6 +13,12 @@ Layout, shared with Go workers and producers:
   Python workers move them atomically in batches (a Lua script), so they never move a task
   twice or lose one, even alongside Go workers doing the same;
 * undecodable messages are kept in the list ``<queue>.dead`` (raw bytes), never dropped.
+
+Timeouts: ``redis.connect_timeout``, ``read_timeout`` and ``write_timeout`` of the config
+(15 s each by default) bound every command (see :mod:`machinery_compat._redis`); a worker's
+``BLPOP`` waits its poll period (``redis.normal_tasks_poll_period``) plus the read timeout.
+A publish that times out raises :class:`~machinery_compat.exceptions.PublishError`; a fetch,
+:class:`~machinery_compat.exceptions.BrokerConnectionError` (the worker logs it and retries).
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._redis import MOVE_DELAYED, FastPath, client_for
+from .._redis import MOVE_DELAYED, FastPath, Timeouts, client_for
 from ..exceptions import BrokerConnectionError, DecodeError, PublishError
 from ..protocol import Signature
 from .base import Broker, Delivery
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +57,25 @@ class RedisBroker(Broker):
         *,
         delayed_tasks_key: str = "",
         client: Any = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
+        """``timeouts``: of the connections (default: Machinery's, 15 s each); ignored when
+        a ``client`` is given."""
         super().__init__(default_queue)
         self.url = url
         self.delayed_tasks_key = delayed_tasks_key or DEFAULT_DELAYED_TASKS_KEY
-        self.client = client if client is not None else client_for(url)
+        self.client = client if client is not None else client_for(url, timeouts)
         self.fast = FastPath(self.client)
         self._move_script = self.client.register_script(MOVE_DELAYED)
         self._errors = _connection_errors()
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisBroker:
+        """The broker for ``config.broker``, with ``config.redis``'s key and timeouts."""
+        rcfg = config.redis
+        return cls(config.broker, config.default_queue,
+                   delayed_tasks_key=rcfg.delayed_tasks_key if rcfg else "",
+                   timeouts=Timeouts.from_config(config))
 
     # -- producer -----------------------------------------------------------------------
     def publish_command(self, sig: Signature) -> tuple[Any, ...]:
@@ -72,7 +92,8 @@ class RedisBroker(Broker):
         try:
             self.fast.execute(command)
         except self._errors as e:
-            raise PublishError(f"Publish message error: {e} (task {sig.uuid} not sent)") from e
+            raise PublishError(f"Publish message error: {e} (task {sig.uuid} {sig.name!r}: "
+                               f"the message may not have been queued on {command[1]})") from e
 
     # -- consumer -----------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
@@ -86,7 +107,8 @@ class RedisBroker(Broker):
                     items = None if one is None else [one]
                 if items:
                     return [Delivery(body, queue) for body in items]
-            popped = self.fast.call("BLPOP", *queues, f"{max(timeout, 0.01):.3f}")
+            wait = max(timeout, 0.01)
+            popped = self.fast.call_blocking(wait, "BLPOP", *queues, f"{wait:.3f}")
         except self._errors as e:
             raise BrokerConnectionError(f"redis broker {', '.join(queues)}: {e}") from e
         if popped is None:
