@@ -1,10 +1,10 @@
 // Command mcworker is a Go Machinery worker for the interop suite.
 //
-// It consumes tasks from a Redis broker with Machinery v1 (URL factories,
-// redigo for a single redis:// URL), Machinery v2 with the redigo
-// broker/backend, or Machinery v2 with the go-redis broker/backend, and prints
-// one JSON line per processed task run on stdout (see README.md). Machinery's
-// own log output goes to stderr.
+// It consumes tasks from a Redis or AMQP (RabbitMQ) broker with Machinery v1
+// (URL factories, redigo for a single redis:// URL) or Machinery v2 (the AMQP
+// broker/backend constructors, Redis with redigo or go-redis), and prints one
+// JSON line per processed task run on stdout (see README.md). Machinery's own
+// log output goes to stderr.
 package main
 
 import (
@@ -29,9 +29,10 @@ func main() {
 
 func run() int {
 	var (
-		flavour     = flag.String("flavour", mc.FlavourV2Redigo, "v1 | v2-redigo | v2-goredis")
-		broker      = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis://[user:pw@]host:port/db)")
+		flavour     = flag.String("flavour", mc.FlavourV2Redigo, "v1 | v2-redigo | v2-goredis | v2 (no Redis URL)")
+		broker      = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis://[user:pw@]host:port/db or amqp://user:pw@host:port/vhost)")
 		backend     = flag.String("backend", "", "result backend URL (default: same as -broker)")
+		counters    = flag.String("counters", "", "Redis URL for the fail_n_times/retry_later counters (default: -broker or -backend, whichever is redis://)")
 		queue       = flag.String("queue", "machinery_tasks", "queue to consume; also the DefaultQueue")
 		concurrency = flag.Int("concurrency", 4, "worker concurrency")
 		tag         = flag.String("tag", "", "consumer tag (default go-<flavour>-<pid>)")
@@ -39,10 +40,19 @@ func run() int {
 		normalPoll  = flag.Int("normal-poll-ms", 1000, "Redis NormalTasksPollPeriod in ms (BLPOP timeout)")
 		expire      = flag.Int("results-expire-in", 3600, "ResultsExpireIn in seconds")
 		quitTimeout = flag.Duration("quit-timeout", 30*time.Second, "how long to wait for running tasks on SIGINT/SIGTERM")
+		amqpOpts    = mc.AMQPFlags(flag.CommandLine)
 	)
 	flag.Parse()
 	if *backend == "" {
 		*backend = *broker
+	}
+	if *counters == "" {
+		for _, u := range []string{*broker, *backend} {
+			if mc.Scheme(u) == "redis" {
+				*counters = u
+				break
+			}
+		}
 	}
 	pid := os.Getpid()
 	if *tag == "" {
@@ -57,30 +67,49 @@ func run() int {
 	}
 
 	mc.LogToStderr("mcworker ")
+	ao, err := amqpOpts(*queue)
+	if err != nil {
+		return fatal("%v", err)
+	}
 	srv, err := mc.New(mc.Options{
 		Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue,
 		DelayedPollMs: *delayedPoll, NormalPollMs: *normalPoll, ResultsExpireIn: *expire,
+		AMQP: ao,
 	})
 	if err != nil {
 		return fatal("server: %v", err)
 	}
 
-	bu, err := rurl.Parse(*broker)
-	if err != nil {
-		return fatal("broker URL: %v", err)
-	}
-	rdb := goredis.NewClient(&goredis.Options{Addr: bu.Host, Username: bu.Username, Password: bu.Password, DB: bu.DB})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err = rdb.Ping(context.Background()).Err()
-		if err == nil || time.Now().After(deadline) {
-			break
+	// The counters Redis (the broker's Redis unless -counters says otherwise);
+	// answering PING is also the start-up check of a Redis broker.
+	var rdb *goredis.Client
+	if *counters != "" {
+		cu, err := rurl.Parse(*counters)
+		if err != nil {
+			return fatal("counters URL: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		rdb = goredis.NewClient(&goredis.Options{Addr: cu.Host, Username: cu.Username, Password: cu.Password, DB: cu.DB})
+		defer rdb.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err = rdb.Ping(context.Background()).Err()
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			return fatal("redis ping %s: %v", cu.Host, err)
+		}
 	}
-	if err != nil {
-		return fatal("redis ping %s: %v", bu.Host, err)
+	// AMQP: note the queue's consumers before Launch, to report ready only
+	// once this worker's consumer is attached (Launch connects asynchronously).
+	var amqpProbe *consumerProbe
+	if mc.Scheme(*broker) == "amqp" {
+		if amqpProbe, err = newConsumerProbe(*broker, *queue, 10*time.Second); err != nil {
+			return fatal("amqp %v", err)
+		}
+		defer amqpProbe.Close()
 	}
 
 	e := &env{srv: srv, rdb: rdb, out: out, flavour: *flavour, tag: *tag, pid: pid}
@@ -105,6 +134,11 @@ func run() int {
 	})
 	done := make(chan error, 1)
 	go func() { done <- w.Launch() }()
+	if amqpProbe != nil {
+		if err := amqpProbe.WaitForMore(20*time.Second, done); err != nil {
+			return fatal("amqp consumer: %v", err)
+		}
+	}
 
 	names := make([]string, 0, len(tasks))
 	for n := range tasks {
@@ -113,6 +147,7 @@ func run() int {
 	out.Emit(map[string]interface{}{
 		"event": "ready", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid,
 		"queue": *queue, "concurrency": *concurrency, "broker": *broker, "backend": *backend,
+		"counters": *counters, "amqp": amqpEvent(mc.Scheme(*broker) == "amqp" || mc.Scheme(*backend) == "amqp", ao),
 		"machinery_version": mc.MachineryVersion(*flavour), "tasks": len(names),
 	})
 

@@ -16,7 +16,7 @@ import (
 // env is shared by all task closures.
 type env struct {
 	srv     mc.Server
-	rdb     *goredis.Client // counters for fail_n_times / retry_later (broker's Redis)
+	rdb     *goredis.Client // counters for fail_n_times / retry_later (-counters); nil: none
 	out     *jsonl.Writer
 	flavour string
 	tag     string
@@ -74,6 +74,14 @@ func (e *env) record(ctx context.Context, name string, args, results []interface
 		ev.Error = err.Error()
 	}
 	e.out.Emit(ev)
+}
+
+// incr increments a counter in the -counters Redis.
+func (e *env) incr(key string) (int64, error) {
+	if e.rdb == nil {
+		return 0, errors.New("mcworker has no -counters Redis")
+	}
+	return e.rdb.Incr(context.Background(), key).Result()
 }
 
 func ints(xs []int64) []interface{} {
@@ -141,7 +149,7 @@ func (e *env) taskMap() map[string]interface{} {
 			panic(err)
 		},
 		"fail_n_times": func(ctx context.Context, key string, n int64) (int64, error) {
-			k, err := e.rdb.Incr(context.Background(), "fail_n_times:"+key).Result()
+			k, err := e.incr("fail_n_times:" + key)
 			if err == nil && k <= n {
 				err = fmt.Errorf("attempt %d failed", k)
 			}
@@ -153,7 +161,7 @@ func (e *env) taskMap() map[string]interface{} {
 			return k, nil
 		},
 		"retry_later": func(ctx context.Context, key string, delayMs int64) (string, error) {
-			k, err := e.rdb.Incr(context.Background(), "retry_later:"+key).Result()
+			k, err := e.incr("retry_later:" + key)
 			if err == nil && k == 1 {
 				err = e.srv.RetryLater("later", time.Duration(delayMs)*time.Millisecond)
 			}

@@ -1,7 +1,7 @@
 // Package mc hides the differences between Machinery v1 (via its URL
-// factories) and Machinery v2 (redigo or go-redis constructors) behind one
-// small interface, so the interop programs can run the same code against
-// every flavour.
+// factories) and Machinery v2 (explicit constructors: Redis with redigo or
+// go-redis, AMQP) behind one small interface, so the interop programs can run
+// the same code against every flavour and broker/backend combination.
 package mc
 
 import (
@@ -23,20 +23,24 @@ const (
 	FlavourV1        = "v1"
 	FlavourV2Redigo  = "v2-redigo"
 	FlavourV2GoRedis = "v2-goredis"
+	// FlavourV2 is Machinery v2 without any Redis component (AMQP broker and
+	// AMQP backend); with a redis:// URL it is refused (say which client).
+	FlavourV2 = "v2"
 )
 
 // Flavours lists the valid -flavour values.
-var Flavours = []string{FlavourV1, FlavourV2Redigo, FlavourV2GoRedis}
+var Flavours = []string{FlavourV1, FlavourV2Redigo, FlavourV2GoRedis, FlavourV2}
 
 // Options configures a server.
 type Options struct {
 	Flavour         string
-	Broker          string // redis://host:port/db
-	Backend         string // redis://host:port/db
+	Broker          string // redis://host:port/db or amqp://user:pw@host:port/vhost
+	Backend         string // redis://host:port/db or amqp://…
 	Queue           string // DefaultQueue
 	DelayedPollMs   int    // Redis.DelayedTasksPollPeriod
 	NormalPollMs    int    // Redis.NormalTasksPollPeriod
 	ResultsExpireIn int    // seconds
+	AMQP            AMQPOptions
 }
 
 // Arg is a flavour-neutral tasks.Arg.
@@ -101,6 +105,7 @@ type Server interface {
 	Flavour() string
 	RegisterTasks(map[string]interface{}) error
 	NewWorker(tag string, concurrency int) Worker
+	// SendTask publishes with server.SendTask (PENDING state first).
 	SendTask(*Spec) (uuid string, res Result, err error)
 	ReadResult(uuid string) Result
 	// SigInfo extracts the signature Machinery put into a task's context.
@@ -123,10 +128,19 @@ func New(o Options) (Server, error) {
 	if o.ResultsExpireIn <= 0 {
 		o.ResultsExpireIn = 3600
 	}
+	for what, u := range map[string]string{"broker": o.Broker, "backend": o.Backend} {
+		if Scheme(u) == "" {
+			return nil, fmt.Errorf("%s: want a redis:// or amqp:// URL, got %q", what, u)
+		}
+	}
+	if o.AMQP.Exchange == "" && o.AMQP.ExchangeType == "" && o.AMQP.BindingKey == "" {
+		o.AMQP = AMQPOptions{Exchange: DefaultAMQPExchange, ExchangeType: DefaultAMQPExchangeType,
+			BindingKey: o.Queue, PrefetchCount: DefaultAMQPPrefetchCount}
+	}
 	switch o.Flavour {
 	case FlavourV1:
 		return newV1(o)
-	case FlavourV2Redigo, FlavourV2GoRedis:
+	case FlavourV2Redigo, FlavourV2GoRedis, FlavourV2:
 		return newV2(o)
 	}
 	return nil, fmt.Errorf("unknown flavour %q (want one of %v)", o.Flavour, Flavours)

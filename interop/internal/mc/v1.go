@@ -13,10 +13,11 @@ import (
 )
 
 // v1Server uses Machinery v1's NewServer, i.e. its BrokerFactory /
-// BackendFactory / LockFactory driven by the URLs. A single redis://host:port/db
-// URL selects the redigo implementation there.
+// BackendFactory / LockFactory driven by the URLs: amqp:// selects the AMQP
+// broker/backend, a single redis://host:port/db URL the redigo Redis ones.
 type v1Server struct {
-	srv *machinery.Server
+	srv  *machinery.Server
+	amqp bool // AMQP broker: headers converted for amqp091 (AMQPHeaders)
 }
 
 func newV1(o Options) (Server, error) {
@@ -37,6 +38,16 @@ func newV1(o Options) (Server, error) {
 			NormalTasksPollPeriod:  o.NormalPollMs,
 			DelayedTasksPollPeriod: o.DelayedPollMs,
 		},
+		AMQP: &config.AMQPConfig{
+			Exchange:         o.AMQP.Exchange,
+			ExchangeType:     o.AMQP.ExchangeType,
+			BindingKey:       o.AMQP.BindingKey,
+			PrefetchCount:    o.AMQP.PrefetchCount,
+			QueueDeclareArgs: config.QueueDeclareArgs(o.AMQP.QueueDeclareArgs),
+			QueueBindingArgs: config.QueueBindingArgs(o.AMQP.QueueBindingArgs),
+			AutoDelete:       o.AMQP.AutoDelete,
+			DelayedQueue:     o.AMQP.DelayedQueue,
+		},
 	}
 	s, err := machinery.NewServer(cnf)
 	if err != nil {
@@ -47,7 +58,7 @@ func newV1(o Options) (Server, error) {
 		_, berr := machinery.BackendFactory(cnf)
 		return nil, fmt.Errorf("v1 backend factory failed: %v", berr)
 	}
-	return &v1Server{srv: s}, nil
+	return &v1Server{srv: s, amqp: Scheme(o.Broker) == "amqp"}, nil
 }
 
 func (s *v1Server) Flavour() string { return FlavourV1 }
@@ -60,6 +71,9 @@ func (s *v1Server) NewWorker(tag string, concurrency int) Worker {
 
 func (s *v1Server) SendTask(sp *Spec) (string, Result, error) {
 	sig := toV1(sp)
+	if s.amqp {
+		sig.Headers = tasks.Headers(AMQPHeaders(sig.Headers))
+	}
 	r, err := s.srv.SendTask(sig)
 	if err != nil {
 		return sig.UUID, nil, err

@@ -7,8 +7,12 @@ import (
 	"time"
 
 	machinery "github.com/RichardKnop/machinery/v2"
+	amqpbackend "github.com/RichardKnop/machinery/v2/backends/amqp"
+	backendiface "github.com/RichardKnop/machinery/v2/backends/iface"
 	redisbackend "github.com/RichardKnop/machinery/v2/backends/redis"
 	"github.com/RichardKnop/machinery/v2/backends/result"
+	amqpbroker "github.com/RichardKnop/machinery/v2/brokers/amqp"
+	brokeriface "github.com/RichardKnop/machinery/v2/brokers/iface"
 	redisbroker "github.com/RichardKnop/machinery/v2/brokers/redis"
 	"github.com/RichardKnop/machinery/v2/config"
 	eagerlock "github.com/RichardKnop/machinery/v2/locks/eager"
@@ -20,17 +24,10 @@ import (
 type v2Server struct {
 	flavour string
 	srv     *machinery.Server
+	amqp    bool // AMQP broker: headers converted for amqp091 (AMQPHeaders)
 }
 
 func newV2(o Options) (Server, error) {
-	bu, err := rurl.Parse(o.Broker)
-	if err != nil {
-		return nil, fmt.Errorf("broker: %v", err)
-	}
-	ku, err := rurl.Parse(o.Backend)
-	if err != nil {
-		return nil, fmt.Errorf("backend: %v", err)
-	}
 	cnf := &config.Config{
 		Broker:          o.Broker,
 		ResultBackend:   o.Backend,
@@ -48,23 +45,63 @@ func newV2(o Options) (Server, error) {
 			NormalTasksPollPeriod:  o.NormalPollMs,
 			DelayedTasksPollPeriod: o.DelayedPollMs,
 		},
+		// The AMQP backend needs cnf.AMQP even when the broker is Redis (and
+		// the reverse), as in Machinery's own defaults.
+		AMQP: &config.AMQPConfig{
+			Exchange:         o.AMQP.Exchange,
+			ExchangeType:     o.AMQP.ExchangeType,
+			BindingKey:       o.AMQP.BindingKey,
+			PrefetchCount:    o.AMQP.PrefetchCount,
+			QueueDeclareArgs: config.QueueDeclareArgs(o.AMQP.QueueDeclareArgs),
+			QueueBindingArgs: config.QueueBindingArgs(o.AMQP.QueueBindingArgs),
+			AutoDelete:       o.AMQP.AutoDelete,
+			DelayedQueue:     o.AMQP.DelayedQueue,
+		},
 	}
-	var s *machinery.Server
-	switch o.Flavour {
-	case FlavourV2Redigo:
-		s = machinery.NewServer(cnf,
-			redisbroker.New(cnf, bu.Host, bu.Username, bu.Password, "", bu.DB),
-			redisbackend.New(cnf, ku.Host, ku.Username, ku.Password, "", ku.DB),
-			eagerlock.New())
-	case FlavourV2GoRedis:
-		s = machinery.NewServer(cnf,
-			redisbroker.NewGR(cnf, []string{bu.GoRedisAddr()}, bu.DB),
-			redisbackend.NewGR(cnf, []string{ku.GoRedisAddr()}, ku.DB),
-			eagerlock.New())
-	default:
-		return nil, fmt.Errorf("not a v2 flavour: %q", o.Flavour)
+	redisClient := func(what string) error {
+		if o.Flavour == FlavourV2 {
+			return fmt.Errorf("%s is a redis:// URL: use -flavour v2-redigo or v2-goredis to pick the Redis client", what)
+		}
+		return nil
 	}
-	return &v2Server{flavour: o.Flavour, srv: s}, nil
+	var br brokeriface.Broker
+	switch Scheme(o.Broker) {
+	case "amqp":
+		br = amqpbroker.New(cnf)
+	case "redis":
+		if err := redisClient("broker"); err != nil {
+			return nil, err
+		}
+		u, err := rurl.Parse(o.Broker)
+		if err != nil {
+			return nil, fmt.Errorf("broker: %v", err)
+		}
+		if o.Flavour == FlavourV2GoRedis {
+			br = redisbroker.NewGR(cnf, []string{u.GoRedisAddr()}, u.DB)
+		} else {
+			br = redisbroker.New(cnf, u.Host, u.Username, u.Password, "", u.DB)
+		}
+	}
+	var be backendiface.Backend
+	switch Scheme(o.Backend) {
+	case "amqp":
+		be = amqpbackend.New(cnf)
+	case "redis":
+		if err := redisClient("backend"); err != nil {
+			return nil, err
+		}
+		u, err := rurl.Parse(o.Backend)
+		if err != nil {
+			return nil, fmt.Errorf("backend: %v", err)
+		}
+		if o.Flavour == FlavourV2GoRedis {
+			be = redisbackend.NewGR(cnf, []string{u.GoRedisAddr()}, u.DB)
+		} else {
+			be = redisbackend.New(cnf, u.Host, u.Username, u.Password, "", u.DB)
+		}
+	}
+	s := machinery.NewServer(cnf, br, be, eagerlock.New())
+	return &v2Server{flavour: o.Flavour, srv: s, amqp: Scheme(o.Broker) == "amqp"}, nil
 }
 
 func (s *v2Server) Flavour() string { return s.flavour }
@@ -77,6 +114,9 @@ func (s *v2Server) NewWorker(tag string, concurrency int) Worker {
 
 func (s *v2Server) SendTask(sp *Spec) (string, Result, error) {
 	sig := toV2(sp)
+	if s.amqp {
+		sig.Headers = tasks.Headers(AMQPHeaders(sig.Headers))
+	}
 	r, err := s.srv.SendTask(sig)
 	if err != nil {
 		return sig.UUID, nil, err
