@@ -28,14 +28,21 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, overload
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from .backends import Backend, create_backend
 from .brokers import Broker, create_broker
 from .canvas import Sig
 from .config import Config, mask_url
-from .exceptions import BackendError, EncodeError, PublishError, TaskNotRegistered
+from .exceptions import (
+    BackendError,
+    EncodeError,
+    PublishError,
+    TaskNotRegistered,
+    UnsupportedOption,
+)
+from .options import translate
 from .protocol import Arg, GoTime, Signature, task_id
 from .result import AsyncResult, ChainResult, GroupResult
 from .task import Task
@@ -65,11 +72,18 @@ def _is_redis(url: str) -> bool:
 
     return scheme_of(url) in ("redis", "rediss", "redis+socket")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 def _to_gotime(eta: Any) -> GoTime:
     if isinstance(eta, GoTime):
         return eta
     if isinstance(eta, datetime):
+        if eta.tzinfo is None or eta.utcoffset() is None:
+            # Celery with enable_utc=False: a naive eta is local time (what datetime.now()
+            # gives), sent as UTC; never read as UTC, which would be hours off.
+            eta = eta.astimezone(UTC)
         return GoTime.from_datetime(eta)
     if isinstance(eta, (int, float)):
         return GoTime(int(eta * 1_000_000_000))
@@ -79,7 +93,26 @@ def _to_gotime(eta: Any) -> GoTime:
 
 
 class Machinery:
-    """A Machinery-compatible app: holds the config, the broker, the backend and tasks."""
+    """A Machinery-compatible app: holds the config, the broker, the backend and tasks.
+
+    ``Machinery(broker=None, result_backend=None, default_queue=None, *, config=None,
+    results_expire_in=None)``:
+
+    * ``broker``: the broker URL (``redis://…``, ``amqp://…``, ``memory://``, ``eager://`` …),
+      as Machinery's ``Broker`` setting;
+    * ``result_backend``: the result backend URL; when not given it is the broker URL (given
+      ``broker`` and no ``config``), else the config's;
+    * ``default_queue``: Machinery's ``DefaultQueue``, where tasks without a queue go and what a
+      worker consumes by default (``machinery_tasks``);
+    * ``config``: a whole :class:`Config` (e.g. ``Config.from_yaml(path)``); the other
+      arguments, when given, override its values;
+    * ``results_expire_in``: seconds task states are kept (Machinery's ``ResultsExpireIn``;
+      0 means 3600).
+
+    With no ``broker`` nor ``config`` the URLs are Machinery's defaults (a local RabbitMQ).
+    Connections are made on first use; the app is safe to use from many threads and after
+    ``fork`` (a child makes its own connections).
+    """
 
     def __init__(
         self,
@@ -102,7 +135,7 @@ class Machinery:
         if results_expire_in is not None:
             cfg.results_expire_in = results_expire_in
         self.config = cfg
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
         self._backend: Backend | None = None
         self._lock = threading.Lock()
@@ -151,22 +184,31 @@ class Machinery:
 
     # -- tasks --------------------------------------------------------------------------
     @overload
-    def task(self, fn: Callable[..., Any], /) -> Task: ...
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(self, fn: None = None, /, *, name: str | None = None, bind: bool = False,
+    def task(self, fn: None = None, /, *, name: str | None = None, bind: Literal[False] = False,
              queue: str | None = None, retry_count: int = 0, retry_timeout: int = 0,
              ignore_when_not_registered: bool = False, max_retries: int | None = None,
              default_retry_delay: float | None = None,
              autoretry_for: tuple[type[BaseException], ...] | None = None,
-             retry_backoff: bool = True) -> Callable[[Callable[..., Any]], Task]: ...
+             retry_backoff: bool = True, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    @overload
+    def task(self, fn: None = None, /, *, name: str | None = None, bind: Literal[True],
+             queue: str | None = None, retry_count: int = 0, retry_timeout: int = 0,
+             ignore_when_not_registered: bool = False, max_retries: int | None = None,
+             default_retry_delay: float | None = None,
+             autoretry_for: tuple[type[BaseException], ...] | None = None,
+             retry_backoff: bool = True,
+             **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
              bind: bool = False, queue: str | None = None, retry_count: int = 0,
              retry_timeout: int = 0, ignore_when_not_registered: bool = False,
              max_retries: int | None = None, default_retry_delay: float | None = None,
              autoretry_for: tuple[type[BaseException], ...] | None = None,
-             retry_backoff: bool = True) -> Task | Callable[[Callable[..., Any]], Task]:
+             retry_backoff: bool = True, **options: Any) -> Any:
         """Register a function as a task (``@app.task`` or ``@app.task(name="add")``).
 
         Machinery options: ``retry_count``/``retry_timeout`` (sent with every call).  Celery
@@ -174,75 +216,113 @@ class Machinery:
         the ``RetryTimeout`` whose next Fibonacci step is the first ≥ that delay;
         ``autoretry_for`` limits which exceptions retry on a Python worker;
         ``retry_backoff`` must stay True (Machinery always backs off by Fibonacci).
+        Further ``options`` are sending defaults (``priority``, ``expires``, ``link`` …, see
+        :mod:`machinery_compat.options`); Celery options a Machinery message cannot carry
+        (``time_limit``, ``rate_limit`` …) raise :class:`UnsupportedOption`.
+        ``bind=True`` passes the task itself first (``self.request``, ``self.retry``).
+        Registering a second function under a name already taken replaces the first, with a
+        warning.
         """
 
-        def register(f: Callable[..., Any]) -> Task:
-            t = Task(self, f, name or f.__name__, bind=bind, queue=queue,
-                     retry_count=retry_count, retry_timeout=retry_timeout,
-                     ignore_when_not_registered=ignore_when_not_registered,
-                     max_retries=max_retries, default_retry_delay=default_retry_delay,
-                     autoretry_for=autoretry_for, retry_backoff=retry_backoff)
-            self.tasks[t.name] = t
-            return t
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            return self._register(f, name or f.__name__, bind=bind, queue=queue,
+                                  retry_count=retry_count, retry_timeout=retry_timeout,
+                                  ignore_when_not_registered=ignore_when_not_registered,
+                                  max_retries=max_retries, default_retry_delay=default_retry_delay,
+                                  autoretry_for=autoretry_for, retry_backoff=retry_backoff,
+                                  **options)
 
         return register(fn) if fn is not None else register
 
-    def register_task(self, name: str, fn: Callable[..., Any], **options: Any) -> Task:
-        """Register ``fn`` under ``name`` (Machinery's ``RegisterTask``)."""
-        return self.task(name=name, **options)(fn)
+    def _register(self, f: Callable[..., Any], name: str, *, bind: bool = False,
+                  queue: str | None = None, retry_count: int = 0, retry_timeout: int = 0,
+                  ignore_when_not_registered: bool = False, max_retries: int | None = None,
+                  default_retry_delay: float | None = None,
+                  autoretry_for: tuple[type[BaseException], ...] | None = None,
+                  retry_backoff: bool = True, **options: Any) -> Task[Any, Any]:
+        t: Task[Any, Any] = Task(
+            self, f, name, bind=bind, queue=queue, retry_count=retry_count,
+            retry_timeout=retry_timeout, ignore_when_not_registered=ignore_when_not_registered,
+            max_retries=max_retries, default_retry_delay=default_retry_delay,
+            autoretry_for=autoretry_for, retry_backoff=retry_backoff, options=options)
+        old = self.tasks.get(t.name)
+        if old is not None and old.fn is not f:
+            logger.warning("task %r registered twice: %s replaces %s", t.name,
+                           _qualname(f), _qualname(old.fn))
+        self.tasks[t.name] = t
+        return t
 
-    def get_task(self, name: str) -> Task:
+    def register_task(self, name: str, fn: Callable[..., Any], **options: Any) -> Task[Any, Any]:
+        """Register ``fn`` under ``name`` (Machinery's ``RegisterTask``)."""
+        return self._register(fn, name, **options)
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``; :class:`TaskNotRegistered` if there is none."""
         try:
             return self.tasks[name]
         except KeyError:
             raise TaskNotRegistered(name) from None
 
     # -- producing ----------------------------------------------------------------------
-    def build_signature(
-        self,
-        name: str,
-        args: Sequence[Any] = (),
-        *,
-        countdown: float | None = None,
-        eta: Any = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        task_id: str | None = None,
-        retry_count: int | None = None,
-        retry_timeout: int | None = None,
-        immutable: bool | None = None,
-        ignore_when_task_not_registered: bool | None = None,
-        broker_message_group_id: str | None = None,
-        stop_task_deletion_on_error: bool | None = None,
-    ) -> Signature:
-        """A Signature for task ``name``; plain values get Go types by inference."""
+    def build_signature(self, name: str, args: Sequence[Any] = (), *,
+                        where: str = "build_signature", **options: Any) -> Signature:
+        """A Signature for task ``name``; plain values get Go types by inference.
+
+        ``options``: ``countdown`` (seconds) or ``eta`` (a datetime — naive means local
+        time —, a :class:`GoTime`, an RFC 3339 string or a Unix time), ``queue``,
+        ``priority``, ``headers``, ``task_id``, ``retry_count``, ``retry_timeout``,
+        ``immutable``, ``ignore_when_task_not_registered``, ``broker_message_group_id``,
+        ``stop_task_deletion_on_error``, ``on_success``/``on_error`` (callback signatures),
+        and Celery's ``routing_key``, ``link``, ``link_error``, ``max_retries``, ``expires``
+        (see :mod:`machinery_compat.options`); anything else raises
+        :class:`UnsupportedOption` naming it (``where``: the call to name in that error).
+        """
+        o = translate(options, where=where)
         when: GoTime | None = None
-        if eta is not None:
-            when = _to_gotime(eta)
-        elif countdown is not None and countdown > 0:
-            when = GoTime.now().add_seconds(countdown)
+        if o.get("eta") is not None:
+            when = _to_gotime(o["eta"])
+        elif o.get("countdown") is not None and o["countdown"] > 0:
+            when = GoTime.now().add_seconds(o["countdown"])
+        headers = o.get("headers")
         return Signature(
-            uuid=task_id or "",
+            uuid=o.get("task_id") or "",
             name=name,
-            routing_key=queue or "",
+            routing_key=o.get("queue") or "",
             eta=when,
             args=[Arg.of(a) for a in args] or None,
             headers=dict(headers) if headers else None,
-            priority=priority or 0,
-            immutable=bool(immutable),
-            retry_count=retry_count or 0,
-            retry_timeout=retry_timeout or 0,
-            broker_message_group_id=broker_message_group_id or "",
-            stop_task_deletion_on_error=bool(stop_task_deletion_on_error),
-            ignore_when_task_not_registered=bool(ignore_when_task_not_registered),
+            priority=o.get("priority") or 0,
+            immutable=_immutable(o),
+            retry_count=o.get("retry_count") or 0,
+            retry_timeout=o.get("retry_timeout") or 0,
+            on_success=_callbacks(o.get("on_success")),
+            on_error=_callbacks(o.get("on_error")),
+            broker_message_group_id=o.get("broker_message_group_id") or "",
+            stop_task_deletion_on_error=bool(o.get("stop_task_deletion_on_error")),
+            ignore_when_task_not_registered=bool(o.get("ignore_when_task_not_registered")),
         )
 
-    def send_task(self, name: str, args: Sequence[Any] = (), **options: Any) -> AsyncResult:
-        """Send task ``name`` (Python or Go) with positional ``args``; see ``build_signature``."""
-        if "kwargs" in options and options.pop("kwargs"):
-            raise EncodeError("Machinery tasks take positional arguments only (no kwargs)")
-        return self.send_signature(self.build_signature(name, args, **options))
+    def send_task(self, name: str, args: Sequence[Any] = (),
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Send task ``name`` (Python or Go) with positional ``args``; returns its AsyncResult.
+
+        ``kwargs`` are mapped to positions for a task registered in this app (its parameters
+        are known); for any other task (a Go task, say) they are refused: Machinery has
+        positional arguments only.  Options: see :meth:`build_signature`.
+
+        Upper bound: on Redis, this returns or raises :class:`PublishError` within about
+        ``redis.connect_timeout`` + ``redis.read_timeout`` seconds (15 + 15 by default), even
+        when the server stalls.
+        """
+        if kwargs:
+            task = self.tasks.get(name)
+            if task is None:
+                raise EncodeError(
+                    f"send_task({name!r}, kwargs=...): Machinery has positional arguments only, "
+                    f"and {name!r} is not registered in this app, so the order of its parameters "
+                    "is unknown; pass args=[...] in order")
+            args = task.typed_args(args, kwargs)
+        return self.send_signature(self.build_signature(name, args, where="send_task", **options))
 
     def signature(self, name: str, args: Sequence[Any] = (), *, immutable: bool = False,
                   **options: Any) -> Sig:
@@ -331,6 +411,7 @@ class Machinery:
         broker.publish(sig)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
+        """The result of the task with this id (sent by anyone, Go or Python)."""
         return AsyncResult(task_id, self.backend)
 
     # -- workers ------------------------------------------------------------------------
@@ -343,6 +424,7 @@ class Machinery:
         return Worker(self, concurrency=concurrency, queue=queue, queues=queues, **options)
 
     def close(self) -> None:
+        """Release the broker's and the backend's connections."""
         if self._broker is not None:
             self._broker.close()
         if self._backend is not None:
@@ -351,6 +433,41 @@ class Machinery:
     def __repr__(self) -> str:
         return (f"<Machinery broker={mask_url(self.config.broker)} "
                 f"backend={mask_url(self.config.result_backend)} tasks={len(self.tasks)}>")
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _immutable(options: Mapping[str, Any]) -> bool:
+    """The message's ``Immutable``: given, or what its ``link=`` canvas signatures ask for.
+
+    Machinery reads the flag from the finishing task, not from its OnSuccess callbacks, so
+    ``link=t.si()`` is expressed by making the linking message immutable.
+    """
+    if options.get("immutable") is not None:
+        return bool(options["immutable"])
+    wanted = {cb.immutable for cb in options.get("on_success") or () if isinstance(cb, Sig)}
+    if len(wanted) > 1:
+        raise UnsupportedOption("link", "apply_async", "Machinery passes results to every "
+                                "OnSuccess callback or to none (the finishing task's Immutable "
+                                "flag): give link= only .s() or only .si() signatures")
+    return wanted == {True}
+
+
+def _callbacks(value: Any) -> list[Signature] | None:
+    """``on_success``/``on_error``/``link`` values as protocol Signatures (canvas ``Sig``s
+    compiled, ids generated)."""
+    if not value:
+        return None
+    out = []
+    for cb in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(cb, Sig):
+            cb = cb.to_signature()
+        if not isinstance(cb, Signature):
+            raise EncodeError(f"a callback must be a signature (task.s(...)), not {cb!r}")
+        out.append(cb)
+    return out
 
 
 def _shared_fast_path(broker: Broker, backend: Backend) -> Any:

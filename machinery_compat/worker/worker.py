@@ -20,13 +20,15 @@ second signal returns at once.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import queue as queue_mod
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import ExceptionRecord
@@ -38,6 +40,7 @@ from ..exceptions import (
     EncodeError,
     Retry,
 )
+from ..options import parse_expires
 from ..protocol import (
     FAILURE,
     RETRY,
@@ -50,7 +53,7 @@ from ..protocol import (
 )
 from ..protocol.gotypes import SUPPORTED_TYPES, encode_typed, result_type
 from ..protocol.retry import fibonacci_next
-from ..task import Task
+from ..task import RETRIES_HEADER, Task, retries_done
 
 if TYPE_CHECKING:
     from ..app import Machinery
@@ -125,6 +128,10 @@ class Worker:
             "worker ready: queues=%s concurrency=%d broker=%s tasks=[%s]",
             ",".join(self.queues), self.concurrency, type(broker).__name__, ", ".join(sorted(self.app.tasks)),
         )
+        if not self.app.tasks:
+            logger.warning("this worker has no tasks registered: every message it takes goes "
+                           "back to its queue for another worker (register tasks with "
+                           "@app.task before starting it, or check -A)")
         for i in range(self.concurrency):
             self._spawn(self._run_pool, f"mc-worker-{i}")
         self._spawn(self._consume_loop, "mc-consumer")
@@ -313,11 +320,12 @@ class Worker:
         if sig.name not in self._warned_unregistered:
             self._warned_unregistered.add(sig.name)
             logger.warning("Task %s is not registered here: message %s pushed back to %s for "
-                           "another worker (logged once per name)", sig.name, sig.uuid, delivery.queue)
+                           "another worker (logged once per name); this worker has: %s",
+                           sig.name, sig.uuid, delivery.queue, _known_names(sig.name, self.app.tasks))
         self._unregistered_backoff = min(max(self._unregistered_backoff * 2, 0.01),
                                          _MAX_UNREGISTERED_BACKOFF)
 
-    def process(self, sig: Signature, task: Task) -> None:
+    def process(self, sig: Signature, task: Task[Any, Any]) -> None:
         """Run one task and record its outcome (Go's ``worker.Process``)."""
         backend = self.app.backend
         started = time.perf_counter()
@@ -325,6 +333,12 @@ class Worker:
         with self._lock:
             self._active += 1
         try:
+            expires = parse_expires(sig.headers)
+            if expires is not None and datetime.now(UTC) > expires:
+                # Celery's expires: not run; FAILURE so that waiting callers learn it
+                backend.set_state_received(sig)
+                self._fail(sig, f"task expired at {expires.isoformat()}, not run", None, started)
+                return
             try:
                 args = sig.python_args()
             except ArgTypeError as e:
@@ -392,7 +406,7 @@ class Worker:
         for cb in sig.on_success or ():
             cb = cb.copy()
             if not sig.immutable:
-                cb.args = (cb.args or []) + [Arg(r.type, r.value) for r in results]
+                cb.args = (cb.args or []) + [Arg(r.type, r.wire_value) for r in results]
             self._send_callback(cb, "OnSuccess", sig)
         if sig.group_uuid and sig.chord_callback is not None:
             self._maybe_trigger_chord(sig)
@@ -424,7 +438,7 @@ class Worker:
 
     def _retry(self, sig: Signature, exc: BaseException, token: Any) -> None:
         self._store(TaskState(sig.uuid, RETRY), token)
-        again = sig.copy()
+        again = _counted_retry(sig)
         again.retry_count -= 1
         again.retry_timeout = fibonacci_next(again.retry_timeout)
         again.eta = GoTime.now().add_seconds(again.retry_timeout)
@@ -433,13 +447,13 @@ class Worker:
         self._resend(again)
 
     def _retry_later(self, sig: Signature, r: Retry, token: Any) -> None:
-        again = sig.copy()
+        again = _counted_retry(sig)
         if r.consume:  # Celery's self.retry(): uses up one RetryCount
             left = sig.retry_count if r.max_retries is None else min(sig.retry_count, r.max_retries)
             if left <= 0:
                 text = error_text(r.exc) if r.exc is not None else (
                     r.message or f"Task {sig.name} retried too many times")
-                self._fail(sig, text, token, time.perf_counter())
+                self._fail(sig, text, token, time.perf_counter(), r.exc)
                 return
             again.retry_count = left - 1
             if r.countdown is None:
@@ -480,9 +494,28 @@ class Worker:
         cb = sig.chord_callback.copy()
         if not cb.immutable:
             cb.args = (cb.args or []) + [
-                Arg(r.type, r.value) for s in states for r in (s.results or ())
+                Arg(r.type, r.wire_value) for s in states for r in (s.results or ())
             ]
         self._send_callback(cb, "chord", sig)
+
+
+def _counted_retry(sig: Signature) -> Signature:
+    """A copy of ``sig`` to send as its retry, with the retries-done header incremented."""
+    again = sig.copy()
+    again.headers = {**(again.headers or {}), RETRIES_HEADER: retries_done(sig, 0) + 1}
+    return again
+
+
+def _known_names(wanted: str, tasks: Mapping[str, Any]) -> str:
+    """The registered names, closest to ``wanted`` first (a typo shows up at once)."""
+    if not tasks:
+        return "no tasks at all"
+    close = difflib.get_close_matches(wanted, list(tasks), n=3, cutoff=0.6)
+    rest = sorted(n for n in tasks if n not in close)
+    shown = close + rest[:20 - len(close)]
+    more = len(tasks) - len(shown)
+    return (f"did you mean {', '.join(close)}? " if close else "") + ", ".join(shown) + (
+        f" (and {more} more)" if more > 0 else "")
 
 
 def _queue_list(queue: str | None, queues: Sequence[str] | str | None, default: str) -> list[str]:
@@ -506,7 +539,7 @@ def _queue_list(queue: str | None, queues: Sequence[str] | str | None, default: 
     return out
 
 
-def task_results(task: Task, value: Any) -> list[TaskResult]:
+def task_results(task: Task[Any, Any], value: Any) -> list[TaskResult]:
     """A Python return value as Machinery TaskResults (Go type names, Go-readable values)."""
     types = task.result_types
     if types == []:

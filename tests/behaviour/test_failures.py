@@ -380,3 +380,16 @@ def test_go_message_failing_on_a_python_worker_gets_a_record(
     err = _failure(app.AsyncResult("task_fromgo"))
     assert err.error == "division by zero"
     assert err.exc_type == "ZeroDivisionError" and isinstance(err, ZeroDivisionError)
+
+
+def test_exhausted_self_retry_records_the_exception(app: Machinery, start_worker: StartWorker) -> None:
+    @app.task(name="gives_up", bind=True, max_retries=1)
+    def gives_up(self: Any) -> None:
+        raise self.retry(countdown=0.05, exc=QuotaExceeded("ann", 3))
+
+    res = gives_up.delay()
+    start_worker()
+    with pytest.raises(QuotaExceeded) as info:
+        res.get(timeout=10)
+    assert isinstance(info.value, TaskFailed)
+    assert info.value.exc_type == "QuotaExceeded" and str(info.value) == "ann is over the limit of 3"
