@@ -321,7 +321,7 @@ class Machinery:
                     f"send_task({name!r}, kwargs=...): Machinery has positional arguments only, "
                     f"and {name!r} is not registered in this app, so the order of its parameters "
                     "is unknown; pass args=[...] in order")
-            args = task.typed_args(args, kwargs)
+            args = task._typed_args(args, kwargs)
         return self.send_signature(self.build_signature(name, args, where="send_task", **options))
 
     def signature(self, name: str, args: Sequence[Any] = (), *, immutable: bool = False,
@@ -376,19 +376,19 @@ class Machinery:
     def send_signature(self, sig: Signature) -> AsyncResult:
         """Go's ``SendTask``: id, headers, PENDING state, then publish."""
         sig.validate()
-        return self.forward_signature(sig)
+        return self._forward_signature(sig)
 
-    def forward_signature(self, sig: Signature) -> AsyncResult:
+    def _forward_signature(self, sig: Signature) -> AsyncResult:
         """``send_signature`` without the send-time checks, for signatures received from the
         wire (callbacks, chord callbacks) whose values are forwarded as they came."""
         if not sig.uuid:
             sig.uuid = task_id()
         if sig.headers is None:
             sig.headers = {}
-        self.publish_with_pending(sig)
+        self._publish_with_pending(sig)
         return AsyncResult(sig.uuid, self.backend, sig.name)
 
-    def publish_with_pending(self, sig: Signature) -> None:
+    def _publish_with_pending(self, sig: Signature) -> None:
         """Write PENDING for ``sig`` and publish it (one write when both are on one Redis)."""
         broker, backend = self.broker, self.backend
         fast = _shared_fast_path(broker, backend)

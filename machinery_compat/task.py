@@ -148,12 +148,12 @@ class Task(Generic[P, R]):
         raise Retry(str(exc) if exc else "", countdown, exc=exc, consume=True,
                     max_retries=max_retries)
 
-    def should_autoretry(self, exc: BaseException) -> bool:
+    def _should_autoretry(self, exc: BaseException) -> bool:
         """Whether an exception uses the RetryCount path (all do unless ``autoretry_for``)."""
         return self.autoretry_for is None or isinstance(exc, self.autoretry_for)
 
     # -- sending ------------------------------------------------------------------------
-    def typed_args(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None, *,
+    def _typed_args(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None, *,
                    partial: bool = False) -> list[Arg]:
         """Positional Args with Go types from the function's hints (else inferred).
 
@@ -217,7 +217,7 @@ class Task(Generic[P, R]):
     def signature(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                   **options: Any) -> Signature:
         """A :class:`Signature` for this task with typed args and the given options."""
-        return self.app.build_signature(self.name, self.typed_args(args, kwargs),
+        return self.app.build_signature(self.name, self._typed_args(args, kwargs),
                                         where="apply_async", **self._default_options(options))
 
     def s(self, *args: Any, **kwargs: Any) -> Sig:
@@ -226,12 +226,12 @@ class Task(Generic[P, R]):
         Keyword arguments are the task's (mapped to positions), as in Celery; set sending
         options with ``.set(queue=…, countdown=…)``.
         """
-        return Sig(self.app, self.name, self.typed_args(args, kwargs, partial=True),
+        return Sig(self.app, self.name, self._typed_args(args, kwargs, partial=True),
                    **self._default_options({}))
 
     def si(self, *args: Any, **kwargs: Any) -> Sig:
         """An immutable canvas signature (ignores the previous task's results)."""
-        return Sig(self.app, self.name, self.typed_args(args, kwargs, partial=True),
+        return Sig(self.app, self.name, self._typed_args(args, kwargs, partial=True),
                    immutable=True, **self._default_options({}))
 
     def _default_options(self, options: Mapping[str, Any]) -> dict[str, Any]:

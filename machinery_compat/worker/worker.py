@@ -358,7 +358,7 @@ class Worker:
                 # Like Go's recover() around a task: SystemExit (sys.exit()) and other
                 # BaseExceptions become the task's failure instead of killing this pool
                 # thread and leaving the task STARTED forever.
-                if sig.retry_count > 0 and task.should_autoretry(e):
+                if sig.retry_count > 0 and task._should_autoretry(e):
                     self._retry(sig, e, token)
                 else:
                     self._fail(sig, error_text(e), token, started, e)
@@ -467,12 +467,12 @@ class Worker:
 
     def _resend(self, sig: Signature) -> None:
         """Publish a retry; if the broker stays down, log the message so it is not lost silently."""
-        self._persist(lambda: self.app.publish_with_pending(sig),
+        self._persist(lambda: self.app._publish_with_pending(sig),
                       f"retry of task {sig.name}[{sig.uuid}]", sig.to_go_json)
 
     def _send_callback(self, cb: Signature, kind: str, parent: Signature) -> None:
         try:
-            self.app.forward_signature(cb)
+            self.app._forward_signature(cb)
         except Exception as e:  # Go ignores these errors; we at least say so
             logger.error("%s callback %s[%s] of %s[%s] could not be sent: %s", kind, cb.name,
                          cb.uuid, parent.name, parent.uuid, e)
