@@ -80,6 +80,17 @@ class _LRU(collections.OrderedDict[str, Any]):
             self.popitem(last=False)
 
 
+#: Newest state consumed per task, per backend URL: every AMQPBackend of this process on the
+#: same URL sees what another one consumed (until the state's own expiry).
+_seen: dict[str, _LRU] = {}
+_seen_lock = threading.Lock()
+
+
+def _seen_for(url: str) -> _LRU:
+    with _seen_lock:
+        return _seen.setdefault(url, _LRU())
+
+
 def _int32(v: int) -> int:
     """Go's ``int32(v)``: the low 32 bits, two's complement (py-amqp then writes ``I``)."""
     return ((v + 2**31) % 2**32) - 2**31
@@ -105,7 +116,8 @@ class AMQPBackend(Backend):
         self._pool = LinkPool(self.endpoint, "result backend")
         self._lock = threading.Lock()
         self._groups = _LRU()  # task UUID -> (group UUID, group task count)
-        self._latest = _LRU()  # task UUID -> newest TaskState consumed here
+        # task UUID -> (newest TaskState consumed in this process, its expiry)
+        self._latest = _seen_for(url)
 
     @classmethod
     def from_config(cls, config: Config) -> AMQPBackend:
@@ -272,12 +284,25 @@ class AMQPBackend(Backend):
                 newest = TaskState.from_json(raw)
             except DecodeError as e:
                 logger.error("undecodable state message for task %s: %s; raw=%r", task_uuid, e, raw)
-        with self._lock:
+        now = time.monotonic()
+        with _seen_lock:
             if newest is not None:
-                self._latest.remember(task_uuid, newest)
+                self._latest.remember(task_uuid, (newest, now + self.expire_in))
                 return newest
-            cached: TaskState | None = self._latest.get(task_uuid)
+            seen = self._latest.get(task_uuid)
+            if seen is None:
+                return None
+            if seen[1] <= now:  # as old as the message's own x-message-ttl: gone
+                del self._latest[task_uuid]
+                return None
+            cached: TaskState = seen[0]
             return cached
+
+    def last_consumed(self, task_uuid: str) -> TaskState | None:
+        """The newest state :meth:`get_state` consumed for ``task_uuid`` (not expired)."""
+        with _seen_lock:
+            seen = self._latest.get(task_uuid)
+        return seen[0] if seen is not None and seen[1] > time.monotonic() else None
 
     # -- groups and chords --------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
@@ -351,7 +376,7 @@ class AMQPBackend(Backend):
 
     def purge_state(self, task_uuid: str) -> None:
         """Delete the task's queue (and its exception record's)."""
-        with self._lock:
+        with _seen_lock:
             self._latest.pop(task_uuid, None)
         self._delete(task_uuid, task_uuid + EXCEPTION_QUEUE_SUFFIX)
 

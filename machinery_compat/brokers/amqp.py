@@ -86,6 +86,14 @@ logger = logging.getLogger(__name__)
 
 _consumer_ids = itertools.count(1)
 
+#: A worker that has not fetched for this long (stopped, or every thread busy) gets its
+#: consumers cancelled and its prefetched messages given back, for other workers.
+IDLE_CANCEL = 1.0
+#: How long a fetch that just started consumers waits for their first deliveries.
+_FIRST_BURST = 0.02
+#: How often the consumer's housekeeping thread beats, drains and checks idleness.
+_TICK = 0.5
+
 
 class AMQPBroker(Broker):
     schemes = ("amqp", "amqps")
@@ -346,6 +354,7 @@ class _Consumer:
         self._errors = connection_errors()
         self._channel_errors = channel_errors()
         self._fetching = False
+        self._last_fetch = time.monotonic()
         self._closed = threading.Event()
         self._tag_prefix = f"machinery_compat-{socket.gethostname()}-{os.getpid()}-{next(_consumer_ids)}"
         self._heartbeat: threading.Thread | None = None
@@ -401,12 +410,14 @@ class _Consumer:
                         dropped)
         return BrokerConnectionError(f"AMQP consumer connection lost: {exc!r}")
 
-    def _ready(self, queues: Sequence[str]) -> None:
+    def _ready(self, queues: Sequence[str]) -> bool:
+        """Connected and consuming every queue; True when consumers were just started."""
         if self._conn is None:
             self._connect()
         missing = set(queues) - set(self._consumers.values())
         for q in sorted(missing):
             self._consume(q)
+        return bool(missing)
 
     # -- reading ------------------------------------------------------------------------
     def _sock(self) -> Any:
@@ -445,6 +456,13 @@ class _Consumer:
         conn.heartbeat_check()
 
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        try:
+            return self._fetch(queues, max_messages, timeout)
+        finally:
+            self._fetching = False
+            self._last_fetch = time.monotonic()
+
+    def _fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             with self._io:
@@ -452,7 +470,11 @@ class _Consumer:
                     return []
                 self._fetching = True
                 try:
-                    self._ready(queues)
+                    if self._ready(queues):
+                        # let the first burst of every new consumer arrive, so the queue
+                        # order given is honoured from the first fetch on
+                        self._pump()
+                        select.select([self._sock()], [], [], _FIRST_BURST)
                     if not self._buffer:
                         self._pump()
                 except BrokerConnectionError:
@@ -477,18 +499,18 @@ class _Consumer:
                 time.sleep(0.01)
 
     def _take(self, queues: Sequence[str], n: int) -> list[Delivery]:
-        """Up to ``n`` buffered deliveries, from the queues in the order given (so a worker
-        rotating its queue list serves them fairly), each queue's in arrival order."""
+        """Up to ``n`` buffered deliveries of the first queue (in the order given) that has
+        any, in arrival order: a worker rotating its queue list serves them fairly."""
+        present = {d.queue for d in self._buffer}
+        queue = next((q for q in queues if q in present), self._buffer[0].queue)
         out: list[Delivery] = []
-        if len(queues) <= 1 or len(self._buffer) <= n:
-            while self._buffer and len(out) < n:
-                out.append(self._buffer.popleft())
-            return out
-        rank = {q: i for i, q in enumerate(queues)}
-        ordered = sorted(self._buffer, key=lambda d: rank.get(d.queue, len(rank)))
-        out = ordered[:n]
-        taken = {id(d) for d in out}
-        self._buffer = collections.deque(d for d in self._buffer if id(d) not in taken)
+        rest: collections.deque[Delivery] = collections.deque()
+        for d in self._buffer:
+            if d.queue == queue and len(out) < n:
+                out.append(d)
+            else:
+                rest.append(d)
+        self._buffer = rest
         return out
 
     # -- settling -----------------------------------------------------------------------
@@ -512,14 +534,30 @@ class _Consumer:
                 self._broken(e)
 
     # -- heartbeats and shutdown --------------------------------------------------------
+    def _pause(self) -> None:
+        """Cancel the consumers and give back what was prefetched but not handed out
+        (RabbitMQ redelivers it to any consumer); the next fetch consumes again."""
+        ch = self._channel
+        for tag in list(self._consumers):
+            ch.basic_cancel(tag)  # deliveries racing the cancel land in the buffer
+        self._consumers = {}
+        generation = self._generation
+        while self._buffer:
+            d = self._buffer.popleft()
+            if d.extra.get("generation") == generation:
+                basic_nack(ch, d.extra["delivery_tag"], multiple=False, requeue=True)
+
     def _heartbeat_loop(self) -> None:
-        while not self._closed.wait(CONSUMER_HEARTBEAT / 4):
+        while not self._closed.wait(_TICK):
             # only when no fetch is waiting: fetch pumps (and beats) on its own
             if self._fetching or not self._io.acquire(timeout=0.1):
                 continue
             try:
                 if self._conn is not None:
                     self._pump()
+                    if (self._consumers and not self._fetching
+                            and time.monotonic() - self._last_fetch > IDLE_CANCEL):
+                        self._pause()
             except (*self._errors, *self._channel_errors) as e:
                 logger.warning("AMQP consumer heartbeat: %s", e)
                 self._broken(e)

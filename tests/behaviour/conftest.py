@@ -5,12 +5,19 @@ Fixtures (names are stable; write new behaviour tests against them):
 
 * ``app_kind``  the combination under test, one of :data:`KINDS`:
   ``"redis"`` (Redis broker + Redis backend, same server), ``"memory"`` (memory broker +
-  memory backend) and ``"redis+memory"`` (Redis broker + memory backend).  A test runs over
-  :data:`DEFAULT_KINDS` (``redis``, ``memory``); mark it ``@pytest.mark.mixed`` to run it on
-  ``redis+memory`` too, or ``@pytest.mark.kinds("memory", …)`` to choose the kinds exactly
+  memory backend), ``"redis+memory"`` (Redis broker + memory backend), ``"amqp"`` (AMQP
+  broker + AMQP backend, one RabbitMQ vhost) and ``"amqp+redis"`` (AMQP broker + Redis
+  backend, the common production setup).  A test runs over :data:`DEFAULT_KINDS` (``redis``,
+  ``memory``, ``amqp``); mark it ``@pytest.mark.mixed`` to run it on ``redis+memory`` and
+  ``amqp+redis`` too, or ``@pytest.mark.kinds("memory", …)`` to choose the kinds exactly
   (both work on a module via ``pytestmark``).  Redis kinds use the session redis-server
   (``redis_url``: flushed per test; skipped when redis-server is missing, failed under CI=true)
-  and get the ``redis`` marker.
+  and get the ``redis`` marker; AMQP kinds use a fresh vhost of the session RabbitMQ node
+  (``rabbitmq_vhost_url``) and get the ``rabbitmq`` marker.  AMQP apps set
+  ``amqp.binding_key`` to the default queue, so default-routed tasks land in exactly the
+  queue the workers consume, as on the other brokers (Go's default config, where
+  ``machinery_task`` and ``machinery_tasks`` both get a copy, is covered by
+  ``tests/integration/test_amqp_layout.py``).
 * ``broker_url`` / ``backend_url``  the URLs of this combination (memory stores get a name
   unique to the test and are thrown away afterwards).
 * ``app``  a :class:`~machinery_compat.Machinery` on those URLs, ``default_queue="machinery_tasks"``.
@@ -25,7 +32,11 @@ Fixtures (names are stable; write new behaviour tests against them):
   ``delayed()`` (raw ``(body, due_ns)`` pairs, soonest first), ``push_delayed(body, due_ns)``,
   ``pending(queue)`` / ``delayed_tasks()`` (decoded :class:`Signature` lists) and
   ``state_bytes(uuid)`` / ``put_state_bytes(uuid, body)`` (the Go JSON the backend holds for a
-  task or group UUID; write one as a Go worker would).
+  task or group UUID; write one as a Go worker would).  On AMQP ``messages`` peeks (the
+  messages stay; ones a worker holds unacked are not seen), ``state_bytes`` is the newest
+  state message of the task's queue (peeked; else the newest one this app consumed), and the
+  delayed-store operations skip the test: RabbitMQ keeps delayed tasks in per-delay queues
+  with no due time to read back (``has_delayed_store`` tells in advance).
 * ``eager_app``  an app on ``eager://<unique name>`` (eager broker, memory-backed results).
 
 Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the type of
@@ -36,29 +47,69 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from machinery_compat import Machinery, Signature
 from machinery_compat.backends import memory as memory_backend
+from machinery_compat.backends.amqp import AMQPBackend
 from machinery_compat.brokers import memory as memory_broker
+from machinery_compat.brokers.amqp import AMQPBroker
+from machinery_compat.config import AMQPConfig, Config
 from machinery_compat.worker import Worker
 from tests.helpers import wait_for
 
 __all__ = ["DEFAULT_KINDS", "KINDS", "Probe", "StartWorker", "wait_for"]
 
 #: Every broker+backend combination the behaviour suite knows.
-KINDS = ("redis", "memory", "redis+memory")
+KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis")
 #: What a test runs over unless marked ``mixed`` or ``kinds(...)``.
-DEFAULT_KINDS = ("redis", "memory")
+DEFAULT_KINDS = ("redis", "memory", "amqp")
 
 StartWorker = Callable[..., Worker]
 
+_NO_MERGE = ("Go's AMQP result backend never merges: each state is its own message, so "
+             "RECEIVED..SUCCESS carry TaskName \"\" and a zero CreatedAt (see "
+             "tests/integration/test_amqp_backend.py)")
+_NO_GROUP_META = ("Go's AMQP result backend keeps no group meta (InitGroup does nothing): a "
+                  "group is complete when its queue holds GroupTaskCount states (see "
+                  "tests/integration/test_amqp_backend.py)")
+#: Behaviour tests that check what an AMQP broker or backend does differently, by Go's design:
+#: test name -> ("broker" | "backend", why).  Their AMQP params are reported as skipped with
+#: the reason (a "backend" entry concerns ``amqp`` only; ``amqp+redis`` keeps Redis results).
+AMQP_LIMITS: dict[str, tuple[str, str]] = {
+    "test_merge_keeps_task_name_and_created_at": ("backend", _NO_MERGE),
+    "test_go_produced_message_final_state_byte_for_byte": ("backend", _NO_MERGE),
+    "test_failure_state_and_error_text": ("backend", _NO_MERGE),
+    "test_failure_state_bytes_stay_go_exact_and_record_beside_them": ("backend", _NO_MERGE),
+    "test_group_meta_chord_trigger_once_and_purge": ("backend", _NO_GROUP_META),
+    "test_group_results_in_order": ("backend", _NO_GROUP_META),
+    "test_chord_callback_gets_member_results_in_group_order": (
+        "backend", "Go's AMQP GroupTaskStates returns the members' states in completion "
+                   "order, so chord callbacks get results in that order"),
+    "test_requeue_front_and_back_keep_the_bytes_and_order": (
+        "broker", "AMQP cannot put new bytes at a queue's head; a requeued delivery goes back "
+                  "to its own place (see tests/integration/test_amqp_broker.py)"),
+    "test_graceful_stop_finishes_running_and_leaves_the_rest": (
+        "broker", "messages the AMQP consumer prefetched stay unacked until it is cancelled, "
+                  "~1 s after the worker stops fetching (Worker.stop has no broker hook yet)"),
+}
+
+
+def _kind_param(kind: str, test_name: str) -> Any:
+    limit = AMQP_LIMITS.get(test_name)
+    if limit is not None:
+        side, why = limit
+        hit = kind.split("+")[0] == "amqp" if side == "broker" else kind.split("+")[-1] == "amqp"
+        if hit:
+            return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {why}"))
+    return kind
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "mixed: also run this behaviour test on redis+memory")
+    config.addinivalue_line("markers", "mixed: also run this behaviour test on redis+memory and amqp+redis")
     config.addinivalue_line("markers", "kinds(*kinds): the broker+backend kinds to run this behaviour test on")
 
 
@@ -75,14 +126,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         kinds = KINDS
     else:
         kinds = DEFAULT_KINDS
-    metafunc.parametrize("app_kind", kinds, indirect=True)
+    name = metafunc.definition.originalname
+    metafunc.parametrize("app_kind", [_kind_param(k, name) for k in kinds], indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and "redis" in str(callspec.params.get("app_kind", "")):
+        kind = str(callspec.params.get("app_kind", "")) if callspec is not None else ""
+        if "redis" in kind:
             item.add_marker(pytest.mark.redis)
+        if "amqp" in kind:
+            item.add_marker(pytest.mark.rabbitmq)
 
 
 @pytest.fixture
@@ -99,20 +154,29 @@ def _memory_name() -> Iterator[str]:
     memory_backend.reset(name)
 
 
+def _url_for(side: str, request: pytest.FixtureRequest, memory_name: str) -> str:
+    url: str
+    if side == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif side == "amqp":
+        url = request.getfixturevalue("rabbitmq_vhost_url")  # one vhost per test
+    else:
+        url = f"memory://{memory_name}"
+    return url
+
+
 @pytest.fixture
 def broker_url(app_kind: str, request: pytest.FixtureRequest, _memory_name: str) -> str:
-    if app_kind.split("+")[0] == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return url
-    return f"memory://{_memory_name}"
+    return _url_for(app_kind.split("+")[0], request, _memory_name)
 
 
 @pytest.fixture
-def backend_url(app_kind: str, request: pytest.FixtureRequest, _memory_name: str) -> str:
-    if app_kind.split("+")[-1] == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return url
-    return f"memory://{_memory_name}"
+def backend_url(app_kind: str, broker_url: str, request: pytest.FixtureRequest,
+                _memory_name: str) -> str:
+    side = app_kind.split("+")[-1]
+    if side == "amqp" and broker_url.startswith("amqp"):
+        return broker_url  # the same vhost
+    return _url_for(side, request, _memory_name)
 
 
 @pytest.fixture
@@ -121,6 +185,9 @@ def make_app(broker_url: str, backend_url: str) -> Iterator[Callable[..., Machin
 
     def make(**kwargs: Any) -> Machinery:
         kwargs.setdefault("default_queue", "machinery_tasks")
+        if broker_url.startswith("amqp") and "config" not in kwargs:
+            # default routing into the workers' queue (see the module docstring)
+            kwargs["config"] = Config(amqp=AMQPConfig(binding_key=kwargs["default_queue"]))
         a = Machinery(broker=broker_url, result_backend=backend_url, **kwargs)
         apps.append(a)
         return a
@@ -164,9 +231,21 @@ class Probe:
     def _redis(self, side: Any) -> Any:
         return getattr(side, "client", None)
 
+    @property
+    def has_delayed_store(self) -> bool:
+        """Whether delayed tasks can be read back with their due time (not on AMQP)."""
+        return not isinstance(self.broker, AMQPBroker)
+
+    def _no_delayed_store(self) -> None:
+        if isinstance(self.broker, AMQPBroker):
+            pytest.skip("AMQP keeps delayed tasks in per-delay queues (delay.<ms>.<exchange>."
+                        "<key>) with no due time to read back: covered by test_amqp_layout")
+
     # -- queues -------------------------------------------------------------------------
     def messages(self, queue: str = "machinery_tasks") -> list[bytes]:
         """Raw bodies waiting in ``queue``, head first."""
+        if isinstance(self.broker, AMQPBroker):
+            return amqp_peek(self.broker.url, queue)
         client = self._redis(self.broker)
         if client is not None:
             return list(client.lrange(queue, 0, -1))
@@ -179,6 +258,9 @@ class Probe:
 
     def push(self, queue: str, *bodies: bytes) -> None:
         """Append raw bodies to ``queue``."""
+        if isinstance(self.broker, AMQPBroker):
+            amqp_push(self.broker, queue, bodies)
+            return
         client = self._redis(self.broker)
         if client is not None:
             client.rpush(queue, *bodies)
@@ -188,6 +270,7 @@ class Probe:
 
     def delayed(self) -> list[tuple[bytes, int]]:
         """Raw delayed bodies with their due time (Unix ns), soonest first."""
+        self._no_delayed_store()
         client = self._redis(self.broker)
         if client is not None:
             key = self.broker.delayed_tasks_key  # type: ignore[attr-defined]
@@ -196,6 +279,7 @@ class Probe:
         return self.broker.delayed_messages()
 
     def push_delayed(self, body: bytes, due_ns: int) -> None:
+        self._no_delayed_store()
         client = self._redis(self.broker)
         if client is not None:
             client.zadd(self.broker.delayed_tasks_key, {body: due_ns})  # type: ignore[attr-defined]
@@ -207,11 +291,18 @@ class Probe:
         return self.broker.pending_tasks(queue)
 
     def delayed_tasks(self) -> list[Signature]:
+        self._no_delayed_store()
         return self.broker.delayed_tasks()
 
     # -- results ------------------------------------------------------------------------
     def state_bytes(self, uuid: str) -> bytes | None:
         """The Go JSON the backend stores under a task or group UUID."""
+        if isinstance(self.backend, AMQPBackend):
+            bodies = amqp_peek(self.backend.url, uuid)
+            if bodies:
+                return bodies[-1]
+            seen = self.backend.last_consumed(uuid)
+            return seen.to_json() if seen is not None else None
         client = self._redis(self.backend)
         if client is not None:
             raw: bytes | None = client.get(uuid)
@@ -221,12 +312,71 @@ class Probe:
 
     def put_state_bytes(self, uuid: str, body: bytes) -> None:
         """Store raw bytes under a task or group UUID, as a Go worker would write them."""
+        if isinstance(self.backend, AMQPBackend):
+            self.backend._publish(uuid, body, f"test state of {uuid}")
+            return
         client = self._redis(self.backend)
         if client is not None:
             client.set(uuid, body, ex=3600)
             return
         assert isinstance(self.backend, memory_backend.MemoryBackend)
         self.backend.store_raw(uuid, body)
+
+
+def _amqp_channel(url: str) -> tuple[Any, Any]:
+    from machinery_compat._amqp import Endpoint, connect
+
+    conn = Endpoint.from_url(url).connection()
+    connect(conn, attempts=3, what="test probe")
+    return conn, conn.connection.channel()
+
+
+def amqp_peek(url: str, queue: str) -> list[bytes]:
+    """The bodies of the messages ready in ``queue`` (``basic.get`` them all, then nack them
+    back with requeue: nothing is consumed), head first; ``[]`` when the queue is missing."""
+    import amqp
+
+    conn, ch = _amqp_channel(url)
+    try:
+        try:
+            ch.queue_declare(queue, passive=True)
+        except amqp.exceptions.NotFound:
+            return []
+        bodies: list[bytes] = []
+        last = 0
+        while True:
+            msg = ch.basic_get(queue, no_ack=False)
+            if msg is None:
+                break
+            last = msg.delivery_tag
+            bodies.append(bytes(msg.body))
+        if last:
+            from machinery_compat._amqp import basic_nack
+
+            basic_nack(ch, last, multiple=True, requeue=True)
+        return bodies
+    finally:
+        conn.close()
+
+
+def amqp_push(broker: AMQPBroker, queue: str, bodies: Sequence[bytes]) -> None:
+    """Put raw bodies into ``queue`` as a worker declares it (durable, the config's declare
+    arguments, bound with the binding key), through the default exchange."""
+    from machinery_compat._amqp import bind_queue, declare_exchange, declare_queue
+
+    conn, ch = _amqp_channel(broker.url)
+    try:
+        declare_exchange(ch, broker.cfg.exchange, broker.cfg.exchange_type)
+        declare_queue(ch, queue, durable=True, auto_delete=False, arguments=broker.declare_args)
+        bind_queue(ch, queue, broker.cfg.exchange, broker.cfg.binding_key, broker.binding_args)
+        ch.confirm_select()
+        import amqp
+
+        for body in bodies:
+            ch.basic_publish_confirm(amqp.Message(body, content_type="application/json",
+                                                  delivery_mode=2), exchange="", routing_key=queue)
+    finally:
+        conn.close()
 
 
 @pytest.fixture
