@@ -184,6 +184,12 @@ def _wrap(value: int, bits: int, signed: bool) -> int:
     return value
 
 
+def _go_quote_excerpt(text: str) -> str:
+    """``text`` as Go prints it in a strconv error, cut short when it is huge (the error text
+    becomes the stored FAILURE; Go would print it all)."""
+    return text if len(text) <= 100 else f"{text[:40]}…({len(text)} characters)…{text[-20:]}"
+
+
 def _scalar_to_python(type_name: str, value: Any, lenient: bool) -> Any:
     if type_name in INT_BITS or type_name in UINT_BITS:
         signed = type_name in INT_BITS
@@ -198,9 +204,12 @@ def _scalar_to_python(type_name: str, value: Any, lenient: bool) -> Any:
         fn = "strconv.ParseInt" if signed else "strconv.ParseUint"
         if not _INT_LITERAL.match(text) or (not signed and text.startswith(("-", "+"))):
             raise ArgTypeError(f'{fn}: parsing "{text}": invalid syntax')
-        n = int(text)
+        # 64-bit values have at most 20 digits; a longer literal is out of range without
+        # parsing it (Python refuses int() of more than 4,300 digits anyway)
+        digits = len(text.lstrip("+-").lstrip("0"))
+        n = int(text) if digits <= 20 else (1 << 65 if not text.startswith("-") else -(1 << 65))
         if (signed and not INT64_MIN <= n <= INT64_MAX) or (not signed and n > UINT64_MAX):
-            raise ArgTypeError(f'{fn}: parsing "{text}": value out of range')
+            raise ArgTypeError(f'{fn}: parsing "{_go_quote_excerpt(text)}": value out of range')
         bits = (INT_BITS if signed else UINT_BITS)[type_name]
         return _wrap(n, bits, signed) if bits < 64 else n
     if type_name in FLOAT_TYPES:

@@ -87,8 +87,14 @@ def _decode(from_obj: Callable[[Any], _T], raw: bytes | bytearray | memoryview |
     try:
         return from_obj(loads(raw))
     except DecodeError as e:
-        e.raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+        e.raw = _raw_bytes(raw)
         raise
+    except Exception as e:  # anything else (int digit limit, nesting depth …) is undecodable too
+        raise DecodeError(f"{type(e).__name__}: {str(e)[:300]}", _raw_bytes(raw)) from e
+
+
+def _raw_bytes(raw: bytes | bytearray | memoryview | str) -> bytes:
+    return raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
 
 
 def _kind(v: Any) -> str:

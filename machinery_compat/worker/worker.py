@@ -21,12 +21,15 @@ second signal returns at once.
 from __future__ import annotations
 
 import difflib
+import heapq
+import itertools
 import logging
 import os
 import queue as queue_mod
 import signal
 import threading
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -61,6 +64,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger("machinery_compat.worker")
 
 _MAX_UNREGISTERED_BACKOFF = 1.0
+#: how many handed-back message ids are remembered, and for how long a second sighting means
+#: the worker is cycling through messages it cannot run
+_HANDED_BACK_MEMORY = 10_000
+_HANDED_BACK_CYCLE = 30.0
+#: how long an unregistered message met again is kept aside: first, at most (per name, doubling)
+_MIN_PARK = 0.05
+_MAX_PARK = 2.0
+#: at most this many messages aside; past it the fetching slows down instead
+_MAX_PARKED = 1000
+#: the consumer's pause after handing such messages back
+_RELEASE_PAUSE = 0.05
+#: messages larger than this (bytes) are dead-lettered without being parsed
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: the most of a message body a log line shows
+_EXCERPT = 300
 _MAX_BROKER_BACKOFF = 5.0
 
 
@@ -92,6 +110,7 @@ class Worker:
         delayed_poll_interval: float | None = None,
         move_delayed: bool = True,
         prefetch: int = 0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
@@ -111,8 +130,17 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.max_message_size = max_message_size
         self._warned_unregistered: set[str] = set()
+        #: unregistered messages handed back, by id, with when (to notice a queue holding only them)
+        self._handed_back: OrderedDict[str, float] = OrderedDict()
         self._unregistered_backoff = 0.0
+        #: unregistered messages kept aside (due time, sequence, delivery) and each name's delay
+        self._parked: list[tuple[float, int, Delivery]] = []
+        self._park_seq = itertools.count()
+        self._park_delay: dict[str, float] = {}
+        #: where the messages this worker took went (see :data:`OUTCOMES`)
+        self.outcomes: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._active = 0
         self.processed = 0
@@ -161,6 +189,7 @@ class Worker:
                 leftovers.append(d)
         if leftovers:
             self._give_back(leftovers)
+        self._release_parked(everything=True)
         for _ in range(self.concurrency):
             self._work.put(None)
         for t in self._threads:
@@ -241,6 +270,9 @@ class Worker:
                 break
             for d in deliveries:
                 self._work.put(d)
+            if self._release_parked():
+                # give other consumers (which may have the task) the first chance at them
+                self._stopping.wait(_RELEASE_PAUSE)
             if self._unregistered_backoff:
                 self._stopping.wait(self._unregistered_backoff)
 
@@ -253,7 +285,8 @@ class Worker:
                         ",".join(sorted({d.queue for d in deliveries})))
         except Exception as e:  # the broker is gone: say exactly what is lost
             for d in deliveries:
-                logger.error("could not push message back to %s (%s); raw=%r", d.queue, e, d.body)
+                logger.error("could not push message back to %s (%s); raw=%s", d.queue, e,
+                             excerpt(d.body))
 
     def _run_pool(self) -> None:
         while True:
@@ -263,7 +296,7 @@ class Worker:
             try:
                 self.handle(d)
             except Exception:
-                logger.exception("unexpected worker error; message raw=%r", d.body)
+                logger.exception("unexpected worker error; message raw=%s", excerpt(d.body))
             finally:
                 self._slots.release()
 
@@ -283,14 +316,26 @@ class Worker:
 
     # -- one message --------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
-        """Decode, route and process one delivery."""
+        """Decode, route and process one delivery.
+
+        It ends in exactly one place, counted in :attr:`outcomes`: run (a state is written),
+        ``handed_back`` (a task this worker lacks), ``dead_lettered`` (too large, undecodable,
+        no task name), ``dropped`` (``IgnoreWhenTaskNotRegistered``) or ``pushed_back`` (the
+        backend was unreachable before it started).
+        """
         broker = self.app.broker
+        size = len(delivery.body)
+        if size > self.max_message_size:
+            self._dead_letter(delivery, f"message of {size} bytes is larger than "
+                              f"max_message_size ({self.max_message_size}); not parsed")
+            return
         try:
             sig = Signature.from_json(delivery.body)
         except DecodeError as e:
-            where = broker.dead_letter(delivery, str(e))
-            logger.error("undecodable message on %s moved to %s: %s; raw=%r",
-                         delivery.queue, where, e, delivery.body)
+            self._dead_letter(delivery, str(e))
+            return
+        if not sig.name:
+            self._dead_letter(delivery, "the message names no task (empty or null Name)")
             return
         task = self.app.tasks.get(sig.name)
         if task is None:
@@ -303,27 +348,80 @@ class Worker:
             # the backend is unreachable before the task ran: give the message back untouched
             logger.error("Task %s[%s] not started: result backend error: %s; pushing the "
                          "message back to %s", sig.name, sig.uuid, e.__cause__, delivery.queue)
+            self.outcomes["pushed_back"] += 1
             self._give_back([delivery])
             self._stopping.wait(1.0)
             return
+        self.outcomes["run"] += 1
         broker.ack(delivery)
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        where = self.app.broker.dead_letter(delivery, reason)
+        self.outcomes["dead_lettered"] += 1
+        logger.error("unusable message on %s moved to %s: %s; raw=%s", delivery.queue, where,
+                     reason, excerpt(delivery.body))
 
     def _not_registered(self, delivery: Delivery, sig: Signature) -> None:
         broker = self.app.broker
         if sig.ignore_when_task_not_registered:
             broker.drop(delivery)
+            self.outcomes["dropped"] += 1
             logger.warning("Task %s[%s] is not registered here and IgnoreWhenTaskNotRegistered "
                            "is set: dropped", sig.name, sig.uuid)
             return
-        # Go pushes it back to the queue the worker consumes (the one it came from)
-        broker.requeue([delivery])
         if sig.name not in self._warned_unregistered:
             self._warned_unregistered.add(sig.name)
             logger.warning("Task %s is not registered here: message %s pushed back to %s for "
                            "another worker (logged once per name); this worker has: %s",
                            sig.name, sig.uuid, delivery.queue, _known_names(sig.name, self.app.tasks))
-        self._unregistered_backoff = min(max(self._unregistered_backoff * 2, 0.01),
-                                         _MAX_UNREGISTERED_BACKOFF)
+        key = sig.uuid or str(hash(delivery.body))
+        now = time.monotonic()
+        with self._lock:
+            seen = self._handed_back.pop(key, None)
+            self._handed_back[key] = now
+            while len(self._handed_back) > _HANDED_BACK_MEMORY:
+                self._handed_back.popitem(last=False)
+            if seen is not None and now - seen < _HANDED_BACK_CYCLE and not self._stopping.is_set():
+                # met again: the queue holds little else this worker can run.  Keep it aside
+                # for a while (per name, growing) instead of spinning on it, so that tasks
+                # queued behind it still run at once
+                park = self._park_delay[sig.name] = min(
+                    max(self._park_delay.get(sig.name, 0.0) * 2, _MIN_PARK), _MAX_PARK)
+                if len(self._parked) < _MAX_PARKED:
+                    heapq.heappush(self._parked, (now + park, next(self._park_seq), delivery))
+                    return
+                self._unregistered_backoff = park  # too many aside: slow the fetching instead
+        # first sighting: straight back (Go pushes it back to the queue it came from), for
+        # another worker that has the task
+        self._requeue_unregistered([delivery])
+
+    def _requeue_unregistered(self, deliveries: list[Delivery]) -> None:
+        self.app.broker.requeue(deliveries)
+        self.outcomes["handed_back"] += len(deliveries)
+
+    def _release_parked(self, everything: bool = False) -> int:
+        """Hand back the unregistered messages kept aside whose time has come (or all);
+        returns how many."""
+        if not self._parked:
+            return 0
+        now = time.monotonic()
+        due: list[Delivery] = []
+        with self._lock:
+            while self._parked and (everything or self._parked[0][0] <= now):
+                due.append(heapq.heappop(self._parked)[2])
+            if not self._parked:
+                self._unregistered_backoff = 0.0
+        if due:
+            try:
+                self._requeue_unregistered(due)
+            except Exception as e:
+                logger.error("could not hand %d message(s) back (%s); keeping them aside",
+                             len(due), e)
+                with self._lock:
+                    for d in due:
+                        heapq.heappush(self._parked, (now + _MAX_PARK, next(self._park_seq), d))
+                return 0
+        return len(due)
 
     def process(self, sig: Signature, task: Task[Any, Any]) -> None:
         """Run one task and record its outcome (Go's ``worker.Process``)."""
@@ -497,6 +595,13 @@ class Worker:
                 Arg(r.type, r.wire_value) for s in states for r in (s.results or ())
             ]
         self._send_callback(cb, "chord", sig)
+
+
+def excerpt(body: bytes) -> str:
+    """A log-sized view of a message body: its first bytes and its length."""
+    if len(body) <= _EXCERPT:
+        return repr(body)
+    return f"{body[:_EXCERPT]!r}… ({len(body)} bytes)"
 
 
 def _counted_retry(sig: Signature) -> Signature:
