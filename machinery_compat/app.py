@@ -67,11 +67,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _is_redis(url: str) -> bool:
-    from .brokers import scheme_of
-
-    return scheme_of(url) in ("redis", "rediss", "redis+socket")
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -159,12 +154,7 @@ class Machinery:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    if _is_redis(self.config.broker):  # with config.redis's timeouts
-                        from .brokers.redis import RedisBroker
-
-                        self._broker = RedisBroker.from_config(self.config)
-                    else:
-                        self._broker = create_broker(self.config, app=self)
+                    self._broker = create_broker(self.config, app=self)
         return self._broker
 
     @property
@@ -174,12 +164,7 @@ class Machinery:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    if _is_redis(self.config.result_backend):  # with config.redis's timeouts
-                        from .backends.redis import RedisBackend
-
-                        self._backend = RedisBackend.from_config(self.config)
-                    else:
-                        self._backend = create_backend(self.config)
+                    self._backend = create_backend(self.config)
         return self._backend
 
     # -- tasks --------------------------------------------------------------------------
@@ -311,8 +296,8 @@ class Machinery:
         positional arguments only.  Options: see :meth:`build_signature`.
 
         Upper bound: on Redis, this returns or raises :class:`PublishError` within about
-        ``redis.connect_timeout`` + ``redis.read_timeout`` seconds (15 + 15 by default), even
-        when the server stalls.
+        ``redis.connect_timeout`` + ``max(redis.read_timeout, redis.write_timeout)`` seconds
+        (15 + 15 by default), even when the server stalls; see the README's "Timeouts".
         """
         if kwargs:
             task = self.tasks.get(name)
@@ -339,7 +324,7 @@ class Machinery:
 
         On Redis (broker and backend on one server) everything goes in one pipelined round
         trip, in that order; otherwise members are published by up to ``send_concurrency``
-        threads (0 = one per member).
+        threads (0 = one per member).  Bounded as :meth:`send_task` is.
         """
         if not members:
             raise ValueError("an empty group cannot be sent")

@@ -248,7 +248,8 @@ class Task(Generic[P, R]):
         positions); options as :meth:`Machinery.send_task` (``countdown``, ``eta``, ``queue``,
         ``priority``, ``headers``, ``task_id``, ``retry_count``, ``link``, ``expires`` …).
 
-        Returns or raises within the broker's and backend's configured timeouts.
+        Returns or raises within the broker's and backend's configured timeouts (see
+        :meth:`Machinery.send_task`).
         """
         return self.app.send_signature(self.signature(args, kwargs, **options))
 

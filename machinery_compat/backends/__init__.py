@@ -43,7 +43,7 @@ def create_backend(config: Config) -> Backend:
     if scheme in ("redis", "rediss", "redis+socket"):
         from .redis import RedisBackend
 
-        return RedisBackend(url, config.results_expire_in)
+        return RedisBackend.from_config(config)
     if scheme in ("amqp", "amqps"):
         from .amqp import AMQPBackend
 

@@ -59,12 +59,7 @@ def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
     if scheme in ("redis", "rediss", "redis+socket"):
         from .redis import RedisBroker
 
-        redis_cfg = config.redis
-        return RedisBroker(
-            url,
-            config.default_queue,
-            delayed_tasks_key=redis_cfg.delayed_tasks_key if redis_cfg else "",
-        )
+        return RedisBroker.from_config(config)
     if scheme in ("amqp", "amqps"):
         from .amqp import AMQPBroker
 
