@@ -233,6 +233,12 @@ class Endpoint:
         return ", ".join(mask_url(u) for u in self.urls)
 
 
+def describe(conn: kombu.Connection) -> str:
+    """``amqp[s]://user@host:port/vhost`` of the URL a connection uses now (no password)."""
+    scheme = "amqps" if conn.ssl else "amqp"
+    return f"{scheme}://{conn.userid}@{conn.hostname}:{conn.port}/{conn.virtual_host}"
+
+
 def connection_errors() -> tuple[type[BaseException], ...]:
     """Errors after which a connection is unusable (reconnect and try again)."""
     import amqp
@@ -256,7 +262,7 @@ def connect(conn: kombu.Connection, *, attempts: int | None = None, what: str = 
 
     def errback(exc: BaseException, interval: float) -> None:
         logger.warning("AMQP %s: cannot connect to %s (%s); next try in %.1fs", what or "link",
-                       conn.as_uri(), exc, interval)
+                       describe(conn), exc, interval)
 
     try:
         conn.ensure_connection(
@@ -265,7 +271,7 @@ def connect(conn: kombu.Connection, *, attempts: int | None = None, what: str = 
             interval_start=0.2, interval_step=0.5, interval_max=2.0,
         )
     except Exception as e:
-        raise BrokerConnectionError(f"AMQP: cannot connect to {conn.as_uri()}: {e}") from e
+        raise BrokerConnectionError(f"AMQP: cannot connect to {describe(conn)}: {e}") from e
     return conn.connection
 
 

@@ -70,6 +70,7 @@ from .._amqp import (
     connection_errors,
     declare_exchange,
     declare_queue,
+    describe,
     go_table,
     require_kombu,
 )
@@ -373,7 +374,7 @@ class _Consumer:
         self._conn, self._channel = conn, channel
         self._generation += 1
         self._consumers = {}
-        logger.info("AMQP consumer connected to %s", conn.as_uri())
+        logger.info("AMQP consumer connected to %s", describe(conn))
         if self._heartbeat is None:
             self._heartbeat = threading.Thread(target=self._heartbeat_loop,
                                                name="mc-amqp-heartbeat", daemon=True)
