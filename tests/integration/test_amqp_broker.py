@@ -1,0 +1,184 @@
+"""The AMQP broker's own behaviour on a real node: redelivery in place, dead letters, pending
+tasks, fail-over URLs, publishing from many threads, and amqps:// (TLS).
+
+Broker behaviour shared with the other brokers (worker, producer, workflows) runs on AMQP in
+tests/behaviour/ (kinds ``amqp`` and ``amqp+redis``).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from machinery_compat import Machinery, Signature
+from machinery_compat.brokers.amqp import AMQPBroker
+from machinery_compat.config import AMQPConfig
+from tests.services import RabbitMQServer, free_port
+
+
+def _sig(uuid: str, queue: str = "q") -> Signature:
+    return Signature(uuid=uuid, name="t", routing_key=queue, headers={})
+
+
+@pytest.fixture
+def broker(rabbitmq_vhost_url: str) -> Iterator[AMQPBroker]:
+    b = AMQPBroker(rabbitmq_vhost_url, "q", amqp=AMQPConfig(binding_key="q"))
+    yield b
+    b.close()
+
+
+def _uuids(deliveries: list[object]) -> list[str]:
+    return [Signature.from_json(d.body).uuid for d in deliveries]  # type: ignore[attr-defined]
+
+
+def test_requeued_delivery_goes_back_to_its_place(rabbitmq_vhost_url: str) -> None:
+    # prefetch 1: nothing else is buffered here, so the next delivery shows the queue's head
+    broker = AMQPBroker(rabbitmq_vhost_url, "q", amqp=AMQPConfig(binding_key="q", prefetch_count=1))
+    for i in range(3):
+        broker.publish(_sig(f"task_{i}"))
+    first = broker.fetch(["q"], 1, 1.0)
+    assert _uuids(first) == ["task_0"]
+    broker.requeue(first)
+    again = broker.fetch(["q"], 1, 1.0)
+    assert _uuids(again) == ["task_0"] and again[0].extra["redelivered"]
+    for d in again:
+        broker.ack(d)
+    rest = broker.fetch(["q"], 5, 1.0)
+    broker.ack(rest[0])
+    rest += broker.fetch(["q"], 5, 1.0)
+    assert _uuids(rest) == ["task_1", "task_2"]
+    broker.close()
+
+
+def test_undecodable_message_goes_to_dot_dead_and_is_acked(
+    broker: AMQPBroker, rabbitmq_server: RabbitMQServer, rabbitmq_vhost_url: str
+) -> None:
+    broker.fetch(["q"], 1, 0.05)  # declare the worker's queue
+    broker.publish_raw("q", b"\xffnot json")
+    (d,) = broker.fetch(["q"], 1, 1.0)
+    assert broker.dead_letter(d, "undecodable") == "q.dead"
+    vhost = rabbitmq_vhost_url.rsplit("/", 1)[1]
+    rows = {q["name"]: q for q in rabbitmq_server.queues(
+        vhost, ("name", "messages_ready", "messages_unacknowledged", "durable"))}
+    assert rows["q.dead"]["messages_ready"] == 1 and rows["q.dead"]["durable"]
+    assert (rows["q"]["messages_ready"], rows["q"]["messages_unacknowledged"]) == (0, 0)
+    (dead,) = broker.fetch(["q.dead"], 1, 1.0)
+    assert dead.body == b"\xffnot json"
+
+
+def test_pending_tasks_browse_and_give_back(broker: AMQPBroker) -> None:
+    for i in range(3):
+        broker.publish(_sig(f"task_{i}"))
+    assert [s.uuid for s in broker.pending_tasks()] == ["task_0", "task_1", "task_2"]
+    assert [s.uuid for s in broker.pending_tasks("q")] == ["task_0", "task_1", "task_2"]
+    assert _uuids(broker.fetch(["q"], 5, 1.0)) == ["task_0", "task_1", "task_2"]
+
+
+def test_several_urls_are_tried_in_order(rabbitmq_vhost_url: str) -> None:
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    b = AMQPBroker(f"{dead}|{rabbitmq_vhost_url}", "q", amqp=AMQPConfig(binding_key="q"),
+                   separator="|")
+    try:
+        b.publish(_sig("task_fo"))
+        assert _uuids(b.fetch(["q"], 1, 2.0)) == ["task_fo"]
+    finally:
+        b.close()
+
+
+def test_publishing_from_many_threads(broker: AMQPBroker) -> None:
+    errors: list[BaseException] = []
+
+    def send(t: int) -> None:
+        try:
+            for i in range(50):
+                broker.publish(_sig(f"task_{t}_{i}"))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    got: list[str] = []
+    while len(got) < 400:
+        batch = broker.fetch(["q"], 50, 2.0)
+        assert batch, f"only {len(got)} of 400 arrived"
+        got += _uuids(batch)
+        for d in batch:
+            broker.ack(d)
+    assert sorted(got) == sorted(f"task_{t}_{i}" for t in range(8) for i in range(50))
+
+
+def test_acks_from_pool_threads_while_fetch_waits(broker: AMQPBroker) -> None:
+    for i in range(20):
+        broker.publish(_sig(f"task_{i}"))
+    done: list[str] = []
+    pending: list[threading.Thread] = []
+    while len(done) < 20:
+        for d in broker.fetch(["q"], 3, 1.0):
+            def ack(d: object = d) -> None:
+                broker.ack(d)  # type: ignore[arg-type]
+                done.append(Signature.from_json(d.body).uuid)  # type: ignore[attr-defined]
+
+            t = threading.Thread(target=ack)
+            t.start()
+            pending.append(t)
+    for t in pending:
+        t.join()
+    assert sorted(done) == sorted(f"task_{i}" for i in range(20))
+
+
+def _self_signed(dir: Path) -> tuple[Path, Path]:
+    key, cert = dir / "key.pem", dir / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return key, cert
+
+
+@pytest.mark.slow
+def test_amqps_with_an_ssl_context(
+    rabbitmq_server_factory: Callable[..., RabbitMQServer], tmp_path: Path
+) -> None:
+    key, cert = _self_signed(tmp_path)
+    tls_port = free_port()
+    node = rabbitmq_server_factory(config_lines=[
+        f"listeners.ssl.default = 127.0.0.1:{tls_port}",
+        f"ssl_options.cacertfile = {cert}", f"ssl_options.certfile = {cert}",
+        f"ssl_options.keyfile = {key}", "ssl_options.verify = verify_none",
+        "ssl_options.fail_if_no_peer_cert = false",
+        # guest logs in from loopback only; TLS connections from 127.0.0.1 are loopback too
+    ])
+    url = f"amqps://guest:guest@127.0.0.1:{tls_port}/"
+    ctx = ssl.create_default_context(cafile=str(cert))
+    app = Machinery(broker=url, result_backend=url, default_queue="machinery_tasks")
+    app.config.tls_config = ctx
+    try:
+        @app.task(name="add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        worker = app.worker(concurrency=1, poll_timeout=0.1).start()
+        try:
+            assert app.send_task("add", args=[2, 3]).get(timeout=20) == 5
+        finally:
+            worker.stop(timeout=10)
+        conns = json.loads(node.ctl("list_connections", "--formatter", "json", "ssl", "port"))
+        assert conns and all(c["ssl"] for c in conns if c["port"] == tls_port)
+    finally:
+        app.close()
+    # an untrusted certificate is refused (Go's DialTLS with system roots does the same)
+    strict = AMQPBroker(url, "q")
+    try:
+        with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
+            strict.publish(_sig("task_tls"))
+    finally:
+        strict.close()
