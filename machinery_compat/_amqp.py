@@ -247,6 +247,23 @@ def connection_errors() -> tuple[type[BaseException], ...]:
             OSError, socket.timeout, EOFError)
 
 
+def fatal_cause(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s cause chain that no retry can fix: an untrusted certificate,
+    refused credentials, a vhost the user may not open."""
+    import amqp
+
+    fatal = (ssl.SSLCertVerificationError, amqp.exceptions.AccessRefused,
+             amqp.exceptions.NotAllowed)
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, fatal):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def channel_errors() -> tuple[type[BaseException], ...]:
     """Errors that closed a channel (the connection may live on)."""
     import amqp
@@ -364,7 +381,7 @@ class Link:
         self._returned.clear()
         ch = self.channel
         self._seq += 1
-        ch._basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+        ch.basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
         nacked: list[bool] = []
 
         def on_confirm(method: Any, *args: Any) -> None:
@@ -438,6 +455,10 @@ class LinkPool:
             except self._retryable as e:
                 if link is not None:
                     link.close()
+                fatal = fatal_cause(e)
+                if fatal is not None:
+                    raise BrokerConnectionError(
+                        f"AMQP {describe or self.what}: {fatal} (not retried)") from e
                 if time.monotonic() + delay > deadline:
                     raise BrokerConnectionError(
                         f"AMQP {describe or self.what}: gave up after {attempt} attempt(s) in "

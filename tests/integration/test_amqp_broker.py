@@ -182,3 +182,18 @@ def test_amqps_with_an_ssl_context(
             strict.publish(_sig("task_tls"))
     finally:
         strict.close()
+
+
+def test_refused_credentials_fail_at_once(rabbitmq_server: RabbitMQServer) -> None:
+    import time
+
+    from machinery_compat import PublishError
+
+    b = AMQPBroker(f"amqp://guest:wrong@127.0.0.1:{rabbitmq_server.port}/", "q")
+    start = time.monotonic()
+    try:
+        with pytest.raises(PublishError, match="ACCESS_REFUSED"):
+            b.publish(_sig("task_auth"))
+    finally:
+        b.close()
+    assert time.monotonic() - start < 5  # not retried for the whole publish budget
