@@ -197,3 +197,18 @@ def test_refused_credentials_fail_at_once(rabbitmq_server: RabbitMQServer) -> No
     finally:
         b.close()
     assert time.monotonic() - start < 5  # not retried for the whole publish budget
+
+
+def test_publish_gives_up_after_its_budget() -> None:
+    import time
+
+    from machinery_compat import PublishError
+
+    b = AMQPBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}/", "q", publish_budget=1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(PublishError, match=r"gave up after \d+ attempt"):
+            b.publish(_sig("task_down"))
+    finally:
+        b.close()
+    assert 0.5 < time.monotonic() - start < 5
