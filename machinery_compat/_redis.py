@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -105,14 +106,26 @@ def connection_key(url: str) -> tuple[Any, ...]:
     return tuple(sorted((k, str(v)) for k, v in kw.items()))
 
 
-def client_for(url: str, timeouts: Timeouts | None = None) -> Any:
+def client_for(url: str, timeouts: Timeouts | None = None, *,
+               ssl_context: ssl.SSLContext | None = None) -> Any:
     """A ``redis.Redis`` on a process-wide pool for ``url`` and ``timeouts`` (bytes replies).
 
     ``timeouts=None`` means Machinery's defaults (15 s each).
+
+    TLS (``rediss://`` URLs only): the certificate and the host name are verified, against
+    the system's CAs unless the URL's ``ssl_*`` options say otherwise
+    (:mod:`machinery_compat.config.redis_url`), or with ``ssl_context`` (Go's ``TLSConfig``;
+    the URL must then carry no ``ssl_*`` option).  ``ssl_context`` is ignored for
+    ``redis://`` URLs, as the AMQP broker ignores ``tls_config`` for ``amqp://``.
     """
     r = require_redis()
     t = timeouts if timeouts is not None else Timeouts()
-    key = (*connection_key(url), ("timeouts", t.connect, t.read, t.write))
+    tls_context = ssl_context if ssl_context is not None and parse_redis_url(url).tls else None
+    if tls_context is not None and parse_redis_url(url).tls_options is not None:
+        raise ConfigError("give Redis TLS options either as ssl_* URL parameters or as an "
+                          "SSLContext, not both")
+    key = (*connection_key(url), ("timeouts", t.connect, t.read, t.write),
+           ("ssl_context", id(tls_context)))  # the pool keeps the context: ids stay unique
     with _lock:
         pool = _pools.get(key)
         if pool is None:
@@ -126,7 +139,13 @@ def client_for(url: str, timeouts: Timeouts | None = None) -> Any:
                 kw.pop("host", None)
                 kw.pop("port", None)
             if kw.pop("ssl", False):
-                kw["connection_class"] = r.SSLConnection
+                if tls_context is not None:
+                    kw["connection_class"] = _context_ssl_connection()
+                    kw["mc_ssl_context"] = tls_context
+                else:
+                    kw["connection_class"] = r.SSLConnection
+                    kw.setdefault("ssl_cert_reqs", "required")  # redis-py 5 checks no host name
+                    kw.setdefault("ssl_check_hostname", True)
             kw.setdefault("health_check_interval", 30)
             kw["socket_timeout"] = t.socket
             kw["socket_connect_timeout"] = t.connect
@@ -135,6 +154,33 @@ def client_for(url: str, timeouts: Timeouts | None = None) -> Any:
             pool = r.ConnectionPool(**kw)
             _pools[key] = pool
     return r.Redis(connection_pool=pool)
+
+
+_context_ssl_class: Any = None
+
+
+def _context_ssl_connection() -> Any:
+    """redis-py's ``SSLConnection``, wrapping its socket with a given :class:`ssl.SSLContext`
+    (keyword ``mc_ssl_context``) instead of one built from ``ssl_*`` options."""
+    global _context_ssl_class
+    if _context_ssl_class is None:
+        r = require_redis()
+
+        class ContextSSLConnection(r.SSLConnection):  # type: ignore[misc,name-defined]
+            def __init__(self, *, mc_ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.mc_ssl_context = mc_ssl_context
+
+            def _connect(self) -> Any:
+                sock = r.connection.Connection._connect(self)  # TCP only
+                try:
+                    return self.mc_ssl_context.wrap_socket(sock, server_hostname=self.host)
+                except BaseException:
+                    sock.close()
+                    raise
+
+        _context_ssl_class = ContextSSLConnection
+    return _context_ssl_class
 
 
 _RLOCK_TYPE = type(threading.RLock())

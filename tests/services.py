@@ -24,6 +24,14 @@ at the bottom of this module; a conftest re-exports them with::
         rabbitmq_server_factory,
     )
 
+TLS: :func:`make_tls_files` writes a throwaway CA with a server certificate for
+127.0.0.1/localhost and a client certificate; :class:`RedisTLSServer` speaks TLS only
+(``rediss://``), ``RabbitMQServer(tls=files)`` adds an ``amqps://`` listener on a second port::
+
+    files = make_tls_files(tmp_path)
+    with RedisTLSServer(files, auth_clients=True) as server:
+        url = server.url                     # rediss://127.0.0.1:PORT/0?ssl_ca_certs=...
+
 Missing services: :class:`ServiceUnavailable` is raised by the classes; the
 fixtures turn it into ``pytest.skip`` locally and ``pytest.fail`` when the
 ``CI`` environment variable is ``true`` (a missing service is a failure
@@ -44,6 +52,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
@@ -56,10 +65,13 @@ if TYPE_CHECKING:
 __all__ = [
     "RabbitMQServer",
     "RedisServer",
+    "RedisTLSServer",
     "ServiceError",
     "ServiceUnavailable",
+    "TLSFiles",
     "free_port",
     "in_ci",
+    "make_tls_files",
     "missing_service",
     "rabbitmq_restart",
     "rabbitmq_server",
@@ -135,6 +147,86 @@ def _stop_leftovers() -> None:
     for server in list(_live):
         with contextlib.suppress(Exception):
             server.close()
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a throwaway CA (:func:`make_tls_files`)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(directory: Path, name: str = "mc-test") -> TLSFiles:
+    """A new CA (EC P-256, valid for a day) in ``directory``, with a server certificate for
+    ``127.0.0.1``/``localhost`` and a client certificate, all signed by it."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as exc:
+        raise ServiceUnavailable(
+            "cryptography is not installed (pip install -e '.[dev]')"
+        ) from exc
+    import datetime
+    import ipaddress
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+        path.chmod(0o600)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+             issuer_key: ec.EllipticCurvePrivateKey | None, *, ca: bool = False,
+             usage: x509.ObjectIdentifier | None = None,
+             sans: Sequence[x509.GeneralName] = ()) -> x509.Certificate:
+        subject_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject_name)
+            .issuer_name(issuer or subject_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        if usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)),
+                                            critical=False)
+        return builder.sign(issuer_key or key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert(f"{name} CA", ca_key, None, None, ca=True)
+    files = TLSFiles(*(directory / f for f in (
+        "ca.pem", "server.pem", "server.key", "client.pem", "client.key")))
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for cert_path, key_path, subject, usage, sans in (
+        (files.server_cert, files.server_key, f"{name} server", ExtendedKeyUsageOID.SERVER_AUTH,
+         [x509.IPAddress(ipaddress.ip_address(LOOPBACK)), x509.DNSName("localhost")]),
+        (files.client_cert, files.client_key, f"{name} client", ExtendedKeyUsageOID.CLIENT_AUTH,
+         []),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_key(key, key_path)
+        leaf = cert(subject, key, ca_cert.subject, ca_key, usage=usage, sans=sans)
+        cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    return files
 
 
 class RedisServer:
@@ -221,7 +313,12 @@ class RedisServer:
         """A new redis-py client for this server; the caller closes it."""
         import redis
 
-        return redis.Redis(host=self.host, port=self.port, db=db, **kwargs)
+        return redis.Redis(host=self.host, port=self.port, db=db,
+                           **{**self._client_kwargs(), **kwargs})
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        """Extra redis-py arguments the harness's own connections need (TLS)."""
+        return {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> RedisServer:
@@ -248,7 +345,7 @@ class RedisServer:
     def _command(self) -> list[str]:
         return [
             self.binary,
-            "--port", str(self.port),
+            *self._listen_args(),
             "--bind", self.host,
             "--save", "",
             "--appendonly", "no",
@@ -257,6 +354,9 @@ class RedisServer:
             "--dir", str(self.dir),
             *self.extra_args,
         ]  # fmt: skip
+
+    def _listen_args(self) -> list[str]:
+        return ["--port", str(self.port)]
 
     def _launch(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -295,6 +395,7 @@ class RedisServer:
                     socket_connect_timeout=0.5,
                     socket_timeout=0.5,
                     retry=_no_retry(),
+                    **self._client_kwargs(),
                 ) as probe:
                     if probe.ping():
                         return
@@ -320,6 +421,7 @@ class RedisServer:
                     socket_connect_timeout=1,
                     socket_timeout=2,
                     retry=_no_retry(),
+                    **self._client_kwargs(),
                 ) as admin:
                     admin.shutdown(nosave=True)
             except redis.RedisError:
@@ -376,6 +478,58 @@ class RedisServer:
         return f"<RedisServer {self.host}:{self._port} {state}>"
 
 
+class RedisTLSServer(RedisServer):
+    """A private ``redis-server`` speaking TLS only (``--port 0 --tls-port PORT``) with the
+    certificates of ``tls`` (:func:`make_tls_files`).  ``auth_clients=True`` makes it
+    require a client certificate signed by that CA (``tls-auth-clients yes``).
+
+    :attr:`url` is ``rediss://127.0.0.1:PORT/0?ssl_ca_certs=…`` (plus the client
+    certificate and key when ``auth_clients``); :attr:`bare_url` has no query.
+    """
+
+    def __init__(self, tls: TLSFiles, *, auth_clients: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tls = tls
+        self.auth_clients = auth_clients
+
+    @property
+    def bare_url(self) -> str:
+        return f"rediss://{self.host}:{self.port}/0"
+
+    @property
+    def url(self) -> str:
+        from urllib.parse import urlencode
+
+        query = {"ssl_ca_certs": str(self.tls.ca)}
+        if self.auth_clients:
+            query |= {"ssl_certfile": str(self.tls.client_cert),
+                      "ssl_keyfile": str(self.tls.client_key)}
+        return f"{self.bare_url}?{urlencode(query, safe='/')}"
+
+    def url_for_db(self, db: int) -> str:
+        return self.url.replace(f":{self.port}/0?", f":{self.port}/{db}?", 1)
+
+    def _listen_args(self) -> list[str]:
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.server_cert),
+            "--tls-key-file", str(self.tls.server_key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+            "--tls-auth-clients", "yes" if self.auth_clients else "no",
+        ]  # fmt: skip
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        if self.auth_clients:
+            kwargs |= {"ssl_certfile": str(self.tls.client_cert),
+                       "ssl_keyfile": str(self.tls.client_key)}
+        return kwargs
+
+    def __repr__(self) -> str:
+        return "<RedisTLSServer" + super().__repr__().removeprefix("<RedisServer")
+
+
 RABBITMQ_LIB_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
@@ -409,6 +563,9 @@ class RabbitMQServer:
       arguments keep RabbitMQ's field-table types: ``long``, ``signedint``, ``longstr``).
     * ``new_vhost()`` returns a fresh, empty virtual host guest may use (created in
       batches, so a test pays ~nothing for isolation); ``url_for(vhost)`` its URL.
+    * ``tls=make_tls_files(dir)`` adds an ``amqps`` listener on a second free port
+      (``tls_port``, ``tls_url_for(vhost)``) with that CA's server certificate;
+      ``tls_client_certs=True`` makes it require a client certificate signed by the CA.
     """
 
     binary_name = "rabbitmq-server"
@@ -421,6 +578,8 @@ class RabbitMQServer:
         config_lines: Sequence[str] = (),
         startup_timeout: float = RABBITMQ_STARTUP_TIMEOUT,
         die_with_parent: bool = True,
+        tls: TLSFiles | None = None,
+        tls_client_certs: bool = False,
     ) -> None:
         server = _rabbitmq_script(self.binary_name, "RABBITMQ_SERVER_BIN")
         ctl = _rabbitmq_script("rabbitmqctl", "RABBITMQCTL_BIN")
@@ -443,6 +602,9 @@ class RabbitMQServer:
         self.config_lines = tuple(config_lines)
         self.startup_timeout = startup_timeout
         self.die_with_parent = die_with_parent
+        self.tls = tls
+        self.tls_client_certs = tls_client_certs
+        self._tls_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._vhost_lock = threading.Lock()
@@ -484,6 +646,19 @@ class RabbitMQServer:
         from urllib.parse import quote
 
         return f"amqp://guest:guest@{self.host}:{self.port}/{quote(vhost, safe='')}"
+
+    @property
+    def tls_port(self) -> int:
+        """The ``amqps`` listener's port (a node started with ``tls=``)."""
+        if self._tls_port is None:
+            raise ServiceError("RabbitMQServer has no TLS port: start it with tls=make_tls_files(...)")
+        return self._tls_port
+
+    def tls_url_for(self, vhost: str = "/") -> str:
+        """``amqps://guest:guest@127.0.0.1:TLS_PORT/<vhost>`` (vhost percent-encoded)."""
+        from urllib.parse import quote
+
+        return f"amqps://guest:guest@{self.host}:{self.tls_port}/{quote(vhost, safe='')}"
 
     @property
     def dir(self) -> Path:
@@ -561,9 +736,23 @@ class RabbitMQServer:
             "disk_free_limit.absolute = 1MB",
             "log.console = false",
             "log.file.level = info",
+            *self._tls_config_lines(),
             *self.config_lines,
         ]
         (d / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+
+    def _tls_config_lines(self) -> list[str]:
+        if self.tls is None:
+            return []
+        verify = "verify_peer" if self.tls_client_certs else "verify_none"
+        return [
+            f"listeners.ssl.default = {self.host}:{self.tls_port}",
+            f"ssl_options.cacertfile = {self.tls.ca}",
+            f"ssl_options.certfile = {self.tls.server_cert}",
+            f"ssl_options.keyfile = {self.tls.server_key}",
+            f"ssl_options.verify = {verify}",
+            f"ssl_options.fail_if_no_peer_cert = {str(self.tls_client_certs).lower()}",
+        ]
 
     # -- control -----------------------------------------------------------
     def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
@@ -635,6 +824,8 @@ class RabbitMQServer:
             self._dist_port = free_port(self.host)
         if self._epmd_port is None:
             self._epmd_port = free_port(self.host)
+        if self.tls is not None and self._tls_port is None:
+            self._tls_port = free_port(self.host)
         self._write_config()
         self._launch()
         _live.add(self)

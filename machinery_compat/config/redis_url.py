@@ -1,5 +1,33 @@
 """Redis URLs parsed the way Go Machinery parses them (:func:`parse_redis_url`,
-:func:`parse_redis_lock_url`); see the package documentation for the forms."""
+:func:`parse_redis_lock_url`); see the package documentation for the forms.
+
+TLS options (``rediss://`` only)
+--------------------------------
+
+Go Machinery reads no TLS settings from a Redis URL: a Go process uses TLS when its
+``Config.TLSConfig`` is set in code, whatever the scheme, and ignores the query string.
+This library turns TLS on for ``rediss://`` and reads these query parameters, with
+redis-py's names (:data:`TLS_QUERY_OPTIONS`)::
+
+    rediss://:password@redis.example:6380/0?ssl_ca_certs=/etc/ssl/redis-ca.pem
+    rediss://redis.example:6380/0?ssl_ca_certs=/ca.pem&ssl_certfile=/me.pem&ssl_keyfile=/me.key
+
+* ``ssl_ca_certs`` -- PEM file of the CAs to trust (default: the system's trust store);
+  ``ssl_ca_path`` -- a directory of them (``c_rehash`` layout);
+* ``ssl_certfile`` / ``ssl_keyfile`` -- a client certificate and its key (for a server with
+  ``tls-auth-clients yes``); ``ssl_password`` -- the key file's passphrase (masked in logs);
+* ``ssl_cert_reqs`` -- ``required`` (default), ``optional`` or ``none`` (no verification at
+  all: a warning is logged);
+* ``ssl_check_hostname`` -- ``true`` (default) or ``false``; the server's certificate must
+  name the URL's host (an IP address needs an IP SAN).
+
+Percent-encode ``&``, ``+``, ``#`` and ``%`` in paths. A misspelt or repeated ``ssl_*``
+parameter, or one on a ``redis://`` URL, raises :class:`ConfigError` rather than falling
+back to weaker settings; other parameters are ignored with a warning, as Go ignores them.
+Go peers ignore the whole query, so one URL can serve both (a Go process still needs its
+``TLSConfig``). For an :class:`ssl.SSLContext` instead of parameters, see
+:func:`machinery_compat._redis.client_for`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +36,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 from ..exceptions import ConfigError
 from .masking import _mask_secret, _masked_repr, mask_url
@@ -16,6 +44,58 @@ from .model import _INT64_MAX, _INT64_MIN, DEFAULT_REDIS_PORT
 
 logger = logging.getLogger(__name__)
 
+#: Query parameters of a ``rediss://`` URL that set TLS options (redis-py's names).
+TLS_QUERY_OPTIONS: Final = (
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+_CERT_REQS: Final = ("required", "optional", "none")
+_BOOLS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@dataclass(frozen=True, repr=False)
+class RedisTLSOptions:
+    """TLS settings read from a ``rediss://`` URL's query (see the module documentation).
+
+    The defaults verify the server's certificate against the system's CAs and check that it
+    names the host. ``repr()`` masks :attr:`password`.
+    """
+
+    #: ``ssl_ca_certs``: PEM file of the CAs to trust; ``None``: the system's trust store.
+    ca_certs: str | None = None
+    #: ``ssl_ca_path``: a directory of CA certificates.
+    ca_path: str | None = None
+    #: ``ssl_certfile``: the client's certificate (PEM), for ``tls-auth-clients yes``.
+    certfile: str | None = None
+    #: ``ssl_keyfile``: the client certificate's key (PEM).
+    keyfile: str | None = None
+    #: ``ssl_password``: passphrase of :attr:`keyfile`.
+    password: str | None = None
+    #: ``ssl_cert_reqs``: ``required`` (default), ``optional`` or ``none``.
+    cert_reqs: str = "required"
+    #: ``ssl_check_hostname``: check that the certificate names the host (off when
+    #: :attr:`cert_reqs` is ``none``).
+    check_hostname: bool = True
+
+    def to_redis_py_kwargs(self) -> dict[str, Any]:
+        """The ``ssl_*`` keyword arguments of redis-py's ``SSLConnection``."""
+        kwargs: dict[str, Any] = {
+            "ssl_cert_reqs": self.cert_reqs,
+            "ssl_check_hostname": self.check_hostname and self.cert_reqs != "none",
+        }
+        for name in ("ca_certs", "ca_path", "certfile", "keyfile", "password"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[f"ssl_{name}"] = value
+        return kwargs
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"password": _mask_secret})
 
 
 @dataclass(frozen=True, repr=False)
@@ -24,6 +104,8 @@ class RedisURL:
 
     ``host``/``port`` are those of the first address; ``hosts`` lists every address (empty
     for a unix socket). ``password`` is ``None`` when the URL has no userinfo.
+    ``tls_options`` holds the ``ssl_*`` query parameters of a ``rediss://`` URL (``None``:
+    none given, the secure defaults of :class:`RedisTLSOptions`).
     """
 
     host: str
@@ -34,6 +116,7 @@ class RedisURL:
     socket_path: str | None = None
     tls: bool = False
     hosts: tuple[tuple[str, int], ...] = ()
+    tls_options: RedisTLSOptions | None = None
 
     @property
     def multi_host(self) -> bool:
@@ -45,7 +128,10 @@ class RedisURL:
 
         Credentials are sent the way Go sends them: nothing without a (non-empty) password,
         ``AUTH password`` without a user name, ``AUTH user password`` with one. For several
-        addresses use :attr:`hosts` with a cluster or Sentinel client instead.
+        addresses use :attr:`hosts` with a cluster or Sentinel client instead. ``rediss://``
+        gives ``ssl=True`` and the ``ssl_*`` options of its query (:class:`RedisTLSOptions`);
+        without any, redis-py's defaults apply (this library's own connections always
+        verify the certificate and the host name).
         """
         if self.multi_host:
             raise ConfigError(
@@ -59,6 +145,8 @@ class RedisURL:
             kwargs["port"] = self.port
             if self.tls:
                 kwargs["ssl"] = True
+                if self.tls_options is not None:
+                    kwargs.update(self.tls_options.to_redis_py_kwargs())
         if self.password:
             if self.username:
                 kwargs["username"] = self.username
@@ -89,7 +177,8 @@ def parse_redis_url(url: str, *, cluster: bool = False) -> RedisURL:
       db from the last; not percent-decoded. ``cluster=True`` (Go's ``cluster_enabled`` /
       ``cluster_mode``) parses a single address this way too, as Go does.
     * ``redis+socket://[[user:]password@]/path/to/redis.sock[:/db]``.
-    * ``rediss://`` sets :attr:`RedisURL.tls` (Go needs ``TLSConfig`` for TLS).
+    * ``rediss://`` sets :attr:`RedisURL.tls` (Go needs ``TLSConfig`` for TLS); its
+      ``ssl_*`` query parameters set :attr:`RedisURL.tls_options` (module documentation).
 
     A missing port means 6379 and a missing host ``localhost``. A db that is not an integer
     means 0 (logged); a negative db raises :class:`ConfigError`, as does any other scheme.
@@ -165,10 +254,7 @@ def _parse_single_host(url: str, tls: bool) -> RedisURL:
             password = _go_unescape(pw_raw, url)
         else:
             password = user  # Go: a lone userinfo is the password
-    if parts.query:
-        logger.warning(
-            "Redis URL %s: the query string is ignored (as by Go Machinery)", mask_url(url)
-        )
+    tls_options = _parse_query(parts.query, url, tls)
     host, port = _split_host_port(hostport, url)
     path = _go_unescape(parts.path, url)
     segments = path.split("/")
@@ -181,6 +267,77 @@ def _parse_single_host(url: str, tls: bool) -> RedisURL:
         db=db,
         tls=tls,
         hosts=((host, port),),
+        tls_options=tls_options,
+    )
+
+
+def _parse_query(query: str, url: str, tls: bool) -> RedisTLSOptions | None:
+    """The ``ssl_*`` parameters of ``query`` (module documentation); others are ignored."""
+    if not query:
+        return None
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False,
+                          errors="strict", max_num_fields=100)
+    except ValueError as e:
+        raise ConfigError(f"Redis URL {mask_url(url)}: unreadable query string ({e})") from None
+    options: dict[str, str] = {}
+    ignored: list[str] = []
+    for key, value in pairs:
+        if not key.lower().startswith("ssl"):
+            ignored.append(key)
+            continue
+        if key not in TLS_QUERY_OPTIONS:
+            raise ConfigError(
+                f"Redis URL {mask_url(url)}: unknown TLS option {key!r} "
+                f"(known: {', '.join(TLS_QUERY_OPTIONS)})"
+            )
+        if key in options:
+            raise ConfigError(f"Redis URL {mask_url(url)}: TLS option {key!r} given twice")
+        options[key] = value
+    if ignored:
+        logger.warning(
+            "Redis URL %s: the query string is ignored (as by Go Machinery) but for the TLS "
+            "options of rediss:// URLs (ssl_*); ignored: %s",
+            mask_url(url), ", ".join(sorted(set(ignored))),
+        )
+    if not options:
+        return None
+    if not tls:
+        raise ConfigError(
+            f"Redis URL {mask_url(url)}: TLS options need a rediss:// URL (redis:// is plain TCP)"
+        )
+    cert_reqs = options.get("ssl_cert_reqs", "required").lower()
+    if cert_reqs not in _CERT_REQS:
+        raise ConfigError(
+            f"Redis URL {mask_url(url)}: ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, "
+            f"not {options['ssl_cert_reqs']!r}"
+        )
+    check_text = options.get("ssl_check_hostname", "true").lower()
+    if check_text not in _BOOLS:
+        raise ConfigError(
+            f"Redis URL {mask_url(url)}: ssl_check_hostname must be true or false, "
+            f"not {options['ssl_check_hostname']!r}"
+        )
+    for key in ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"):
+        if key in options and not options[key]:
+            raise ConfigError(f"Redis URL {mask_url(url)}: {key} is empty")
+    if ("ssl_keyfile" in options or "ssl_password" in options) and "ssl_certfile" not in options:
+        raise ConfigError(
+            f"Redis URL {mask_url(url)}: ssl_keyfile/ssl_password need ssl_certfile"
+        )
+    if cert_reqs == "none":
+        logger.warning(
+            "Redis URL %s: ssl_cert_reqs=none: the server's certificate is not verified "
+            "(anyone on the path can read and change the traffic)", mask_url(url)
+        )
+    return RedisTLSOptions(
+        ca_certs=options.get("ssl_ca_certs"),
+        ca_path=options.get("ssl_ca_path"),
+        certfile=options.get("ssl_certfile"),
+        keyfile=options.get("ssl_keyfile"),
+        password=options.get("ssl_password"),
+        cert_reqs=cert_reqs,
+        check_hostname=_BOOLS[check_text],
     )
 
 
