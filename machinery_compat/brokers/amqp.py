@@ -253,6 +253,15 @@ class AMQPBroker(Broker):
             else:  # not from this broker's consumer: publish the bytes again
                 self.publish_raw(d.queue, d.body)
 
+    def stop_consuming(self, *, idle: bool = True) -> None:
+        """The worker stopped fetching: cancel the consumers now and give back what was
+        prefetched but not handed out (deliveries the worker holds stay unacked until it
+        settles them; the connection stays for that)."""
+        with self._consumer_lock:
+            consumer = self._consumer
+        if consumer is not None:
+            consumer.pause()
+
     def drop(self, delivery: Delivery) -> None:
         """``IgnoreWhenTaskNotRegistered``: Go nacks without requeue."""
         self._get_consumer().settle(delivery, "drop")
@@ -547,6 +556,17 @@ class _Consumer:
             d = self._buffer.popleft()
             if d.extra.get("generation") == generation:
                 basic_nack(ch, d.extra["delivery_tag"], multiple=False, requeue=True)
+
+    def pause(self) -> None:
+        with self._io:
+            if self._conn is None or not self._consumers:
+                return
+            try:
+                self._pause()
+            except (*self._errors, *self._channel_errors) as e:
+                logger.warning("AMQP consumer: cancelling failed (%s); RabbitMQ redelivers "
+                               "what it held", e)
+                self._broken(e)
 
     def _heartbeat_loop(self) -> None:
         while not self._closed.wait(_TICK):

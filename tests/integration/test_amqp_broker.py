@@ -212,3 +212,25 @@ def test_publish_gives_up_after_its_budget() -> None:
     finally:
         b.close()
     assert 0.5 < time.monotonic() - start < 5
+
+
+def test_stop_consuming_gives_prefetched_messages_back_at_once(
+    broker: AMQPBroker, rabbitmq_server: RabbitMQServer, rabbitmq_vhost_url: str
+) -> None:
+    for i in range(5):
+        broker.publish(_sig(f"task_{i}"))
+    (held,) = broker.fetch(["q"], 1, 1.0)  # prefetch 3: two more wait in the consumer
+    broker.stop_consuming()
+    vhost = rabbitmq_vhost_url.rsplit("/", 1)[1]
+    (row,) = rabbitmq_server.queues(vhost, ("name", "messages_ready", "messages_unacknowledged",
+                                            "consumers"))
+    assert (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) == (4, 1, 0)
+    broker.ack(held)  # the worker may still settle what it holds
+    got: list[str] = []
+    while len(got) < 4:
+        batch = broker.fetch(["q"], 5, 2.0)
+        assert batch, got
+        got += _uuids(batch)
+        for d in batch:
+            broker.ack(d)
+    assert got == [f"task_{i}" for i in range(1, 5)]  # back in their places, in order
