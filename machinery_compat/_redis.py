@@ -41,6 +41,8 @@ import contextlib
 import os
 import ssl
 import threading
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +59,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 _pools: dict[tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
+#: one thread-local state per connection pool, shared by every FastPath on that pool (a
+#: broker and a backend on one server use one connection per thread, see FastPath.piggyback)
+_thread_states: weakref.WeakKeyDictionary[Any, threading.local] = weakref.WeakKeyDictionary()
 
 #: Machinery's default for ``redis.read_timeout``, ``write_timeout`` and ``connect_timeout``.
 DEFAULT_TIMEOUT = 15.0
@@ -279,6 +284,186 @@ end
 return #items
 """
 
+#: Crash-safe consumption: take up to ARGV[1] messages from the first non-empty queue of
+#: KEYS[1..n] into its processing list KEYS[n+i] (LPOP + RPUSH, atomically: a message is
+#: always in one of the two).  Returns {i, {messages…}} or nil when every queue is empty.
+TAKE = """
+local n = #KEYS / 2
+for i = 1, n do
+  local items = redis.call('LPOP', KEYS[i], tonumber(ARGV[1]))
+  if items then
+    redis.call('RPUSH', KEYS[n + i], unpack(items))
+    return {i, items}
+  end
+end
+return false
+"""
+
+#: Settle one message taken into a processing list: remove it (LREM, one copy) and, only if
+#: it was still there, push it to KEYS[2] with ARGV[2] (LPUSH or RPUSH).  Safe to run twice.
+#: A push that fails (wrong type) puts the message back into the processing list and fails.
+#: KEYS[1] = processing list, KEYS[2] = destination; ARGV[1] = body.  Returns 1 or 0.
+SETTLE = """
+local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if n > 0 then
+  local r = redis.pcall(ARGV[2], KEYS[2], ARGV[1])
+  if type(r) == 'table' and r.err then
+    redis.call('RPUSH', KEYS[1], ARGV[1])
+    return r
+  end
+end
+return n
+"""
+
+#: Re-queue the processing lists of dead workers (no heartbeat key), atomically, so that two
+#: workers never both recover one list.  Each message goes back to the HEAD of the queue it
+#: was taken from, in its original order, with the redeliveries header (a string, ARGV[5])
+#: incremented in its Headers object (the rest of the bytes unchanged; left as it is when the
+#: message is not a JSON object with a Headers object or null).  The worker is then removed
+#: from the registry.
+#: KEYS[1] = registry hash (worker id -> {"queues": [...], ...}); ARGV = key prefix, caller's
+#: id (never recovered), only this id ('' = any), '1' = even if its heartbeat is alive,
+#: header name.  Returns {id, queue, count, …} for every list that held messages.
+RECOVER = r"""
+local prefix, me, only, force, header = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local function ws(s, i)
+  return string.find(s, '[^ \t\r\n]', i) or (#s + 1)
+end
+local function str_end(s, i)
+  local j = i + 1
+  while true do
+    local c = string.find(s, '["\\]', j)
+    if not c then return nil end
+    if string.byte(s, c) == 92 then j = c + 2 else return c + 1 end
+  end
+end
+local function value_end(s, i)
+  local b = string.byte(s, i)
+  if b == 34 then return str_end(s, i) end
+  if b == 123 or b == 91 then
+    local depth, j = 0, i
+    while true do
+      local k = string.find(s, '[][{}"]', j)
+      if not k then return nil end
+      local c = string.byte(s, k)
+      if c == 34 then
+        j = str_end(s, k)
+        if not j then return nil end
+      else
+        if c == 123 or c == 91 then depth = depth + 1 else depth = depth - 1 end
+        j = k + 1
+        if depth == 0 then return j end
+      end
+    end
+  end
+  return string.find(s, '[,}%]]', i)
+end
+-- the members of the object at s[i] == '{': {{raw key, value start, value end}, …}
+local function members(s, i)
+  local out = {}
+  if string.byte(s, i) ~= 123 then return nil end
+  local j = ws(s, i + 1)
+  if string.byte(s, j) == 125 then return out end
+  while true do
+    if string.byte(s, j) ~= 34 then return nil end
+    local k = str_end(s, j)
+    if not k then return nil end
+    local key = string.sub(s, j + 1, k - 2)
+    j = ws(s, k)
+    if string.byte(s, j) ~= 58 then return nil end
+    local vs = ws(s, j + 1)
+    local ve = value_end(s, vs)
+    if not ve then return nil end
+    out[#out + 1] = {key, vs, ve}
+    j = ws(s, ve)
+    local c = string.byte(s, j)
+    if c == 125 then return out end
+    if c ~= 44 then return nil end
+    j = ws(s, j + 1)
+  end
+end
+local function last(list, key)
+  local found = nil
+  for _, m in ipairs(list) do
+    if m[1] == key then found = m end
+  end
+  return found
+end
+local function bump(m)
+  local ok, sig = pcall(cjson.decode, m)
+  if not ok or type(sig) ~= 'table' then return m end
+  local top = members(m, ws(m, 1))
+  if not top then return m end
+  local h = last(top, 'Headers')
+  if not h then return m end
+  local vs, ve = h[2], h[3]
+  local out
+  if string.sub(m, vs, vs + 3) == 'null' then
+    out = string.sub(m, 1, vs - 1) .. '{"' .. header .. '":"1"}' .. string.sub(m, vs + 4)
+  else
+    local inner = members(m, vs)
+    if not inner then return m end
+    local cur = last(inner, header)
+    if cur then
+      local text = string.sub(m, cur[2], cur[3] - 1)
+      local n = tonumber(string.match(text, '^%s*"?%s*(%d+)%s*"?%s*$') or '0') or 0
+      out = string.sub(m, 1, cur[2] - 1) .. '"' .. tostring(n + 1) .. '"' .. string.sub(m, cur[3])
+    else
+      local sep = ','
+      if #inner == 0 then sep = '' end
+      out = string.sub(m, 1, vs) .. '"' .. header .. '":"1"' .. sep .. string.sub(m, vs + 1)
+    end
+  end
+  local ok2, again = pcall(cjson.decode, out)
+  if not ok2 or type(again) ~= 'table' then return m end
+  return out
+end
+
+local out = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for e = 1, #entries, 2 do
+  local id, info = entries[e], entries[e + 1]
+  local hb = prefix .. 'heartbeat:' .. id
+  if id ~= me and (only == '' or only == id)
+      and (force == '1' or redis.call('EXISTS', hb) == 0) then
+    local ok, meta = pcall(cjson.decode, info)
+    local queues = {}
+    if ok and type(meta) == 'table' and type(meta['queues']) == 'table' then
+      queues = meta['queues']
+    end
+    local complete = true
+    for _, q in ipairs(queues) do
+      if type(q) == 'string' then
+        local pk = prefix .. 'processing:' .. id .. ':' .. q
+        local n = 0
+        while true do
+          local m = redis.call('LINDEX', pk, -1)
+          if not m then break end
+          local r = redis.pcall('LPUSH', q, bump(m))
+          if type(r) == 'table' and r.err then
+            complete = false
+            break
+          end
+          redis.call('RPOP', pk)
+          n = n + 1
+        end
+        if n > 0 then
+          out[#out + 1] = id
+          out[#out + 1] = q
+          out[#out + 1] = n
+        end
+      end
+    end
+    if complete then
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('DEL', hb)
+    end
+  end
+end
+return out
+"""
+
 #: redsync-compatible release: delete the lock only if it still holds our token.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -289,20 +474,41 @@ end
 """
 
 
+def _thread_state(pool: Any) -> threading.local:
+    """The thread-local state every FastPath on ``pool`` shares."""
+    with _lock:
+        state = _thread_states.get(pool)
+        if state is None:
+            state = _thread_states[pool] = threading.local()
+        return state
+
+
+class Piggyback:
+    """Commands to send with, and atomically after, the next write of one thread to one
+    server (see :meth:`FastPath.piggyback`).  ``replies`` is ``None`` until they ran."""
+
+    __slots__ = ("commands", "replies")
+
+    def __init__(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        self.commands = list(commands)
+        self.replies: list[Any] | None = None
+
+
 class FastPath:
     """Hot-path commands written straight onto a per-thread connection.
 
     redis-py's ``Redis``/``Pipeline`` objects cost more Python time per command than the
     round trip itself; producers and workers send a handful of fixed commands per task, so
     they pack them in one write and read the replies here.  Each thread keeps one connection
-    checked out of the shared pool; any error drops that connection (the next call takes a
-    fresh one) and is re-raised as redis-py raised it.  After a fork, the child never
-    touches the connection its parent held: it takes its own.
+    checked out of the shared pool (every FastPath on the same pool uses the same one, so a
+    broker and a backend on one server share it); any error drops that connection (the next
+    call takes a fresh one) and is re-raised as redis-py raised it.  After a fork, the child
+    never touches the connection its parent held: it takes its own.
     """
 
     def __init__(self, client: Any) -> None:
         self.pool = client.connection_pool
-        self._local = threading.local()
+        self._local = _thread_state(self.pool)
 
     def _conn(self) -> Any:
         held: _Held | None = getattr(self._local, "held", None)
@@ -323,7 +529,17 @@ class FastPath:
                 held.release()
 
     def execute(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send ``commands`` in one write; return their replies (an error reply raises)."""
+        """Send ``commands`` in one write; return their replies (an error reply raises).
+
+        Inside :meth:`piggyback` on this thread (and this pool), the piggybacked commands go
+        in the same write, after these, in one ``MULTI``/``EXEC``: all of them run, or none.
+        """
+        pb: Piggyback | None = getattr(self._local, "piggyback", None)
+        if pb is not None and pb.replies is None:
+            return self._execute_with(commands, pb)
+        return self._execute(commands)
+
+    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         conn = self._conn()
         try:
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -332,6 +548,41 @@ class FastPath:
             self._drop(conn)
             raise
         return replies
+
+    def _execute_with(self, commands: Sequence[tuple[Any, ...]], pb: Piggyback) -> list[Any]:
+        full = [("MULTI",), *commands, *pb.commands, ("EXEC",)]
+        conn = self._conn()
+        try:
+            conn.send_packed_command(conn.pack_commands(full), check_health=False)
+            # +OK, +QUEUED each (an error here, e.g. OOM, aborts the whole transaction)
+            for _ in range(len(full) - 1):
+                conn.read_response(disconnect_on_error=False)
+            results = conn.read_response(disconnect_on_error=False)
+        except BaseException:
+            self._drop(conn)
+            raise
+        if not isinstance(results, list):  # pragma: no cover - no WATCH, so never nil
+            raise require_redis().ResponseError(f"unexpected EXEC reply {results!r}")
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        pb.replies = results[len(commands):]
+        return results[:len(commands)]
+
+    @contextlib.contextmanager
+    def piggyback(self, *commands: tuple[Any, ...]) -> Iterator[Piggyback]:
+        """Within the block, the next :meth:`execute` this thread makes on this pool (through
+        any FastPath) also runs ``commands``, in the same round trip and the same
+        ``MULTI``/``EXEC`` as its own, after them.  A failed execute leaves them for the
+        next one (a retry).  After the block, ``replies`` tells whether they ran; blocking
+        calls and :meth:`evalsha` never take them."""
+        pb = Piggyback(commands)
+        previous = getattr(self._local, "piggyback", None)
+        self._local.piggyback = pb
+        try:
+            yield pb
+        finally:
+            self._local.piggyback = previous
 
     def call(self, *args: Any) -> Any:
         return self.execute(args)[0]
@@ -356,14 +607,22 @@ class FastPath:
             self._drop(conn)
             raise
 
-    def evalsha(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+    def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``EVALSHA`` of a registered redis-py Script, loading it once if Redis lost it."""
+        return self.evalsha_many(script, [(keys, args)])[0]
+
+    def evalsha_many(self, script: Any, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+                     ) -> list[Any]:
+        """Several ``EVALSHA`` of one script in one write; if Redis lost the script (a
+        restart), it is loaded and the whole batch sent again, so the script must be safe to
+        run twice with the same arguments."""
         r = require_redis()
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
         try:
-            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._execute(commands)
         except r.exceptions.NoScriptError:
-            script.sha = self.call("SCRIPT", "LOAD", script.script)
-            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            self._execute([("SCRIPT", "LOAD", script.script)])  # same SHA1: same commands
+            return self._execute(commands)
 
     def close(self) -> None:
         """Give this thread's connection back to the pool."""

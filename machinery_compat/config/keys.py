@@ -1,4 +1,5 @@
-"""The key table: one row per Go struct field, with its YAML keys and environment names."""
+"""The key table: one row per Go struct field, with its YAML keys and environment names
+(plus the Python-only ``redis.crash_safe`` and ``redis.heartbeat_ttl``)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,9 @@ _KEYS: Final[tuple[_Key, ...]] = (
         "str",
         "text",
     ),
+    # Python workers only (Go ignores both): crash-safe consumption
+    _Key("redis", "crash_safe", ("crash_safe",), ("REDIS_CRASH_SAFE",), "bool"),
+    _Key("redis", "heartbeat_ttl", ("heartbeat_ttl",), ("REDIS_HEARTBEAT_TTL",), "int"),
     _Key(
         "dynamodb",
         "task_states_table",

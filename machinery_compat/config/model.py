@@ -38,6 +38,8 @@ DEFAULT_REDIS_DELAYED_TASKS_KEY: Final = "delayed_tasks"
 #: Redis poll periods (ms) used when the configured value is <= 0.
 DEFAULT_REDIS_NORMAL_TASKS_POLL_PERIOD: Final = 1000
 DEFAULT_REDIS_DELAYED_TASKS_POLL_PERIOD: Final = 500
+#: Seconds a Python worker's heartbeat key lives (``redis.heartbeat_ttl``; crash-safe mode).
+DEFAULT_REDIS_HEARTBEAT_TTL: Final = 5
 #: Port assumed when a Redis URL names none (Go itself would fail to dial).
 DEFAULT_REDIS_PORT: Final = 6379
 #: Go's ``NewFromYaml`` reads at most this many bytes of the file.
@@ -142,6 +144,19 @@ class RedisConfig:
     #: ``sentinel_password`` / ``REDIS_SENTINEL_PASSWORD``; password of the Sentinels
     #: themselves (Go v2 only). Masked in ``repr()``.
     sentinel_password: str = ""
+    #: ``crash_safe`` / ``REDIS_CRASH_SAFE`` (Python workers only; Go ignores it): take each
+    #: message into a per-worker processing list and re-queue the lists of dead workers (see
+    #: :mod:`machinery_compat.brokers.redis`). Default ``True``; ``False``: LPOP/BLPOP as Go.
+    crash_safe: bool = True
+    #: ``heartbeat_ttl`` / ``REDIS_HEARTBEAT_TTL`` (Python workers only): seconds a worker's
+    #: heartbeat key lives; a worker silent that long is taken for dead and its messages are
+    #: re-queued. Default 5; <= 0 means 5.
+    heartbeat_ttl: int = DEFAULT_REDIS_HEARTBEAT_TTL
+
+    @property
+    def effective_heartbeat_ttl(self) -> int:
+        """``heartbeat_ttl`` in seconds, with the fallback (<= 0 means 5)."""
+        return self.heartbeat_ttl if self.heartbeat_ttl > 0 else DEFAULT_REDIS_HEARTBEAT_TTL
 
     @property
     def effective_delayed_tasks_key(self) -> str:

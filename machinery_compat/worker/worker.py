@@ -13,6 +13,18 @@ For every message (Machinery's ``worker.Process``):
   the results appended unless the task is Immutable; OnError callbacks get the error string
   prepended; a chord callback is sent once, by whichever worker finishes the group.
 
+Every message taken is settled exactly once, by one broker call, after everything it
+causes is written: ``ack`` once its final state is stored (with its callbacks, retry or
+chord sent, when it has any), ``requeue`` (handed back, or pushed back when the backend
+was unreachable before it started), ``dead_letter`` or ``drop``.  On Redis, by default, the
+message waits in this worker's processing list until then, so a worker killed at any
+moment loses nothing: another worker re-queues it once this one's heartbeat expires
+(at-least-once; see :mod:`machinery_compat.brokers.redis`).  Through an outage of the
+backend or the broker, final-state writes and these broker calls are retried with back-off
+(one message per worker thread at a time, so memory stays bounded) until they work or the
+worker is stopped; a message whose state could not be stored by then is pushed back, or
+left in the processing list, to run again.
+
 Shutdown: :meth:`Worker.stop` (or the first SIGINT/SIGTERM in :meth:`Worker.run`) stops
 fetching, pushes back messages taken but not started, and waits for running tasks; a
 second signal returns at once.
@@ -31,11 +43,12 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import ExceptionRecord
-from ..brokers.base import Delivery, rotate
+from ..brokers.base import REDELIVERIES_HEADER, Broker, Delivery, rotate
 from ..exceptions import (
     ArgTypeError,
     BrokerConnectionError,
@@ -80,10 +93,17 @@ DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 #: the most of a message body a log line shows
 _EXCERPT = 300
 _MAX_BROKER_BACKOFF = 5.0
+#: retries of a final-state write or a broker call through an outage: first delay, longest
+_FIRST_RETRY = 0.2
+_MAX_RETRY = 5.0
 
 
 class _NotStarted(Exception):
     """The task could not be marked RECEIVED/STARTED: it did not run."""
+
+
+class _NotStored(Exception):
+    """The worker stopped while the task's final state (or its retry) could not be stored."""
 
 
 def error_text(exc: BaseException) -> str:
@@ -111,7 +131,13 @@ class Worker:
         move_delayed: bool = True,
         prefetch: int = 0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        crash_safe: bool | None = None,
+        heartbeat_ttl: float | None = None,
     ) -> None:
+        """``crash_safe`` (default: ``redis.crash_safe`` of the config, true): on Redis, keep
+        every message taken in this worker's processing list until it is settled, so that a
+        crash loses nothing (``False``: LPOP/BLPOP, as Go); ``heartbeat_ttl``: seconds (default
+        ``redis.heartbeat_ttl``, 5) after which a silent worker's messages are re-queued."""
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
         self.queues = _queue_list(queue, queues, app.config.default_queue)
@@ -125,6 +151,11 @@ class Worker:
         )
         self.move_delayed = move_delayed
         self.prefetch = prefetch if prefetch > 0 else self.concurrency
+        self.crash_safe = crash_safe if crash_safe is not None else (
+            rcfg.crash_safe if rcfg is not None else True)
+        self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else float(
+            (rcfg or app.config.effective_redis).effective_heartbeat_ttl)
+        self._consumer: Broker | None = None
         self._work: queue_mod.Queue[Delivery | None] = queue_mod.Queue()
         self._slots = threading.Semaphore(self.prefetch)
         self._stopping = threading.Event()
@@ -145,16 +176,28 @@ class Worker:
         self._active = 0
         self.processed = 0
 
+    @property
+    def broker(self) -> Broker:
+        """What this worker fetches messages through: the app's broker's
+        :meth:`~machinery_compat.brokers.base.Broker.consumer` once started (on Redis in
+        crash-safe mode, with this worker's processing lists and heartbeat), else the app's
+        broker itself.  Messages are settled through the app's broker."""
+        return self._consumer if self._consumer is not None else self.app.broker
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> Worker:
         """Start consuming in background threads; returns immediately."""
         if self._threads:
             raise RuntimeError("worker already started")
-        broker = self.app.broker
         _ = self.app.backend
+        broker = self._consumer = self.app.broker.consumer(
+            self.queues, crash_safe=self.crash_safe, heartbeat_ttl=self.heartbeat_ttl)
+        wid = getattr(broker, "worker_id", None)
         logger.info(
-            "worker ready: queues=%s concurrency=%d broker=%s tasks=[%s]",
-            ",".join(self.queues), self.concurrency, type(broker).__name__, ", ".join(sorted(self.app.tasks)),
+            "worker ready: queues=%s concurrency=%d broker=%s%s tasks=[%s]",
+            ",".join(self.queues), self.concurrency, type(self.app.broker).__name__,
+            f" (crash-safe: processing lists of worker {wid}, heartbeat {self.heartbeat_ttl:g}s)"
+            if wid else "", ", ".join(sorted(self.app.tasks)),
         )
         if not self.app.tasks:
             logger.warning("this worker has no tasks registered: every message it takes goes "
@@ -194,6 +237,11 @@ class Worker:
             self._work.put(None)
         for t in self._threads:
             t.join(timeout)
+        idle = not any(t.is_alive() for t in self._threads)
+        try:
+            self.broker.stop_consuming(idle=idle)
+        except Exception:
+            logger.exception("stopping the consumer failed")
         self._stopped.set()
         logger.info("worker stopped after %d tasks", self.processed)
 
@@ -233,7 +281,7 @@ class Worker:
 
     # -- consuming ----------------------------------------------------------------------
     def _consume_loop(self) -> None:
-        broker = self.app.broker
+        broker = self.broker
         backoff = 0
         turn = 0
         while not self._stopping.is_set():
@@ -277,16 +325,52 @@ class Worker:
                 self._stopping.wait(self._unregistered_backoff)
 
     def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Push messages taken but not started back to the head of their queue (one try: the
+        worker is stopping)."""
         if not deliveries:
             return
         try:
             self.app.broker.requeue(deliveries, front=True)
+            for d in deliveries:
+                d.settled = True
             logger.info("pushed %d unstarted message(s) back to %s", len(deliveries),
                         ",".join(sorted({d.queue for d in deliveries})))
-        except Exception as e:  # the broker is gone: say exactly what is lost
+        except Exception as e:  # the broker is gone: say exactly what is left where
             for d in deliveries:
-                logger.error("could not push message back to %s (%s); raw=%s", d.queue, e,
-                             excerpt(d.body))
+                logger.error("could not push message back to %s (%s); %s; raw=%s", d.queue, e,
+                             self._left_where(), excerpt(d.body))
+
+    def _left_where(self) -> str:
+        if self.broker is not self.app.broker:
+            return ("it stays in this worker's processing list: any worker re-queues it once "
+                    "this one's heartbeat is gone")
+        return "it is lost unless the broker redelivers it"
+
+    def _settle(self, delivery: Delivery, action: Callable[[], object], what: str) -> bool:
+        """Run the broker call that settles ``delivery``, retrying with back-off while the
+        broker is unreachable, until it works (True) or the worker stops (False: the message
+        stays wherever the broker keeps it).  A worker that was never started (eager mode,
+        ``handle()`` called directly) tries once and lets the error through."""
+        attempt = 0
+        while True:
+            try:
+                action()
+            except BrokerConnectionError as e:
+                if not self._threads:
+                    raise
+                attempt += 1
+                if self._stopping.is_set():
+                    logger.error("could not %s (%s) before stopping; %s; raw=%s", what, e,
+                                 self._left_where(), excerpt(delivery.body))
+                    return False
+                delay = min(_FIRST_RETRY * 2 ** min(attempt - 1, 10), _MAX_RETRY)
+                if attempt <= 3 or attempt % 10 == 0:
+                    logger.warning("could not %s (%s); retrying in %gs (attempt %d)", what, e,
+                                   delay, attempt)
+                self._stopping.wait(delay)
+                continue
+            delivery.settled = True
+            return True
 
     def _run_pool(self) -> None:
         while True:
@@ -295,8 +379,14 @@ class Worker:
                 return
             try:
                 self.handle(d)
-            except Exception:
+            except Exception as e:
                 logger.exception("unexpected worker error; message raw=%s", excerpt(d.body))
+                if not d.settled:  # never leave it taken and unaccounted for
+                    try:
+                        self._dead_letter(d, f"unexpected worker error: {error_text(e)}")
+                    except Exception:
+                        logger.exception("could not dead-letter it either; %s",
+                                         self._left_where())
             finally:
                 self._slots.release()
 
@@ -320,8 +410,11 @@ class Worker:
 
         It ends in exactly one place, counted in :attr:`outcomes`: run (a state is written),
         ``handed_back`` (a task this worker lacks), ``dead_lettered`` (too large, undecodable,
-        no task name), ``dropped`` (``IgnoreWhenTaskNotRegistered``) or ``pushed_back`` (the
-        backend was unreachable before it started).
+        no task name), ``dropped`` (``IgnoreWhenTaskNotRegistered``), ``pushed_back`` (the
+        backend was unreachable before it started) or ``not_stored`` (it ran, but the worker
+        was stopped before its final state could be stored: pushed back, or left in the
+        processing list, to run again).  Each ends with exactly one broker call settling the
+        message (``ack``, ``requeue``, ``dead_letter`` or ``drop``).
         """
         broker = self.app.broker
         size = len(delivery.body)
@@ -342,29 +435,41 @@ class Worker:
             self._not_registered(delivery, sig)
             return
         self._unregistered_backoff = 0.0
+        if sig.headers and REDELIVERIES_HEADER in sig.headers:
+            logger.warning("Task %s[%s] redelivered (%s time(s)): a worker holding it died; "
+                           "it runs again", sig.name, sig.uuid, sig.headers[REDELIVERIES_HEADER])
         try:
-            self.process(sig, task)
+            self.process(sig, task, delivery=delivery)
         except _NotStarted as e:
             # the backend is unreachable before the task ran: give the message back untouched
             logger.error("Task %s[%s] not started: result backend error: %s; pushing the "
                          "message back to %s", sig.name, sig.uuid, e.__cause__, delivery.queue)
             self.outcomes["pushed_back"] += 1
-            self._give_back([delivery])
+            self._settle(delivery, lambda: broker.requeue([delivery], front=True),
+                         f"push task {sig.uuid} back to {delivery.queue}")
             self._stopping.wait(1.0)
             return
+        except _NotStored:
+            self.outcomes["not_stored"] += 1
+            if not delivery.settled:
+                self._give_back([delivery])
+            return
         self.outcomes["run"] += 1
-        broker.ack(delivery)
+        if not delivery.settled:
+            self._settle(delivery, lambda: broker.ack(delivery),
+                         f"acknowledge task {sig.uuid} from {delivery.queue}")
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        where = self.app.broker.dead_letter(delivery, reason)
         self.outcomes["dead_lettered"] += 1
-        logger.error("unusable message on %s moved to %s: %s; raw=%s", delivery.queue, where,
-                     reason, excerpt(delivery.body))
+        logger.error("unusable message on %s moved to %s.dead: %s; raw=%s", delivery.queue,
+                     delivery.queue, reason, excerpt(delivery.body))
+        self._settle(delivery, lambda: self.app.broker.dead_letter(delivery, reason),
+                     f"dead-letter a message from {delivery.queue}")
 
     def _not_registered(self, delivery: Delivery, sig: Signature) -> None:
         broker = self.app.broker
         if sig.ignore_when_task_not_registered:
-            broker.drop(delivery)
+            self._settle(delivery, lambda: broker.drop(delivery), f"drop task {sig.uuid}")
             self.outcomes["dropped"] += 1
             logger.warning("Task %s[%s] is not registered here and IgnoreWhenTaskNotRegistered "
                            "is set: dropped", sig.name, sig.uuid)
@@ -393,10 +498,14 @@ class Worker:
                 self._unregistered_backoff = park  # too many aside: slow the fetching instead
         # first sighting: straight back (Go pushes it back to the queue it came from), for
         # another worker that has the task
-        self._requeue_unregistered([delivery])
+        self._settle(delivery, lambda: self.app.broker.requeue([delivery]),
+                     f"hand task {sig.uuid} back to {delivery.queue}")
+        self.outcomes["handed_back"] += 1
 
     def _requeue_unregistered(self, deliveries: list[Delivery]) -> None:
         self.app.broker.requeue(deliveries)
+        for d in deliveries:
+            d.settled = True
         self.outcomes["handed_back"] += len(deliveries)
 
     def _release_parked(self, everything: bool = False) -> int:
@@ -423,8 +532,11 @@ class Worker:
                 return 0
         return len(due)
 
-    def process(self, sig: Signature, task: Task[Any, Any]) -> None:
-        """Run one task and record its outcome (Go's ``worker.Process``)."""
+    def process(self, sig: Signature, task: Task[Any, Any], *,
+                delivery: Delivery | None = None) -> None:
+        """Run one task and record its outcome (Go's ``worker.Process``).  With ``delivery``
+        (the message it came in), the broker may acknowledge it in the same write as the
+        final state when nothing else follows (no callbacks, no chord)."""
         backend = self.app.backend
         started = time.perf_counter()
         logger.info("Task %s[%s] received", sig.name, sig.uuid)
@@ -434,14 +546,16 @@ class Worker:
             expires = parse_expires(sig.headers)
             if expires is not None and datetime.now(UTC) > expires:
                 # Celery's expires: not run; FAILURE so that waiting callers learn it
-                backend.set_state_received(sig)
-                self._fail(sig, f"task expired at {expires.isoformat()}, not run", None, started)
+                self._received(sig)
+                self._fail(sig, f"task expired at {expires.isoformat()}, not run", None, started,
+                           delivery=delivery)
                 return
             try:
                 args = sig.python_args()
             except ArgTypeError as e:
-                backend.set_state_received(sig)
-                self._fail(sig, f"Reflect task args error: {e}", None, started)
+                self._received(sig)
+                self._fail(sig, f"Reflect task args error: {e}", None, started,
+                           delivery=delivery)
                 return
             try:
                 token = backend.mark_received_started(sig)
@@ -450,52 +564,78 @@ class Worker:
             try:
                 value = task.run(sig, args)
             except Retry as r:
-                self._retry_later(sig, r, token)
+                self._retry_later(sig, r, token, delivery)
                 return
             except BaseException as e:
                 # Like Go's recover() around a task: SystemExit (sys.exit()) and other
                 # BaseExceptions become the task's failure instead of killing this pool
                 # thread and leaving the task STARTED forever.
                 if sig.retry_count > 0 and task._should_autoretry(e):
-                    self._retry(sig, e, token)
+                    self._retry(sig, e, token, delivery)
                 else:
-                    self._fail(sig, error_text(e), token, started, e)
+                    self._fail(sig, error_text(e), token, started, e, delivery=delivery)
                 return
             try:
                 results = task_results(task, value)
             except EncodeError as e:
-                self._fail(sig, f"result cannot be written for Go readers: {e}", token, started)
+                self._fail(sig, f"result cannot be written for Go readers: {e}", token, started,
+                           delivery=delivery)
                 return
-            self._succeed(sig, results, token, started)
+            self._succeed(sig, results, token, started, delivery)
         finally:
             with self._lock:
                 self._active -= 1
                 self.processed += 1
 
     # -- outcomes -----------------------------------------------------------------------
+    def _received(self, sig: Signature) -> None:
+        """RECEIVED before a FAILURE written without running the task; an unreachable
+        backend means not started (the message goes back)."""
+        try:
+            self.app.backend.set_state_received(sig)
+        except Exception as e:
+            raise _NotStarted(str(e)) from e
+
+    def _acking(self, delivery: Delivery | None, last: bool) -> AbstractContextManager[Any]:
+        """Around the last write a message causes (``last``): let the broker acknowledge the
+        message in that same write (see ``Broker.acking_with_next_write``)."""
+        if delivery is None or not last:
+            return nullcontext()
+        return self.app.broker.acking_with_next_write(delivery)
+
     def _store(self, state: TaskState, token: Any) -> None:
-        """Write a final state, retrying through short backend outages (the task already ran)."""
+        """Write a final state, retrying through backend outages (the task already ran)."""
         self._persist(lambda: self.app.backend.set_final_state(state, token),
                       f"state {state.state} of task {state.task_uuid}", state.to_go_json)
 
     def _persist(self, action: Callable[[], object], what: str, payload: Callable[[], str]) -> None:
-        """Run ``action`` with short retries; if it keeps failing, log ``payload()`` so the data
-        is not lost silently."""
-        delays = (0.2, 1.0, 3.0)
-        for attempt in range(len(delays) + 1):
+        """Run ``action``, retrying with back-off (0.2 s doubling to 5 s) until it works or the
+        worker stops; then :class:`_NotStored` (after logging ``payload()``).  A worker never
+        started (eager mode, ``handle()`` called directly) gives up after 4 tries, logging."""
+        attempt = 0
+        while True:
             try:
                 action()
                 return
             except Exception as e:
-                if attempt == len(delays):
-                    logger.error("could not store %s after %d attempts: %s; it was %s", what,
-                                 attempt + 1, e, payload())
+                attempt += 1
+                if self._stopping.is_set() or (not self._threads and attempt > 3):
+                    logger.error("could not store %s after %d attempt(s): %s; it was %s", what,
+                                 attempt, e, payload())
+                    if self._threads:
+                        raise _NotStored(what) from e
                     return
-                logger.warning("storing %s failed (%s); retrying in %gs", what, e, delays[attempt])
-                time.sleep(delays[attempt])
+                delay = min(_FIRST_RETRY * 2 ** min(attempt - 1, 10), _MAX_RETRY)
+                if attempt <= 3 or attempt % 10 == 0:
+                    logger.warning("storing %s failed (%s); retrying in %gs (attempt %d)", what,
+                                   e, delay, attempt)
+                self._stopping.wait(delay)
 
-    def _succeed(self, sig: Signature, results: list[TaskResult], token: Any, started: float) -> None:
-        self._store(TaskState(sig.uuid, SUCCESS, results=results), token)
+    def _succeed(self, sig: Signature, results: list[TaskResult], token: Any, started: float,
+                 delivery: Delivery | None = None) -> None:
+        chord = bool(sig.group_uuid and sig.chord_callback is not None)
+        with self._acking(delivery, not sig.on_success and not chord):
+            self._store(TaskState(sig.uuid, SUCCESS, results=results), token)
         if logger.isEnabledFor(logging.INFO):
             shown = [r.value for r in results]
             logger.info("Task %s[%s] succeeded in %.4fs: %r", sig.name, sig.uuid,
@@ -510,19 +650,21 @@ class Worker:
             self._maybe_trigger_chord(sig)
 
     def _fail(self, sig: Signature, error: str, token: Any, started: float,
-              exc: BaseException | None = None) -> None:
+              exc: BaseException | None = None, *, delivery: Delivery | None = None) -> None:
         """FAILURE with ``error`` as the state's Error.  ``exc``: the task's own exception, logged
         with its traceback (Celery's ``raised unexpected`` line) and recorded beside the state
         (type, module, traceback: see :mod:`machinery_compat.backends.base`)."""
         state = TaskState(sig.uuid, FAILURE, error=error)
         if exc is None:
-            self._store(state, token)
+            with self._acking(delivery, not sig.on_error):
+                self._store(state, token)
             logger.error("Task %s[%s] failed in %.4fs: %s", sig.name, sig.uuid,
                          time.perf_counter() - started, error)
         else:
             record = ExceptionRecord.from_exception(exc, error)
-            self._persist(lambda: self.app.backend.set_final_state(state, token, record),
-                          f"state FAILURE of task {sig.uuid}", state.to_go_json)
+            with self._acking(delivery, not sig.on_error):
+                self._persist(lambda: self.app.backend.set_final_state(state, token, record),
+                              f"state FAILURE of task {sig.uuid}", state.to_go_json)
             try:
                 shown = repr(exc)
             except Exception:
@@ -534,7 +676,8 @@ class Worker:
             cb.args = [Arg("string", error)] + (cb.args or [])
             self._send_callback(cb, "OnError", sig)
 
-    def _retry(self, sig: Signature, exc: BaseException, token: Any) -> None:
+    def _retry(self, sig: Signature, exc: BaseException, token: Any,
+               delivery: Delivery | None = None) -> None:
         self._store(TaskState(sig.uuid, RETRY), token)
         again = _counted_retry(sig)
         again.retry_count -= 1
@@ -542,16 +685,18 @@ class Worker:
         again.eta = GoTime.now().add_seconds(again.retry_timeout)
         logger.warning("Task %s[%s] retry: Retry in %ds: %s (%d retries left)", sig.name,
                        sig.uuid, again.retry_timeout, error_text(exc), again.retry_count)
-        self._resend(again)
+        with self._acking(delivery, True):  # the retry and the ack: together or not at all
+            self._resend(again)
 
-    def _retry_later(self, sig: Signature, r: Retry, token: Any) -> None:
+    def _retry_later(self, sig: Signature, r: Retry, token: Any,
+                     delivery: Delivery | None = None) -> None:
         again = _counted_retry(sig)
         if r.consume:  # Celery's self.retry(): uses up one RetryCount
             left = sig.retry_count if r.max_retries is None else min(sig.retry_count, r.max_retries)
             if left <= 0:
                 text = error_text(r.exc) if r.exc is not None else (
                     r.message or f"Task {sig.name} retried too many times")
-                self._fail(sig, text, token, time.perf_counter(), r.exc)
+                self._fail(sig, text, token, time.perf_counter(), r.exc, delivery=delivery)
                 return
             again.retry_count = left - 1
             if r.countdown is None:
@@ -561,7 +706,8 @@ class Worker:
         self._store(TaskState(sig.uuid, RETRY), token)
         again.eta = GoTime.now().add_seconds(delay)
         logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, delay, r)
-        self._resend(again)
+        with self._acking(delivery, True):
+            self._resend(again)
 
     def _resend(self, sig: Signature) -> None:
         """Publish a retry; if the broker stays down, log the message so it is not lost silently."""
@@ -605,9 +751,11 @@ def excerpt(body: bytes) -> str:
 
 
 def _counted_retry(sig: Signature) -> Signature:
-    """A copy of ``sig`` to send as its retry, with the retries-done header incremented."""
+    """A copy of ``sig`` to send as its retry, with the retries-done header incremented (and
+    no redeliveries header: the retry is a new message)."""
     again = sig.copy()
-    again.headers = {**(again.headers or {}), RETRIES_HEADER: retries_done(sig, 0) + 1}
+    headers = {k: v for k, v in (again.headers or {}).items() if k != REDELIVERIES_HEADER}
+    again.headers = {**headers, RETRIES_HEADER: retries_done(sig, 0) + 1}
     return again
 
 
