@@ -244,14 +244,44 @@ class AMQPBroker(Broker):
         self._get_consumer().settle(delivery, "ack")
 
     def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
-        """Reject with requeue: RabbitMQ puts them back where they were (near the head, so
-        ``front`` is always true here) for any consumer, Go or Python."""
+        """Give messages back for any consumer, Go or Python.
+
+        ``front`` (a stopping worker's unstarted messages): ``basic.nack`` with requeue, which
+        puts each back in its own place, near the head.  Otherwise (an unregistered task) the
+        bytes and properties are published again at the tail of the queue (default exchange)
+        and the delivery acked, so the tasks queued behind it run first instead of the worker
+        meeting it again at once (Go nacks it to the head: a hot redelivery loop).  Bytes not
+        taken from this broker's consumer are published at the tail either way."""
         consumer = self._get_consumer()
         for d in deliveries:
-            if "delivery_tag" in d.extra:
+            tagged = "delivery_tag" in d.extra
+            if tagged and front:
                 consumer.settle(d, "requeue")
-            else:  # not from this broker's consumer: publish the bytes again
-                self.publish_raw(d.queue, d.body)
+                continue
+            self._republish(d)
+            if tagged:
+                consumer.settle(d, "ack")
+
+    def _republish(self, d: Delivery) -> None:
+        props = dict(d.extra.get("properties") or
+                     {"content_type": "application/json", "delivery_mode": 2})
+        queue = d.queue
+
+        def op(link: Link) -> None:
+            try:
+                link.publish(d.body, "", queue, props)
+            except UnroutableError:  # no such queue yet: declare it as a worker does
+                self._declare_exchange(link)
+                declare_queue(link.channel, queue, durable=True, auto_delete=False,
+                              arguments=self.declare_args)
+                bind_queue(link.channel, queue, self.cfg.exchange, self.cfg.binding_key,
+                           self.binding_args)
+                link.publish(d.body, "", queue, props)
+
+        try:
+            self._pool.run(op, budget=self.publish_budget, describe=f"requeue to {queue}")
+        except BrokerError as e:
+            raise PublishError(f"could not put a message back into {queue}: {e}") from e
 
     def stop_consuming(self, *, idle: bool = True) -> None:
         """The worker stopped fetching: cancel the consumers now and give back what was
@@ -401,7 +431,8 @@ class _Consumer:
             self._buffer.append(Delivery(
                 _body_bytes(msg.body), queue, msg.delivery_tag,
                 {"delivery_tag": msg.delivery_tag, "generation": generation,
-                 "redelivered": bool(msg.delivery_info.get("redelivered"))},
+                 "redelivered": bool(msg.delivery_info.get("redelivered")),
+                 "properties": dict(msg.properties)},
             ))
 
         ch.basic_consume(queue, consumer_tag=tag, no_local=False, no_ack=False, exclusive=False,

@@ -44,7 +44,7 @@ def test_requeued_delivery_goes_back_to_its_place(rabbitmq_vhost_url: str) -> No
         broker.publish(_sig(f"task_{i}"))
     first = broker.fetch(["q"], 1, 1.0)
     assert _uuids(first) == ["task_0"]
-    broker.requeue(first)
+    broker.requeue(first, front=True)  # a stopping worker's unstarted message
     again = broker.fetch(["q"], 1, 1.0)
     assert _uuids(again) == ["task_0"] and again[0].extra["redelivered"]
     for d in again:
@@ -54,6 +54,26 @@ def test_requeued_delivery_goes_back_to_its_place(rabbitmq_vhost_url: str) -> No
     rest += broker.fetch(["q"], 5, 1.0)
     assert _uuids(rest) == ["task_1", "task_2"]
     broker.close()
+
+
+def test_unregistered_requeue_goes_to_the_tail_with_its_properties(rabbitmq_vhost_url: str) -> None:
+    broker = AMQPBroker(rabbitmq_vhost_url, "q", amqp=AMQPConfig(binding_key="q", prefetch_count=1))
+    try:
+        sig = _sig("task_0")
+        sig.headers, sig.priority = {"h": "v"}, 3
+        broker.publish(sig)
+        broker.publish(_sig("task_1"))
+        first = broker.fetch(["q"], 1, 1.0)
+        broker.requeue(first)  # not registered here: behind the others, for another worker
+        second = broker.fetch(["q"], 1, 1.0)
+        assert _uuids(second) == ["task_1"]
+        broker.ack(second[0])
+        (again,) = broker.fetch(["q"], 1, 1.0)
+        assert again.body == first[0].body and not again.extra["redelivered"]
+        assert again.extra["properties"] == {"content_type": "application/json", "delivery_mode": 2,
+                                             "priority": 3, "application_headers": {"h": "v"}}
+    finally:
+        broker.close()
 
 
 def test_undecodable_message_goes_to_dot_dead_and_is_acked(
