@@ -2,9 +2,9 @@
 broker and backend and a few registered tasks, fed one message at a time through
 ``Worker.handle`` (the path every fetched message takes).
 
-For each message it records whether an exception escaped ``handle`` (a crash: in a running
-worker that is the "unexpected worker error" log line and a message in no outcome), how long
-it took, and every log line's length.  The stores are emptied every few thousand messages
+For each message it records whether an exception escaped ``handle`` (in a running worker:
+an "unexpected worker error" traceback, the message dead-lettered by the pool's safety net
+without a state), how long it took, and every log line's length.  The stores are emptied every few thousand messages
 (what the worker wrote there is not the worker's memory); the worker itself lives for the
 whole run, so anything it keeps per message shows up in :meth:`Rig.rss`.
 """

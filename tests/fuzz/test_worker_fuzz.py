@@ -1,12 +1,12 @@
 """Fuzzing the real worker path: 10^5 generated bad messages, plus hypothesis-built ones,
 through ``Worker.handle`` (tests/fuzz/rig.py, corpora in tests/fuzz/corpus.py).
 
-Checked for every message: nothing escapes ``handle`` (in a running worker that is the
-"unexpected worker error" line and a message in none of the destinations), it takes less
+Checked for every message: nothing escapes ``handle`` (in a running worker that is an
+"unexpected worker error" traceback and a dead letter without a state), it takes less
 than :data:`~tests.fuzz.rig.PER_MESSAGE_LIMIT`, it ends in exactly one destination
-(``Worker.outcomes``: run, handed_back, dead_lettered, dropped, pushed_back) and, for
-dead letters and hand-backs, really is in that queue; log lines stay short; after the run the
-worker holds no more than :data:`RSS_GROWTH_LIMIT` of extra memory.
+(``Worker.outcomes``: run, handed_back, dead_lettered, dropped, pushed_back, not_stored)
+and, for dead letters and hand-backs, really is in that queue; log lines stay short; after
+the run the worker holds no more than :data:`RSS_GROWTH_LIMIT` of extra memory.
 
 Sizes (environment):
 
@@ -65,14 +65,16 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "deep-arg-value",
         "an Arg Value nested ~900 levels still decodes, then formatting it for the "
         "'Reflect task args error' (gojson.go_format) or converting it raises RecursionError "
-        "out of Worker.handle: the message reaches no destination",
+        "out of Worker.handle; a running worker's pool then dead-letters it with an "
+        "'unexpected worker error' traceback, instead of a FAILURE state",
         lambda cat, text: cat == "escaped" and "RecursionError" in text,
     ),
     KnownBug(
         "retry-eta-overflow",
-        "a failing task with RetryCount > 0 and RetryTimeout ~2^62 s: the retry's ETA is past "
-        "year 9999, encoding it raises OverflowError (after the 0.2+1+3 s store retries) out "
-        "of Worker.handle; the state stays RETRY and no retry is sent",
+        "a failing task with RetryCount > 0 and a RetryTimeout that puts the retry's ETA past "
+        "year 9999 (2^40 s is enough): encoding the ETA raises OverflowError out of "
+        "Worker.handle after ~1.4 s of retries; the state stays RETRY, no retry is sent, and "
+        "a running worker's pool dead-letters the message ('unexpected worker error')",
         lambda cat, text: cat in ("escaped", "slow") and (
             "OverflowError" in text or '"RetryTimeout"' in text),
     ),
@@ -182,11 +184,13 @@ def test_generated_corpus_through_the_worker(
     assert not unexplained, "\n".join(unexplained[:20])
     assert rig.fed >= MESSAGES
     outcomes = rig.worker.outcomes
-    assert set(outcomes) <= {"run", "handed_back", "dead_lettered", "dropped", "pushed_back"}
+    assert set(outcomes) <= {"run", "handed_back", "dead_lettered", "dropped", "pushed_back",
+                             "not_stored"}
     # every message ends in exactly one place (the known-bug escapes in none)
     assert rig.accounted() == rig.fed - len(rig.escaped)
     assert destinations.dead == outcomes["dead_lettered"]
-    assert destinations.back == outcomes["handed_back"] + outcomes["pushed_back"]
+    assert destinations.back == (outcomes["handed_back"] + outcomes["pushed_back"]
+                                 + outcomes["not_stored"])
     assert after - before < RSS_GROWTH_LIMIT, f"worker kept {(after - before) >> 20} MiB"
     assert peak_growth < PEAK_GROWTH_LIMIT
 
