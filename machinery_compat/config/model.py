@@ -274,7 +274,9 @@ class Config:
     mongodb: MongoDBConfig | None = None
     #: Code only.
     gcppubsub: GCPPubSubConfig | None = field(default_factory=GCPPubSubConfig)
-    #: Code only (Go ``TLSConfig``): TLS settings for Redis and AMQP connections.
+    #: Code only (Go ``TLSConfig``): the :class:`ssl.SSLContext` of ``amqps://`` connections
+    #: (``None``: the system's default context). Not used for Redis yet: ``rediss://`` URLs
+    #: take ``ssl_*`` query options (see :mod:`machinery_compat.config.redis_url`).
     tls_config: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     # -- derived values ------------------------------------------------------------------------
