@@ -7,6 +7,7 @@
 #   make typecheck   mypy --strict machinery_compat
 #   make interop     bootstrap + pytest interop/tests -m interop
 #   make bench       bootstrap + python -m bench.redis_bench
+#   make soak        bootstrap + python -m bench.soak (kill -9 loop and Redis restarts, ~3 min)
 #   make demo        bootstrap + python examples/demo.py
 #   make golden      interop/golden.sh (regenerate golden wire fixtures)
 
@@ -22,7 +23,7 @@ export PYTHON
 
 .DEFAULT_GOAL := help
 .NOTPARALLEL:
-.PHONY: help bootstrap test pytest unit lint typecheck interop bench demo golden clean
+.PHONY: help bootstrap test pytest unit lint typecheck interop bench soak demo golden clean
 
 help:
 	@sed -n 's/^#   /  /p' $(firstword $(MAKEFILE_LIST))
@@ -68,6 +69,9 @@ interop: bootstrap
 
 bench: bootstrap
 	$(PYTHON) -m bench.redis_bench
+
+soak: bootstrap
+	$(PYTHON) -m bench.soak
 
 demo: bootstrap
 	$(PYTHON) examples/demo.py

@@ -181,7 +181,8 @@ class GoWorker:
 
 class Producer:
     """Sends ``n`` tasks from a thread, spread over ``seconds``: ``work(i, ms)`` with ``ms``
-    random in ``ms_range``, or ``add(i, 1)`` (``task="add"``, what Go's worker has too)."""
+    random in ``ms_range``, ``sleep(ms)`` or ``add(i, 1)`` (both of which Go's worker has
+    too)."""
 
     def __init__(self, url: str, n: int, *, seconds: float = 0.0, task: str = "work",
                  ms_range: tuple[int, int] = (5, 40), seed: int = 0, queue: str = QUEUE) -> None:
@@ -204,7 +205,8 @@ class Producer:
         began = time.monotonic()
         try:
             for i in range(self.n):
-                args = [i, self.rng.randint(*self.ms_range)] if self.task == "work" else [i, 1]
+                ms = self.rng.randint(*self.ms_range)
+                args = {"work": [i, ms], "sleep": [ms]}.get(self.task, [i, 1])
                 while True:
                     try:
                         self.uuids.append(self.app.send_task(self.task, args=args).id)

@@ -5,7 +5,7 @@ Environment: ``MC_CRASH_URL`` (Redis URL of broker and backend), ``MC_CRASH_QUEU
 ``crash_tasks``), ``MC_CRASH_TTL`` (heartbeat TTL in seconds, default 1),
 ``MC_CRASH_CRASH_SAFE`` (``0`` turns crash-safe consumption off).
 
-Every ``work`` task appends its UUID to the Redis list ``crash:started`` when it starts and to
+Every ``work`` and ``sleep`` task appends its UUID to the Redis list ``crash:started`` when it starts and to
 ``crash:runs`` just before it returns (``add`` only to ``crash:runs``), so a test counts how
 many times each task started and ran to the end (retrying through a Redis outage: a run is
 never left unrecorded because Redis was down).
@@ -52,6 +52,16 @@ def work(self: Any, n: int, ms: int) -> int:
     time.sleep(ms / 1000)
     _record(self.request.id)
     return n
+
+
+@app.task(name="sleep", bind=True)
+def sleep(self: Any, ms: int) -> int:
+    """Go's ``sleep`` (interop/bin/mcworker): sleep ``ms`` milliseconds, return ``ms``;
+    recorded like ``work``."""
+    _record(self.request.id, STARTED_KEY)
+    time.sleep(ms / 1000)
+    _record(self.request.id)
+    return ms
 
 
 @app.task(name="add", bind=True)
