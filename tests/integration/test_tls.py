@@ -11,6 +11,7 @@ errors.  URL option parsing is checked without a server at the top.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from collections.abc import Iterator
@@ -223,7 +224,9 @@ def test_missing_client_certificate_fails_clearly(
         app.send_task("add", args=[1])
     assert time.monotonic() - started < 5
     text = f"{info.value} {info.value!r} {info.value.__cause__!r}"
-    assert "CERTIFICATE_REQUIRED" in text  # the server's TLS alert, passed on
+    # the server's TLS 1.3 alert, passed on; or, when the server closes before the client's
+    # first write has read the alert, OpenSSL's EOF
+    assert re.search(r"CERTIFICATE_REQUIRED|EOF occurred in violation of protocol", text), text
     assert SECRET not in text
     assert not any(SECRET in r.getMessage() for r in caplog.records)
 
