@@ -98,6 +98,22 @@ _FIRST_RETRY = 0.2
 _MAX_RETRY = 5.0
 
 
+#: Where a message a worker took can end: the keys of :attr:`Worker.outcomes`.  Each is
+#: reached with exactly one broker call settling the message.
+OUTCOMES: dict[str, str] = {
+    "run": "a state was written (the task ran, failed, retried, expired or had bad "
+           "arguments); acknowledged",
+    "handed_back": "a task this worker does not have: back to its queue for another worker",
+    "dead_lettered": "too large, undecodable, no task name, or an unexpected worker error: "
+                     "kept in <queue>.dead",
+    "dropped": "not registered here and IgnoreWhenTaskNotRegistered: discarded",
+    "pushed_back": "the backend was unreachable before it started: back to the head of its "
+                   "queue, untouched",
+    "not_stored": "it ran, but the worker was stopped before its final state could be "
+                  "stored: pushed back (or left in the processing list) to run again",
+}
+
+
 class _NotStarted(Exception):
     """The task could not be marked RECEIVED/STARTED: it did not run."""
 
@@ -437,7 +453,8 @@ class Worker:
         self._unregistered_backoff = 0.0
         if sig.headers and REDELIVERIES_HEADER in sig.headers:
             logger.warning("Task %s[%s] redelivered (%s time(s)): a worker holding it died; "
-                           "it runs again", sig.name, sig.uuid, sig.headers[REDELIVERIES_HEADER])
+                           "it runs again", sig.name, sig.uuid,
+                           str(sig.headers[REDELIVERIES_HEADER])[:20])
         try:
             self.process(sig, task, delivery=delivery)
         except _NotStarted as e:
