@@ -51,13 +51,14 @@ class WorkerArgs:
     hostname: str | None = None
     logfile: str | None = None
     pool: str = "threads"
+    max_message_size: int | None = None  # None: the worker's default
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> WorkerArgs:
         return cls(app=ns.app, concurrency=ns.concurrency,
                    queues=tuple(q for group in ns.queues or () for q in group),
                    config=ns.config, loglevel=ns.loglevel, hostname=ns.hostname,
-                   logfile=ns.logfile, pool=ns.pool)
+                   logfile=ns.logfile, pool=ns.pool, max_message_size=ns.max_message_size)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -67,6 +68,19 @@ def _queue_names(value: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"empty queue name in {value!r}")
     return names
+
+
+def _size(value: str) -> int:
+    """A byte count: ``4194304``, ``512k``, ``4M`` (powers of 1024)."""
+    text = value.strip().lower().removesuffix("b")
+    scale = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}.get(text[-1:], 1)
+    try:
+        n = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 4M, 512k)") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value!r}")
+    return n
 
 
 def _concurrency(value: str) -> int:
@@ -109,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-P", "--pool", default="threads", type=str.lower, choices=POOLS,
                    help="threads (default): -c tasks at once in threads; solo: one task at a "
                         "time; processes: not implemented yet")
+    w.add_argument("--max-message-size", type=_size, default=None, metavar="BYTES",
+                   help="dead-letter larger messages without parsing them (e.g. 4M, 512k; "
+                        "default 4M)")
     return p
 
 
@@ -203,6 +220,8 @@ def run_worker(args: WorkerArgs) -> int:
     options: dict[str, Any] = {}
     if hostname is not None and _worker_takes_hostname():
         options["hostname"] = hostname
+    if args.max_message_size is not None:
+        options["max_message_size"] = args.max_message_size
     try:
         worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **options)
     except ValueError as e:  # e.g. an empty queue name in the config's default_queue

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,21 +57,25 @@ class RedisBackend(Backend):
     schemes = ("redis", "rediss", "redis+socket")
 
     def __init__(self, url: str, results_expire_in: int = 0, *, client: Any = None,
-                 timeouts: Timeouts | None = None) -> None:
-        """``timeouts``: of the connections (default: Machinery's, 15 s each); ignored when
-        a ``client`` is given."""
+                 timeouts: Timeouts | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``timeouts``: of the connections (default: Machinery's, 15 s each); ``ssl_context``:
+        of ``rediss://`` connections (Go's ``TLSConfig``); both ignored when a ``client`` is
+        given."""
         super().__init__(results_expire_in)
         self.url = url
-        self.client = client if client is not None else client_for(url, timeouts)
+        self.client = client if client is not None else client_for(url, timeouts,
+                                                                    ssl_context=ssl_context)
         self.fast = FastPath(self.client)
         self._merge = self.client.register_script(MERGE_SET)
         self._unlock = self.client.register_script(UNLOCK)
 
     @classmethod
     def from_config(cls, config: Config) -> RedisBackend:
-        """The backend for ``config.result_backend``, with ``config.redis``'s timeouts."""
+        """The backend for ``config.result_backend``, with ``config.redis``'s timeouts and
+        ``config.tls_config``."""
         return cls(config.result_backend, config.results_expire_in,
-                   timeouts=Timeouts.from_config(config))
+                   timeouts=Timeouts.from_config(config), ssl_context=config.tls_config)
 
     # -- writes -------------------------------------------------------------------------
     def pending_command(self, sig: Signature) -> tuple[Any, ...]:

@@ -118,7 +118,8 @@ The forms Go Machinery's URL factories (``v1/factories.go``) accept, with the sa
 * ``redis://[password@]host[:port][/db]`` -- a lone userinfo is the **password** (redis-py
   would take it as a user name); ``redis://user:password@host``, ``redis://:password@host``,
   ``redis://user:@host`` (empty password) also work. Parsed like Go's ``net/url``:
-  percent-decoded, query string ignored, ``db`` is the first path segment.
+  percent-decoded, ``db`` is the first path segment; the query string is ignored except for
+  the ``ssl_*`` TLS options of ``rediss://`` URLs (:data:`TLS_QUERY_OPTIONS`).
 * ``redis://[[user:]password@]host1:port1,host2:port2[/db]`` -- several addresses (cluster or
   Sentinel, see ``master_name``/``cluster_enabled``): credentials come from the first address
   (everything before its last ``@``), the db from a ``/N`` suffix of the last one; nothing is
@@ -167,10 +168,15 @@ from .model import (
     RedisConfig,
     SQSConfig,
 )
-from .redis_url import RedisURL, parse_redis_lock_url, parse_redis_url
+from .redis_url import (
+    TLS_QUERY_OPTIONS,
+    RedisTLSOptions,
+    RedisURL,
+    parse_redis_lock_url,
+    parse_redis_url,
+)
 
 __all__ = [
-
     "DEFAULT_AMQP_BINDING_KEY",
     "DEFAULT_AMQP_EXCHANGE",
     "DEFAULT_AMQP_EXCHANGE_TYPE",
@@ -188,12 +194,14 @@ __all__ = [
     "DEFAULT_RESULT_BACKEND",
     "GO_YAML_READ_LIMIT",
     "MASK",
+    "TLS_QUERY_OPTIONS",
     "AMQPConfig",
     "Config",
     "DynamoDBConfig",
     "GCPPubSubConfig",
     "MongoDBConfig",
     "RedisConfig",
+    "RedisTLSOptions",
     "RedisURL",
     "SQSConfig",
     "mask_url",

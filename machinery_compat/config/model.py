@@ -274,9 +274,9 @@ class Config:
     mongodb: MongoDBConfig | None = None
     #: Code only.
     gcppubsub: GCPPubSubConfig | None = field(default_factory=GCPPubSubConfig)
-    #: Code only (Go ``TLSConfig``): the :class:`ssl.SSLContext` of ``amqps://`` connections
-    #: (``None``: the system's default context). Not used for Redis yet: ``rediss://`` URLs
-    #: take ``ssl_*`` query options (see :mod:`machinery_compat.config.redis_url`).
+    #: Code only (Go ``TLSConfig``): the :class:`ssl.SSLContext` of ``amqps://`` and
+    #: ``rediss://`` connections (``None``: the system's default context; ``rediss://`` URLs may
+    #: instead carry ``ssl_*`` query options, see :mod:`machinery_compat.config.redis_url`).
     tls_config: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     # -- derived values ------------------------------------------------------------------------

@@ -158,6 +158,13 @@ def test_loglevel_pool_any_case_and_defaults() -> None:
     assert _worker_args("-P", "SOLO", "-n", "w1", "--logfile", "x.log").pool == "solo"
 
 
+def test_max_message_size_takes_sizes() -> None:
+    assert _worker_args().max_message_size is None
+    assert _worker_args("--max-message-size", "4M").max_message_size == 4 * 1024 * 1024
+    assert _worker_args("--max-message-size", "512k").max_message_size == 512 * 1024
+    assert _worker_args("--max-message-size", "1000").max_message_size == 1000
+
+
 def test_hostname_placeholders() -> None:
     host = socket.gethostname()
     assert expand_hostname("w1@%h") == f"w1@{host}"
@@ -186,6 +193,8 @@ def test_version() -> None:
         (["-A", APP, "-P", "solo", "-c", "4"], "-P solo runs one task at a time; drop -c 4"),
         (["-A", APP, "-c", "-1"], "must be 0 (the default) or more, not -1"),
         (["-A", APP, "-l", "loud"], "invalid choice: 'loud'"),
+        (["-A", APP, "--max-message-size", "lots"], "not a size: 'lots' (e.g. 4M, 512k)"),
+        (["-A", APP, "--max-message-size", "0"], "must be more than 0, not '0'"),
         (["-A", "tests.integration.apps.cli_app:nope"],
          "module 'tests.integration.apps.cli_app' has no attribute 'nope'"),
         (["-A", "os:sep"], "'os:sep' is not a machinery_compat.Machinery app"),
