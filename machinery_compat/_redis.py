@@ -38,6 +38,7 @@ fork, Celery's prefork pool).  In the child:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import ssl
 import threading
@@ -56,6 +57,10 @@ try:
     import redis
 except ImportError:  # pragma: no cover - exercised only without the extra
     redis = None  # type: ignore[assignment]
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - redis-py's own packer is used then
+    hiredis = None  # type: ignore[assignment]
 
 _pools: dict[tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
@@ -283,6 +288,22 @@ for _, m in ipairs(items) do
 end
 return #items
 """
+
+#: Run several plain commands atomically, in one call: ARGV holds, for each, its number of
+#: words then the words (``n, cmd, arg, …`` repeated).  Returns their replies.  An error
+#: reply stops it there (a script does not roll back; FastPath.piggyback puts the command
+#: that may fail, the final state's SET, first: if it fails, nothing after it runs).
+EXEC_ALL = """
+local out = {}
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return out
+"""
+EXEC_ALL_SHA = hashlib.sha1(EXEC_ALL.encode()).hexdigest()
 
 #: Crash-safe consumption: take up to ARGV[1] messages from the first non-empty queue of
 #: KEYS[1..n] into its processing list KEYS[n+i] (LPOP + RPUSH, atomically: a message is
@@ -532,17 +553,25 @@ class FastPath:
         """Send ``commands`` in one write; return their replies (an error reply raises).
 
         Inside :meth:`piggyback` on this thread (and this pool), the piggybacked commands go
-        in the same write, after these, in one ``MULTI``/``EXEC``: all of them run, or none.
+        in the same call, after these, atomically (see :data:`EXEC_ALL`).
         """
         pb: Piggyback | None = getattr(self._local, "piggyback", None)
         if pb is not None and pb.replies is None:
             return self._execute_with(commands, pb)
         return self._execute(commands)
 
+    @staticmethod
+    def _pack(conn: Any, commands: Sequence[tuple[Any, ...]]) -> Any:
+        """The commands in Redis's protocol: hiredis's packer straight away when it is
+        installed (what redis-py uses too, minus its per-command Python overhead)."""
+        if hiredis is not None:
+            return [b"".join([hiredis.pack_command(c) for c in commands])]
+        return conn.pack_commands(commands)
+
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         conn = self._conn()
         try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            conn.send_packed_command(self._pack(conn, commands), check_health=False)
             replies = [conn.read_response(disconnect_on_error=False) for _ in commands]
         except BaseException:
             self._drop(conn)
@@ -550,30 +579,26 @@ class FastPath:
         return replies
 
     def _execute_with(self, commands: Sequence[tuple[Any, ...]], pb: Piggyback) -> list[Any]:
-        full = [("MULTI",), *commands, *pb.commands, ("EXEC",)]
-        conn = self._conn()
+        """``commands`` then the piggybacked ones in one EXEC_ALL script call: one command,
+        one reply, atomic (an OOM on the first write stops it before anything else ran)."""
+        words: list[Any] = []
+        for c in (*commands, *pb.commands):
+            words.append(len(c))
+            words.extend(c)
+        call = ("EVALSHA", EXEC_ALL_SHA, 0, *words)
         try:
-            conn.send_packed_command(conn.pack_commands(full), check_health=False)
-            # +OK, +QUEUED each (an error here, e.g. OOM, aborts the whole transaction)
-            for _ in range(len(full) - 1):
-                conn.read_response(disconnect_on_error=False)
-            results = conn.read_response(disconnect_on_error=False)
-        except BaseException:
-            self._drop(conn)
-            raise
-        if not isinstance(results, list):  # pragma: no cover - no WATCH, so never nil
-            raise require_redis().ResponseError(f"unexpected EXEC reply {results!r}")
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
+            results = self._execute([call])[0]
+        except require_redis().exceptions.NoScriptError:  # Redis restarted: nothing ran
+            self._execute([("SCRIPT", "LOAD", EXEC_ALL)])
+            results = self._execute([call])[0]
         pb.replies = results[len(commands):]
-        return results[:len(commands)]
+        return list(results[:len(commands)])
 
     @contextlib.contextmanager
     def piggyback(self, *commands: tuple[Any, ...]) -> Iterator[Piggyback]:
         """Within the block, the next :meth:`execute` this thread makes on this pool (through
-        any FastPath) also runs ``commands``, in the same round trip and the same
-        ``MULTI``/``EXEC`` as its own, after them.  A failed execute leaves them for the
+        any FastPath) also runs ``commands``, after its own, all in one atomic call of the
+        :data:`EXEC_ALL` script (one command, one reply; plain commands only, no scripts).  A failed execute leaves them for the
         next one (a retry).  After the block, ``replies`` tells whether they ran; blocking
         calls and :meth:`evalsha` never take them."""
         pb = Piggyback(commands)
@@ -592,7 +617,7 @@ class FastPath:
         read waits ``wait`` + the socket timeout instead of timing out spuriously."""
         conn = self._conn()
         try:
-            conn.send_packed_command(conn.pack_commands([args]), check_health=False)
+            conn.send_packed_command(self._pack(conn, [args]), check_health=False)
             normal = conn.socket_timeout
             sock = conn._sock
             if normal is None or sock is None:

@@ -26,9 +26,10 @@ prefix ``machinery_compat:`` in the broker's database (Go never reads or writes 
 
 * ``machinery_compat:processing:<worker id>:<queue>`` -- list: the messages the worker took
   from ``<queue>`` and has not settled yet (exact bytes, oldest first).  Taken with a Lua
-  script (``LPOP`` count + ``RPUSH``, up to the prefetch from the first non-empty queue) or,
-  when every queue is empty, ``BLMOVE <queue> <processing> LEFT RIGHT`` (on one of the
-  worker's queues at a time, 0.1 s each in turn when it consumes several);
+  script (``LPOP`` count + ``RPUSH``, up to the prefetch from the first non-empty queue; one
+  message from one queue: ``LMOVE``) or, when every queue is empty,
+  ``BLMOVE <queue> <processing> LEFT RIGHT`` (on one of the worker's queues at a time,
+  0.1 s each in turn when it consumes several);
 * ``machinery_compat:heartbeat:<worker id>`` -- string with a TTL (``redis.heartbeat_ttl``,
   default 5 s), refreshed every fifth of it by a thread of its own (never by a task: a slow
   task does not stop it);
@@ -207,9 +208,10 @@ class RedisBroker(Broker):
         self.ack(delivery)
 
     def acking_with_next_write(self, delivery: Delivery) -> contextlib.AbstractContextManager[Any]:
-        """For a message a :class:`RedisConsumer` took: the ``LREM`` goes in the same
-        ``MULTI``/``EXEC`` as the thread's next write on this server (the final state, when
-        the backend shares it): one round trip, both or neither."""
+        """For a message a :class:`RedisConsumer` took: the ``LREM`` goes in the same atomic
+        call (a Lua script) as the thread's next write on this server (the final state, when
+        the backend shares it): one round trip, one reply, and the ``LREM`` runs only if the
+        write did."""
         consumer = delivery.tag
         if isinstance(consumer, RedisConsumer) and not delivery.settled:
             return consumer.removing_with_next_write(delivery)
@@ -434,7 +436,8 @@ class RedisConsumer(RedisBroker):
     # -- fetching -----------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         """Take up to ``max_messages`` from the first non-empty queue into this worker's
-        processing list (one Lua call), else wait on one ``BLMOVE``."""
+        processing list (one Lua call; one message from one queue: ``LMOVE``), else wait on
+        one ``BLMOVE``."""
         keys = [self._key(q) for q in queues]
         try:
             if not self._registered:
@@ -442,10 +445,15 @@ class RedisConsumer(RedisBroker):
             if self._needs_repair:
                 self._repair()
             n = min(max(max_messages, 1), MAX_TAKE)
-            got = self.fast.evalsha(self._take, [*queues, *keys], [n])
-            if got:
-                i = int(got[0]) - 1
-                return self._taken(queues[i], keys[i], got[1])
+            if n == 1 and len(queues) == 1:  # the common case: a native LMOVE, no script
+                one = self.fast.call("LMOVE", queues[0], keys[0], "LEFT", "RIGHT")
+                if one is not None:
+                    return self._taken(queues[0], keys[0], [one])
+            else:
+                got = self.fast.evalsha(self._take, [*queues, *keys], [n])
+                if got:
+                    i = int(got[0]) - 1
+                    return self._taken(queues[i], keys[i], got[1])
             if len(queues) == 1:
                 wait = max(timeout, 0.01)
             else:
