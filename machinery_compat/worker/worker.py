@@ -33,6 +33,7 @@ second signal returns at once.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import heapq
 import itertools
 import logging
@@ -86,12 +87,18 @@ _MIN_PARK = 0.05
 _MAX_PARK = 2.0
 #: at most this many messages aside; past it the fetching slows down instead
 _MAX_PARKED = 1000
+_MAX_PARKED_BYTES = 16 * 1024 * 1024
+#: task names and ids this worker remembers (warned-about names, park delays), at most, and
+#: how much of each it keeps (a longer one is remembered by its hash)
+_MEMO_ENTRIES = 1000
+_MEMO_KEY = 200
 #: the consumer's pause after handing such messages back
 _RELEASE_PAUSE = 0.05
 #: messages larger than this (bytes) are dead-lettered without being parsed
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-#: the most of a message body a log line shows
+#: the most of a message body a log line shows, and of any other value
 _EXCERPT = 300
+_LOG_VALUE = 500
 _MAX_BROKER_BACKOFF = 5.0
 #: retries of a final-state write or a broker call through an outage: first delay, longest
 _FIRST_RETRY = 0.2
@@ -178,14 +185,15 @@ class Worker:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self.max_message_size = max_message_size
-        self._warned_unregistered: set[str] = set()
+        self._warned_unregistered: OrderedDict[str, None] = OrderedDict()
         #: unregistered messages handed back, by id, with when (to notice a queue holding only them)
         self._handed_back: OrderedDict[str, float] = OrderedDict()
         self._unregistered_backoff = 0.0
         #: unregistered messages kept aside (due time, sequence, delivery) and each name's delay
         self._parked: list[tuple[float, int, Delivery]] = []
         self._park_seq = itertools.count()
-        self._park_delay: dict[str, float] = {}
+        self._park_delay: OrderedDict[str, float] = OrderedDict()
+        self._parked_bytes = 0
         #: where the messages this worker took went (see :data:`OUTCOMES`)
         self.outcomes: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -491,12 +499,13 @@ class Worker:
             logger.warning("Task %s[%s] is not registered here and IgnoreWhenTaskNotRegistered "
                            "is set: dropped", sig.name, sig.uuid)
             return
-        if sig.name not in self._warned_unregistered:
-            self._warned_unregistered.add(sig.name)
+        name = _memo_key(sig.name)
+        if name not in self._warned_unregistered:
+            _remember(self._warned_unregistered, name, None)
             logger.warning("Task %s is not registered here: message %s pushed back to %s for "
                            "another worker (logged once per name); this worker has: %s",
                            sig.name, sig.uuid, delivery.queue, _known_names(sig.name, self.app.tasks))
-        key = sig.uuid or str(hash(delivery.body))
+        key = _memo_key(sig.uuid) if sig.uuid else str(hash(delivery.body))
         now = time.monotonic()
         with self._lock:
             seen = self._handed_back.pop(key, None)
@@ -507,10 +516,13 @@ class Worker:
                 # met again: the queue holds little else this worker can run.  Keep it aside
                 # for a while (per name, growing) instead of spinning on it, so that tasks
                 # queued behind it still run at once
-                park = self._park_delay[sig.name] = min(
-                    max(self._park_delay.get(sig.name, 0.0) * 2, _MIN_PARK), _MAX_PARK)
-                if len(self._parked) < _MAX_PARKED:
+                park = min(max(self._park_delay.get(name, 0.0) * 2, _MIN_PARK), _MAX_PARK)
+                _remember(self._park_delay, name, park)
+                size = len(delivery.body)
+                if (len(self._parked) < _MAX_PARKED
+                        and self._parked_bytes + size <= _MAX_PARKED_BYTES):
                     heapq.heappush(self._parked, (now + park, next(self._park_seq), delivery))
+                    self._parked_bytes += size
                     return
                 self._unregistered_backoff = park  # too many aside: slow the fetching instead
         # first sighting: straight back (Go pushes it back to the queue it came from), for
@@ -535,6 +547,7 @@ class Worker:
         with self._lock:
             while self._parked and (everything or self._parked[0][0] <= now):
                 due.append(heapq.heappop(self._parked)[2])
+                self._parked_bytes -= len(due[-1].body)
             if not self._parked:
                 self._unregistered_backoff = 0.0
         if due:
@@ -546,6 +559,7 @@ class Worker:
                 with self._lock:
                     for d in due:
                         heapq.heappush(self._parked, (now + _MAX_PARK, next(self._park_seq), d))
+                        self._parked_bytes += len(d.body)
                 return 0
         return len(due)
 
@@ -569,9 +583,11 @@ class Worker:
                 return
             try:
                 args = sig.python_args()
-            except ArgTypeError as e:
+            except Exception as e:  # Go's reflect error, or a value too deep to even describe
                 self._received(sig)
-                self._fail(sig, f"Reflect task args error: {e}", None, started,
+                text = str(e) if isinstance(e, ArgTypeError) else (
+                    f"{type(e).__name__}: {clip(str(e))}")
+                self._fail(sig, f"Reflect task args error: {text}", None, started,
                            delivery=delivery)
                 return
             try:
@@ -695,11 +711,17 @@ class Worker:
 
     def _retry(self, sig: Signature, exc: BaseException, token: Any,
                delivery: Delivery | None = None) -> None:
-        self._store(TaskState(sig.uuid, RETRY), token)
         again = _counted_retry(sig)
         again.retry_count -= 1
         again.retry_timeout = fibonacci_next(again.retry_timeout)
-        again.eta = GoTime.now().add_seconds(again.retry_timeout)
+        eta = _eta_in(again.retry_timeout)
+        if eta is None:
+            self._fail(sig, f"{error_text(exc)} (no retry: a RetryTimeout of "
+                       f"{again.retry_timeout} s is past the year 9999)", token,
+                       time.perf_counter(), exc, delivery=delivery)
+            return
+        self._store(TaskState(sig.uuid, RETRY), token)
+        again.eta = eta
         logger.warning("Task %s[%s] retry: Retry in %ds: %s (%d retries left)", sig.name,
                        sig.uuid, again.retry_timeout, error_text(exc), again.retry_count)
         with self._acking(delivery, True):  # the retry and the ack: together or not at all
@@ -720,8 +742,13 @@ class Worker:
                 again.retry_timeout = fibonacci_next(again.retry_timeout)
         delay = r.countdown if r.countdown is not None else (
             again.retry_timeout if r.consume else 1.0)
+        eta = _eta_in(delay)
+        if eta is None:
+            self._fail(sig, f"{r} (no retry: a delay of {delay:g} s is past the year 9999)",
+                       token, time.perf_counter(), r.exc, delivery=delivery)
+            return
         self._store(TaskState(sig.uuid, RETRY), token)
-        again.eta = GoTime.now().add_seconds(delay)
+        again.eta = eta
         logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, delay, r)
         with self._acking(delivery, True):
             self._resend(again)
@@ -760,11 +787,74 @@ class Worker:
         self._send_callback(cb, "chord", sig)
 
 
+def clip(text: str, limit: int = _LOG_VALUE) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+class _Clipped:
+    """A log argument shown cut short, whether formatted with %s or %r."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return clip(str(self.value))
+
+    def __repr__(self) -> str:
+        return clip(repr(self.value))
+
+
+class _ClipArgs(logging.Filter):
+    """Keeps this logger's lines short: names, ids, results and error texts come from messages
+    and tasks and can be megabytes long; numbers are left alone (``%d``, ``%g``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(
+                a if isinstance(a, (int, float)) or (isinstance(a, str) and len(a) <= _LOG_VALUE)
+                else _Clipped(a) for a in args)
+        return True
+
+
+logger.addFilter(_ClipArgs())
+
+
 def excerpt(body: bytes) -> str:
     """A log-sized view of a message body: its first bytes and its length."""
     if len(body) <= _EXCERPT:
         return repr(body)
     return f"{body[:_EXCERPT]!r}… ({len(body)} bytes)"
+
+
+def _memo_key(text: str) -> str:
+    """``text``, or a short stand-in for it when it is long (names and ids come from messages)."""
+    if len(text) <= _MEMO_KEY:
+        return text
+    return f"{text[:64]}…#{hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=12).hexdigest()}"
+
+
+def _remember(memo: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Put ``key`` last in ``memo``, dropping the oldest entries past :data:`_MEMO_ENTRIES`."""
+    memo.pop(key, None)
+    memo[key] = value
+    while len(memo) > _MEMO_ENTRIES:
+        memo.popitem(last=False)
+
+
+def _eta_in(seconds: float) -> GoTime | None:
+    """Now + ``seconds``, or ``None`` when that cannot be written (past the year 9999)."""
+    try:
+        eta = GoTime.now().add_seconds(seconds)
+        eta.isoformat()
+    except (OverflowError, ValueError):
+        return None
+    return eta
 
 
 def _counted_retry(sig: Signature) -> Signature:
