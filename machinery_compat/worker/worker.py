@@ -68,7 +68,7 @@ from ..protocol import (
     TaskResult,
     TaskState,
 )
-from ..protocol.gotypes import SUPPORTED_TYPES, encode_typed, result_type
+from ..protocol.gotypes import SLICE_TYPES, SUPPORTED_TYPES, encode_typed, result_type
 from ..protocol.retry import fibonacci_next
 from ..task import RETRIES_HEADER, Task, retries_done
 
@@ -759,6 +759,11 @@ class Worker:
                       f"retry of task {sig.name}[{sig.uuid}]", sig.to_go_json)
 
     def _send_callback(self, cb: Signature, kind: str, parent: Signature) -> None:
+        crasher = _go_crasher(cb)
+        if crasher is not None:  # a forged message must not make us crash Go workers
+            logger.error("%s callback %s[%s] of %s[%s] not sent: %s", kind, cb.name, cb.uuid,
+                         parent.name, parent.uuid, crasher)
+            return
         try:
             self.app._forward_signature(cb)
         except Exception as e:  # Go ignores these errors; we at least say so
@@ -830,6 +835,24 @@ def excerpt(body: bytes) -> str:
     if len(body) <= _EXCERPT:
         return repr(body)
     return f"{body[:_EXCERPT]!r}… ({len(body)} bytes)"
+
+
+def _go_crasher(sig: Signature, depth: int = 0) -> str | None:
+    """Why ``sig`` (or a callback in it) would crash a Go worker, if it would: a JSON boolean
+    or object for a slice type makes Go's reflection panic outside its recover (§2.2)."""
+    for arg in sig.args or ():
+        if arg.type in SLICE_TYPES and isinstance(arg.value, (bool, dict)):
+            return (f"argument {clip(arg.type, 40)} holds a {type(arg.value).__name__}, which "
+                    "crashes a Go worker")
+    if depth < 32:
+        nested = [*(sig.on_success or ()), *(sig.on_error or ())]
+        if sig.chord_callback is not None:
+            nested.append(sig.chord_callback)
+        for cb in nested:
+            why = _go_crasher(cb, depth + 1)
+            if why is not None:
+                return why
+    return None
 
 
 def _memo_key(text: str) -> str:

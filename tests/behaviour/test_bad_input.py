@@ -126,3 +126,21 @@ def test_every_message_taken_is_accounted_for(
     assert worker.outcomes == {"run": 20, "dead_lettered": 2, "dropped": 1}
     assert probe.messages() == []
     logging.getLogger("machinery_compat").debug("done")
+
+
+def test_forged_callbacks_that_would_crash_a_go_worker_are_not_relayed(
+    app: Machinery, probe: Probe, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    _register(app)
+    forged = _body("add", "task_forged", Args=[{"Type": "int64", "Value": 1}],
+                   OnSuccess=[{"UUID": "task_cb", "Name": "go_only",
+                               "Args": [{"Type": "[]int64", "Value": True}]}])
+    app.backend.set_state_pending(Signature(uuid="task_forged", name="add"))
+    probe.push("machinery_tasks", forged)
+    start_worker()
+    assert app.AsyncResult("task_forged").get(timeout=10) == 1
+    line = wait_for(lambda: next((r.getMessage() for r in caplog.records
+                                  if "OnSuccess callback go_only[task_cb]" in r.getMessage()), None),
+                    what="the refusal")
+    assert "not sent: argument []int64 holds a bool, which crashes a Go worker" in line
+    assert probe.messages() == []
