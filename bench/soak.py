@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         notes = ", ".join(f"{k} {v}" for k, v in t.extra.items())
         print(f"| {name} | {t.tasks} | {t.kills} | {len(t.lost)} | {t.duplicated} | "
               f"{t.restarted} | {t.left_in_queues + t.left_in_processing} | {notes} |")
-        exited = t.extra.get("workers_exited", "none") != "none" or t.extra.get("go_worker") == "DIED"
+        exited = (t.extra.get("workers_exited", "none") != "none"
+                  or t.extra.get("go_worker") == "DIED")
         bad = bad or bool(t.lost) or exited
     return 1 if bad else 0
 

@@ -598,8 +598,8 @@ class FastPath:
     def piggyback(self, *commands: tuple[Any, ...]) -> Iterator[Piggyback]:
         """Within the block, the next :meth:`execute` this thread makes on this pool (through
         any FastPath) also runs ``commands``, after its own, all in one atomic call of the
-        :data:`EXEC_ALL` script (one command, one reply; plain commands only, no scripts).  A failed execute leaves them for the
-        next one (a retry).  After the block, ``replies`` tells whether they ran; blocking
+        :data:`EXEC_ALL` script (one command, one reply; plain commands only, no scripts).
+        A failed execute leaves them for the next one (a retry).  After the block, ``replies`` tells whether they ran; blocking
         calls and :meth:`evalsha` never take them."""
         pb = Piggyback(commands)
         previous = getattr(self._local, "piggyback", None)

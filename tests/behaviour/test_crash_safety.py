@@ -146,8 +146,8 @@ def test_dead_workers_messages_go_back_to_the_head_and_run_again(
     worker = start_worker(concurrency=1)
     wait_for(lambda: len(order) == 3, what="all three run")
     assert order == [("task_a", "1"), ("task_b", "1"), ("task_c", None)]
-    assert "host-1-dead" not in {k.decode() for k in app.broker.client.hkeys(  # type: ignore[attr-defined]
-        redis_broker.REGISTRY_KEY)}
+    client = app.broker.client  # type: ignore[attr-defined]
+    assert "host-1-dead" not in {k.decode() for k in client.hkeys(redis_broker.REGISTRY_KEY)}
     assert any("re-queued 2 message(s) of dead worker host-1-dead" in r.getMessage()
                for r in caplog.records)
     assert any("redelivered (1 time(s))" in r.getMessage() for r in caplog.records)

@@ -283,24 +283,32 @@ def wait_all_done(client: redis.Redis, uuids: Sequence[str], timeout: float,
         time.sleep(0.2)
 
 
+def _count_runs(client: redis.Redis, key: str) -> Counter[str]:
+    """Runs per task UUID from ``"<uuid> <run token>"`` entries (one run recorded twice, by a
+    write retried after a lost reply, counts once)."""
+    return Counter(entry.split()[0] for entry in {r.decode() for r in client.lrange(key, 0, -1)})
+
+
 def tally(client: redis.Redis, uuids: Sequence[str], *, queue: str = QUEUE,
           extra_runs: Counter[str] | None = None, kills: int = 0) -> Tally:
     st = states(client, uuids)
     lost = [u for u, s in zip(uuids, st, strict=True) if s != "SUCCESS"]
-    runs = Counter(r.decode() for r in client.lrange(RUNS_KEY, 0, -1))
+    runs = _count_runs(client, RUNS_KEY)
     if extra_runs:
         runs.update(extra_runs)
     duplicated = sum(c - 1 for c in runs.values() if c > 1)
-    started = Counter(r.decode() for r in client.lrange(STARTED_KEY, 0, -1))
+    started = _count_runs(client, STARTED_KEY)
     restarted = sum(c - 1 for c in started.values() if c > 1)
-    processing = sum(int(client.llen(k)) for k in client.scan_iter("machinery_compat:processing:*"))
+    processing = sum(int(client.llen(k))
+                     for k in client.scan_iter("machinery_compat:processing:*"))
     return Tally(len(uuids), lost, duplicated, restarted, sum(1 for c in runs.values() if c > 1),
                  runs, int(client.llen(queue)), processing, kills)
 
 
 def kill_loop(start: Callable[[], PyWorker], client: redis.Redis, kills: int,
               rng: random.Random, *, busy: Callable[[], bool],
-              min_runs: int = 10, max_pause: float = 0.3, timeout: float = 30.0) -> tuple[PyWorker, int]:
+              min_runs: int = 10, max_pause: float = 0.3,
+              timeout: float = 30.0) -> tuple[PyWorker, int]:
     """Start a worker; ``kills`` times: once it has run ``min_runs`` tasks since it started,
     wait a random moment (up to ``max_pause`` s) and kill -9 it, then start a new one.
     Stops early when ``busy()`` says there is no work left.  Returns the last worker (running)

@@ -38,6 +38,11 @@ def _show(capsys: pytest.CaptureFixture[str], title: str, line: str) -> None:
         print(f"\n[{title}] {line}")
 
 
+def _busy(producer: Producer, client: redis.Redis) -> bool:
+    """Work is left: the producer is still sending, or tasks are queued."""
+    return not producer.done.is_set() or int(client.llen("crash_tasks")) > 0
+
+
 def _alive(worker: PyWorker) -> None:
     assert worker.alive(), f"worker {worker.name} exited:\n{worker.log_tail()}"
 
@@ -56,7 +61,7 @@ def test_kill_loop_loses_nothing(redis_url: str, client: redis.Redis, tmp_path: 
     worker = PyWorker(redis_url, tmp_path)
     try:
         last, kills = kill_loop(worker.start, client, KILLS, rng,
-                                busy=lambda: not producer.done.is_set() or client.llen("crash_tasks") > 0)
+                                busy=lambda: _busy(producer, client))
         producer.join()
         wait_all_done(client, producer.uuids, 90, check=lambda: _alive(last))
         assert last.stop() == 0, last.log_tail()
@@ -86,7 +91,7 @@ def test_mixed_pool_with_go_worker_keeps_working(redis_url: str, client: redis.R
     worker = PyWorker(redis_url, tmp_path)
     try:
         last, kills = kill_loop(worker.start, client, KILLS, rng, min_runs=5,
-                                busy=lambda: not producer.done.is_set() or client.llen("crash_tasks") > 0)
+                                busy=lambda: _busy(producer, client))
         producer.join()
         wait_all_done(client, producer.uuids, 90)
         assert go.alive(), "the Go worker died"

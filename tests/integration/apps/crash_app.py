@@ -8,12 +8,14 @@ Environment: ``MC_CRASH_URL`` (Redis URL of broker and backend), ``MC_CRASH_QUEU
 Every ``work`` and ``sleep`` task appends its UUID to the Redis list ``crash:started`` when it starts and to
 ``crash:runs`` just before it returns (``add`` only to ``crash:runs``), so a test counts how
 many times each task started and ran to the end (retrying through a Redis outage: a run is
-never left unrecorded because Redis was down).
+never left unrecorded because Redis was down).  Each entry is ``"<task UUID> <run token>"``:
+a write retried after a lost reply records the same run twice, which the counting ignores.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from typing import Any
 
@@ -36,10 +38,10 @@ app = Machinery(config=config)
 _runs = redis.Redis.from_url(URL, socket_timeout=3, socket_connect_timeout=3)
 
 
-def _record(task_uuid: str, key: str = RUNS_KEY) -> None:
+def _record(entry: str, key: str = RUNS_KEY) -> None:
     while True:
         try:
-            _runs.rpush(key, task_uuid)
+            _runs.rpush(key, entry)
             return
         except redis.RedisError:
             time.sleep(0.1)
@@ -48,9 +50,10 @@ def _record(task_uuid: str, key: str = RUNS_KEY) -> None:
 @app.task(name="work", bind=True)
 def work(self: Any, n: int, ms: int) -> int:
     """Record the start, sleep ``ms`` milliseconds, record the run, return ``n``."""
-    _record(self.request.id, STARTED_KEY)
+    run = f"{self.request.id} {secrets.token_hex(6)}"
+    _record(run, STARTED_KEY)
     time.sleep(ms / 1000)
-    _record(self.request.id)
+    _record(run)
     return n
 
 
@@ -58,14 +61,15 @@ def work(self: Any, n: int, ms: int) -> int:
 def sleep(self: Any, ms: int) -> int:
     """Go's ``sleep`` (interop/bin/mcworker): sleep ``ms`` milliseconds, return ``ms``;
     recorded like ``work``."""
-    _record(self.request.id, STARTED_KEY)
+    run = f"{self.request.id} {secrets.token_hex(6)}"
+    _record(run, STARTED_KEY)
     time.sleep(ms / 1000)
-    _record(self.request.id)
+    _record(run)
     return ms
 
 
 @app.task(name="add", bind=True)
 def add(self: Any, *nums: int) -> int:
     """The sum (as Go's ``add`` in interop/bin/mcworker), recorded as a run."""
-    _record(self.request.id)
+    _record(f"{self.request.id} {secrets.token_hex(6)}")
     return sum(nums)
