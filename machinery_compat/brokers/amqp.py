@@ -87,11 +87,16 @@ logger = logging.getLogger(__name__)
 
 _consumer_ids = itertools.count(1)
 
+#: An ETA closer than this (ms) is published as due now.  A delay queue expires (x-expires =
+#: 2 * delay, as Go declares it) when unused that long, and RabbitMQ drops the messages of an
+#: expired queue: with a few milliseconds of delay, the queue can expire before the message's
+#: own TTL sends it on (Go loses such tasks).
+MIN_DELAY_MS = 100
 #: A worker that has not fetched for this long (stopped, or every thread busy) gets its
 #: consumers cancelled and its prefetched messages given back, for other workers.
 IDLE_CANCEL = 1.0
-#: How long a fetch that just started consumers waits for their first deliveries.
-_FIRST_BURST = 0.02
+#: How long a fetch that just started consumers waits, at most, for their first deliveries.
+_FIRST_BURST = 1.0
 #: How often the consumer's housekeeping thread beats, drains and checks idleness.
 _TICK = 0.5
 
@@ -122,6 +127,8 @@ class AMQPBroker(Broker):
         self._pool = LinkPool(self.endpoint, "producer")
         self._consumer: _Consumer | None = None
         self._consumer_lock = threading.Lock()
+        #: the delay queues this broker published into (RabbitMQ cannot list queues over AMQP)
+        self._delay_queues: dict[str, None] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> AMQPBroker:
@@ -153,7 +160,7 @@ class AMQPBroker(Broker):
         body = sig.to_json()
         if sig.eta is not None:
             delay_ms = (sig.eta.unix_ns - time.time_ns()) // 1_000_000
-            if sig.eta.unix_ns > time.time_ns() and delay_ms > 0:
+            if delay_ms >= MIN_DELAY_MS:
                 self._publish_delayed(sig, body, delay_ms)
                 return
         if self.is_direct:
@@ -220,13 +227,32 @@ class AMQPBroker(Broker):
         if self.cfg.delayed_queue:
             props["expiration"] = str(delay_ms)
 
+        self._delay_queues[queue] = None
+
+        if self.is_direct:
+            target, key = sig.routing_key, sig.routing_key
+        else:
+            target, key = self.default_queue, self.cfg.binding_key
+
         def op(link: Link) -> None:
+            # Unlike Go, also the queue the task is due in, as a plain publish declares it:
+            # RabbitMQ would otherwise dead-letter the task into nothing when no worker has
+            # declared its queue yet.
+            self._declare_task_queue(link, target, key)
             # declared on every publish, as Go does (it re-arms the queue's x-expires)
             self._declare_exchange(link)
             declare_queue(link.channel, queue, durable=True, auto_delete=self.cfg.auto_delete,
                           arguments=args)
             bind_queue(link.channel, queue, self.cfg.exchange, queue, self.binding_args)
-            link.publish(body, self.cfg.exchange, queue, props)
+            if not self.cfg.delayed_queue:  # re-arm x-expires right before the message enters
+                declare_queue(link.channel, queue, durable=True, auto_delete=self.cfg.auto_delete,
+                              arguments=args)
+            try:
+                link.publish(body, self.cfg.exchange, queue, props)
+            except UnroutableError:
+                # the delay queue expired (x-expires = 2 * delay) between its declaration and
+                # this publish: the delay has passed, the task is due now (Go loses it here)
+                link.publish(body, self.cfg.exchange, sig.routing_key, self.properties(sig))
 
         self._run(op, sig)
 
@@ -355,12 +381,61 @@ class AMQPBroker(Broker):
         result: list[Signature] = self._pool.run(op, describe=f"pending tasks of {q}")
         return result
 
+    def delayed_messages(self) -> list[bytes]:
+        """The raw bodies waiting in the delay queues this broker published into (in this
+        process: RabbitMQ cannot list queues over AMQP), browsed without consuming."""
+        names = list(self._delay_queues)
+
+        def op(link: Link) -> list[bytes]:
+            out: list[bytes] = []
+            for name in names:
+                out += _browse(link, name)
+            return out
+
+        bodies: list[bytes] = self._pool.run(op, describe="browse delay queues")
+        return bodies
+
+    def delayed_tasks(self) -> list[Signature]:
+        """The tasks waiting in this process's delay queues (see :meth:`delayed_messages`),
+        soonest ETA first.  Go's AMQP broker cannot list them at all."""
+        out = []
+        for body in self.delayed_messages():
+            try:
+                out.append(Signature.from_json(body))
+            except DecodeError as e:
+                logger.warning("undecodable message in a delay queue: %s; raw=%r", e, body[:200])
+        return sorted(out, key=lambda s: s.eta.unix_ns if s.eta is not None else 0)
+
     def close(self) -> None:
         with self._consumer_lock:
             consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.close()
         self._pool.close()
+
+
+def _browse(link: Link, queue: str) -> list[bytes]:
+    """The bodies ready in ``queue`` (``basic.get`` each, then nack them all back with
+    requeue), on a channel of its own; ``[]`` when the queue does not exist (any more)."""
+    ch = link.conn.connection.channel()
+    try:
+        try:
+            ch.queue_declare(queue, passive=True)
+        except channel_errors() as e:
+            if getattr(e, "code", None) == 404:
+                return []
+            raise
+        out: list[bytes] = []
+        last = 0
+        while (msg := ch.basic_get(queue, no_ack=False)) is not None:
+            last = msg.delivery_tag
+            out.append(_body_bytes(msg.body))
+        if last:
+            basic_nack(ch, last, multiple=True, requeue=True)
+        return out
+    finally:
+        if ch.is_open:
+            ch.close()
 
 
 def _body_bytes(body: Any) -> bytes:
@@ -390,6 +465,7 @@ class _Consumer:
         self._channel: Any = None
         self._generation = 0
         self._consumers: dict[str, str] = {}  # consumer tag -> queue
+        self._expect: dict[str, int] = {}  # new consumer's queue -> deliveries on their way
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._errors = connection_errors()
         self._channel_errors = channel_errors()
@@ -422,7 +498,10 @@ class _Consumer:
     def _consume(self, queue: str) -> None:
         """Declare, bind and consume ``queue`` as Go's ``StartConsuming`` does."""
         ch = self._channel
-        declare_queue(ch, queue, durable=True, auto_delete=False, arguments=self.broker.declare_args)
+        _, ready, _ = declare_queue(ch, queue, durable=True, auto_delete=False,
+                                    arguments=self.broker.declare_args)
+        prefetch = self.cfg.prefetch_count
+        self._expect[queue] = min(ready, prefetch) if prefetch > 0 else ready
         bind_queue(ch, queue, self.cfg.exchange, self.cfg.binding_key, self.broker.binding_args)
         tag = f"{self._tag_prefix}-{queue}"
         generation = self._generation
@@ -512,10 +591,7 @@ class _Consumer:
                 self._fetching = True
                 try:
                     if self._ready(queues):
-                        # let the first burst of every new consumer arrive, so the queue
-                        # order given is honoured from the first fetch on
-                        self._pump()
-                        select.select([self._sock()], [], [], _FIRST_BURST)
+                        self._first_burst()
                     if not self._buffer:
                         self._pump()
                 except BrokerConnectionError:
@@ -538,6 +614,21 @@ class _Consumer:
                 select.select([sock], [], [], min(left, CONSUMER_HEARTBEAT / 4))
             except (OSError, ValueError):  # closed under us by a reconnection: look again
                 time.sleep(0.01)
+
+    def _first_burst(self) -> None:
+        """Wait (briefly) for what new consumers were about to receive, going by the ready
+        counts their queue declarations reported, so the queue order a fetch gives is
+        honoured from the first fetch on."""
+        deadline = time.monotonic() + _FIRST_BURST
+        while True:
+            self._pump()
+            have = collections.Counter(d.queue for d in self._buffer)
+            missing = [q for q, n in self._expect.items() if have[q] < n]
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                break
+            select.select([self._sock()], [], [], min(left, 0.05))
+        self._expect.clear()
 
     def _take(self, queues: Sequence[str], n: int) -> list[Delivery]:
         """Up to ``n`` buffered deliveries of the first queue (in the order given) that has

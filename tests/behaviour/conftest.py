@@ -34,9 +34,9 @@ Fixtures (names are stable; write new behaviour tests against them):
   ``state_bytes(uuid)`` / ``put_state_bytes(uuid, body)`` (the Go JSON the backend holds for a
   task or group UUID; write one as a Go worker would).  On AMQP ``messages`` peeks (the
   messages stay; ones a worker holds unacked are not seen), ``state_bytes`` is the newest
-  state message of the task's queue (peeked; else the newest one this app consumed), and the
-  delayed-store operations skip the test: RabbitMQ keeps delayed tasks in per-delay queues
-  with no due time to read back (``has_delayed_store`` tells in advance).
+  state message of the task's queue (peeked; else the newest one this app consumed), and
+  ``delayed()`` browses the delay queues this app's broker published into, with the due time
+  given to ``push_delayed`` or else the body's ETA (a delay queue keeps no score).
 * ``eager_app``  an app on ``eager://<unique name>`` (eager broker, memory-backed results).
 
 Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the type of
@@ -46,6 +46,7 @@ Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -56,7 +57,8 @@ from machinery_compat import Machinery, Signature
 from machinery_compat.backends import memory as memory_backend
 from machinery_compat.backends.amqp import AMQPBackend
 from machinery_compat.brokers import memory as memory_broker
-from machinery_compat.brokers.amqp import AMQPBroker
+from machinery_compat.brokers.amqp import MIN_DELAY_MS, AMQPBroker
+from machinery_compat.brokers.base import Delivery
 from machinery_compat.config import AMQPConfig, Config
 from machinery_compat.worker import Worker
 from tests.helpers import wait_for
@@ -92,6 +94,9 @@ AMQP_LIMITS: dict[str, tuple[str, str]] = {
     "test_requeue_front_and_back_keep_the_bytes_and_order": (
         "broker", "AMQP cannot put new bytes at a queue's head; a requeued delivery goes back "
                   "to its own place (see tests/integration/test_amqp_broker.py)"),
+    "test_move_due_delayed_routes_by_routing_key": (
+        "broker", "workers move due tasks out of Redis' delayed_tasks; on AMQP RabbitMQ "
+                  "dead-letters them from the delay queues (see test_amqp_layout.py)"),
     "test_graceful_stop_finishes_running_and_leaves_the_rest": (
         "broker", "messages the AMQP consumer prefetched stay unacked until it is cancelled, "
                   "~1 s after the worker stops fetching (Worker.stop has no broker hook yet)"),
@@ -227,19 +232,11 @@ class Probe:
         self.app = app
         self.broker = app.broker
         self.backend = app.backend
+        #: AMQP: the due time given to push_delayed, per body (a delay queue keeps none)
+        self._amqp_due: dict[bytes, int] = {}
 
     def _redis(self, side: Any) -> Any:
         return getattr(side, "client", None)
-
-    @property
-    def has_delayed_store(self) -> bool:
-        """Whether delayed tasks can be read back with their due time (not on AMQP)."""
-        return not isinstance(self.broker, AMQPBroker)
-
-    def _no_delayed_store(self) -> None:
-        if isinstance(self.broker, AMQPBroker):
-            pytest.skip("AMQP keeps delayed tasks in per-delay queues (delay.<ms>.<exchange>."
-                        "<key>) with no due time to read back: covered by test_amqp_layout")
 
     # -- queues -------------------------------------------------------------------------
     def messages(self, queue: str = "machinery_tasks") -> list[bytes]:
@@ -270,7 +267,9 @@ class Probe:
 
     def delayed(self) -> list[tuple[bytes, int]]:
         """Raw delayed bodies with their due time (Unix ns), soonest first."""
-        self._no_delayed_store()
+        if isinstance(self.broker, AMQPBroker):
+            out = [(b, self._amqp_due.get(b, _eta_ns(b))) for b in self.broker.delayed_messages()]
+            return sorted(out, key=lambda pair: pair[1])
         client = self._redis(self.broker)
         if client is not None:
             key = self.broker.delayed_tasks_key  # type: ignore[attr-defined]
@@ -279,7 +278,10 @@ class Probe:
         return self.broker.delayed_messages()
 
     def push_delayed(self, body: bytes, due_ns: int) -> None:
-        self._no_delayed_store()
+        if isinstance(self.broker, AMQPBroker):
+            self._amqp_due[body] = due_ns
+            amqp_push_delayed(self.broker, body, due_ns)
+            return
         client = self._redis(self.broker)
         if client is not None:
             client.zadd(self.broker.delayed_tasks_key, {body: due_ns})  # type: ignore[attr-defined]
@@ -291,7 +293,6 @@ class Probe:
         return self.broker.pending_tasks(queue)
 
     def delayed_tasks(self) -> list[Signature]:
-        self._no_delayed_store()
         return self.broker.delayed_tasks()
 
     # -- results ------------------------------------------------------------------------
@@ -357,6 +358,29 @@ def amqp_peek(url: str, queue: str) -> list[bytes]:
         return bodies
     finally:
         conn.close()
+
+
+def _eta_ns(body: bytes) -> int:
+    try:
+        eta = Signature.from_json(body).eta
+    except ValueError:
+        return 0
+    return eta.unix_ns if eta is not None else 0
+
+
+def amqp_push_delayed(broker: AMQPBroker, body: bytes, due_ns: int) -> None:
+    """Put raw bytes where the AMQP broker delays a task due at ``due_ns`` (its per-delay
+    queue), or straight into its queue when already due."""
+    try:
+        sig = Signature.from_json(body)
+    except ValueError:
+        sig = Signature()
+    broker.adjust_routing_key(sig)
+    delay_ms = (due_ns - time.time_ns()) // 1_000_000
+    if delay_ms < MIN_DELAY_MS:  # as the broker's own publish does
+        broker._republish(Delivery(body, sig.routing_key))
+    else:
+        broker._publish_delayed(sig, body, delay_ms)
 
 
 def amqp_push(broker: AMQPBroker, queue: str, bodies: Sequence[bytes]) -> None:

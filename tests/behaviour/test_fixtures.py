@@ -24,11 +24,10 @@ def test_app_worker_and_probe(app: Machinery, app_kind: str, probe: Probe, start
     assert Signature.from_json(probe.messages()[0]).uuid == res.id
     assert b'"State":"PENDING"' in (probe.state_bytes(res.id) or b"")
     probe.push("machinery_tasks", b"not json")
-    if probe.has_delayed_store:
-        due = (time.time_ns() // 10**9 + 3600) * 10**9  # whole seconds: exact as a Redis score
-        probe.push_delayed(Signature(uuid="task_later", name="add").to_json(), due)
-        assert [(Signature.from_json(b).uuid, d) for b, d in probe.delayed()] == [("task_later", due)]
-        assert [s.uuid for s in probe.delayed_tasks()] == ["task_later"]
+    due = (time.time_ns() // 10**9 + 3600) * 10**9  # whole seconds: exact as a Redis score
+    probe.push_delayed(Signature(uuid="task_later", name="add").to_json(), due)
+    assert [(Signature.from_json(b).uuid, d) for b, d in probe.delayed()] == [("task_later", due)]
+    assert [s.uuid for s in probe.delayed_tasks()] == ["task_later"]
     start_worker()
     assert res.get(timeout=5) == 3
     assert b'"State":"SUCCESS"' in (probe.state_bytes(res.id) or b"")

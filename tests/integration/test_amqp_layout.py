@@ -171,11 +171,22 @@ def test_eta_goes_through_a_per_delay_queue_then_to_the_routing_key(
     assert msg.properties == {"content_type": "application/json", "delivery_mode": 2,
                               "application_headers": {"h": "v"}}
     assert Signature.from_json(bytes(msg.body)).eta == sig.eta  # the JSON keeps the ETA
-    # after the TTL RabbitMQ dead-letters it to the queues bound with the routing key (the
-    # producer declared none for it, as Go's does not: a worker's queue must exist)
+    # unlike Go's, the producer also declared the queue named after the routing key (as its
+    # plain publish does), so the task never dead-letters into nothing
+    assert queues["machinery_task"]["arguments"] == []
+    # after the TTL RabbitMQ dead-letters it to the queues bound with the routing key
     app.broker.publish(Signature(uuid="task_soon", name="add", eta=GoTime.now().add_seconds(1)))
     (moved,) = wait_for(lambda: peek("machinery_tasks"), timeout=10, what="dead-lettered task")
     assert Signature.from_json(bytes(moved.body)).uuid == "task_soon"
+    assert [Signature.from_json(bytes(m.body)).uuid for m in peek("machinery_task")] == ["task_soon"]
+    # an ETA closer than MIN_DELAY_MS is due now: a delay queue that short could expire (and
+    # drop the task) before the message's TTL moves it
+    from machinery_compat.brokers.amqp import MIN_DELAY_MS
+
+    app.broker.publish(Signature(uuid="task_now", name="add",
+                                 eta=GoTime(time.time_ns() + MIN_DELAY_MS * 500_000)))
+    assert [Signature.from_json(bytes(m.body)).uuid for m in peek("machinery_task")] == [
+        "task_soon", "task_now"]
 
 
 def test_delayed_queue_setting_uses_one_queue_and_per_message_expiration(
