@@ -76,6 +76,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -139,24 +140,28 @@ class RedisBroker(Broker):
         delayed_tasks_key: str = "",
         client: Any = None,
         timeouts: Timeouts | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """``timeouts``: of the connections (default: Machinery's, 15 s each); ignored when
-        a ``client`` is given."""
+        """``timeouts``: of the connections (default: Machinery's, 15 s each); ``ssl_context``:
+        of ``rediss://`` connections (Go's ``TLSConfig``); both ignored when a ``client`` is
+        given."""
         super().__init__(default_queue)
         self.url = url
         self.delayed_tasks_key = delayed_tasks_key or DEFAULT_DELAYED_TASKS_KEY
-        self.client = client if client is not None else client_for(url, timeouts)
+        self.client = client if client is not None else client_for(url, timeouts,
+                                                                    ssl_context=ssl_context)
         self.fast = FastPath(self.client)
         self._move_script = self.client.register_script(MOVE_DELAYED)
         self._errors = _connection_errors()
 
     @classmethod
     def from_config(cls, config: Config) -> RedisBroker:
-        """The broker for ``config.broker``, with ``config.redis``'s key and timeouts."""
+        """The broker for ``config.broker``, with ``config.redis``'s key and timeouts and
+        ``config.tls_config``."""
         rcfg = config.redis
         return cls(config.broker, config.default_queue,
                    delayed_tasks_key=rcfg.delayed_tasks_key if rcfg else "",
-                   timeouts=Timeouts.from_config(config))
+                   timeouts=Timeouts.from_config(config), ssl_context=config.tls_config)
 
     # -- producer -----------------------------------------------------------------------
     def publish_command(self, sig: Signature) -> tuple[Any, ...]:

@@ -281,6 +281,13 @@ def test_redis_with_an_ssl_context(redis_mtls: RedisTLSServer, tls_files: TLSFil
         client_for(url, ssl_context=bad).ping()
 
 
+def test_config_tls_config_applies_to_rediss(redis_mtls: RedisTLSServer, tls_files: TLSFiles) -> None:
+    """``Config(tls_config=ctx)`` (Go's ``TLSConfig``) reaches the Redis broker and backend."""
+    ctx = ssl.create_default_context(cafile=str(tls_files.ca))
+    ctx.load_cert_chain(str(tls_files.client_cert), str(tls_files.client_key))
+    _round_trip(_with_password(redis_mtls.bare_url), tls_config=ctx)
+
+
 # -- RabbitMQ with TLS --------------------------------------------------------------------
 
 
