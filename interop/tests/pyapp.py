@@ -19,11 +19,14 @@ Every run is recorded in :class:`Executions` (task name, uuid, args, retry field
 wall time), the Python analogue of mcworker's ``task`` lines.
 
 For the CLI (``python -m machinery_compat worker -A interop.tests.pyapp:app``) the module
-builds ``app`` from ``MC_INTEROP_BROKER`` / ``MC_INTEROP_QUEUE``.
+builds ``app`` from ``MC_INTEROP_BROKER`` / ``MC_INTEROP_QUEUE`` (and, when set,
+``MC_INTEROP_BACKEND``, ``MC_INTEROP_COUNTERS`` and ``MC_INTEROP_AMQP``: the JSON of the
+``amqp`` config section, see :meth:`interop.tests.harness.AMQPSettings.as_config_kwargs`).
 """
 
 # No `from __future__ import annotations`: the Annotated hints below are built at run time.
 
+import json
 import os
 import sys
 import threading
@@ -35,7 +38,7 @@ from typing import Annotated, Any
 
 import redis
 
-from machinery_compat import GoType, Machinery, Retry
+from machinery_compat import Config, GoType, Machinery, Retry
 
 #: Machinery's 29 argument types, in the Go worker's registration order.
 ECHO_TYPES = (
@@ -126,20 +129,33 @@ class PyApp:
     counters: redis.Redis  # for fail_n_times / retry_later
 
     def close(self) -> None:
-        self.counters.close()
+        try:
+            self.app.close()  # the broker's and the backend's connections
+        finally:
+            self.counters.close()
 
 
 def make_app(broker: str, queue: str = "machinery_tasks", *,
-             only: Iterable[str] | None = None) -> PyApp:
-    """A Machinery app on ``broker`` (also the backend) with the tasks named in ``only``
-    (default: all of :data:`ALL_TASKS`)."""
-    app = Machinery(broker=broker, result_backend=broker, default_queue=queue)
+             only: Iterable[str] | None = None, backend: str | None = None,
+             counters: str | None = None, amqp: dict[str, Any] | None = None) -> PyApp:
+    """A Machinery app on ``broker`` and ``backend`` (default: the broker) with the tasks
+    named in ``only`` (default: all of :data:`ALL_TASKS`); ``counters`` is the Redis of the
+    fail_n_times/retry_later counters (default: the broker); ``amqp`` the keyword arguments
+    of the ``amqp`` config section (``Config.amqp``, Go's ``AMQPConfig``)."""
+    config = None
+    if amqp is not None:
+        from machinery_compat.config import AMQPConfig
+
+        config = Config.default()
+        config.amqp = AMQPConfig(**amqp)
+    app = Machinery(broker=broker, result_backend=backend or broker, default_queue=queue,
+                    config=config)
     ex = Executions()
     wanted = set(ALL_TASKS if only is None else only)
     unknown = wanted - ALL_TASKS
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}")
-    counters = redis.Redis.from_url(broker)
+    counters = redis.Redis.from_url(counters or broker)
 
     def register(name: str, fn: Any, annotations: dict[str, Any] | None = None) -> None:
         if name not in wanted:
@@ -228,9 +244,30 @@ def make_app(broker: str, queue: str = "machinery_tasks", *,
     return PyApp(app, ex, counters)
 
 
+def stack_app(stack: Any, *, only: Iterable[str] | None = None) -> PyApp:
+    """:func:`make_app` on an :class:`interop.tests.harness.Stack` (its broker, backend,
+    counters, queue and AMQP settings: the ones its Go programs get)."""
+    amqp = stack.amqp
+    return make_app(stack.broker, stack.queue, only=only, backend=stack.backend,
+                    counters=stack.counters,
+                    amqp=amqp.as_config_kwargs() if amqp is not None else None)
+
+
+def stack_env(stack: Any) -> dict[str, str]:
+    """The environment that makes this module's ``app`` an app on ``stack`` (for the CLI)."""
+    env = {"MC_INTEROP_BROKER": stack.broker, "MC_INTEROP_QUEUE": stack.queue,
+           "MC_INTEROP_BACKEND": stack.backend, "MC_INTEROP_COUNTERS": stack.counters}
+    if stack.amqp is not None:
+        env["MC_INTEROP_AMQP"] = json.dumps(stack.amqp.as_config_kwargs())
+    return env
+
+
 _default = make_app(
     os.environ.get("MC_INTEROP_BROKER", "redis://127.0.0.1:6379/0"),
     os.environ.get("MC_INTEROP_QUEUE", "machinery_tasks"),
+    backend=os.environ.get("MC_INTEROP_BACKEND") or None,
+    counters=os.environ.get("MC_INTEROP_COUNTERS") or None,
+    amqp=json.loads(os.environ["MC_INTEROP_AMQP"]) if os.environ.get("MC_INTEROP_AMQP") else None,
 )
 app = _default.app
 executions = _default.executions
