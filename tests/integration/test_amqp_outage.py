@@ -63,8 +63,8 @@ def test_restart_while_1000_tasks_run_loses_nothing(
 
         producer = threading.Thread(target=produce)
         producer.start()
+        down_at = len(seen)  # processed when the restart began
         node.stop()
-        down_at = len(seen)  # processed when the node was gone
         time.sleep(1.0)
         node.start()
         producer.join(timeout=60)
@@ -74,7 +74,7 @@ def test_restart_while_1000_tasks_run_loses_nothing(
         total = N_TASKS + N_DURING
         wait_for(lambda: len(seen) == total, timeout=90, what="every task processed")
         assert set(seen) == set(range(total))
-        assert down_at < N_TASKS, "the restart happened after all tasks ran: make the test slower"
+        assert down_at < N_TASKS * 0.75, "the restart began after most tasks ran: make them slower"
         assert all(t.is_alive() for t in worker._threads), "a worker thread exited"
         assert any("AMQP consumer connected" in r.getMessage() for r in caplog.records)
         # the worker goes on serving after the outage
