@@ -19,6 +19,7 @@ properties and body encoding).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -360,6 +361,7 @@ class Link:
         self.declared: set[Any] = set()
         self._returned: list[tuple[int, str]] = []
         self._seq = 0  # publisher-confirm sequence number (RabbitMQ's delivery tag)
+        self.pid = os.getpid()
         self.used = time.monotonic()
 
     def open(self, attempts: int | None = 1) -> Link:
@@ -423,16 +425,28 @@ class LinkPool:
         self._idle: list[Link] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
         self._retryable: tuple[type[BaseException], ...] = (BrokerConnectionError,
                                                              *connection_errors())
 
+    def _check_fork(self) -> None:
+        """In a forked child, forget the parent's links without closing them (their sockets
+        are the parent's) and the lock another parent thread may have held."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._idle = []
+            self._pid = os.getpid()
+
     def _take(self) -> Link:
+        self._check_fork()
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         return Link(self.endpoint, self.what).open()
 
     def _give(self, link: Link) -> None:
+        if link.pid != os.getpid():
+            return  # taken before a fork: the parent's socket
         with self._lock:
             if not self._closed and len(self._idle) < self.size:
                 self._idle.append(link)

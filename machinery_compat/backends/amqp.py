@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -86,6 +87,14 @@ _seen: dict[str, _LRU] = {}
 _seen_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _seen_lock
+    _seen_lock = threading.Lock()  # another thread of the parent may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _seen_for(url: str) -> _LRU:
     with _seen_lock:
         return _seen.setdefault(url, _LRU())
@@ -115,6 +124,7 @@ class AMQPBackend(Backend):
         self.queue_args: dict[str, Any] = {"x-message-ttl": ms, "x-expires": ms}
         self._pool = LinkPool(self.endpoint, "result backend")
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._groups = _LRU()  # task UUID -> (group UUID, group task count)
         # task UUID -> (newest TaskState consumed in this process, its expiry)
         self._latest = _seen_for(url)
@@ -125,6 +135,11 @@ class AMQPBackend(Backend):
                    tls=config.tls_config)
 
     # -- plumbing -----------------------------------------------------------------------
+    def _group_lock(self) -> threading.Lock:
+        if self._pid != os.getpid():  # forked: the parent's thread may have held it
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        return self._lock
+
     def _run(self, op: Any, what: str) -> Any:
         try:
             return self._pool.run(op, budget=self.budget, describe=what)
@@ -188,7 +203,7 @@ class AMQPBackend(Backend):
     def _remember_group(self, sig: Signature) -> tuple[str, int]:
         info = (sig.group_uuid, sig.group_task_count)
         if sig.group_uuid:
-            with self._lock:
+            with self._group_lock():
                 self._groups.remember(sig.uuid, info)
         return info
 
@@ -209,7 +224,7 @@ class AMQPBackend(Backend):
             self.set_exception_record(state.task_uuid, exc_record)
         self.set_state(state, merge=False)
         if state.state in (SUCCESS, FAILURE):
-            with self._lock:
+            with self._group_lock():
                 remembered = self._groups.pop(state.task_uuid, None)
             info = token if isinstance(token, tuple) else remembered
             if info is not None:

@@ -474,6 +474,7 @@ class _Consumer:
         self._closed = threading.Event()
         self._tag_prefix = f"machinery_compat-{socket.gethostname()}-{os.getpid()}-{next(_consumer_ids)}"
         self._heartbeat: threading.Thread | None = None
+        self._pid = os.getpid()
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -575,7 +576,23 @@ class _Consumer:
                 break
         conn.heartbeat_check()
 
+    def _check_fork(self) -> None:
+        """In a forked child: forget the parent's connection (without closing it: the socket
+        is the parent's), its deliveries, locks and heartbeat thread."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._io = threading.RLock()
+        self._conn, self._channel = None, None
+        self._buffer = collections.deque()
+        self._consumers = {}
+        self._expect = {}
+        self._generation += 1
+        self._heartbeat = None
+        self._tag_prefix = f"machinery_compat-{socket.gethostname()}-{os.getpid()}-{next(_consumer_ids)}"
+
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        self._check_fork()
         try:
             return self._fetch(queues, max_messages, timeout)
         finally:
@@ -650,6 +667,7 @@ class _Consumer:
         tag = delivery.extra.get("delivery_tag")
         if tag is None:
             return
+        self._check_fork()
         with self._io:
             if self._channel is None or delivery.extra.get("generation") != self._generation:
                 logger.info("AMQP: cannot %s message %s from %s: its connection was lost; "
@@ -710,6 +728,7 @@ class _Consumer:
                 self._io.release()
 
     def close(self) -> None:
+        self._check_fork()
         self._closed.set()
         with self._io:
             conn, self._conn, self._channel = self._conn, None, None

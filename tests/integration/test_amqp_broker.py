@@ -259,3 +259,53 @@ def test_stop_consuming_gives_prefetched_messages_back_at_once(
         for d in batch:
             broker.ack(d)
     assert got == [f"task_{i}" for i in range(1, 5)]  # back in their places, in order
+
+
+FORK_SCRIPT = r"""
+import os, sys
+from machinery_compat import Machinery
+from machinery_compat.config import AMQPConfig, Config
+
+url = sys.argv[1]
+cfg = Config(amqp=AMQPConfig(binding_key="q"))
+cfg.broker = cfg.result_backend = url
+app = Machinery(config=cfg, default_queue="q")
+app.send_task("noop", args=[0]).state            # parent's producer and backend links in use
+pids = []
+for c in range(3):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for i in range(50):
+                app.send_task("noop", args=[i])
+            code = 0
+        finally:
+            os._exit(code)
+    pids.append(pid)
+for i in range(50):
+    app.send_task("noop", args=[i])                # the parent's links still work
+assert all(os.waitpid(p, 0)[1] == 0 for p in pids), "a child failed"
+app.close()
+print("ok")
+"""
+
+
+def test_forked_children_publish_on_their_own_connections(
+    rabbitmq_vhost_url: str, rabbitmq_server: RabbitMQServer, tmp_path: Path
+) -> None:
+    import shutil
+    import sys
+
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([*prefix, sys.executable, str(script), rabbitmq_vhost_url],
+                          cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    vhost = rabbitmq_vhost_url.rsplit("/", 1)[1]
+    (row,) = [q for q in rabbitmq_server.queues(vhost, ("name", "messages")) if q["name"] == "q"]
+    assert row["messages"] == 1 + 3 * 50 + 50
