@@ -17,7 +17,7 @@ between implementations.  How each number is measured:
   one goroutine) by wall time minus that of a one-task run (process start-up).
 * worker drain: the N messages the producer queued are moved aside (``RENAME``); the worker
   process is started with concurrency C and, once it is blocked on an empty queue
-  (``CLIENT LIST`` shows it in BLPOP/BRPOP), they are moved back with one ``RENAME`` and the
+  (``CLIENT LIST`` shows it in BLPOP/BRPOP/BLMOVE), they are moved back with one ``RENAME`` and the
   clock starts.  It stops when all N results are stored as SUCCESS, checked by a Lua script
   that walks the task ids in send order from the first not yet seen done (each result is
   read about once, so polling every 5 ms costs Redis next to nothing).  Start-up time of the
@@ -266,11 +266,11 @@ class Bench:
             raise BenchError(f"expected {self.n} queued messages and ids, found {queued} / {ids}")
 
     def wait_blocked(self, proc: subprocess.Popen, logfile: Path, timeout: float = 90) -> None:
-        """Until some client (the worker: nobody else blocks here) waits in BLPOP/BRPOP."""
+        """Until some client (the worker: nobody else blocks here) waits in BLPOP/BRPOP/BLMOVE."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for c in self.r.client_list():
-                if c.get("cmd") in ("blpop", "brpop") and "b" in c.get("flags", ""):
+                if c.get("cmd") in ("blpop", "brpop", "blmove") and "b" in c.get("flags", ""):
                     return
             if proc.poll() is not None:
                 raise BenchError(f"worker exited with {proc.returncode}:\n{tail(logfile)}")
@@ -563,7 +563,7 @@ def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str) -
         "Worker drain: the N queued messages are set aside, the worker process is started "
         "(machinery_compat `app.worker(concurrency=C)`, log level WARNING; `celery worker --pool "
         "threads --concurrency C --without-gossip --without-mingle --without-heartbeat -l "
-        "warning`; `interop/bin/mcworker -concurrency C`), and once it waits in BLPOP/BRPOP on the "
+        "warning`; `interop/bin/mcworker -concurrency C`), and once it waits in BLPOP/BRPOP/BLMOVE on the "
         "empty queue the messages are put back in one `RENAME` and the clock starts; it stops "
         "when every task's result is stored as SUCCESS (a Lua script checks the ids in send "
         "order, every 5 ms). Worker start-up is not counted.",
