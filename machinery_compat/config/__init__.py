@@ -52,6 +52,8 @@ YAML key                             Environment variable                 Defaul
 ``redis.cluster_enabled``            ``REDIS_CLUSTER_ENABLED``            false (Go v2 name)
 ``redis.cluster_mode``               ``REDIS_CLUSTER_MODE``               false (Go v1 name)
 ``redis.sentinel_password``          ``REDIS_SENTINEL_PASSWORD``          ``""`` (Go v2 only)
+``redis.crash_safe``                 ``REDIS_CRASH_SAFE``                 true (Python workers only)
+``redis.heartbeat_ttl``              ``REDIS_HEARTBEAT_TTL``              5 s (Python workers only)
 ``dynamodb.task_states_table``       ``TASK_STATES_TABLE``                ``task_states``
 ``dynamodb.group_metas_table``       ``GROUP_METAS_TABLE``                ``group_metas``
 ===================================  ===================================  ======================================
