@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: The message header in which Python workers count the retries done (Celery's name for it).
-#: Go workers ignore it and keep it unchanged when they retry.
+#: The message header in which Python workers count the retries done (Celery's name for it), as
+#: a decimal string: Go decodes header numbers as ``json.Number``, which its AMQP publish cannot
+#: put in a field table.  Go workers ignore it and keep it unchanged when they retry.
 RETRIES_HEADER = "retries"
 
 
@@ -53,7 +54,9 @@ def retries_done(sig: Signature, configured: int) -> int:
     """How many times ``sig`` was retried: the ``retries`` header Python workers keep, and
     at least the task's configured retry count minus the retries the message has left
     (which also counts retries made by Go workers)."""
-    counted = plain((sig.headers or {}).get(RETRIES_HEADER))  # a JSON number as decoded
+    counted = plain((sig.headers or {}).get(RETRIES_HEADER))
+    if isinstance(counted, str) and counted.isdigit() and len(counted) <= 18:
+        counted = int(counted)  # written as a string: Go's AMQP publish refuses JSON numbers
     from_header = counted if isinstance(counted, int) and not isinstance(counted, bool) else 0
     return max(from_header, configured - sig.retry_count, 0)
 

@@ -458,11 +458,6 @@ def _go_errors(go: GoWorker) -> list[str]:
 
 @pytest.mark.matrix(MIXED, "retry continued by the other side: Python attempt 1, then a Go "
                            "worker fails attempt 2, retries, attempt 3 → 3")
-@pytest.mark.xfail_on("amqp", "amqp+redis", reason=(
-    "machinery_compat bug: a Python retry adds the header retries=1 to the Signature; on "
-    "AMQP a Go worker cannot retry such a task (amqp091-go refuses the json.Number its "
-    "UseNumber decoding made of it: 'Publish message error: table field \"retries\" value "
-    "json.Number not supported') and the task stays in RETRY forever"))
 def test_retry_python_then_go(handovers: dict[str, Handover]) -> None:
     h = handovers["py"]
     assert not [e for e in h.go_errors if GO_HEADER_BUG in e], h.go_errors

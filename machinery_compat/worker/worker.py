@@ -885,7 +885,7 @@ def _counted_retry(sig: Signature) -> Signature:
     no redeliveries header: the retry is a new message)."""
     again = sig.copy()
     headers = {k: v for k, v in (again.headers or {}).items() if k != REDELIVERIES_HEADER}
-    again.headers = {**headers, RETRIES_HEADER: retries_done(sig, 0) + 1}
+    again.headers = {**headers, RETRIES_HEADER: str(retries_done(sig, 0) + 1)}
     return again
 
 
