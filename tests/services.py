@@ -606,6 +606,7 @@ class RabbitMQServer:
         self.tls_client_certs = tls_client_certs
         self._tls_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._epmd_proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._vhost_lock = threading.Lock()
         self._vhost_pool: list[str] = []
@@ -827,9 +828,33 @@ class RabbitMQServer:
         if self.tls is not None and self._tls_port is None:
             self._tls_port = free_port(self.host)
         self._write_config()
+        self._start_epmd()
         self._launch()
         _live.add(self)
         return self
+
+    def _start_epmd(self) -> None:
+        """The node's own epmd, as a child of this process (the node would otherwise start
+        a daemonized one that outlives a killed test run)."""
+        if self._epmd_proc is not None and self._epmd_proc.poll() is None:
+            return
+        prefix = die_with_parent_prefix() if self.die_with_parent else []
+        with open(self.dir / "epmd.log", "ab") as log:
+            self._epmd_proc = subprocess.Popen(
+                [*prefix, self.epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                cwd=self.dir, env=self._env(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((LOOPBACK, self.epmd_port), timeout=0.5).close()
+                return
+            except OSError:
+                if self._epmd_proc.poll() is not None or time.monotonic() > deadline:
+                    raise ServiceError(f"epmd did not start on port {self.epmd_port}: "
+                                       f"{(self.dir / 'epmd.log').read_text(errors='replace')}") from None
+                time.sleep(0.02)
 
     def _launch(self) -> None:
         with open(self.console_path, "ab") as log:
@@ -907,6 +932,15 @@ class RabbitMQServer:
                 proc.wait()
 
     def _stop_epmd(self) -> None:
+        proc, self._epmd_proc = self._epmd_proc, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return
         if self._epmd_port is None or self._dir is None:
             return
         with contextlib.suppress(OSError, subprocess.SubprocessError):
