@@ -41,11 +41,11 @@ def test_restart_while_1000_tasks_run_loses_nothing(
             seen[i] = seen.get(i, 0) + 1
         return i
 
+    for i in range(N_TASKS):  # queued first: sending is slower than running them
+        app.send_task("work", args=[i])
     worker = app.worker(concurrency=4, poll_timeout=0.1)
     worker.start()
     try:
-        for i in range(N_TASKS):
-            app.send_task("work", args=[i])
         wait_for(lambda: len(seen) >= N_TASKS // 4, timeout=60, what="a quarter processed")
 
         # producers keep sending while the node goes away and comes back
