@@ -97,9 +97,6 @@ AMQP_LIMITS: dict[str, tuple[str, str]] = {
     "test_move_due_delayed_routes_by_routing_key": (
         "broker", "workers move due tasks out of Redis' delayed_tasks; on AMQP RabbitMQ "
                   "dead-letters them from the delay queues (see test_amqp_layout.py)"),
-    "test_graceful_stop_finishes_running_and_leaves_the_rest": (
-        "broker", "messages the AMQP consumer prefetched stay unacked until it is cancelled, "
-                  "~1 s after the worker stops fetching (Worker.stop has no broker hook yet)"),
 }
 
 
