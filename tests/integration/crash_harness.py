@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from machinery_compat import Machinery
+from machinery_compat.config import AMQPConfig, Config
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.apps.crash_app:app"
@@ -52,12 +53,23 @@ def kill_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--"]
 
 
+def crash_config(broker: str, backend: str, queue: str = QUEUE) -> Config:
+    """The crash app's broker side for ``broker`` with results on ``backend`` (an AMQP queue
+    is bound with its own name as binding key, as ``crash_app`` does)."""
+    amqp = ({"amqp": AMQPConfig(binding_key=queue)}
+            if broker.startswith(("amqp://", "amqps://")) else {})
+    return Config.from_url(broker, backend, default_queue=queue, **amqp)
+
+
 class PyWorker:
-    """A Python worker subprocess on the crash app."""
+    """A Python worker subprocess on the crash app (``broker``: another broker URL, e.g.
+    AMQP, with results on the Redis ``url``)."""
 
     def __init__(self, url: str, log_dir: Path, *, name: str = "py", concurrency: int = 4,
-                 heartbeat_ttl: int = 1, queue: str = QUEUE, crash_safe: bool = True) -> None:
+                 heartbeat_ttl: int = 1, queue: str = QUEUE, crash_safe: bool = True,
+                 broker: str | None = None) -> None:
         self.url = url
+        self.broker = broker
         self.name = name
         self.concurrency = concurrency
         self.heartbeat_ttl = heartbeat_ttl
@@ -71,7 +83,7 @@ class PyWorker:
         env = dict(os.environ, MC_CRASH_URL=self.url, MC_CRASH_QUEUE=self.queue,
                    MC_CRASH_TTL=str(self.heartbeat_ttl),
                    MC_CRASH_CRASH_SAFE="1" if self.crash_safe else "0",
-                   PYTHONPATH=str(ROOT))
+                   MC_CRASH_BROKER=self.broker or "", PYTHONPATH=str(ROOT))
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             log.flush()
@@ -182,11 +194,16 @@ class GoWorker:
 class Producer:
     """Sends ``n`` tasks from a thread, spread over ``seconds``: ``work(i, ms)`` with ``ms``
     random in ``ms_range``, ``sleep(ms)`` or ``add(i, 1)`` (both of which Go's worker has
-    too)."""
+    too).  ``broker``: another broker URL (e.g. AMQP, bound as the crash app binds it), with
+    results on the Redis ``url``."""
 
     def __init__(self, url: str, n: int, *, seconds: float = 0.0, task: str = "work",
-                 ms_range: tuple[int, int] = (5, 40), seed: int = 0, queue: str = QUEUE) -> None:
-        self.app = Machinery(broker=url, result_backend=url, default_queue=queue)
+                 ms_range: tuple[int, int] = (5, 40), seed: int = 0, queue: str = QUEUE,
+                 broker: str | None = None) -> None:
+        if broker is None:
+            self.app = Machinery(broker=url, result_backend=url, default_queue=queue)
+        else:
+            self.app = Machinery(config=crash_config(broker, url, queue))
         self.n = n
         self.seconds = seconds
         self.task = task

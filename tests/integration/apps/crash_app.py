@@ -1,8 +1,10 @@
 """The app that crash tests and ``bench/soak.py`` run in worker subprocesses
 (``machinery-compat worker -A tests.integration.apps.crash_app:app``).
 
-Environment: ``MC_CRASH_URL`` (Redis URL of broker and backend), ``MC_CRASH_QUEUE`` (default
-``crash_tasks``), ``MC_CRASH_TTL`` (heartbeat TTL in seconds, default 1),
+Environment: ``MC_CRASH_URL`` (Redis URL of the result backend, and of the broker unless
+``MC_CRASH_BROKER`` is set), ``MC_CRASH_BROKER`` (optional broker URL, e.g. ``amqp://...``:
+AMQP broker, Redis results; the queue is bound with the queue name as binding key),
+``MC_CRASH_QUEUE`` (default ``crash_tasks``), ``MC_CRASH_TTL`` (heartbeat TTL in seconds, default 1),
 ``MC_CRASH_CRASH_SAFE`` (``0`` turns crash-safe consumption off).
 
 Every ``work`` and ``sleep`` task appends its UUID to the Redis list ``crash:started`` when it starts and to
@@ -22,14 +24,19 @@ from typing import Any
 import redis
 
 from machinery_compat import Machinery
-from machinery_compat.config import Config, RedisConfig
+from machinery_compat.config import AMQPConfig, Config, RedisConfig
 
 RUNS_KEY = "crash:runs"
 STARTED_KEY = "crash:started"
 
 URL = os.environ.get("MC_CRASH_URL", "redis://127.0.0.1:6379/0")
+BROKER = os.environ.get("MC_CRASH_BROKER") or URL
+QUEUE = os.environ.get("MC_CRASH_QUEUE", "crash_tasks")
+_amqp: dict[str, Any] = (
+    {"amqp": AMQPConfig(binding_key=QUEUE)} if BROKER.startswith(("amqp://", "amqps://")) else {}
+)
 config = Config.from_url(
-    URL, default_queue=os.environ.get("MC_CRASH_QUEUE", "crash_tasks"),
+    BROKER, URL, default_queue=QUEUE, **_amqp,
     redis=RedisConfig(heartbeat_ttl=int(os.environ.get("MC_CRASH_TTL", "1")),
                       crash_safe=os.environ.get("MC_CRASH_CRASH_SAFE", "1") != "0",
                       read_timeout=3, write_timeout=3, connect_timeout=3),
