@@ -19,6 +19,7 @@ Memcache, MongoDB and DynamoDB backends are not implemented yet (see README).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..brokers import not_configured_hint, scheme_of
@@ -27,6 +28,8 @@ from .base import Backend
 
 if TYPE_CHECKING:
     from ..config import Config
+
+logger = logging.getLogger(__name__)
 
 _NOT_YET = {
     "memcache": "Memcache", "mongodb": "MongoDB",
@@ -47,6 +50,9 @@ def create_backend(config: Config) -> Backend:
     if scheme in ("amqp", "amqps"):
         from .amqp import AMQPBackend
 
+        if url == DEFAULT_RESULT_BACKEND:  # most likely not what the user runs: say so
+            logger.warning("result_backend: %s",
+                           not_configured_hint("result_backend", url, DEFAULT_RESULT_BACKEND)[2:])
         return AMQPBackend.from_config(config)
     if scheme in ("memory", "eager"):
         from .memory import MemoryBackend

@@ -19,6 +19,7 @@ SQS and GCP Pub/Sub brokers are not implemented yet (see README).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConfigError
@@ -27,6 +28,8 @@ from .base import Broker, Delivery
 if TYPE_CHECKING:
     from ..app import Machinery
     from ..config import Config
+
+logger = logging.getLogger(__name__)
 
 _NOT_YET = {
     "https": "SQS", "http": "SQS", "gcppubsub": "GCP Pub/Sub",
@@ -45,8 +48,10 @@ def not_configured_hint(key: str, url: str, default: str) -> str:
     if not url:
         return f"; no {key} is configured: {how}"
     if url == default:
-        return (f"; {url} is Machinery's default {key}, used because the configuration does "
-                f"not set one: {how}")
+        from ..config import mask_url
+
+        return (f"; {mask_url(url)} is Machinery's default {key}, used because the "
+                f"configuration does not set one: {how}")
     return ""
 
 
@@ -63,6 +68,8 @@ def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
     if scheme in ("amqp", "amqps"):
         from .amqp import AMQPBroker
 
+        if url == DEFAULT_BROKER:  # most likely not what the user runs: say where it came from
+            logger.warning("broker: %s", not_configured_hint("broker", url, DEFAULT_BROKER)[2:])
         return AMQPBroker.from_config(config)
     if scheme == "memory":
         from .memory import MemoryBroker

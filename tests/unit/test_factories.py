@@ -41,6 +41,21 @@ def test_default_result_backend_is_machinery_amqp(source: str) -> None:
     assert backend.queue_args == {"x-message-ttl": 3_600_000, "x-expires": 3_600_000}
 
 
+def test_machinery_default_amqp_urls_are_pointed_out(caplog: pytest.LogCaptureFixture) -> None:
+    create_backend(Config.from_yaml(io.StringIO("broker: redis://localhost:6379/0\n")))
+    create_broker(Config.from_yaml(io.StringIO("default_queue: q\n")))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert lines == [
+        "result_backend: amqp://guest:***@localhost:5672/ is Machinery's default result_backend, "
+        f"used because the configuration does not set one: set it with {HOW_BACKEND}",
+        "broker: amqp://guest:***@localhost:5672/ is Machinery's default broker, used because "
+        f"the configuration does not set one: set it with {HOW_BROKER}",
+    ]
+    caplog.clear()
+    create_backend(Config.from_url("redis://localhost:6379/0", "amqp://me:pw@rabbit:5672/"))
+    assert not caplog.records  # a URL someone chose is not pointed out
+
+
 def test_default_broker_is_machinery_amqp() -> None:
     cfg = Config.from_yaml(io.StringIO("default_queue: q\n"))
     broker = create_broker(cfg)
