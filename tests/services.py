@@ -229,7 +229,50 @@ def make_tls_files(directory: Path, name: str = "mc-test") -> TLSFiles:
     return files
 
 
-class RedisServer:
+class _ServerProcess:
+    """What every service subprocess shares: its process, liveness, abrupt kill and reaping
+    (``_proc`` is set by the subclass's ``start``; ``close`` stops it and removes its files)."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+    #: seconds between SIGTERM and SIGKILL when a stop did not end the process
+    _TERM_GRACE = 5.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """Abrupt crash (SIGKILL), to simulate a service dying mid-operation."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._terminate()
+
+    def _terminate(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=self._TERM_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisServer(_ServerProcess):
     """A private ``redis-server`` on a free loopback port.
 
     * ``start()`` launches it (first call picks the port and a temp ``--dir``)
@@ -301,13 +344,6 @@ class RedisServer:
     def log_path(self) -> Path:
         return self.dir / "redis.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def client(self, *, db: int = 0, **kwargs: Any) -> redis.Redis:
         """A new redis-py client for this server; the caller closes it."""
@@ -428,29 +464,9 @@ class RedisServer:
                 pass  # already going away, or unreachable: fall back to signals
         self._terminate(timeout)
 
-    def kill(self) -> None:
-        """Abrupt crash (SIGKILL), to simulate a broker dying mid-operation."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        self._terminate()
-
     def restart(self) -> RedisServer:
         self.stop()
         return self.start()
-
-    def _terminate(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def close(self) -> None:
         """Stop the server and delete its temp dir."""
@@ -469,9 +485,6 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -545,7 +558,7 @@ def _rabbitmq_script(name: str, env_var: str) -> str | None:
     return shutil.which(name)
 
 
-class RabbitMQServer:
+class RabbitMQServer(_ServerProcess):
     """A private RabbitMQ node (Debian's ``rabbitmq-server``) on free loopback ports.
 
     Its own Erlang node name (``mc-<port>@localhost``), AMQP port, distribution port and
@@ -569,6 +582,8 @@ class RabbitMQServer:
     """
 
     binary_name = "rabbitmq-server"
+
+    _TERM_GRACE = 10.0  # an Erlang VM can take a while to go
 
     def __init__(
         self,
@@ -675,13 +690,6 @@ class RabbitMQServer:
     def console_path(self) -> Path:
         return self.dir / "console.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def connection(self, vhost: str = "/", **kwargs: Any) -> amqp.Connection:
         """A new, connected py-amqp connection (guest); the caller closes it."""
@@ -907,29 +915,9 @@ class RabbitMQServer:
                 self.ctl("stop", timeout=timeout)
         self._terminate(timeout)
 
-    def kill(self) -> None:
-        """Abrupt crash (SIGKILL of the Erlang VM)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        self._terminate()
-
     def restart(self) -> RabbitMQServer:
         self.stop()
         return self.start()
-
-    def _terminate(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def _stop_epmd(self) -> None:
         proc, self._epmd_proc = self._epmd_proc, None
@@ -974,9 +962,6 @@ class RabbitMQServer:
 
     def __enter__(self) -> RabbitMQServer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
