@@ -7,7 +7,7 @@
 #   make typecheck   mypy --strict machinery_compat
 #   make interop     bootstrap + pytest interop/tests -m interop
 #   make bench       bootstrap + python -m bench.redis_bench
-#   make soak        bootstrap + python -m bench.soak (kill -9 loop and Redis restarts, ~3 min)
+#   make soak        bootstrap + python -m bench.soak (kill -9 loops on Redis and AMQP, Redis restarts, ~4 min)
 #   make demo        bootstrap + python examples/demo.py
 #   make golden      interop/golden.sh (regenerate golden wire fixtures)
 

@@ -1,4 +1,4 @@
-"""Crash and outage soak for crash-safe Redis consumption (``make soak``).
+"""Crash and outage soak for crash-safe consumption on Redis and on AMQP (``make soak``).
 
 ``python -m bench.soak [--tasks 5000] [--kills 20] [--outages 3,20] [--outage-tasks 2000]``
 
@@ -10,7 +10,9 @@ port, then:
    Python worker subprocesses (``-c 4``, heartbeat TTL 1 s) and, when ``interop/bin/mcworker``
    is built, a Go Machinery worker on the same queue; at random moments (0.2-1.0 s apart) one
    of the Python workers gets ``kill -9`` and is restarted, at least ``--kills`` times;
-2. **outages**: for each duration in ``--outages`` (seconds), ``--outage-tasks`` tasks are sent
+2. **kill loop on AMQP** (unless ``--no-amqp``): the same with a private RabbitMQ node as the
+   broker (results and run records on the Redis server), Python workers only;
+3. **outages**: for each duration in ``--outages`` (seconds), ``--outage-tasks`` tasks are sent
    to two Python workers and, a quarter of the way through, Redis is shut down (its AOF kept)
    for that long and started again on the same port.  Producers retry a failed send.
 
@@ -32,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machinery_compat.config import mask_url
 from tests.integration.crash_harness import (
     QUEUE,
     GoWorker,
@@ -42,7 +45,7 @@ from tests.integration.crash_harness import (
     tally,
     wait_all_done,
 )
-from tests.services import RedisServer
+from tests.services import RabbitMQServer, RedisServer
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--outages", default="3,20", help="Redis outage lengths in s ('3,20'; '' none)")
     p.add_argument("--outage-tasks", type=int, default=2000, help="tasks per outage (2000)")
     p.add_argument("--no-go", action="store_true", help="no Go worker in the kill loop's pool")
+    p.add_argument("--no-amqp", action="store_true",
+                   help="skip the kill loop on RabbitMQ (AMQP broker, Redis results)")
     p.add_argument("--seed", type=int, default=20)
     return p.parse_args(argv)
 
@@ -63,27 +68,36 @@ def fresh(server: RedisServer) -> None:
         c.flushall()
 
 
-def kill_phase(server: RedisServer, args: argparse.Namespace, log_dir: Path) -> Tally:
+def kill_phase(server: RedisServer, args: argparse.Namespace, log_dir: Path,
+               broker: str | None = None) -> Tally:
+    """The kill loop on Redis (with a Go worker in the pool when built), or with ``broker`` (an
+    AMQP URL: RabbitMQ broker, results and run records on ``server``; Python workers only)."""
     fresh(server)
     rng = random.Random(args.seed)
     client = server.client()
     go = None
-    if not args.no_go and GoWorker.available():
+    if broker is None and not args.no_go and GoWorker.available():
         go = GoWorker(server.url, log_dir).start()
-    workers = [PyWorker(server.url, log_dir, name=f"kill-py{i}").start() for i in range(2)]
+    workers = [PyWorker(server.url, log_dir, name=f"kill-py{i}", broker=broker).start()
+               for i in range(2)]
     task = "sleep" if go is not None else "work"  # sleep(ms): Go's mcworker has it too
     producer = Producer(server.url, args.tasks, seconds=args.send_seconds, seed=args.seed,
-                        ms_range=(5, 40), task=task).start()
+                        ms_range=(5, 40), task=task, broker=broker).start()
+
+    def queue_empty() -> bool:  # (on AMQP: all sent and the sending over is enough)
+        return broker is not None or client.llen(QUEUE) == 0
+
     kills = 0
     began = time.monotonic()
     try:
         while kills < args.kills or not producer.done.is_set():
             time.sleep(rng.uniform(0.2, 1.0))
-            if producer.done.is_set() and client.llen(QUEUE) == 0 and kills >= args.kills:
+            if producer.done.is_set() and queue_empty() and kills >= args.kills:
                 break
-            if producer.done.is_set() and client.llen(QUEUE) == 0:
+            if producer.done.is_set() and queue_empty():
                 # out of work before enough kills: send more (counted in the tasks)
-                more = Producer(server.url, 200, seconds=1.0, seed=kills, task=task).start()
+                more = Producer(server.url, 200, seconds=1.0, seed=kills, task=task,
+                                broker=broker).start()
                 more.join()
                 producer.uuids.extend(more.uuids)
                 more.close()
@@ -178,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             t = kill_phase(server, args, log_dir)
             print("  " + t.line(), flush=True)
             results.append(("kill loop", t))
+            if not args.no_amqp:
+                with RabbitMQServer() as rabbit:
+                    print(f"kill loop on AMQP (RabbitMQ {mask_url(rabbit.url)}, results on Redis): "
+                          f"{args.tasks} tasks, >= {args.kills} kill -9s…", flush=True)
+                    t = kill_phase(server, args, log_dir, broker=rabbit.url)
+                    print("  " + t.line(), flush=True)
+                    results.append(("kill loop, AMQP broker", t))
             for seconds in outages:
                 print(f"Redis outage {seconds:g} s: {args.outage_tasks} tasks…", flush=True)
                 t = outage_phase(server, seconds, args, log_dir)
