@@ -3,11 +3,16 @@
 * 1,000 ``add`` tasks, 500 sent by Go's producer (``-parallel``, ``wait: false``) while 500
   are sent from Python: every task runs exactly once (Go's ``task`` lines + the Python
   worker's own record), both workers take a share, every stored result has Go's exact
-  bytes, and every result is readable by Python's and by Go's ``AsyncResult``.
+  bytes, and every result is readable by Python's and by Go's ``AsyncResult``.  On the AMQP
+  backend 250 + 250 (every state write and every read is a new connection there).
 * 200 delayed tasks (100 per producer, ETAs spread over one second): on Redis both workers
   move ``delayed_tasks`` every 50 ms (Go: WATCH/ZRANGEBYSCORE/MULTI/ZREM; Python: one Lua
   script); on AMQP both producers publish to Go's per-delay dead-letter queues and RabbitMQ
   delivers each when due.  Each runs exactly once, never before its ETA, on both workers.
+* AMQP only: ``amqp.delayed_queue`` (one delay queue, per-message expiration) from both
+  producers.
+* A retried task handed over: attempt 1 on one side, attempts 2 (fails, retries) and 3 on
+  the other, both ways.
 
 On the AMQP backend a result can be read once (§6.4): each task is read by the side that
 did not run it (Python's ``AsyncResult`` for the Go worker's tasks, Go's for the Python
@@ -48,6 +53,7 @@ from machinery_compat.worker import Worker
 pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
 
 N_EACH = 500
+N_EACH_AMQP_BACKEND = 250  # the AMQP backend: a connection per state write and per read
 GO_BASE, PY_BASE = 1_000_000, 2_000_000
 AMQP_EARLY = 0.005  # AMQP delays are whole ms, truncated: a task may start ≤ 1 ms early
 
@@ -183,19 +189,21 @@ def _check_results(pool: Pool, expected: dict[str, int], obs: Observer) -> None:
         assert pool.py.counters.exists(f"{pool.queue}.dead", "delayed_tasks") == 0
 
 
-@pytest.mark.matrix(MIXED, "1,000 add tasks (500 Go + 500 Python producers), Go + Python workers")
+@pytest.mark.matrix(MIXED, "1,000 add tasks (500 Go + 500 Python producers; 250 + 250 on the "
+                           "AMQP backend), Go + Python workers")
 def test_mixed_pool(pool: Pool, record_property: Callable[[str, object], None]) -> None:
     obs = pool.stack.observer() if pool.stack.consuming_reads else None
+    n = N_EACH_AMQP_BACKEND if pool.stack.consuming_reads else N_EACH
     try:
-        join = _send_from_go_in_background(pool, _go_lines(N_EACH, GO_BASE))
+        join = _send_from_go_in_background(pool, _go_lines(n, GO_BASE))
         app = pool.py.app
         expected: dict[str, int] = {}
-        for i in range(N_EACH):
+        for i in range(n):
             res = app.send_task("add", args=[Arg("int64", i), Arg("int64", PY_BASE)])
             expected[res.id] = i + PY_BASE
         for o in join():
             expected[o["uuid"]] = o["id"] + GO_BASE
-        assert len(expected) == 2 * N_EACH
+        assert len(expected) == 2 * n
         _check_results(pool, expected, obs)  # type: ignore[arg-type]
         go, py = _check_exactly_once(pool, expected)
     finally:
