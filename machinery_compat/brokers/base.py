@@ -89,6 +89,13 @@ class Broker(abc.ABC):
     def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
         """Give messages back, unchanged, for another worker (``front``: to the head)."""
 
+    def requeue_later(self, deliveries: Sequence[Delivery], delay: float) -> bool:
+        """Give messages back, unchanged, to be delivered again in about ``delay`` seconds,
+        settling them now (the worker holds nothing meanwhile: AMQP re-publishes through a
+        delay queue, SQS changes the visibility timeout).  Returns ``False`` when this broker
+        cannot (this default); the worker then keeps them and :meth:`requeue`\ s them later."""
+        return False
+
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> str:
         """Keep an unusable message where a user can find it; returns that place's name."""

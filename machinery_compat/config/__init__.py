@@ -56,6 +56,10 @@ YAML key                             Environment variable                 Defaul
 ``redis.heartbeat_ttl``              ``REDIS_HEARTBEAT_TTL``              5 s (Python workers only)
 ``dynamodb.task_states_table``       ``TASK_STATES_TABLE``                ``task_states``
 ``dynamodb.group_metas_table``       ``GROUP_METAS_TABLE``                ``group_metas``
+``sqs.endpoint_url``                 ``SQS_ENDPOINT_URL``                 ``""`` (Python only: boto3 endpoint)
+``sqs.region``                       ``SQS_REGION``                       ``""`` (Python only: boto3 chain)
+``dynamodb.endpoint_url``            ``DYNAMODB_ENDPOINT_URL``            ``""`` (Python only: boto3 endpoint)
+``dynamodb.region``                  ``DYNAMODB_REGION``                  ``""`` (Python only: boto3 chain)
 ===================================  ===================================  ======================================
 
 The Python attribute is the YAML key's name except ``sqs.wait_time_seconds``,

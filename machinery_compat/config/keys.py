@@ -80,6 +80,9 @@ _KEYS: Final[tuple[_Key, ...]] = (
         ("SQS_VISIBILITY_HEARTBEAT",),
         "bool",
     ),
+    # Python only (Go ignores both): where boto3 sends SQS calls
+    _Key("sqs", "endpoint_url", ("endpoint_url",), ("SQS_ENDPOINT_URL",), "str"),
+    _Key("sqs", "region", ("region",), ("SQS_REGION",), "str"),
     _Key("redis", "max_idle", ("max_idle",), ("REDIS_MAX_IDLE",), "int"),
     _Key("redis", "max_active", ("max_active",), ("REDIS_MAX_ACTIVE",), "int"),
     _Key("redis", "idle_timeout", ("max_idle_timeout",), ("REDIS_IDLE_TIMEOUT",), "int"),
@@ -142,6 +145,9 @@ _KEYS: Final[tuple[_Key, ...]] = (
         ("GROUP_METAS_TABLE",),
         "str",
     ),
+    # Python only (Go ignores both): where boto3 sends DynamoDB calls
+    _Key("dynamodb", "endpoint_url", ("endpoint_url",), ("DYNAMODB_ENDPOINT_URL",), "str"),
+    _Key("dynamodb", "region", ("region",), ("DYNAMODB_REGION",), "str"),
 )
 
 # envconfig's prefix for the fields of each nested struct: the Go field name, upper-cased.

@@ -98,6 +98,13 @@ class SQSConfig:
     #: ``visibility_hearth_beat`` (sic) / ``SQS_VISIBILITY_HEARTBEAT``; Go v2 only: extend the
     #: visibility timeout while a task runs. Default ``False``.
     visibility_heartbeat: bool = False
+    #: Python only (Go ignores it): ``endpoint_url`` / ``SQS_ENDPOINT_URL``; the SQS API
+    #: endpoint boto3 talks to (emulators such as moto, VPC endpoints).  Empty: boto3's
+    #: default for the region.  Queue URLs are still ``broker + "/" + queue`` as in Go.
+    endpoint_url: str = ""
+    #: Python only: ``region`` / ``SQS_REGION``; empty: boto3's standard chain
+    #: (``AWS_REGION``/``AWS_DEFAULT_REGION``, profile), as Go's SDK session does.
+    region: str = ""
 
 
 @dataclass(kw_only=True, repr=False)
@@ -201,6 +208,12 @@ class DynamoDBConfig:
     task_states_table: str = DEFAULT_DYNAMODB_TASK_STATES_TABLE
     #: ``group_metas_table`` / ``GROUP_METAS_TABLE``; default ``group_metas``.
     group_metas_table: str = DEFAULT_DYNAMODB_GROUP_METAS_TABLE
+    #: Python only (Go ignores it): ``endpoint_url`` / ``DYNAMODB_ENDPOINT_URL``; the
+    #: DynamoDB API endpoint boto3 talks to (emulators, VPC endpoints).  Empty: boto3's
+    #: default for the region.
+    endpoint_url: str = ""
+    #: Python only: ``region`` / ``DYNAMODB_REGION``; empty: boto3's standard chain.
+    region: str = ""
 
 
 @dataclass(kw_only=True)

@@ -1114,8 +1114,11 @@ def test_to_yaml_full_has_every_go_key() -> None:
         "receive_wait_time_seconds",
         "receive_visibility_timeout",
         "visibility_hearth_beat",
+        "endpoint_url",  # Python only: Go's yaml.v2 ignores unknown keys
+        "region",
     }
     assert "max_idle_timeout" in data["redis"]
+    assert {"endpoint_url", "region"} <= set(data["dynamodb"])
 
 
 def test_to_yaml_warns_when_go_would_truncate(caplog: pytest.LogCaptureFixture) -> None:
