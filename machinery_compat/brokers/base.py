@@ -93,7 +93,7 @@ class Broker(abc.ABC):
         """Give messages back, unchanged, to be delivered again in about ``delay`` seconds,
         settling them now (the worker holds nothing meanwhile: AMQP re-publishes through a
         delay queue, SQS changes the visibility timeout).  Returns ``False`` when this broker
-        cannot (this default); the worker then keeps them and :meth:`requeue`\ s them later."""
+        cannot (this default); the worker then keeps them and re-queues them later."""
         return False
 
     @abc.abstractmethod
