@@ -15,8 +15,12 @@ Fixtures (defined in tests/services.py, re-exported here):
 * ``rabbitmq_restart``  ``rabbitmq_restart(down_for=0, kill=False)`` restarts the session node
 * ``rabbitmq_server_factory``  private nodes for outage tests
 
-Tests using them are marked ``redis`` / ``rabbitmq`` automatically. A missing
-redis-server or rabbitmq-server skips them locally and fails them when CI=true.
+* ``moto_server``   session-scoped :class:`tests.services.MotoServer` (``.endpoint_url``,
+  ``.client("sqs")``, ``.reset()``); sets dummy AWS credentials/region in os.environ
+* ``moto_endpoint`` function-scoped ``http://127.0.0.1:PORT`` of that server
+
+Tests using them are marked ``redis`` / ``rabbitmq`` / ``aws`` automatically. A missing
+redis-server, rabbitmq-server or moto[server] skips them locally and fails them when CI=true.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.services import (  # noqa: E402
+    MOTO_FIXTURES,
     RABBITMQ_FIXTURES,
     REDIS_FIXTURES,
     free_port,
+    moto_endpoint,
+    moto_server,
     rabbitmq_restart,
     rabbitmq_server,
     rabbitmq_server_factory,
@@ -49,6 +56,8 @@ from tests.services import (  # noqa: E402
 
 __all__ = [
     "free_port",
+    "moto_endpoint",
+    "moto_server",
     "rabbitmq_restart",
     "rabbitmq_server",
     "rabbitmq_server_factory",
@@ -67,3 +76,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if RABBITMQ_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.rabbitmq)
+        if MOTO_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.aws)

@@ -15,7 +15,8 @@ examples run from the repository root::
 
 The pytest fixtures (``redis_server``, ``redis_url``, ``redis_client``,
 ``redis_server_factory``; ``rabbitmq_server``, ``rabbitmq_url``,
-``rabbitmq_vhost_url``, ``rabbitmq_restart``, ``rabbitmq_server_factory``) live
+``rabbitmq_vhost_url``, ``rabbitmq_restart``, ``rabbitmq_server_factory``;
+``moto_server``, ``moto_endpoint``) live
 at the bottom of this module; a conftest re-exports them with::
 
     from tests.services import (  # noqa: F401
@@ -23,6 +24,13 @@ at the bottom of this module; a conftest re-exports them with::
         rabbitmq_server, rabbitmq_url, rabbitmq_vhost_url, rabbitmq_restart,
         rabbitmq_server_factory,
     )
+
+AWS: :class:`MotoServer` runs ``moto[server]`` (SQS, DynamoDB, ...) on a free port; every
+client pointed at :attr:`MotoServer.endpoint_url` with dummy credentials talks to it::
+
+    with MotoServer() as moto:
+        sqs = moto.client("sqs")             # boto3, region us-east-1, keys "testing"
+        moto.reset()                         # POST /moto-api/reset: forget every resource
 
 TLS: :func:`make_tls_files` writes a throwaway CA with a server certificate for
 127.0.0.1/localhost and a client certificate; :class:`RedisTLSServer` speaks TLS only
@@ -63,6 +71,8 @@ if TYPE_CHECKING:
     import redis
 
 __all__ = [
+    "AWS_TEST_ENV",
+    "MotoServer",
     "RabbitMQServer",
     "RedisServer",
     "RedisTLSServer",
@@ -73,6 +83,8 @@ __all__ = [
     "in_ci",
     "make_tls_files",
     "missing_service",
+    "moto_endpoint",
+    "moto_server",
     "rabbitmq_restart",
     "rabbitmq_server",
     "rabbitmq_server_factory",
@@ -139,7 +151,7 @@ def _no_retry() -> Any:
     return Retry(NoBackoff(), 0)
 
 
-_live: weakref.WeakSet[RedisServer | RabbitMQServer] = weakref.WeakSet()
+_live: weakref.WeakSet[RedisServer | RabbitMQServer | MotoServer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -968,6 +980,217 @@ class RabbitMQServer(_ServerProcess):
         return f"<RabbitMQServer {self._port and self.node} {self.host}:{self._port} {state}>"
 
 
+#: Dummy credentials and region for clients of a :class:`MotoServer` (moto accepts any).
+AWS_TEST_ENV: dict[str, str] = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class MotoServer(_ServerProcess):
+    """A private ``moto`` server (``python -m moto.server``) on a free loopback port,
+    serving every AWS service moto emulates (SQS, DynamoDB, ...) at :attr:`endpoint_url`.
+
+    * ``start()`` launches it and waits until ``/moto-api/`` answers; after ``stop()`` it
+      starts again on the *same* port (with no state: moto keeps everything in memory).
+    * ``reset()`` forgets every resource (``POST /moto-api/reset``) without a restart.
+    * ``client(service)`` / ``resource(service)``: boto3 objects for this endpoint with
+      :data:`AWS_TEST_ENV`'s dummy credentials and region (never the caller's real ones).
+    * ``close()`` stops it and removes the temp dir holding ``moto.log``.
+    """
+
+    binary_name = "moto.server"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = LOOPBACK,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        die_with_parent: bool = True,
+        python: str | None = None,
+    ) -> None:
+        try:
+            import boto3  # noqa: F401
+            import moto.server  # noqa: F401
+        except ImportError as exc:
+            raise ServiceUnavailable(
+                f"moto[server] or boto3 is not installed ({exc}; pip install -e '.[dev]')"
+            ) from exc
+        self.python = python or sys.executable
+        self.host = host
+        self._port = port
+        self._fixed_port = port is not None
+        self.startup_timeout = startup_timeout
+        self.die_with_parent = die_with_parent
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: Path | None = None
+
+    # -- addresses ---------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServiceError("MotoServer has no port yet: call start() first")
+        return self._port
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (the endpoint for every service)."""
+        return f"http://{self.host}:{self.port}"
+
+    url = endpoint_url
+
+    @property
+    def region(self) -> str:
+        return AWS_TEST_ENV["AWS_DEFAULT_REGION"]
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            raise ServiceError("MotoServer has no directory yet: call start() first")
+        return self._dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "moto.log"
+
+    def client_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for ``boto3.client(service, **kwargs)`` aimed at this server."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": AWS_TEST_ENV["AWS_DEFAULT_REGION"],
+            "aws_access_key_id": AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+        }
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client for ``service`` on this server (dummy credentials)."""
+        import boto3
+
+        return boto3.session.Session().client(service, **{**self.client_kwargs(), **kwargs})
+
+    def resource(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 resource for ``service`` on this server (dummy credentials)."""
+        import boto3
+
+        return boto3.session.Session().resource(service, **{**self.client_kwargs(), **kwargs})
+
+    def _api(self, method: str, path: str, timeout: float = 5.0) -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(self.endpoint_url + path, method=method,
+                                         data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
+
+    def reset(self) -> None:
+        """Forget every resource of every service (``POST /moto-api/reset``)."""
+        self._api("POST", "/moto-api/reset")
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> MotoServer:
+        if self.running:
+            return self
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="mc-moto-"))
+        attempts = 1 if (self._fixed_port or self._port is not None) else 3
+        for attempt in range(attempts):
+            if self._port is None:
+                self._port = free_port(self.host)
+            try:
+                self._launch()
+                _live.add(self)
+                return self
+            except ServiceError:
+                # Lost a race for a freshly picked port: pick another one.
+                if attempt + 1 < attempts and "Address already in use" in self._log_tail():
+                    self._port = None
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self) -> None:
+        env = {**os.environ, **AWS_TEST_ENV}
+        # moto's own stdout must not be buffered away from the log on a crash.
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- starting on port {self.port}\n".encode())
+            log.flush()
+            prefix = die_with_parent_prefix() if self.die_with_parent else []
+            self._proc = subprocess.Popen(
+                [*prefix, self.python, "-m", "moto.server",
+                 "-H", self.host, "-p", str(self.port)],
+                cwd=self.dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._terminate(timeout=5)
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceError(
+                    f"moto server exited with status {self._proc.returncode} while "
+                    f"starting on port {self.port}; log:\n{self._log_tail()}"
+                )
+            try:
+                self._api("GET", "/moto-api/data.json", timeout=1.0)
+            except OSError as exc:  # refused while booting (urllib's URLError is an OSError)
+                last_error = exc
+            else:
+                return
+            time.sleep(0.05)
+        raise ServiceError(
+            f"moto server on port {self.port} did not answer within {self.startup_timeout}s "
+            f"(last error: {last_error!r}); log:\n{self._log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (moto has no shutdown API); the port stays reserved for start()."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+        self._terminate(timeout)
+
+    def restart(self) -> MotoServer:
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir."""
+        self.stop()
+        _live.discard(self)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, ServiceError):
+            return "<no log>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<MotoServer {self.host}:{self._port} {state}>"
+
+
 class _Startable(Protocol):
     def start(self) -> Any: ...
 
@@ -1113,3 +1336,36 @@ def rabbitmq_server_factory() -> Iterator[Callable[..., RabbitMQServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+MOTO_FIXTURES = frozenset({"moto_server", "moto_endpoint"})
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server for the whole session.  While it runs, ``os.environ`` holds
+    :data:`AWS_TEST_ENV`'s dummy credentials and region (restored afterwards), so any boto3
+    client built from the default chain (the SQS broker's, a Go program started with this
+    environment) signs with them and never with real credentials.  Tests share it: use
+    unique queue/table names, or call ``moto_server.reset()``."""
+    server = start_or_report(MotoServer)
+    saved = {name: os.environ.get(name) for name in AWS_TEST_ENV}
+    os.environ.update(AWS_TEST_ENV)
+    try:
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.close()
+
+
+@pytest.fixture
+def moto_endpoint(moto_server: MotoServer) -> str:
+    """``http://127.0.0.1:PORT`` of the session moto server (started again if a test left
+    it stopped; its state is not reset: use unique names)."""
+    if not moto_server.running:
+        moto_server.start()
+    return moto_server.endpoint_url

@@ -142,3 +142,82 @@ def test_bad_binary_reports_log(tmp_path: Path) -> None:
         assert not server.running
     finally:
         server.close()
+
+
+# -- moto server (AWS) ---------------------------------------------------------
+
+
+def test_moto_endpoint_serves_sqs_and_dynamodb(
+    request: pytest.FixtureRequest, moto_server: services.MotoServer, moto_endpoint: str
+) -> None:
+    import os
+
+    assert request.node.get_closest_marker("aws") is not None
+    assert moto_endpoint == f"http://127.0.0.1:{moto_server.port}"
+    # The default credential chain sees only the dummy credentials while the fixture runs.
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+    assert os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
+    sqs = moto_server.client("sqs")
+    url = sqs.create_queue(QueueName="selftest_q")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="hello")
+    got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"]
+    assert [m["Body"] for m in got] == ["hello"]
+    dynamodb = moto_server.client("dynamodb")
+    dynamodb.create_table(
+        TableName="selftest_t",
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    assert "selftest_t" in dynamodb.list_tables()["TableNames"]
+
+
+def test_moto_reset_forgets_everything(moto_server: services.MotoServer) -> None:
+    sqs = moto_server.client("sqs")
+    sqs.create_queue(QueueName="selftest_reset")
+    moto_server.reset()
+    assert "QueueUrls" not in sqs.list_queues(QueueNamePrefix="selftest_reset")
+
+
+def test_moto_private_server_restarts_on_same_port() -> None:
+    try:
+        server = services.MotoServer()
+    except ServiceUnavailable as exc:
+        services.missing_service(str(exc))
+    with server:
+        workdir, endpoint = server.dir, server.endpoint_url
+        assert server.pid is not None
+        server.stop()
+        assert not server.running
+        server.start()
+        assert server.endpoint_url == endpoint
+        assert server.client("sqs").list_queues().get("QueueUrls", []) == []
+        assert server.log_path.is_file()
+    assert not server.running
+    assert not workdir.exists()
+
+
+@pytest.fixture
+def no_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: object, **kwargs: object) -> object:
+        if name == "moto.server" or name.startswith("moto"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_missing_moto_skips_locally(no_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"moto\[server\] or boto3 is not installed"):
+        services.start_or_report(services.MotoServer)
+
+
+def test_missing_moto_fails_under_ci(no_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"moto\[server\].*CI=true"):
+        services.start_or_report(services.MotoServer)
