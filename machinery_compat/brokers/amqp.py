@@ -92,6 +92,10 @@ _consumer_ids = itertools.count(1)
 #: expired queue: with a few milliseconds of delay, the queue can expire before the message's
 #: own TTL sends it on (Go loses such tasks).
 MIN_DELAY_MS = 100
+#: where :meth:`AMQPBroker.requeue_later` holds messages (``<prefix><ms>.<queue>``), and the
+#: least ``x-expires`` of such a queue
+HANDBACK_PREFIX = "machinery_compat.handback."
+HANDBACK_MIN_EXPIRES_MS = 60_000
 #: A worker that has not fetched for this long (stopped, or every thread busy) gets its
 #: consumers cancelled and its prefetched messages given back, for other workers.
 IDLE_CANCEL = 1.0
@@ -308,6 +312,46 @@ class AMQPBroker(Broker):
             self._pool.run(op, budget=self.publish_budget, describe=f"requeue to {queue}")
         except BrokerError as e:
             raise PublishError(f"could not put a message back into {queue}: {e}") from e
+
+    def requeue_later(self, deliveries: Sequence[Delivery], delay: float) -> bool:
+        """Hand messages back in about ``delay`` s without holding their deliveries (which
+        would hold prefetch slots meanwhile): each is published, bytes and properties
+        unchanged, to the queue ``machinery_compat.handback.<ms>.<queue>`` (message TTL
+        ``<ms>``, dead-lettered through the default exchange into ``<queue>``), then acked.
+        Go never declares or reads these queues; they expire when unused."""
+        consumer = self._get_consumer()
+        delay_ms = max(1, round(delay * 1000))
+        for d in deliveries:
+            self._publish_handback(d, delay_ms)
+            if "delivery_tag" in d.extra:
+                consumer.settle(d, "ack")
+        return True
+
+    def _publish_handback(self, d: Delivery, delay_ms: int) -> None:
+        props = dict(d.extra.get("properties") or
+                     {"content_type": "application/json", "delivery_mode": 2})
+        queue = d.queue
+        holding = f"{HANDBACK_PREFIX}{delay_ms}.{queue}"
+        args: dict[str, Any] = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue,
+            "x-message-ttl": Long(delay_ms),
+            # unused for this long, the queue goes (it is re-declared, re-arming this, before
+            # every publish; a message in it is dead-lettered long before)
+            "x-expires": Long(max(delay_ms * 4, HANDBACK_MIN_EXPIRES_MS)),
+        }
+
+        def op(link: Link) -> None:
+            declare_queue(link.channel, holding, durable=True, auto_delete=False, arguments=args)
+            try:
+                link.publish(d.body, "", holding, props)
+            except UnroutableError:  # expired between declare and publish: back at once
+                link.publish(d.body, "", queue, props)
+
+        try:
+            self._pool.run(op, budget=self.publish_budget, describe=f"hand back to {queue}")
+        except BrokerError as e:
+            raise PublishError(f"could not hand a message back to {queue}: {e}") from e
 
     def stop_consuming(self, *, idle: bool = True) -> None:
         """The worker stopped fetching: cancel the consumers now and give back what was

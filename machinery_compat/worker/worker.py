@@ -512,12 +512,19 @@ class Worker:
             self._handed_back[key] = now
             while len(self._handed_back) > _HANDED_BACK_MEMORY:
                 self._handed_back.popitem(last=False)
+            park = 0.0
             if seen is not None and now - seen < _HANDED_BACK_CYCLE and not self._stopping.is_set():
-                # met again: the queue holds little else this worker can run.  Keep it aside
-                # for a while (per name, growing) instead of spinning on it, so that tasks
-                # queued behind it still run at once
+                # met again: the queue holds little else this worker can run.  Hand it back
+                # through a delay (per name, growing) instead of spinning on it, so that
+                # tasks queued behind it still run at once
                 park = min(max(self._park_delay.get(name, 0.0) * 2, _MIN_PARK), _MAX_PARK)
                 _remember(self._park_delay, name, park)
+        if park and self._hand_back_later(delivery, sig, park):
+            return
+        if park:
+            # the broker cannot delay it: keep it aside here meanwhile (a broker that counts
+            # unacked messages, AMQP's prefetch, counts it as held)
+            with self._lock:
                 size = len(delivery.body)
                 if (len(self._parked) < _MAX_PARKED
                         and self._parked_bytes + size <= _MAX_PARKED_BYTES):
@@ -530,6 +537,19 @@ class Worker:
         self._settle(delivery, lambda: self.app.broker.requeue([delivery]),
                      f"hand task {sig.uuid} back to {delivery.queue}")
         self.outcomes["handed_back"] += 1
+
+    def _hand_back_later(self, delivery: Delivery, sig: Signature, delay: float) -> bool:
+        """Have the broker hand ``delivery`` back in ``delay`` s (True), if it can."""
+        try:
+            done = self.app.broker.requeue_later([delivery], delay)
+        except Exception as e:
+            logger.warning("could not hand task %s back to %s through a %.2f s delay (%s); "
+                           "keeping it aside here instead", sig.uuid, delivery.queue, delay, e)
+            return False
+        if done:
+            delivery.settled = True
+            self.outcomes["handed_back"] += 1
+        return done
 
     def _requeue_unregistered(self, deliveries: list[Delivery]) -> None:
         self.app.broker.requeue(deliveries)

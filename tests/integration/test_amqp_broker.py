@@ -18,7 +18,7 @@ import pytest
 
 from machinery_compat import Machinery, Signature
 from machinery_compat.brokers.amqp import AMQPBroker
-from machinery_compat.config import AMQPConfig
+from machinery_compat.config import AMQPConfig, Config
 from tests.services import RabbitMQServer, free_port
 
 
@@ -74,6 +74,67 @@ def test_unregistered_requeue_goes_to_the_tail_with_its_properties(rabbitmq_vhos
                                              "priority": 3, "application_headers": {"h": "v"}}
     finally:
         broker.close()
+
+
+def test_requeue_later_holds_nothing_and_comes_back_unchanged(
+    rabbitmq_server: RabbitMQServer, rabbitmq_vhost_url: str
+) -> None:
+    broker = AMQPBroker(rabbitmq_vhost_url, "q", amqp=AMQPConfig(binding_key="q", prefetch_count=1))
+    vhost = rabbitmq_vhost_url.rsplit("/", 1)[1]
+    try:
+        sig = _sig("task_0")
+        sig.headers, sig.priority = {"h": "v"}, 3
+        broker.publish(sig)
+        (d,) = broker.fetch(["q"], 1, 1.0)
+        assert broker.requeue_later([d], 1.5) is True
+        assert broker.fetch(["q"], 1, 0.2) == []  # not back yet
+        rows = {q["name"]: q for q in rabbitmq_server.queues(
+            vhost, ("name", "messages_ready", "messages_unacknowledged"))}
+        # acked at once: the prefetch slot is free while the message waits elsewhere
+        assert (rows["q"]["messages_ready"], rows["q"]["messages_unacknowledged"]) == (0, 0)
+        assert rows["machinery_compat.handback.1500.q"]["messages_ready"] == 1
+        (again,) = broker.fetch(["q"], 1, 3.0)
+        assert again.body == d.body and again.queue == "q"
+        props = again.extra["properties"]
+        # RabbitMQ adds its x-death record, as for the tasks Go delays (Go reads the body only)
+        headers = {k: v for k, v in props.pop("application_headers").items()
+                   if not k.startswith("x-")}
+        assert headers == {"h": "v"}
+        assert props == {"content_type": "application/json", "delivery_mode": 2, "priority": 3}
+        broker.ack(again)
+    finally:
+        broker.close()
+
+
+def test_worker_hands_unregistered_tasks_back_through_a_delay_not_its_prefetch(
+    rabbitmq_server: RabbitMQServer, rabbitmq_vhost_url: str
+) -> None:
+    # prefetch 2: were the unknown tasks kept aside in the worker, their deliveries would hold
+    # both slots and the worker's own tasks would wait behind them
+    config = Config(broker=rabbitmq_vhost_url, result_backend="memory://", default_queue="q",
+                    amqp=AMQPConfig(binding_key="q", prefetch_count=2))
+    app = Machinery(config=config)
+
+    @app.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    for i in range(4):
+        app.send_task("go_only", args=[i])
+    worker = app.worker(concurrency=2, queues=["q"])
+    worker.start()
+    try:
+        results = [app.send_task("add", args=[i, 1]) for i in range(20)]
+        assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(20)]
+        assert worker._parked == []  # nothing held in the worker
+        assert worker.outcomes["handed_back"] >= 4
+    finally:
+        worker.stop()
+        app.close()
+    vhost = rabbitmq_vhost_url.rsplit("/", 1)[1]
+    total = sum(q["messages_ready"] + q["messages_unacknowledged"] for q in rabbitmq_server.queues(
+        vhost, ("name", "messages_ready", "messages_unacknowledged")))
+    assert total == 4  # the unknown tasks are all still somewhere, for a worker that has them
 
 
 def test_undecodable_message_goes_to_dot_dead_and_is_acked(
@@ -264,7 +325,7 @@ def test_stop_consuming_gives_prefetched_messages_back_at_once(
 FORK_SCRIPT = r"""
 import os, sys
 from machinery_compat import Machinery
-from machinery_compat.config import AMQPConfig, Config
+from machinery_compat.config import AMQPConfig, Config, Config
 
 url = sys.argv[1]
 cfg = Config(amqp=AMQPConfig(binding_key="q"))
