@@ -69,14 +69,11 @@ TIMEOUT = 30.0  # generous per-workflow budget; a healthy run needs well under a
 SETTLE = 0.5  # after everything finished: time for a duplicate/unwanted run to show up
 N_RACING = 200
 N_RACING_AMQP = 100  # AMQP broker: each chord costs many more round trips (§6.4)
-# AMQP prefetch of both workers in these tests (Machinery's default is 3).  The Python
-# worker keeps an unregistered task it meets a second time aside for a while (its back-off,
-# up to 2 s) and on AMQP those unacked deliveries hold its prefetch slots.  With 3: in the
-# racing chords with a Go-only callback it ran ~9 of 250 members; and a chord of 3 Go-only
-# and 3 Python-only members stalled for over 30 s in ~1 of 25 runs (the Python worker
-# holding the 3 Go-only members, the Go worker nack-requeueing the 3 Python-only ones in
-# its hot loop; see the report for machinery_compat).  16 leaves room for both.
-WORKFLOW_PREFETCH = 16
+# AMQP prefetch of both workers in these tests: Machinery's default.  (The Python worker
+# hands an unregistered task it meets again back through a delay queue and acks it, so the
+# Go-only tasks of a workflow do not hold its prefetch slots; before it did, a chord of 3
+# Go-only and 3 Python-only members stalled >30 s in ~1 of 25 runs at this prefetch.)
+WORKFLOW_PREFETCH = 3
 
 
 @dataclass(frozen=True)
