@@ -12,9 +12,15 @@ scheme              module                                   extra
 ``eager://<name>``
 ``amqp://``,        :mod:`machinery_compat.backends.amqp`    ``machinery-compat[amqp]``
 ``amqps://``
+``https://``,       :mod:`machinery_compat.backends.dynamodb` ``machinery-compat[aws]``
+``http://``
 ==================  =======================================  =========================
 
-Memcache, MongoDB and DynamoDB backends are not implemented yet (see README).
+DynamoDB: Go v1's factory picks it for URLs starting with ``https://dynamodb``; here any
+``https://`` or ``http://`` URL does.  The URL only selects the backend (as in Go): the
+endpoint, region and table names come from the ``dynamodb`` config section.
+
+Memcache and MongoDB backends are not implemented yet (see README).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 _NOT_YET = {
     "memcache": "Memcache", "mongodb": "MongoDB",
-    "mongodb+srv": "MongoDB", "https": "DynamoDB", "http": "DynamoDB",
+    "mongodb+srv": "MongoDB",
 }
 
 
@@ -54,6 +60,10 @@ def create_backend(config: Config) -> Backend:
             logger.warning("result_backend: %s",
                            not_configured_hint("result_backend", url, DEFAULT_RESULT_BACKEND)[2:])
         return AMQPBackend.from_config(config)
+    if scheme in ("https", "http"):
+        from .dynamodb import DynamoDBBackend
+
+        return DynamoDBBackend.from_config(config)
     if scheme in ("memory", "eager"):
         from .memory import MemoryBackend
 
