@@ -131,6 +131,13 @@ class AMQPBackend(Backend):
 
     @classmethod
     def from_config(cls, config: Config) -> AMQPBackend:
+        amqp = amqp_config(config)
+        if amqp.exchange_type in ("fanout", "headers"):
+            logger.warning(
+                "result_backend: the AMQP result backend publishes every task state through "
+                "the %s exchange %r, which delivers it to every task's result queue (as in Go "
+                "Machinery): results get mixed up; use a direct or topic exchange, or a Redis "
+                "result backend", amqp.exchange_type, amqp.exchange)
         return cls(config.result_backend, config.results_expire_in, amqp=amqp_config(config),
                    tls=config.tls_config)
 

@@ -17,6 +17,7 @@ import amqp
 import pytest
 
 from machinery_compat import GoTime, Machinery, PublishError, Signature
+from machinery_compat.backends.amqp import AMQPBackend
 from machinery_compat.config import AMQPConfig, Config
 from machinery_compat.protocol import TaskState
 from tests.helpers import GOLDEN_BODY, UUID, state_bytes, wait_for
@@ -288,3 +289,21 @@ def test_field_table_long_is_written_as_l(rabbitmq_server: RabbitMQServer, vhost
     assert _args(_queues(rabbitmq_server, vhost)["typed"]) == {
         "x-message-ttl": ("long", 5), "x-expires": ("signedint", 5000),
         "x-a": ("longstr", "amqp.serialization")}
+
+
+@pytest.mark.parametrize("exchange_type", ["fanout", "headers"])
+def test_amqp_backend_warns_on_exchanges_that_mix_up_results(
+    exchange_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Go's AMQP backend publishes states through the broker's exchange; a fanout or headers
+    # exchange hands each state to every task's result queue (interop/tests/test_yaml_config.py
+    # runs those exchanges with a Redis backend instead)
+    cfg = Config(broker="memory://", result_backend="amqp://guest:guest@127.0.0.1:1/",
+                 amqp=AMQPConfig(exchange_type=exchange_type))
+    AMQPBackend.from_config(cfg).close()
+    (msg,) = [r.getMessage() for r in caplog.records if "mixed up" in r.getMessage()]
+    assert f"through the {exchange_type} exchange 'machinery_exchange'" in msg
+    caplog.clear()
+    AMQPBackend.from_config(Config(broker="memory://", result_backend=cfg.result_backend,
+                                   amqp=AMQPConfig(exchange_type="topic"))).close()
+    assert not [r for r in caplog.records if "mixed up" in r.getMessage()]

@@ -4,20 +4,26 @@
 //
 // It registers "add" (sum of int64s, as the Python side also has it) and
 // "go_who" (returns "go-<flavour>"), consumes the file's default_queue and
-// prints "ready" on stdout once it consumes (Machinery's log goes to stderr). The v2 flavour builds the AMQP
-// broker and backend from the file (the README's example uses AMQP for both);
+// prints "ready" on stdout once it consumes (Machinery's log goes to stderr).
+// The v2 flavour builds the AMQP broker and the AMQP backend (or go-redis for a
+// redis:// result_backend) from the file;
 // v1 uses its URL factories, so any broker/backend the file names works.
 package main
 
 import (
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
+	"strconv"
+	"strings"
 
 	v1 "github.com/RichardKnop/machinery/v1"
 	v1config "github.com/RichardKnop/machinery/v1/config"
 	v2 "github.com/RichardKnop/machinery/v2"
 	v2amqpbackend "github.com/RichardKnop/machinery/v2/backends/amqp"
+	v2iface "github.com/RichardKnop/machinery/v2/backends/iface"
+	v2redisbackend "github.com/RichardKnop/machinery/v2/backends/redis"
 	v2amqpbroker "github.com/RichardKnop/machinery/v2/brokers/amqp"
 	v2config "github.com/RichardKnop/machinery/v2/config"
 	v2eagerlock "github.com/RichardKnop/machinery/v2/locks/eager"
@@ -67,7 +73,7 @@ func main() {
 		if err != nil {
 			fail("v2 config: %v", err)
 		}
-		server := v2.NewServer(cnf, v2amqpbroker.New(cnf), v2amqpbackend.New(cnf), v2eagerlock.New())
+		server := v2.NewServer(cnf, v2amqpbroker.New(cnf), v2backend(cnf), v2eagerlock.New())
 		if err := server.RegisterTasks(tasks); err != nil {
 			fail("v2 register: %v", err)
 		}
@@ -84,6 +90,24 @@ func main() {
 	if err := <-errs; err != nil && err != v1.ErrWorkerQuitGracefully && err != v2.ErrWorkerQuitGracefully {
 		fail("worker: %v", err)
 	}
+}
+
+// v2backend is the AMQP backend, or go-redis for a redis://host:port/db URL.
+func v2backend(cnf *v2config.Config) v2iface.Backend {
+	if !strings.HasPrefix(cnf.ResultBackend, "redis://") {
+		return v2amqpbackend.New(cnf)
+	}
+	u, err := url.Parse(cnf.ResultBackend)
+	if err != nil {
+		fail("result_backend: %v", err)
+	}
+	db := 0
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		if db, err = strconv.Atoi(p); err != nil {
+			fail("result_backend db: %v", err)
+		}
+	}
+	return v2redisbackend.NewGR(cnf, []string{u.Host}, db)
 }
 
 func fail(format string, a ...interface{}) {
