@@ -92,14 +92,15 @@ func main() {
 func run() int {
 	var (
 		flavour   = flag.String("flavour", mc.FlavourV2Redigo, "v1 | v2-redigo | v2-goredis | v2 (no Redis URL)")
-		broker    = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis:// or amqp://)")
-		backend   = flag.String("backend", "", "result backend URL (default: same as -broker)")
+		broker    = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis://, amqp:// or SQS http(s)://host[:port]/<account>)")
+		backend   = flag.String("backend", "", "result backend URL (redis://, amqp://, https://dynamodb…; default: same as -broker)")
 		queue     = flag.String("queue", "machinery_tasks", "DefaultQueue (routing key used when a line gives none)")
 		parallel  = flag.Int("parallel", 1, "number of lines processed concurrently")
 		read      = flag.String("read", "", "read the result of this task UUID, print one line and exit (stdin unused)")
 		timeoutMs = flag.Int64("timeout-ms", 20000, "default GetWithTimeout timeout")
 		pollMs    = flag.Int64("poll-ms", 50, "default GetWithTimeout sleep between polls")
 		amqpOpts  = mc.AMQPFlags(flag.CommandLine)
+		awsOpts   = mc.AWSFlags(flag.CommandLine)
 	)
 	flag.Parse()
 	if *backend == "" {
@@ -114,7 +115,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "mcproducer:", err)
 		return 2
 	}
-	srv, err := mc.New(mc.Options{Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue, AMQP: ao})
+	srv, err := mc.New(mc.Options{Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue, AMQP: ao, AWS: awsOpts()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mcproducer:", err)
 		return 2

@@ -1,8 +1,8 @@
 // Command mcworker is a Go Machinery worker for the interop suite.
 //
-// It consumes tasks from a Redis or AMQP (RabbitMQ) broker with Machinery v1
-// (URL factories, redigo for a single redis:// URL) or Machinery v2 (the AMQP
-// broker/backend constructors, Redis with redigo or go-redis), and prints one
+// It consumes tasks from a Redis, AMQP (RabbitMQ) or SQS broker with Machinery
+// v1 (URL factories, redigo for a single redis:// URL) or Machinery v2 (the
+// AMQP, SQS and DynamoDB constructors, Redis with redigo or go-redis), and prints one
 // JSON line per processed task run on stdout (see README.md). Machinery's own
 // log output goes to stderr.
 package main
@@ -30,8 +30,8 @@ func main() {
 func run() int {
 	var (
 		flavour     = flag.String("flavour", mc.FlavourV2Redigo, "v1 | v2-redigo | v2-goredis | v2 (no Redis URL)")
-		broker      = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis://[user:pw@]host:port/db or amqp://user:pw@host:port/vhost)")
-		backend     = flag.String("backend", "", "result backend URL (default: same as -broker)")
+		broker      = flag.String("broker", "redis://127.0.0.1:6379/0", "broker URL (redis://[user:pw@]host:port/db, amqp://user:pw@host:port/vhost or SQS http(s)://host[:port]/<account>)")
+		backend     = flag.String("backend", "", "result backend URL (redis://…, amqp://…, https://dynamodb…; default: same as -broker)")
 		counters    = flag.String("counters", "", "Redis URL for the fail_n_times/retry_later counters (default: -broker or -backend, whichever is redis://)")
 		queue       = flag.String("queue", "machinery_tasks", "queue to consume; also the DefaultQueue")
 		concurrency = flag.Int("concurrency", 4, "worker concurrency")
@@ -41,6 +41,7 @@ func run() int {
 		expire      = flag.Int("results-expire-in", 3600, "ResultsExpireIn in seconds")
 		quitTimeout = flag.Duration("quit-timeout", 30*time.Second, "how long to wait for running tasks on SIGINT/SIGTERM")
 		amqpOpts    = mc.AMQPFlags(flag.CommandLine)
+		awsOpts     = mc.AWSFlags(flag.CommandLine)
 	)
 	flag.Parse()
 	if *backend == "" {
@@ -71,10 +72,23 @@ func run() int {
 	if err != nil {
 		return fatal("%v", err)
 	}
+	aws := awsOpts()
+	// Machinery never creates SQS queues or DynamoDB tables (and only logs
+	// when they are missing): check them first.
+	if mc.Scheme(*broker) == "sqs" {
+		if err := mc.CheckSQSQueue(aws, *broker, *queue, 10*time.Second); err != nil {
+			return fatal("%v", err)
+		}
+	}
+	if mc.Scheme(*backend) == "dynamodb" {
+		if err := mc.CheckDynamoDBTables(aws, 10*time.Second); err != nil {
+			return fatal("%v", err)
+		}
+	}
 	srv, err := mc.New(mc.Options{
 		Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue,
 		DelayedPollMs: *delayedPoll, NormalPollMs: *normalPoll, ResultsExpireIn: *expire,
-		AMQP: ao,
+		AMQP: ao, AWS: aws,
 	})
 	if err != nil {
 		return fatal("server: %v", err)
@@ -140,6 +154,7 @@ func run() int {
 		}
 	}
 
+	sqsEv, dynamoEv := mc.AWSEvent(aws, *broker, *backend)
 	names := make([]string, 0, len(tasks))
 	for n := range tasks {
 		names = append(names, n)
@@ -148,6 +163,7 @@ func run() int {
 		"event": "ready", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid,
 		"queue": *queue, "concurrency": *concurrency, "broker": *broker, "backend": *backend,
 		"counters": *counters, "amqp": amqpEvent(mc.Scheme(*broker) == "amqp" || mc.Scheme(*backend) == "amqp", ao),
+		"sqs": sqsEv, "dynamodb": dynamoEv,
 		"machinery_version": mc.MachineryVersion(*flavour), "tasks": len(names),
 	})
 
@@ -168,17 +184,29 @@ func run() int {
 		return 0
 	case s := <-sigs:
 		out.Emit(map[string]interface{}{"event": "stopping", "worker": "go", "flavour": *flavour, "tag": *tag, "pid": pid, "signal": s.String()})
-		go w.Quit() // stops fetching, waits for running tasks
-		select {
-		case err := <-done:
-			stopped("signal "+s.String(), err)
-			return 0
-		case s2 := <-sigs:
-			stopped("second signal "+s2.String(), nil)
-			return 1
-		case <-time.After(*quitTimeout):
-			stopped("quit timeout", nil)
-			return 1
+		// Quit stops fetching and waits for running tasks. Exit once both Quit
+		// and Launch returned, as Machinery's own signal handling does: on
+		// SQS, Launch returns as soon as fetching stopped, while Quit still
+		// waits for the running tasks.
+		quitDone := make(chan struct{})
+		go func() { w.Quit(); close(quitDone) }()
+		var launchErr error
+		deadline := time.After(*quitTimeout)
+		for done != nil || quitDone != nil {
+			select {
+			case launchErr = <-done:
+				done = nil
+			case <-quitDone:
+				quitDone = nil
+			case s2 := <-sigs:
+				stopped("second signal "+s2.String(), nil)
+				return 1
+			case <-deadline:
+				stopped("quit timeout", nil)
+				return 1
+			}
 		}
+		stopped("signal "+s.String(), launchErr)
+		return 0
 	}
 }

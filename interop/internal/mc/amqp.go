@@ -125,17 +125,6 @@ func tableValue(v interface{}) (interface{}, error) {
 	return v, nil
 }
 
-// Scheme classifies a broker/backend URL: "redis", "amqp" or "".
-func Scheme(url string) string {
-	switch {
-	case strings.HasPrefix(url, "redis://"), strings.HasPrefix(url, "rediss://"):
-		return "redis"
-	case strings.HasPrefix(url, "amqp://"), strings.HasPrefix(url, "amqps://"):
-		return "amqp"
-	}
-	return ""
-}
-
 // AMQPHeaders converts Signature headers decoded with UseNumber into values
 // amqp091-go can put into a message's headers table (it refuses json.Number
 // and plain nested maps): integers → int (or int64 beyond 32 bits), other

@@ -1,7 +1,8 @@
 // Package mc hides the differences between Machinery v1 (via its URL
 // factories) and Machinery v2 (explicit constructors: Redis with redigo or
-// go-redis, AMQP) behind one small interface, so the interop programs can run
-// the same code against every flavour and broker/backend combination.
+// go-redis, AMQP, SQS, DynamoDB) behind one small interface, so the interop
+// programs can run the same code against every flavour and broker/backend
+// combination. One file per service: amqp.go, aws.go (SQS and DynamoDB).
 package mc
 
 import (
@@ -12,6 +13,7 @@ import (
 	"os"
 	"reflect"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	v1log "github.com/RichardKnop/machinery/v1/log"
@@ -23,8 +25,8 @@ const (
 	FlavourV1        = "v1"
 	FlavourV2Redigo  = "v2-redigo"
 	FlavourV2GoRedis = "v2-goredis"
-	// FlavourV2 is Machinery v2 without any Redis component (AMQP broker and
-	// AMQP backend); with a redis:// URL it is refused (say which client).
+	// FlavourV2 is Machinery v2 without any Redis component (AMQP, SQS,
+	// DynamoDB); with a redis:// URL it is refused (say which client).
 	FlavourV2 = "v2"
 )
 
@@ -34,13 +36,14 @@ var Flavours = []string{FlavourV1, FlavourV2Redigo, FlavourV2GoRedis, FlavourV2}
 // Options configures a server.
 type Options struct {
 	Flavour         string
-	Broker          string // redis://host:port/db or amqp://user:pw@host:port/vhost
-	Backend         string // redis://host:port/db or amqp://…
+	Broker          string // redis://host:port/db, amqp://user:pw@host:port/vhost or an SQS URL (http(s)://host/<account>)
+	Backend         string // redis://…, amqp://… or https://dynamodb… (DynamoDBBackendURL)
 	Queue           string // DefaultQueue
 	DelayedPollMs   int    // Redis.DelayedTasksPollPeriod
 	NormalPollMs    int    // Redis.NormalTasksPollPeriod
 	ResultsExpireIn int    // seconds
 	AMQP            AMQPOptions
+	AWS             AWSOptions
 }
 
 // Arg is a flavour-neutral tasks.Arg.
@@ -128,10 +131,14 @@ func New(o Options) (Server, error) {
 	if o.ResultsExpireIn <= 0 {
 		o.ResultsExpireIn = 3600
 	}
-	for what, u := range map[string]string{"broker": o.Broker, "backend": o.Backend} {
-		if Scheme(u) == "" {
-			return nil, fmt.Errorf("%s: want a redis:// or amqp:// URL, got %q", what, u)
-		}
+	if s := Scheme(o.Broker); s == "" || s == "dynamodb" {
+		return nil, fmt.Errorf("broker: want a redis://, amqp:// or SQS (http(s)://host/<account>) URL, got %q", o.Broker)
+	}
+	if s := Scheme(o.Backend); s == "" || s == "sqs" {
+		return nil, fmt.Errorf("backend: want a redis://, amqp:// or https://dynamodb… URL, got %q", o.Backend)
+	}
+	if err := o.AWS.fill(o.Broker); err != nil {
+		return nil, err
 	}
 	if o.AMQP.Exchange == "" && o.AMQP.ExchangeType == "" && o.AMQP.BindingKey == "" {
 		o.AMQP = AMQPOptions{Exchange: DefaultAMQPExchange, ExchangeType: DefaultAMQPExchangeType,
@@ -144,6 +151,21 @@ func New(o Options) (Server, error) {
 		return newV2(o)
 	}
 	return nil, fmt.Errorf("unknown flavour %q (want one of %v)", o.Flavour, Flavours)
+}
+
+// Scheme classifies a broker/backend URL: "redis", "amqp", "sqs", "dynamodb" or "".
+func Scheme(url string) string {
+	switch {
+	case strings.HasPrefix(url, "redis://"), strings.HasPrefix(url, "rediss://"):
+		return "redis"
+	case strings.HasPrefix(url, "amqp://"), strings.HasPrefix(url, "amqps://"):
+		return "amqp"
+	case IsDynamoDBURL(url):
+		return "dynamodb"
+	case IsSQSURL(url):
+		return "sqs"
+	}
+	return ""
 }
 
 // LogToStderr sends Machinery's own log output (which goes to stdout by

@@ -14,7 +14,9 @@ import (
 
 // v1Server uses Machinery v1's NewServer, i.e. its BrokerFactory /
 // BackendFactory / LockFactory driven by the URLs: amqp:// selects the AMQP
-// broker/backend, a single redis://host:port/db URL the redigo Redis ones.
+// broker/backend, a single redis://host:port/db URL the redigo Redis ones, an
+// http(s) URL the SQS broker and https://dynamodb… the DynamoDB backend (with
+// the SDK clients of aws.go).
 type v1Server struct {
 	srv  *machinery.Server
 	amqp bool // AMQP broker: headers converted for amqp091 (AMQPHeaders)
@@ -48,6 +50,9 @@ func newV1(o Options) (Server, error) {
 			AutoDelete:       o.AMQP.AutoDelete,
 			DelayedQueue:     o.AMQP.DelayedQueue,
 		},
+	}
+	if err := configureV1AWS(cnf, o); err != nil {
+		return nil, err
 	}
 	s, err := machinery.NewServer(cnf)
 	if err != nil {

@@ -58,6 +58,7 @@ func newV2(o Options) (Server, error) {
 			DelayedQueue:     o.AMQP.DelayedQueue,
 		},
 	}
+	configureV2AWS(cnf, o)
 	redisClient := func(what string) error {
 		if o.Flavour == FlavourV2 {
 			return fmt.Errorf("%s is a redis:// URL: use -flavour v2-redigo or v2-goredis to pick the Redis client", what)
@@ -68,6 +69,11 @@ func newV2(o Options) (Server, error) {
 	switch Scheme(o.Broker) {
 	case "amqp":
 		br = amqpbroker.New(cnf)
+	case "sqs":
+		var err error
+		if br, err = newV2SQSBroker(cnf); err != nil {
+			return nil, fmt.Errorf("broker: %v", err)
+		}
 	case "redis":
 		if err := redisClient("broker"); err != nil {
 			return nil, err
@@ -86,6 +92,11 @@ func newV2(o Options) (Server, error) {
 	switch Scheme(o.Backend) {
 	case "amqp":
 		be = amqpbackend.New(cnf)
+	case "dynamodb":
+		var err error
+		if be, err = newV2DynamoDBBackend(cnf); err != nil {
+			return nil, fmt.Errorf("backend: %v", err)
+		}
 	case "redis":
 		if err := redisClient("backend"); err != nil {
 			return nil, err
