@@ -323,8 +323,9 @@ class Machinery:
         """Go's ``SendGroup``: InitGroup, PENDING for every member, then publish them all.
 
         On Redis (broker and backend on one server) everything goes in one pipelined round
-        trip, in that order; otherwise members are published by up to ``send_concurrency``
-        threads (0 = one per member).  Bounded as :meth:`send_task` is.
+        trip, in that order; a broker with ``publish_many`` (SQS) sends them in batches;
+        otherwise members are published by up to ``send_concurrency`` threads (0 = one per
+        member).  Bounded as :meth:`send_task` is.
         """
         if not members:
             raise ValueError("an empty group cannot be sent")
@@ -352,9 +353,13 @@ class Machinery:
                 logger.warning("InitGroup %s failed: %s", group_uuid, e)
             for m in members:
                 backend.set_state_pending(m)
-            workers = send_concurrency if send_concurrency > 0 else len(members)
-            with ThreadPoolExecutor(max_workers=min(workers, 64)) as pool:
-                list(pool.map(broker.publish, members))
+            publish_many = getattr(broker, "publish_many", None)
+            if publish_many is not None:  # batches (SQS: SendMessageBatch, 10 a call)
+                publish_many(members)
+            else:
+                workers = send_concurrency if send_concurrency > 0 else len(members)
+                with ThreadPoolExecutor(max_workers=min(workers, 64)) as pool:
+                    list(pool.map(broker.publish, members))
         return GroupResult(group_uuid, [AsyncResult(u, backend, m.name)
                                         for u, m in zip(uuids, members, strict=True)])
 

@@ -12,9 +12,13 @@ scheme              module                                  extra
 ``eager://<name>``                                          producer's call, for tests)
 ``amqp://``,        :mod:`machinery_compat.brokers.amqp`    ``machinery-compat[amqp]``
 ``amqps://``
+``https://``,       :mod:`machinery_compat.brokers.sqs`     ``machinery-compat[aws]``
+``http://``         (AWS SQS: the URL is the queue URL
+                    prefix, ``https://sqs.<region>.
+                    amazonaws.com/<account id>``)
 ==================  ======================================  =========================
 
-SQS and GCP Pub/Sub brokers are not implemented yet (see README).
+The GCP Pub/Sub broker is not implemented yet (see README).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _NOT_YET = {
-    "https": "SQS", "http": "SQS", "gcppubsub": "GCP Pub/Sub",
+    "gcppubsub": "GCP Pub/Sub",
 }
 
 
@@ -71,6 +75,10 @@ def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
         if url == DEFAULT_BROKER:  # most likely not what the user runs: say where it came from
             logger.warning("broker: %s", not_configured_hint("broker", url, DEFAULT_BROKER)[2:])
         return AMQPBroker.from_config(config)
+    if scheme in ("https", "http"):
+        from .sqs import SQSBroker
+
+        return SQSBroker.from_config(config)
     if scheme == "memory":
         from .memory import MemoryBroker
 

@@ -1,0 +1,939 @@
+"""AWS SQS broker (boto3), with Go Machinery's wire format (§5.3 of the protocol notes).
+
+URL: the broker URL is the queue URL prefix, as in Go: ``https://sqs.<region>.amazonaws.com/
+<account id>``; a queue's URL is that prefix + ``"/"`` + the queue name (plain concatenation: no
+``GetQueueUrl``, no name mangling).  Queues are not created (except dead-letter queues, below):
+create them as you do for Go workers.  ``http://`` URLs work too (emulators: moto, ElasticMQ,
+LocalStack).
+
+Configuration (YAML section ``sqs``, the one Go reads; ``SQSConfig`` in code):
+
+* ``receive_wait_time_seconds`` (``SQS_WAIT_TIME_SECONDS``): the long-poll wait.  Go's default
+  0 short-polls in a busy loop; a Python worker always long-polls, at most this many seconds
+  (0: 20 s, SQS's maximum) and never longer than the worker's own poll period (so a stop is
+  not held up); a wait below one second short-polls and then sleeps out the rest.
+* ``receive_visibility_timeout`` (``SQS_VISIBILITY_TIMEOUT``): sent with every
+  ``ReceiveMessage``; unset, the queue's own visibility timeout applies.
+* ``visibility_hearth_beat`` (sic, ``SQS_VISIBILITY_HEARTBEAT``): Go v2 extends the visibility
+  of a message while its task runs only with this set.  A Python worker always does (below).
+* Python only: ``endpoint_url`` (``SQS_ENDPOINT_URL``), where boto3 sends its calls (VPC
+  endpoints, emulators); empty: the broker URL's own host when that is not an AWS host (an
+  emulator's URL just works), else boto3's endpoint for the region.  ``region``
+  (``SQS_REGION``); empty: boto3's standard chain (``AWS_REGION``/``AWS_DEFAULT_REGION``,
+  profile), else the region in an ``sqs.<region>.amazonaws.com`` broker URL.  Credentials
+  always come from boto3's standard chain (environment, profile, instance/task role), or pass
+  your own client as ``SQSConfig(client=boto3.client("sqs", ...))``.
+
+Install with ``pip install machinery-compat[aws]`` (boto3).
+
+Producing
+---------
+
+* ``SendMessage(QueueUrl=<broker>/<routing key>, MessageBody=<Signature JSON>)``, no message
+  attributes.  As in Go, the JSON is encoded *before* an empty routing key is defaulted, so a
+  task sent without one carries ``"RoutingKey":""`` while going to the default queue.
+* ETA: ``DelaySeconds`` = whole seconds until the ETA, truncated as Go does (a task may
+  therefore run up to a second before its ETA, on Go and Python workers alike).  SQS delays at
+  most 15 minutes and Go refuses a later ETA (``Max AWS SQS delay exceeded``); this broker
+  sends such a task with the longest delay (900 s) and a Python worker that receives it
+  before its ETA hands it back: it sends the same bytes again with the delay still needed (at
+  most 900 s) and deletes the copy it received, until the task is due.  A new message each
+  step, not a longer visibility timeout: a message received again and again would count
+  toward a queue's redrive policy (``maxReceiveCount``) and age toward its retention period.
+  A **Go** worker ignores ETAs: it runs such a task when it receives it, up to 15 min early.
+* FIFO queues (name ending in ``.fifo``): ``MessageGroupId`` = the signature's
+  ``BrokerMessageGroupId`` (required; Go's error text otherwise); ETA ignored, as Go does (a
+  delay would hold up the whole message group).  ``MessageDeduplicationId``: Go uses the task
+  UUID, so SQS silently drops a retry (same UUID) sent within its 5-minute deduplication
+  window; this broker uses the SHA-256 of the message body instead, which differs for every
+  retry (RetryCount, ETA and the retries header change) while a publish repeated with the
+  same bytes is still deduplicated.
+* :meth:`SQSBroker.publish_many` (used by ``send_group``) sends ``SendMessageBatch`` calls of
+  at most 10 messages (and 256 KiB); entries SQS failed on its side are sent again (3 tries),
+  entries it refused raise :class:`~machinery_compat.exceptions.PublishError` naming them.
+
+Consuming
+---------
+
+* ``ReceiveMessage`` with ``MaxNumberOfMessages`` = what the worker can take (at most 10), the
+  wait above, ``VisibilityTimeout`` when configured, the ``ApproximateReceiveCount``,
+  ``SentTimestamp`` and ``MessageGroupId`` system attributes and every message attribute.  A
+  worker consuming several queues short-polls them in turn (in the order it asks, rotating)
+  and long-polls the first when all are empty.  A :class:`Delivery`'s ``tag`` is the message's
+  receipt handle; ``extra`` holds the queue URL, message id, receive count and sent time.  The
+  body is not rewritten: Go sets the signature's ``SQSReceiptHandle`` in memory only (it then
+  leaks into the bytes of a retry Go re-sends; nothing reads it), a Python worker leaves the
+  field as it came.
+* Visibility heartbeat: while the worker holds a message (from receipt until it is settled),
+  one thread per worker extends its visibility (``ChangeMessageVisibilityBatch``) every half
+  visibility timeout, with the configured timeout or else the queue's own
+  (``GetQueueAttributes``, read once per queue; without that permission no heartbeat), up to
+  SQS's 12 hours.  A task longer than the timeout therefore never runs twice.  (Go v2 does
+  this only with ``visibility_hearth_beat``, and runs two heartbeat loops per message.)
+* Settling: acknowledged = ``DeleteMessage``, after the task's final state was stored.  A task
+  that failed with ``StopTaskDeletionOnError`` is not deleted (it comes back after the
+  visibility timeout, and the queue's redrive policy can move it to a DLQ), as in Go.  Given
+  back (a task this worker lacks; or taken but not started when the worker stops) =
+  ``ChangeMessageVisibility(0)``: visible at once to any worker;
+  :meth:`~SQSBroker.requeue_later` = ``ChangeMessageVisibility(delay)``, so a worker meeting
+  a task it cannot run again and again does not spin on it.  Dropped
+  (``IgnoreWhenTaskNotRegistered``) = deleted.  Undecodable: Go deletes it; this broker first
+  sends the bytes to the dead-letter queue ``<queue>-dead`` (``<name>-dead.fifo`` for a FIFO
+  queue; SQS names allow no ``.``), created when missing, with the message attribute
+  ``reason``, then deletes it.
+* Errors: boto3's ``standard`` retry mode retries throttling and transient errors; a delete
+  is retried a few more times, then left to the worker (which retries until it stops; the
+  message would then be received again: at-least-once).  A receipt handle SQS no longer
+  accepts (the message became visible again and was received elsewhere) is logged, not
+  raised.  Connection errors and exhausted retries raise
+  :class:`~machinery_compat.exceptions.BrokerConnectionError` (the worker backs off and
+  retries), a missing queue too (with its URL in the message).
+
+Inspection: SQS cannot list a queue without receiving its messages (which hides them and
+counts toward redrive policies), so :meth:`~SQSBroker.pending_tasks` and
+:meth:`~SQSBroker.delayed_tasks` raise ``NotImplementedError``;
+:meth:`~SQSBroker.queue_depth` returns SQS's approximate counts.
+
+Threads and processes: one boto3 client per broker and process (clients are thread-safe;
+boto3 sessions are not, so each client is made under a lock from its own session); a forked
+child makes its own client and heartbeat thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..exceptions import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    PublishError,
+)
+from ..protocol import Signature
+from .base import Broker, Delivery
+
+if TYPE_CHECKING:
+    from ..config import Config, SQSConfig
+
+logger = logging.getLogger(__name__)
+
+#: SQS's longest ``DelaySeconds`` (15 minutes); Go refuses longer delays.
+MAX_DELAY = 900
+#: SQS's longest long-poll wait; what a Python worker waits (capped by its poll period) when
+#: ``receive_wait_time_seconds`` is 0.
+DEFAULT_WAIT = 20
+#: SQS's most messages per ReceiveMessage / SendMessageBatch / ChangeMessageVisibilityBatch.
+MAX_BATCH = 10
+#: SQS's largest total payload of one SendMessageBatch (bytes).
+MAX_BATCH_BYTES = 256 * 1024
+#: SQS's longest visibility of one received message (12 hours from its receipt).
+MAX_VISIBILITY = 12 * 3600
+#: A received task due this much later or more (seconds) is handed back until due.
+EARLY_TOLERANCE = 1.0
+#: Go's error for a FIFO task without a message group (``BrokerMessageGroupId``).
+FIFO_GROUP_ERROR = ("please specify BrokerMessageGroupId attribute for task Signature when "
+                    "submitting a task to FIFO queue")
+#: the dead-letter queue of a queue: ``<queue>-dead``, or ``<name>-dead.fifo``
+DEAD_SUFFIX = "-dead"
+#: tries of a delete (and of a batch's retryable entries) before giving up
+_TRIES = 3
+_FIRST_BACKOFF = 0.2
+
+_MISSING_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+_BAD_RECEIPT = frozenset({"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.MessageNotInflight",
+                          "MessageNotInflight", "InvalidReceiptHandle"})
+_TRANSIENT = frozenset({
+    "ThrottlingException", "Throttling", "RequestThrottled", "ServiceUnavailable",
+    "AWS.SimpleQueueService.ServiceUnavailable", "InternalError", "InternalFailure",
+    "RequestTimeout", "RequestTimeoutException", "SlowDown", "KmsThrottled",
+    "TooManyRequestsException",
+})
+_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
+
+_AWS_HOST = re.compile(r"(^|\.)amazonaws\.com(\.cn)?$", re.IGNORECASE)
+_URL_REGION = (
+    re.compile(r"(?:^|\.)sqs[.-]([a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com", re.IGNORECASE),
+    re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)\.queue\.amazonaws\.com", re.IGNORECASE),
+)
+
+
+def is_fifo(queue: str) -> bool:
+    """A FIFO queue's name ends with ``.fifo`` (Go tests the routing key the same way)."""
+    return queue.endswith(".fifo")
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where this broker keeps undecodable messages of ``queue`` (``<queue>-dead``, or
+    ``<name>-dead.fifo`` for a FIFO queue: SQS queue names cannot contain ``.``)."""
+    if is_fifo(queue):
+        return queue[: -len(".fifo")] + DEAD_SUFFIX + ".fifo"
+    return queue + DEAD_SUFFIX
+
+
+def deduplication_id(body: bytes) -> str:
+    """A FIFO message's ``MessageDeduplicationId``: the SHA-256 of its bytes (Go: the task
+    UUID, which makes SQS drop a retry sent within 5 minutes; every retry's bytes differ)."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def delay_seconds(eta_unix_ns: int, now_ns: int) -> int:
+    """Go's ``DelaySeconds``: whole seconds from now to the ETA, truncated; 0 when past."""
+    delay = eta_unix_ns - now_ns
+    return delay // 1_000_000_000 if delay > 0 else 0
+
+
+def region_from_url(url: str) -> str | None:
+    """The region named in an ``https://sqs.<region>.amazonaws.com/...`` URL, if any."""
+    host = urlsplit(url).hostname or ""
+    for pattern in _URL_REGION:
+        m = pattern.search(host)
+        if m:
+            return m.group(1).lower()
+    return None
+
+
+def endpoint_from_url(url: str) -> str | None:
+    """The broker URL's origin when it is not an AWS host (an emulator), else ``None``."""
+    parts = urlsplit(url)
+    if not parts.hostname or _AWS_HOST.search(parts.hostname):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _require_boto3() -> Any:
+    try:
+        import boto3
+    except ImportError as e:
+        raise ConfigError("the SQS broker needs boto3: pip install machinery-compat[aws]") from e
+    return boto3
+
+
+def _error_code(e: BaseException | None) -> str:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _client_errors() -> tuple[tuple[type[BaseException], ...], type[BaseException]]:
+    """(connection-level errors, ``ClientError``) of botocore."""
+    from botocore import exceptions as bx
+
+    return (bx.ConnectionError, bx.HTTPClientError, bx.NoCredentialsError,
+            bx.PartialCredentialsError), bx.ClientError
+
+
+@dataclass
+class _Held:
+    """A message a consumer holds (received, not settled yet)."""
+
+    delivery: Delivery
+    queue_url: str
+    received: float  # monotonic
+    extended: float  # monotonic: when its visibility was last set
+    visibility: int  # seconds it was last set to (0: unknown)
+
+
+class SQSBroker(Broker):
+    """See the module documentation."""
+
+    schemes = ("https", "http")
+
+    def __init__(
+        self,
+        url: str,
+        default_queue: str = "machinery_tasks",
+        *,
+        sqs: SQSConfig | None = None,
+        client: Any = None,
+        max_delay: int = MAX_DELAY,
+        default_wait: int = DEFAULT_WAIT,
+    ) -> None:
+        """``client``: a boto3 SQS client (else ``sqs.client``, else one is made from the
+        config); ``max_delay``: the longest ``DelaySeconds`` sent (SQS's 900 s; smaller only in
+        tests); ``default_wait``: the long-poll wait when ``receive_wait_time_seconds`` is 0."""
+        from ..config import SQSConfig
+
+        super().__init__(default_queue)
+        self.url = url
+        self.cfg = sqs if sqs is not None else SQSConfig()
+        self.max_delay = max_delay
+        self.default_wait = default_wait
+        self._given_client = client if client is not None else self.cfg.client
+        if self._given_client is None:
+            _require_boto3()
+        self._client: Any = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._consumer: SQSConsumer | None = None
+        self._consumers: list[SQSConsumer] = []
+        #: queue name -> its VisibilityTimeout attribute (None: could not be read)
+        self._queue_visibility: dict[str, int | None] = {}
+        self._dead_queues: set[str] = set()
+
+    @classmethod
+    def from_config(cls, config: Config) -> SQSBroker:
+        return cls(config.broker, config.default_queue, sqs=config.sqs)
+
+    # -- client -------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The boto3 SQS client (made on first use, and again in a forked child)."""
+        if self._given_client is not None:
+            return self._given_client
+        if self._client is not None and self._pid == os.getpid():
+            return self._client
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                self._client = self._make_client()
+                self._pid = os.getpid()
+            return self._client
+
+    def _make_client(self) -> Any:
+        boto3 = _require_boto3()
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import NoRegionError
+
+        endpoint = self.cfg.endpoint_url or endpoint_from_url(self.url)
+        boto_config = BotoConfig(
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=5,
+            read_timeout=max(DEFAULT_WAIT, self.cfg.wait_time_seconds) + 10,
+            max_pool_connections=50,
+        )
+        session = boto3.session.Session()
+        region = self.cfg.region or None
+        try:
+            return session.client("sqs", endpoint_url=endpoint, region_name=region,
+                                  config=boto_config)
+        except NoRegionError:
+            region = region_from_url(self.url)
+            if region is None:
+                raise ConfigError(
+                    "the SQS broker needs an AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, "
+                    "or a profile's region), or sqs.region in the config") from None
+            return session.client("sqs", endpoint_url=endpoint, region_name=region,
+                                  config=boto_config)
+
+    def queue_url(self, queue: str) -> str:
+        """Go's queue URL: the broker URL + ``"/"`` + the queue name."""
+        return self.url + "/" + queue
+
+    @contextlib.contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        """botocore errors as this library's: connection trouble, throttling and SQS's own
+        transient errors (after boto3's retries) and a missing queue as
+        :class:`BrokerConnectionError`; anything else SQS refused as :class:`BrokerError`."""
+        connection, client_error = _client_errors()
+        try:
+            yield
+        except connection as e:
+            raise BrokerConnectionError(f"SQS broker: {doing}: {e}") from e
+        except client_error as e:
+            code = _error_code(e)
+            if code in _MISSING_QUEUE:
+                raise BrokerConnectionError(
+                    f"SQS broker: {doing}: the queue does not exist ({e}); create it, e.g. "
+                    f"`aws sqs create-queue --queue-name <name>`") from e
+            if code in _TRANSIENT:
+                raise BrokerConnectionError(f"SQS broker: {doing}: {e}") from e
+            raise BrokerError(f"SQS broker: {doing}: {e}") from e
+
+    # -- producer -----------------------------------------------------------------------
+    def message_params(self, sig: Signature, now_ns: int | None = None) -> dict[str, Any]:
+        """``SendMessage`` parameters for ``sig`` as Go builds them (body encoded before the
+        routing key is defaulted; see the module documentation for the FIFO id and long
+        delays).  Adjusts ``sig.routing_key``."""
+        body = sig.to_json()
+        self.adjust_routing_key(sig)
+        return self._params_for(sig.routing_key, body, sig.broker_message_group_id, sig.eta,
+                                now_ns)
+
+    def _params_for(self, queue: str, body: bytes, group_id: str, eta: Any,
+                    now_ns: int | None = None) -> dict[str, Any]:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise EncodeError(f"an SQS message body must be UTF-8 text: {e}") from e
+        params: dict[str, Any] = {"QueueUrl": self.queue_url(queue), "MessageBody": text}
+        if is_fifo(queue):
+            if not group_id:
+                raise PublishError(FIFO_GROUP_ERROR)
+            params["MessageGroupId"] = group_id
+            params["MessageDeduplicationId"] = deduplication_id(body)
+        elif eta is not None:
+            delay = delay_seconds(eta.unix_ns, time.time_ns() if now_ns is None else now_ns)
+            if delay > self.max_delay:
+                logger.debug("task due in %d s: sent with SQS's longest delay (%d s); a Python "
+                             "worker hands it back until due", delay, self.max_delay)
+                delay = self.max_delay
+            if delay > 0:
+                params["DelaySeconds"] = delay
+        return params
+
+    def publish(self, sig: Signature) -> None:
+        params = self.message_params(sig)
+        try:
+            with self._translated(f"send task {sig.name}[{sig.uuid}] to {params['QueueUrl']}"):
+                self.client.send_message(**params)
+        except BrokerError as e:
+            raise PublishError(f"Publish message error: {e}") from e
+
+    def publish_many(self, sigs: Sequence[Signature]) -> None:
+        """Publish ``sigs`` with ``SendMessageBatch`` (per queue, at most 10 messages and
+        256 KiB a call).  Entries SQS failed on its side are sent again (3 tries); entries it
+        refused, or still failing, raise :class:`PublishError` naming the tasks (the others
+        were sent)."""
+        by_queue: dict[str, list[tuple[Signature, dict[str, Any]]]] = {}
+        for sig in sigs:
+            params = self.message_params(sig)
+            by_queue.setdefault(params.pop("QueueUrl"), []).append((sig, params))
+        failures: list[str] = []
+        for queue_url, entries in by_queue.items():
+            for chunk in _chunks(entries):
+                failures += self._send_batch(queue_url, chunk)
+        if failures:
+            raise PublishError(f"Publish message error: {len(failures)} of {len(sigs)} "
+                               f"message(s) were not sent: {'; '.join(failures[:10])}"
+                               + (" …" if len(failures) > 10 else ""))
+
+    def _send_batch(self, queue_url: str,
+                    chunk: list[tuple[Signature, dict[str, Any]]]) -> list[str]:
+        """Send one batch; returns descriptions of the entries that could not be sent."""
+        pending = {str(i): (sig, params) for i, (sig, params) in enumerate(chunk)}
+        refused: list[str] = []
+        for attempt in range(_TRIES):
+            entries = [{"Id": i, **params} for i, (_, params) in pending.items()]
+            try:
+                with self._translated(f"send {len(entries)} message(s) to {queue_url}"):
+                    reply = self.client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            except BrokerError as e:
+                raise PublishError(f"Publish message error: {e} (tasks "
+                                   f"{', '.join(s.uuid for s, _ in pending.values())} were not "
+                                   f"sent)") from e
+            for ok in reply.get("Successful", ()):
+                pending.pop(ok["Id"], None)
+            retry: dict[str, tuple[Signature, dict[str, Any]]] = {}
+            for bad in reply.get("Failed", ()):
+                entry = pending.pop(bad["Id"], None)
+                if entry is None:
+                    continue
+                why = f"{bad.get('Code', '?')}: {bad.get('Message', '')}"
+                if bad.get("SenderFault") or attempt + 1 == _TRIES:
+                    refused.append(f"task {entry[0].name}[{entry[0].uuid}] ({why})")
+                else:
+                    retry[bad["Id"]] = entry
+            pending = retry
+            if not pending:
+                break
+            time.sleep(_FIRST_BACKOFF * 2 ** attempt)
+        return refused
+
+    # -- consumer -----------------------------------------------------------------------
+    def consumer(self, queues: Sequence[str], *, crash_safe: bool = True,
+                 heartbeat_ttl: float | None = None) -> Broker:
+        """A :class:`SQSConsumer` for one worker (its own heartbeat thread).  SQS keeps every
+        message received until it is deleted, so consuming is always crash-safe; the
+        arguments are not used."""
+        consumer = SQSConsumer(self)
+        with self._lock:
+            self._consumers.append(consumer)
+        return consumer
+
+    def _default_consumer(self) -> SQSConsumer:
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = SQSConsumer(self)
+                self._consumers.append(self._consumer)
+            return self._consumer
+
+    def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        return self._default_consumer().fetch(queues, max_messages, timeout)
+
+    def wait_seconds(self, timeout: float) -> int:
+        """The ``WaitTimeSeconds`` of a fetch that may wait ``timeout`` seconds."""
+        configured = self.cfg.wait_time_seconds if self.cfg.wait_time_seconds > 0 else self.default_wait
+        return max(0, min(configured, DEFAULT_WAIT, int(timeout)))
+
+    def receive(self, queue: str, max_messages: int, wait: int) -> list[dict[str, Any]]:
+        """One ``ReceiveMessage`` call (raw SQS messages)."""
+        params: dict[str, Any] = {
+            "QueueUrl": self.queue_url(queue),
+            "MaxNumberOfMessages": max(1, min(max_messages, MAX_BATCH)),
+            "WaitTimeSeconds": wait,
+            "MessageSystemAttributeNames": _SYSTEM_ATTRIBUTES,
+            "MessageAttributeNames": ["All"],
+        }
+        if self.cfg.visibility_timeout is not None:
+            params["VisibilityTimeout"] = self.cfg.visibility_timeout
+        with self._translated(f"receive from {params['QueueUrl']}"):
+            reply = self.client.receive_message(**params)
+        messages: list[dict[str, Any]] = reply.get("Messages") or []
+        return messages
+
+    def visibility_of(self, queue: str) -> int | None:
+        """The visibility timeout a received message of ``queue`` gets: the configured one, else
+        the queue's own (read once; ``None`` when it cannot be read)."""
+        if self.cfg.visibility_timeout is not None:
+            return self.cfg.visibility_timeout
+        if queue in self._queue_visibility:
+            return self._queue_visibility[queue]
+        value: int | None = None
+        try:
+            with self._translated(f"read the visibility timeout of {self.queue_url(queue)}"):
+                reply = self.client.get_queue_attributes(
+                    QueueUrl=self.queue_url(queue), AttributeNames=["VisibilityTimeout"])
+            value = int(reply["Attributes"]["VisibilityTimeout"])
+        except BrokerConnectionError:
+            return None  # try again next time
+        except (BrokerError, KeyError, ValueError) as e:
+            logger.warning("SQS: cannot read the visibility timeout of %s (%s): the visibility "
+                           "of its messages is not extended while their tasks run (set "
+                           "sqs.receive_visibility_timeout to have it extended)", queue, e)
+        self._queue_visibility[queue] = value
+        return value
+
+    # -- settling -----------------------------------------------------------------------
+    @staticmethod
+    def _forget(delivery: Delivery) -> None:
+        consumer = delivery.extra.get("consumer")
+        if isinstance(consumer, SQSConsumer):
+            consumer.forget(delivery)
+
+    def ack(self, delivery: Delivery) -> None:
+        """``DeleteMessage`` (the task finished), except for a task that failed with
+        ``StopTaskDeletionOnError``: left to come back after its visibility timeout (and to
+        the queue's redrive policy), as Go does.  The worker marks a failed task's delivery
+        with ``extra["failed"] = True``."""
+        if delivery.extra.get("failed") and _stop_task_deletion(delivery.body):
+            self._forget(delivery)
+            logger.info("SQS: task failed with StopTaskDeletionOnError: message %s left in %s "
+                        "(it comes back after its visibility timeout; a redrive policy can "
+                        "move it to a dead-letter queue)", delivery.extra.get("message_id", "?"),
+                        delivery.queue)
+            return
+        self._delete(delivery)
+
+    def drop(self, delivery: Delivery) -> None:
+        self._delete(delivery)
+
+    def _delete(self, delivery: Delivery) -> None:
+        receipt = delivery.extra.get("receipt_handle")
+        if receipt is None:
+            return  # not received from SQS: nothing to delete
+        self._forget(delivery)
+        queue_url = delivery.extra.get("queue_url") or self.queue_url(delivery.queue)
+        self._with_tries(
+            lambda: self.client.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt),
+            f"delete message {delivery.extra.get('message_id', '?')} from {queue_url}",
+        )
+
+    def _with_tries(self, call: Callable[[], Any], doing: str) -> bool:
+        """Run an SQS call that settles a message, a few times through transient errors (then
+        :class:`BrokerConnectionError`); a receipt handle SQS no longer accepts is logged
+        (the message is received again: at-least-once) and gives ``False``."""
+        for attempt in range(_TRIES):
+            try:
+                with self._translated(doing):
+                    call()
+                return True
+            except BrokerConnectionError:
+                if attempt + 1 == _TRIES:
+                    raise
+                time.sleep(_FIRST_BACKOFF * 2 ** attempt)
+            except BrokerError as e:
+                if _error_code(e.__cause__) in _BAD_RECEIPT or "receipt handle" in str(e).lower():
+                    logger.warning("SQS: could not %s: %s; the message becomes visible again "
+                                   "and is received again (at-least-once)", doing, e)
+                    return False
+                raise
+        return False  # pragma: no cover
+
+    def _set_visibility(self, deliveries: Sequence[Delivery], seconds: Callable[[Delivery], int],
+                        doing: str) -> None:
+        for d in deliveries:
+            receipt = d.extra.get("receipt_handle")
+            if receipt is None:
+                self._send_body(d.queue, d.body, d.extra.get("group_id", ""))
+                continue
+            self._forget(d)
+            queue_url = d.extra.get("queue_url") or self.queue_url(d.queue)
+            params = {"QueueUrl": queue_url, "ReceiptHandle": receipt,
+                      "VisibilityTimeout": seconds(d)}
+            self._with_tries(
+                functools.partial(self.client.change_message_visibility, **params),
+                f"{doing} message {d.extra.get('message_id', '?')} of {queue_url}",
+            )
+
+    def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
+        """``ChangeMessageVisibility(0)``: visible again at once, for any worker (SQS has no
+        head or tail to choose).  Bytes not received from SQS are sent to their queue."""
+        self._set_visibility(deliveries, lambda d: 0, "give back")
+
+    def requeue_later(self, deliveries: Sequence[Delivery], delay: float) -> bool:
+        """``ChangeMessageVisibility(delay)`` (whole seconds, at least 1, within SQS's 12 hours
+        from the receipt): the message stays in flight, held by nobody, until then."""
+        if any(d.extra.get("receipt_handle") is None for d in deliveries):
+            return False
+        wanted = max(1, math.ceil(delay))
+
+        def seconds(d: Delivery) -> int:
+            left = MAX_VISIBILITY - int(time.monotonic() - d.extra.get("received", time.monotonic()))
+            return max(0, min(wanted, left - 1))
+
+        self._set_visibility(deliveries, seconds, f"hand back in {wanted} s")
+        return True
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> str:
+        """Send the bytes to ``<queue>-dead`` (created when missing) with the message attribute
+        ``reason``, then delete the message; returns that queue's name."""
+        where = dead_letter_queue(delivery.queue)
+        group = delivery.extra.get("group_id") or "dead"
+        self._send_body(where, delivery.body, group, reason=reason, create=True,
+                        source_id=str(delivery.extra.get("message_id", "")))
+        self._delete(delivery)
+        return where
+
+    def _send_body(self, queue: str, body: bytes, group_id: str, *, reason: str = "",
+                   create: bool = False, source_id: str = "") -> None:
+        """Send raw bytes to ``queue`` (``create``: make the queue when missing)."""
+        params: dict[str, Any] = {"QueueUrl": self.queue_url(queue),
+                                  "MessageBody": body.decode("utf-8", "replace")}
+        if is_fifo(queue):
+            params["MessageGroupId"] = group_id or "machinery_compat"
+            params["MessageDeduplicationId"] = deduplication_id(body + source_id.encode())
+        if reason:
+            params["MessageAttributes"] = {
+                "reason": {"DataType": "String", "StringValue": reason[:1000] or "?"}}
+        _, client_error = _client_errors()
+        with self._translated(f"send a message to {params['QueueUrl']}"):
+            try:
+                self.client.send_message(**params)
+            except client_error as e:
+                if not (create and _error_code(e) in _MISSING_QUEUE):
+                    raise
+                self._create_queue(queue)
+                self.client.send_message(**params)
+
+    def _create_queue(self, queue: str) -> None:
+        attributes = {"MessageRetentionPeriod": "1209600"}  # 14 days, SQS's longest
+        if is_fifo(queue):
+            attributes["FifoQueue"] = "true"
+        logger.warning("SQS: creating the dead-letter queue %s", queue)
+        self.client.create_queue(QueueName=queue, Attributes=attributes)
+
+    # -- inspection ---------------------------------------------------------------------
+    def queue_depth(self, queue: str | None = None) -> dict[str, int]:
+        """SQS's approximate counts for ``queue`` (default queue): ``visible``, ``in_flight``
+        (received, not deleted) and ``delayed``."""
+        q = queue or self.default_queue
+        names = {"ApproximateNumberOfMessages": "visible",
+                 "ApproximateNumberOfMessagesNotVisible": "in_flight",
+                 "ApproximateNumberOfMessagesDelayed": "delayed"}
+        with self._translated(f"read the attributes of {self.queue_url(q)}"):
+            reply = self.client.get_queue_attributes(QueueUrl=self.queue_url(q),
+                                                     AttributeNames=list(names))
+        attrs = reply.get("Attributes", {})
+        return {short: int(attrs.get(name, 0)) for name, short in names.items()}
+
+    def pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        raise NotImplementedError(
+            "SQS cannot list a queue's messages without receiving them (which hides them from "
+            "workers and counts toward a redrive policy); use queue_depth() for the counts")
+
+    def delayed_tasks(self) -> list[Signature]:
+        raise NotImplementedError(
+            "SQS cannot list delayed messages; queue_depth() counts them")
+
+    def close(self) -> None:
+        with self._lock:
+            consumers, self._consumers, self._consumer = self._consumers, [], None
+            client, self._client = self._client, None
+        for consumer in consumers:
+            consumer.stop_consuming()
+        if client is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+class SQSConsumer(SQSBroker):
+    """The receiving side of the SQS broker for one worker: receives messages, hands back
+    tasks received before their ETA, and keeps the visibility of every message it holds
+    extended until the message is settled (one heartbeat thread).
+
+    Publishing and settling work as on its :class:`SQSBroker` (it shares its client); a
+    :class:`Delivery` it received carries it as ``extra["consumer"]``, so whichever broker
+    settles the message stops its heartbeat.
+    """
+
+    def __init__(self, broker: SQSBroker) -> None:
+        self.broker = broker
+        self.default_queue = broker.default_queue
+        self.url = broker.url
+        self.cfg = broker.cfg
+        self.max_delay = broker.max_delay
+        self.default_wait = broker.default_wait
+        self._held: dict[str, _Held] = {}
+        self._held_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    # shared with the broker
+    @property
+    def client(self) -> Any:
+        return self.broker.client
+
+    def visibility_of(self, queue: str) -> int | None:
+        return self.broker.visibility_of(queue)
+
+    def consumer(self, queues: Sequence[str], *, crash_safe: bool = True,
+                 heartbeat_ttl: float | None = None) -> Broker:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<SQSConsumer {self.url} holding {len(self._held)}>"
+
+    # -- receiving ----------------------------------------------------------------------
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._held = {}
+            self._held_lock = threading.RLock()
+            self._thread = None
+            self._stop = threading.Event()
+            self._wake = threading.Event()
+
+    def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_messages`` (at most 10) messages from the first of ``queues`` that has
+        any: short polls of each in turn, then a long poll of the first (see the module
+        documentation); waits at most about ``timeout`` seconds."""
+        self._check_fork()
+        started = time.monotonic()
+        wait = self.wait_seconds(timeout)
+        order = list(queues)
+        for i, queue in enumerate(order):
+            last = i == len(order) - 1
+            # one queue: a long poll at once; several: a short poll each, a long one at the end
+            poll_wait = wait if len(order) == 1 else 0
+            messages = self.receive(queue, max_messages, poll_wait)
+            if messages:
+                return self._taken(queue, messages)
+            if last and len(order) > 1 and wait > 0:
+                messages = self.receive(order[0], max_messages, wait)
+                if messages:
+                    return self._taken(order[0], messages)
+        left = timeout - (time.monotonic() - started)
+        if wait == 0 and left > 0:  # a short poll: wait out the fetch's time, no busy loop
+            self._stop.wait(left)
+        return []
+
+    def _taken(self, queue: str, messages: list[dict[str, Any]]) -> list[Delivery]:
+        now = time.monotonic()
+        queue_url = self.queue_url(queue)
+        out: list[Delivery] = []
+        visibility = self.visibility_of(queue) or 0
+        for m in messages:
+            attributes = m.get("Attributes") or {}
+            body = str(m.get("Body", "")).encode("utf-8", "surrogateescape")
+            receipt = m["ReceiptHandle"]
+            delivery = Delivery(body, queue, receipt, {
+                "receipt_handle": receipt,
+                "queue_url": queue_url,
+                "message_id": m.get("MessageId", ""),
+                "receive_count": int(attributes.get("ApproximateReceiveCount", "1") or 1),
+                "sent_timestamp": int(attributes.get("SentTimestamp", "0") or 0),
+                "group_id": attributes.get("MessageGroupId", ""),
+                "message_attributes": m.get("MessageAttributes") or {},
+                "received": now,
+                "consumer": self,
+            })
+            if not is_fifo(queue) and self._hand_back_if_early(delivery):
+                continue
+            self._hold(delivery, queue_url, now, visibility)
+            out.append(delivery)
+        return out
+
+    def _hand_back_if_early(self, delivery: Delivery) -> bool:
+        """A task received a second or more before its ETA (sent with SQS's longest delay, or
+        handed back before) goes back, unchanged, with the delay still needed (at most 900 s):
+        a new message, then the received one is deleted.  True when it went back."""
+        body = delivery.body
+        if b'"ETA":null' in body:
+            return False
+        try:
+            eta = Signature.from_json(body).eta
+        except (DecodeError, ValueError):
+            return False  # the worker dead-letters it
+        if eta is None:
+            return False
+        left = (eta.unix_ns - time.time_ns()) / 1e9
+        if left < EARLY_TOLERANCE:
+            return False
+        delay = min(math.ceil(left), self.max_delay)
+        try:
+            with self._translated(f"hand back a task due in {left:.0f} s to {delivery.queue}"):
+                self.client.send_message(QueueUrl=delivery.extra["queue_url"],
+                                         MessageBody=body.decode("utf-8", "surrogateescape"),
+                                         DelaySeconds=delay)
+        except BrokerError as e:
+            logger.warning("SQS: %s; the worker gets it early instead", e)
+            return False
+        logger.debug("SQS: task due in %.0f s handed back with a %d s delay", left, delay)
+        try:
+            self._delete(delivery)
+        except BrokerError as e:  # it comes back once more: handed back again then
+            logger.warning("SQS: %s (a task handed back until its ETA is received once more)", e)
+        return True
+
+    # -- the heartbeat --------------------------------------------------------------------
+    def _hold(self, delivery: Delivery, queue_url: str, now: float, visibility: int) -> None:
+        with self._held_lock:
+            self._held[delivery.extra["receipt_handle"]] = _Held(
+                delivery, queue_url, now, now, visibility)
+        if visibility > 0 and self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._beat_loop, name="mc-sqs-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+
+    def forget(self, delivery: Delivery) -> None:
+        """Stop extending ``delivery``'s visibility (it is being settled)."""
+        with self._held_lock:
+            self._held.pop(delivery.extra.get("receipt_handle", ""), None)
+
+    def held(self) -> list[Delivery]:
+        """The deliveries this consumer holds (received, not settled)."""
+        with self._held_lock:
+            return [h.delivery for h in self._held.values()]
+
+    def _beat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pause = self.beat()
+            except Exception:
+                logger.exception("SQS visibility heartbeat failed")
+                pause = 1.0
+            self._stop.wait(pause)
+
+    def beat(self, now: float | None = None) -> float:
+        """Extend the visibility of every held message due for it (half its timeout passed);
+        returns the seconds until the next one is due (at most 1).  Holds the consumer's lock
+        throughout, so a message being settled (``forget`` waits for it) is never extended
+        after its settling call changed its visibility."""
+        now = time.monotonic() if now is None else now
+        pause = 1.0
+        with self._held_lock:
+            due: dict[str, list[_Held]] = {}
+            for held in self._held.values():
+                if held.visibility <= 0:
+                    continue
+                next_at = held.extended + held.visibility / 2
+                if next_at <= now:
+                    due.setdefault(held.queue_url, []).append(held)
+                else:
+                    pause = min(pause, next_at - now)
+            for queue_url, items in due.items():
+                for i in range(0, len(items), MAX_BATCH):
+                    self._extend(queue_url, items[i:i + MAX_BATCH], now)
+        return max(pause, 0.05)
+
+    def _extend(self, queue_url: str, items: list[_Held], now: float) -> None:
+        entries = []
+        for i, held in enumerate(items):
+            left = MAX_VISIBILITY - (now - held.received) - 1
+            value = int(min(held.visibility, left))
+            if value <= 0:
+                logger.warning("SQS: message %s of %s has been held for 12 hours, SQS's limit: "
+                               "it becomes visible again and may run a second time",
+                               held.delivery.extra.get("message_id", "?"), queue_url)
+                self._held.pop(held.delivery.extra["receipt_handle"], None)
+                continue
+            entries.append({"Id": str(i), "ReceiptHandle": held.delivery.extra["receipt_handle"],
+                            "VisibilityTimeout": value})
+        if not entries:
+            return
+        try:
+            with self._translated(f"extend the visibility of {len(entries)} message(s) of "
+                                  f"{queue_url}"):
+                reply = self.client.change_message_visibility_batch(QueueUrl=queue_url,
+                                                                    Entries=entries)
+        except BrokerError as e:
+            logger.warning("SQS heartbeat: %s; trying again shortly", e)
+            return
+        for ok in reply.get("Successful", ()):
+            held = items[int(ok["Id"])]
+            held.extended = now
+        for bad in reply.get("Failed", ()):
+            held = items[int(bad["Id"])]
+            logger.warning("SQS heartbeat: message %s of %s: %s: %s",
+                           held.delivery.extra.get("message_id", "?"), queue_url,
+                           bad.get("Code"), bad.get("Message"))
+            if bad.get("Code") in _BAD_RECEIPT or "receipt" in str(bad.get("Message", "")).lower():
+                # the handle expired (the message was received elsewhere): nothing to extend
+                self._held.pop(held.delivery.extra["receipt_handle"], None)
+
+    def stop_consuming(self, *, idle: bool = True) -> None:
+        """Stop the heartbeat thread (messages still held become visible again after their
+        visibility timeout)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def close(self) -> None:
+        self.stop_consuming()
+
+
+def _stop_task_deletion(body: bytes) -> bool:
+    """The message's ``StopTaskDeletionOnError`` flag."""
+    if b"StopTaskDeletionOnError\":false" in body:
+        return False
+    try:
+        return Signature.from_json(body).stop_task_deletion_on_error
+    except (DecodeError, ValueError):
+        return False
+
+
+def _chunks(entries: list[tuple[Signature, dict[str, Any]]]
+            ) -> Iterator[list[tuple[Signature, dict[str, Any]]]]:
+    """Batches of at most 10 entries and 256 KiB of bodies."""
+    chunk: list[tuple[Signature, dict[str, Any]]] = []
+    size = 0
+    for entry in entries:
+        n = len(entry[1]["MessageBody"].encode("utf-8"))
+        if chunk and (len(chunk) == MAX_BATCH or size + n > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += n
+    if chunk:
+        yield chunk
+
+
+__all__ = [
+    "DEFAULT_WAIT",
+    "FIFO_GROUP_ERROR",
+    "MAX_DELAY",
+    "SQSBroker",
+    "SQSConsumer",
+    "dead_letter_queue",
+    "deduplication_id",
+    "delay_seconds",
+    "endpoint_from_url",
+    "region_from_url",
+]
