@@ -189,3 +189,59 @@ def test_redis_add_eta_score() -> None:
     sig = Signature.from_json(_case_bytes("redis_add_eta"))
     assert sig.eta is not None
     assert sig.eta.unix_ns == 1714566901500000000
+
+
+# --------------------------------------------------------------------------------------
+# SQS broker (§12.3): what SendMessage carries, through a recording client (no network)
+# --------------------------------------------------------------------------------------
+
+SQS_BROKER = "https://sqs.us-east-1.amazonaws.com/123456789012"
+#: §12.3's body: Go encodes the signature before defaulting its routing key
+SQS_ADD_1_1 = (
+    b'{"UUID":"task_7e0b7c39-3d0c-4b5e-9e1a-2f7d5c1b8a90","Name":"add","RoutingKey":"",'
+    b'"ETA":null,"GroupUUID":"","GroupTaskCount":0,"Args":[{"Name":"","Type":"int64","Value":1},'
+    b'{"Name":"","Type":"int64","Value":1}],"Headers":{},"Priority":0,"Immutable":false,'
+    b'"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,"ChordCallback":null,'
+    b'"BrokerMessageGroupId":"","SQSReceiptHandle":"","StopTaskDeletionOnError":false,'
+    b'"IgnoreWhenTaskNotRegistered":false}'
+)
+
+
+class _RecordingSQS:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def send_message(self, **params: Any) -> dict[str, Any]:
+        self.calls.append(params)
+        return {"MessageId": "m-1"}
+
+
+def test_sqs_send_message_matches_go() -> None:
+    from machinery_compat.brokers.sqs import SQSBroker
+
+    client = _RecordingSQS()
+    broker = SQSBroker(SQS_BROKER, client=client)
+    sig = _redis_add_1_1().copy(routing_key="")
+    broker.publish(sig)
+    assert client.calls == [{
+        "QueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/machinery_tasks",
+        "MessageBody": SQS_ADD_1_1.decode(),
+    }]  # no MessageAttributes, no DelaySeconds
+
+
+def test_sqs_body_is_the_go_redis_body_with_an_empty_routing_key() -> None:
+    go = _case_bytes("redis_add_1_1")
+    assert go.replace(b'"RoutingKey":"machinery_tasks"', b'"RoutingKey":""') == SQS_ADD_1_1
+
+
+def test_sqs_eta_five_seconds_ahead() -> None:
+    from machinery_compat.brokers.sqs import SQSBroker
+
+    broker = SQSBroker(SQS_BROKER, client=_RecordingSQS())
+    eta = NOW.add_seconds(5)
+    exact = broker.message_params(_redis_add_1_1().copy(routing_key="", eta=eta), NOW.unix_ns)
+    later = broker.message_params(_redis_add_1_1().copy(routing_key="", eta=eta),
+                                  NOW.unix_ns + 1_000)  # the clock moved on: truncated to 4
+    assert (exact["DelaySeconds"], later["DelaySeconds"]) == (5, 4)
+    assert exact["MessageBody"] == SQS_ADD_1_1.decode().replace(
+        '"ETA":null', '"ETA":"2024-05-01T12:35:01.123456789Z"')
