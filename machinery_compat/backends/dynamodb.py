@@ -637,6 +637,33 @@ class DynamoDBBackend(Backend):
                     logger.warning("group %s still locked after %gs: ignoring the lock (a Go "
                                    "worker died holding it?)", group_uuid, self.chord_lock_wait)
 
+    # -- as JSON (tests, tools) ---------------------------------------------------------
+    def raw(self, key: str) -> bytes | None:
+        """The task state (else the group meta) stored under ``key``, as the Go JSON of what
+        this backend reads from the item (result values typed), or ``None``.  The same call
+        as :meth:`MemoryBackend.raw <machinery_compat.backends.memory.MemoryBackend.raw>`."""
+        item = self.get_item(key)
+        if item is not None:
+            return task_state_from_item(item).to_json()
+        group = self.get_group_item(key)
+        return None if group is None else group_meta_from_item(group).to_json()
+
+    def store_raw(self, key: str, body: bytes) -> None:
+        """Store a TaskState or GroupMeta given as Go JSON under ``key`` with ``PutItem`` (a
+        body with a ``GroupUUID`` field is a group meta), as the item Go would hold for it."""
+        from ..protocol.gojson import loads
+
+        obj = loads(body)
+        if isinstance(obj, dict) and any(k.lower() == "groupuuid" for k in obj):
+            meta = GroupMeta.from_obj(obj)
+            meta.group_uuid = key
+            with self._aws(f"writing group {key}", self.group_table):
+                self.client.put_item(TableName=self.group_table, Item=group_meta_item(meta))
+            return
+        state = TaskState.from_obj(obj)
+        state.task_uuid = key
+        self.put_state(state)
+
     # -- housekeeping -------------------------------------------------------------------
     def purge_state(self, task_uuid: str) -> None:
         """``DeleteItem`` (the exception record lives in the same item)."""

@@ -616,3 +616,18 @@ def test_worker_end_to_end(app: Machinery, start_worker: Callable[..., Any]) -> 
     assert res.get(timeout=20) == 3
     res.forget()
     wait_for(lambda: app.backend.get_state(res.id) is None, timeout=5)
+
+
+def test_raw_and_store_raw_speak_go_json(backend: DynamoDBBackend, raw: Any) -> None:
+    """The Memory backend's ``raw``/``store_raw``: Go JSON in and out (for probes and tools)."""
+    body = (b'{"TaskUUID":"task_j","TaskName":"add","State":"SUCCESS","Results":[{"Type":"int64",'
+            b'"Value":2}],"Error":"","CreatedAt":"2024-05-01T12:34:56.123456789Z","TTL":0}')
+    backend.store_raw("task_j", body)
+    assert backend.raw("task_j") == body
+    assert _item(raw, backend.task_table, "TaskUUID", "task_j")["Results"] == {
+        "L": [{"M": {"Type": {"S": "int64"}, "Value": {"S": "2"}}}]}
+    meta = (b'{"GroupUUID":"group_j","TaskUUIDs":["task_j"],"ChordTriggered":true,"Lock":false,'
+            b'"CreatedAt":"2024-05-01T12:34:56Z","TTL":5}')
+    backend.store_raw("group_j", meta)
+    assert backend.raw("group_j") == meta
+    assert backend.raw("task_none") is None
