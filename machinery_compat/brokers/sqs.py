@@ -32,15 +32,17 @@ Producing
 * ``SendMessage(QueueUrl=<broker>/<routing key>, MessageBody=<Signature JSON>)``, no message
   attributes.  As in Go, the JSON is encoded *before* an empty routing key is defaulted, so a
   task sent without one carries ``"RoutingKey":""`` while going to the default queue.
-* ETA: ``DelaySeconds`` = whole seconds until the ETA, truncated as Go does (a task may
-  therefore run up to a second before its ETA, on Go and Python workers alike).  SQS delays at
+* ETA: ``DelaySeconds`` = whole seconds until the ETA, truncated as Go does, so a message
+  becomes visible up to a second early (a Go worker then runs the task early).  SQS delays at
   most 15 minutes and Go refuses a later ETA (``Max AWS SQS delay exceeded``); this broker
-  sends such a task with the longest delay (900 s) and a Python worker that receives it
-  before its ETA hands it back: it sends the same bytes again with the delay still needed (at
-  most 900 s) and deletes the copy it received, until the task is due.  A new message each
-  step, not a longer visibility timeout: a message received again and again would count
-  toward a queue's redrive policy (``maxReceiveCount``) and age toward its retention period.
-  A **Go** worker ignores ETAs: it runs such a task when it receives it, up to 15 min early.
+  sends such a task with the longest delay (900 s).  A **Python** worker never runs a task
+  before its ETA: one received less than :data:`HOLD_LIMIT` (2 s) early is held by the
+  consumer (invisible, its visibility extended) until due; one received earlier than that is
+  handed back: the same bytes are sent again with the delay still needed (at most 900 s) and
+  the received copy is deleted, until the task is due.  A new message each step, not a longer
+  visibility timeout: a message received again and again would count toward a queue's
+  redrive policy (``maxReceiveCount``) and age toward its retention period.  A **Go** worker
+  ignores ETAs: it runs such a task when it receives it, up to 15 minutes early.
 * FIFO queues (name ending in ``.fifo``): ``MessageGroupId`` = the signature's
   ``BrokerMessageGroupId`` (required; Go's error text otherwise); ETA ignored, as Go does (a
   delay would hold up the whole message group).  ``MessageDeduplicationId``: Go uses the task
@@ -58,23 +60,24 @@ Consuming
 * ``ReceiveMessage`` with ``MaxNumberOfMessages`` = what the worker can take (at most 10), the
   wait above, ``VisibilityTimeout`` when configured, the ``ApproximateReceiveCount``,
   ``SentTimestamp`` and ``MessageGroupId`` system attributes and every message attribute.  A
-  worker consuming several queues short-polls them in turn (in the order it asks, rotating)
-  and long-polls the first when all are empty.  A :class:`Delivery`'s ``tag`` is the message's
-  receipt handle; ``extra`` holds the queue URL, message id, receive count and sent time.  The
-  body is not rewritten: Go sets the signature's ``SQSReceiptHandle`` in memory only (it then
-  leaks into the bytes of a retry Go re-sends; nothing reads it), a Python worker leaves the
-  field as it came.
-* Visibility heartbeat: while the worker holds a message (from receipt until it is settled),
-  one thread per worker extends its visibility (``ChangeMessageVisibilityBatch``) every half
-  visibility timeout, with the configured timeout or else the queue's own
+  worker consuming several queues short-polls them in turn (in the order it asks, rotating),
+  then long-polls all of them at once in background threads; what they receive waits in the
+  consumer (held, see below) for the worker's next fetch.  A :class:`Delivery`'s ``tag`` is
+  the message's receipt handle; ``extra`` holds the queue URL, message id, receive count and
+  sent time.  The body is not rewritten: Go sets the signature's ``SQSReceiptHandle`` in
+  memory only (it then leaks into the bytes of a retry Go re-sends; nothing reads it), a
+  Python worker leaves the field as it came.
+* Visibility heartbeat: while a worker holds a message (from receipt until it is settled,
+  also while it waits in the consumer), one thread per worker extends its visibility
+  (``ChangeMessageVisibilityBatch``) every half visibility timeout, with the configured timeout or else the queue's own
   (``GetQueueAttributes``, read once per queue; without that permission no heartbeat), up to
   SQS's 12 hours.  A task longer than the timeout therefore never runs twice.  (Go v2 does
   this only with ``visibility_hearth_beat``, and runs two heartbeat loops per message.)
 * Settling: acknowledged = ``DeleteMessage``, after the task's final state was stored.  A task
   that failed with ``StopTaskDeletionOnError`` is not deleted (it comes back after the
   visibility timeout, and the queue's redrive policy can move it to a DLQ), as in Go.  Given
-  back (a task this worker lacks; or taken but not started when the worker stops) =
-  ``ChangeMessageVisibility(0)``: visible at once to any worker;
+  back (a task this worker lacks; taken but not started when the worker stops; or waiting in
+  the consumer then) = ``ChangeMessageVisibility(0)``: visible at once to any worker;
   :meth:`~SQSBroker.requeue_later` = ``ChangeMessageVisibility(delay)``, so a worker meeting
   a task it cannot run again and again does not spin on it.  Dropped
   (``IgnoreWhenTaskNotRegistered``) = deleted.  Undecodable: Go deletes it; this broker first
@@ -101,9 +104,13 @@ child makes its own client and heartbeat thread.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -142,8 +149,9 @@ MAX_BATCH = 10
 MAX_BATCH_BYTES = 256 * 1024
 #: SQS's longest visibility of one received message (12 hours from its receipt).
 MAX_VISIBILITY = 12 * 3600
-#: A received task due this much later or more (seconds) is handed back until due.
-EARLY_TOLERANCE = 1.0
+#: A task received less than this many seconds before its ETA is held by the consumer
+#: (invisible, its visibility extended) until due; one due later is handed back.
+HOLD_LIMIT = 2.0
 #: Go's error for a FIFO task without a message group (``BrokerMessageGroupId``).
 FIFO_GROUP_ERROR = ("please specify BrokerMessageGroupId attribute for task Signature when "
                     "submitting a task to FIFO queue")
@@ -687,12 +695,24 @@ class SQSConsumer(SQSBroker):
         self.cfg = broker.cfg
         self.max_delay = broker.max_delay
         self.default_wait = broker.default_wait
+        self._pid = os.getpid()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state (at creation, and in a forked child: nothing of the parent's)."""
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.RLock()
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        #: received, not handed out yet: per queue, and (due ns, seq, delivery) not due yet
+        self._ready: dict[str, collections.deque[Delivery]] = {}
+        self._early: list[tuple[int, int, Delivery]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition(threading.Lock())
+        #: long polls running in the background (several queues), and the last one's error
+        self._polls: dict[str, concurrent.futures.Future[list[dict[str, Any]]]] = {}
+        self._poll_error: BaseException | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # shared with the broker
     @property
@@ -713,41 +733,106 @@ class SQSConsumer(SQSBroker):
     def _check_fork(self) -> None:
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._held = {}
-            self._held_lock = threading.RLock()
-            self._thread = None
-            self._stop = threading.Event()
-            self._wake = threading.Event()
+            self._reset()
 
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
-        """Up to ``max_messages`` (at most 10) messages from the first of ``queues`` that has
-        any: short polls of each in turn, then a long poll of the first (see the module
-        documentation); waits at most about ``timeout`` seconds."""
+        """Up to ``max_messages`` messages from the first of ``queues`` (in that order) that
+        has any, waiting at most about ``timeout`` seconds.  One queue: a long poll (see
+        :meth:`wait_seconds`); several: a short poll of each in turn, then long polls of all at
+        once in background threads (what they receive waits here for the next fetch).  A task
+        received before its ETA is held here until due (within :data:`HOLD_LIMIT`) or handed
+        back (see the module documentation)."""
         self._check_fork()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        n = max(1, min(max_messages, MAX_BATCH))
+        first = True
+        while True:
+            error, self._poll_error = self._poll_error, None
+            if error is not None:
+                raise error
+            out = self._take(queues, max_messages)
+            if out:
+                return out
+            left = deadline - time.monotonic()
+            if left <= 0 and not first:
+                return []
+            soon = self._next_due_in()
+            budget = max(0.0, left if soon is None else min(left, soon))
+            self._receive_some(queues, n, budget)
+            first = False
+
+    def _receive_some(self, queues: Sequence[str], n: int, budget: float) -> None:
+        """Receive into the buffers, waiting at most about ``budget`` seconds."""
         started = time.monotonic()
-        wait = self.wait_seconds(timeout)
-        order = list(queues)
-        for i, queue in enumerate(order):
-            last = i == len(order) - 1
-            # one queue: a long poll at once; several: a short poll each, a long one at the end
-            poll_wait = wait if len(order) == 1 else 0
-            messages = self.receive(queue, max_messages, poll_wait)
-            if messages:
-                return self._taken(queue, messages)
-            if last and len(order) > 1 and wait > 0:
-                messages = self.receive(order[0], max_messages, wait)
+        wait = self.wait_seconds(budget)
+        if wait == 0 or (len(queues) == 1 and not self._polls):
+            for q in queues:
+                if q in self._polls:
+                    continue  # a background long poll covers it
+                messages = self.receive(q, n, wait if len(queues) == 1 else 0)
                 if messages:
-                    return self._taken(order[0], messages)
-        left = timeout - (time.monotonic() - started)
-        if wait == 0 and left > 0:  # a short poll: wait out the fetch's time, no busy loop
-            self._stop.wait(left)
+                    self._taken(q, messages)
+                    return
+            rest = budget - (time.monotonic() - started)
+            if rest > 0:  # nothing: wait out the time (on background polls, if any)
+                self._wait_for_arrivals(rest)
+            return
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(len(queues), 16), thread_name_prefix="mc-sqs-poll")
+        for q in queues:
+            if q not in self._polls:
+                future = pool.submit(self.receive, q, n, wait)
+                self._polls[q] = future
+                future.add_done_callback(functools.partial(self._poll_done, q))
+        self._wait_for_arrivals(budget)
+
+    def _poll_done(self, queue: str,
+                   future: concurrent.futures.Future[list[dict[str, Any]]]) -> None:
+        self._polls.pop(queue, None)
+        try:
+            messages = future.result()
+        except BaseException as e:
+            self._poll_error = e
+            messages = []
+        if messages:
+            self._taken(queue, messages)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wait_for_arrivals(self, seconds: float) -> None:
+        with self._cond:
+            if not any(self._ready.values()) and self._poll_error is None:
+                self._cond.wait(seconds)
+
+    def _take(self, queues: Sequence[str], n: int) -> list[Delivery]:
+        """Up to ``n`` buffered deliveries of the first of ``queues`` that has any (tasks held
+        for their ETA join their queue's buffer once due)."""
+        with self._cond:
+            now_ns = time.time_ns()
+            while self._early and self._early[0][0] <= now_ns:
+                d = heapq.heappop(self._early)[2]
+                self._ready.setdefault(d.queue, collections.deque()).append(d)
+            for q in queues:
+                buffered = self._ready.get(q)
+                if buffered:
+                    return [buffered.popleft() for _ in range(min(n, len(buffered)))]
         return []
 
-    def _taken(self, queue: str, messages: list[dict[str, Any]]) -> list[Delivery]:
+    def _next_due_in(self) -> float | None:
+        with self._cond:
+            if not self._early:
+                return None
+            return max(0.0, (self._early[0][0] - time.time_ns()) / 1e9)
+
+    def _taken(self, queue: str, messages: list[dict[str, Any]]) -> None:
+        """Hold what was received (heartbeat), in the buffers; hand back tasks due later."""
         now = time.monotonic()
         queue_url = self.queue_url(queue)
-        out: list[Delivery] = []
         visibility = self.visibility_of(queue) or 0
+        ready: list[Delivery] = []
+        early: list[tuple[int, Delivery]] = []
         for m in messages:
             attributes = m.get("Attributes") or {}
             body = str(m.get("Body", "")).encode("utf-8", "surrogateescape")
@@ -763,36 +848,36 @@ class SQSConsumer(SQSBroker):
                 "received": now,
                 "consumer": self,
             })
-            if not is_fifo(queue) and self._hand_back_if_early(delivery):
+            due = None if is_fifo(queue) else _eta_ns(body)
+            left = None if due is None else (due - time.time_ns()) / 1e9
+            if left is not None and left >= HOLD_LIMIT and self._hand_back(delivery, left):
                 continue
             self._hold(delivery, queue_url, now, visibility)
-            out.append(delivery)
-        return out
+            if left is not None and left > 0:
+                early.append((due or 0, delivery))
+            else:
+                ready.append(delivery)
+        if self._stop.is_set():  # received by a poll that outlived the consumer: give back
+            self._give_back([*ready, *(d for _, d in early)])
+            return
+        with self._cond:
+            self._ready.setdefault(queue, collections.deque()).extend(ready)
+            for due_ns, d in early:
+                heapq.heappush(self._early, (due_ns, next(self._seq), d))
+            self._cond.notify_all()
 
-    def _hand_back_if_early(self, delivery: Delivery) -> bool:
-        """A task received a second or more before its ETA (sent with SQS's longest delay, or
-        handed back before) goes back, unchanged, with the delay still needed (at most 900 s):
-        a new message, then the received one is deleted.  True when it went back."""
-        body = delivery.body
-        if b'"ETA":null' in body:
-            return False
-        try:
-            eta = Signature.from_json(body).eta
-        except (DecodeError, ValueError):
-            return False  # the worker dead-letters it
-        if eta is None:
-            return False
-        left = (eta.unix_ns - time.time_ns()) / 1e9
-        if left < EARLY_TOLERANCE:
-            return False
+    def _hand_back(self, delivery: Delivery, left: float) -> bool:
+        """Send the task again, unchanged, with the delay still needed (at most
+        ``max_delay``), then delete the received copy.  False (the task is then held here
+        until due) when the send failed."""
         delay = min(math.ceil(left), self.max_delay)
         try:
             with self._translated(f"hand back a task due in {left:.0f} s to {delivery.queue}"):
                 self.client.send_message(QueueUrl=delivery.extra["queue_url"],
-                                         MessageBody=body.decode("utf-8", "surrogateescape"),
+                                         MessageBody=delivery.body.decode("utf-8", "surrogateescape"),
                                          DelaySeconds=delay)
         except BrokerError as e:
-            logger.warning("SQS: %s; the worker gets it early instead", e)
+            logger.warning("SQS: %s; holding it here until due instead", e)
             return False
         logger.debug("SQS: task due in %.0f s handed back with a %d s delay", left, delay)
         try:
@@ -800,6 +885,17 @@ class SQSConsumer(SQSBroker):
         except BrokerError as e:  # it comes back once more: handed back again then
             logger.warning("SQS: %s (a task handed back until its ETA is received once more)", e)
         return True
+
+    def _give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Make received messages visible again at once (best effort: otherwise they come
+        back after their visibility timeout)."""
+        if not deliveries:
+            return
+        try:
+            self.requeue(deliveries)
+        except BrokerError as e:
+            logger.warning("SQS: could not give back %d message(s) (%s): they become visible "
+                           "again after their visibility timeout", len(deliveries), e)
 
     # -- the heartbeat --------------------------------------------------------------------
     def _hold(self, delivery: Delivery, queue_url: str, now: float, visibility: int) -> None:
@@ -888,15 +984,35 @@ class SQSConsumer(SQSBroker):
                 self._held.pop(held.delivery.extra["receipt_handle"], None)
 
     def stop_consuming(self, *, idle: bool = True) -> None:
-        """Stop the heartbeat thread (messages still held become visible again after their
-        visibility timeout)."""
+        """Give back what was received but not handed out (visible again at once), stop the
+        heartbeat thread (messages still held become visible again after their visibility
+        timeout) and the background polls (what they still receive is given back)."""
         self._stop.set()
+        with self._cond:
+            left = [d for q in self._ready.values() for d in q] + [d for _, _, d in self._early]
+            self._ready, self._early = {}, []
+            self._cond.notify_all()
+        self._give_back(left)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
     def close(self) -> None:
         self.stop_consuming()
+
+
+def _eta_ns(body: bytes) -> int | None:
+    """The task's ETA (Unix ns), if the body decodes and has one."""
+    if b'"ETA":null' in body:
+        return None
+    try:
+        eta = Signature.from_json(body).eta
+    except (DecodeError, ValueError):
+        return None  # the worker dead-letters it
+    return None if eta is None else eta.unix_ns
 
 
 def _stop_task_deletion(body: bytes) -> bool:
