@@ -28,9 +28,11 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
+from . import signals
 from .backends import Backend, create_backend
 from .brokers import Broker, create_broker
 from .canvas import Sig
@@ -45,9 +47,10 @@ from .exceptions import (
 from .options import translate
 from .protocol import Arg, GoTime, Signature, task_id
 from .result import AsyncResult, ChainResult, GroupResult
-from .task import Task
+from .task import RetryBackoff, Task
 
 if TYPE_CHECKING:
+    from .tracing import Tracing
     from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -134,6 +137,9 @@ class Machinery:
         self._broker: Broker | None = None
         self._backend: Backend | None = None
         self._lock = threading.Lock()
+        #: OpenTelemetry spans and context propagation, once :func:`machinery_compat.tracing.instrument` set it
+        self.tracing: Tracing | None = None
+        self._pre_publish_handler: Callable[[Signature], object] | None = None
         _apps.add(self)
 
     # -- construction -------------------------------------------------------------------
@@ -177,7 +183,7 @@ class Machinery:
              ignore_when_not_registered: bool = False, max_retries: int | None = None,
              default_retry_delay: float | None = None,
              autoretry_for: tuple[type[BaseException], ...] | None = None,
-             retry_backoff: bool = True, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+             retry_backoff: bool | RetryBackoff = True, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     @overload
     def task(self, fn: None = None, /, *, name: str | None = None, bind: Literal[True],
@@ -185,7 +191,7 @@ class Machinery:
              ignore_when_not_registered: bool = False, max_retries: int | None = None,
              default_retry_delay: float | None = None,
              autoretry_for: tuple[type[BaseException], ...] | None = None,
-             retry_backoff: bool = True,
+             retry_backoff: bool | RetryBackoff = True,
              **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
@@ -193,14 +199,16 @@ class Machinery:
              retry_timeout: int = 0, ignore_when_not_registered: bool = False,
              max_retries: int | None = None, default_retry_delay: float | None = None,
              autoretry_for: tuple[type[BaseException], ...] | None = None,
-             retry_backoff: bool = True, **options: Any) -> Any:
+             retry_backoff: bool | RetryBackoff = True, **options: Any) -> Any:
         """Register a function as a task (``@app.task`` or ``@app.task(name="add")``).
 
         Machinery options: ``retry_count``/``retry_timeout`` (sent with every call).  Celery
         options map onto them: ``max_retries`` → ``RetryCount``; ``default_retry_delay`` →
         the ``RetryTimeout`` whose next Fibonacci step is the first ≥ that delay;
         ``autoretry_for`` limits which exceptions retry on a Python worker;
-        ``retry_backoff`` must stay True (Machinery always backs off by Fibonacci).
+        ``retry_backoff``: True (Machinery's Fibonacci steps, what Go workers do) or a function
+        ``(retry_timeout, retries) -> seconds`` giving a Python worker's delays (see
+        :data:`machinery_compat.task.RetryBackoff`); False is refused.
         Further ``options`` are sending defaults (``priority``, ``expires``, ``link`` …, see
         :mod:`machinery_compat.options`); Celery options a Machinery message cannot carry
         (``time_limit``, ``rate_limit`` …) raise :class:`UnsupportedOption`.
@@ -224,7 +232,8 @@ class Machinery:
                   ignore_when_not_registered: bool = False, max_retries: int | None = None,
                   default_retry_delay: float | None = None,
                   autoretry_for: tuple[type[BaseException], ...] | None = None,
-                  retry_backoff: bool = True, **options: Any) -> Task[Any, Any]:
+                  retry_backoff: bool | RetryBackoff = True,
+                  **options: Any) -> Task[Any, Any]:
         t: Task[Any, Any] = Task(
             self, f, name, bind=bind, queue=queue, retry_count=retry_count,
             retry_timeout=retry_timeout, ignore_when_not_registered=ignore_when_not_registered,
@@ -316,7 +325,8 @@ class Machinery:
 
     def send_chain(self, sigs: Sequence[Signature]) -> ChainResult:
         """Go's ``SendChain``: send the first step (the rest travel nested in it)."""
-        self.send_signature(sigs[0])
+        with self._producer_span(sigs[:1], "SendChain"):
+            self.send_signature(sigs[0])
         return ChainResult([AsyncResult(s.uuid, self.backend, s.name) for s in sigs])
 
     def send_group(self, members: Sequence[Signature], send_concurrency: int = 0) -> GroupResult:
@@ -334,10 +344,21 @@ class Machinery:
             m.validate()
             if m.headers is None:
                 m.headers = {}
+        chord = members[0].chord_callback is not None
+        with self._producer_span(members, "SendChord" if chord else "SendGroup"):
+            self._send_group(members, group_uuid, send_concurrency)
+        return GroupResult(group_uuid, [AsyncResult(m.uuid, self.backend, m.name)
+                                        for m in members])
+
+    def _send_group(self, members: Sequence[Signature], group_uuid: str,
+                    send_concurrency: int) -> None:
         broker, backend = self.broker, self.backend
         uuids = [m.uuid for m in members]
         fast = _shared_fast_path(broker, backend)
+        # (Go calls its pre-publish handler in SendTask only, not for group members)
         if fast is not None:
+            for m in members:
+                self._before_publish(m)
             commands = [backend.init_group_command(group_uuid, uuids)]  # type: ignore[attr-defined]
             commands += [backend.pending_command(m) for m in members]  # type: ignore[attr-defined]
             commands += [broker.publish_command(m) for m in members]  # type: ignore[attr-defined]
@@ -353,6 +374,8 @@ class Machinery:
                 logger.warning("InitGroup %s failed: %s", group_uuid, e)
             for m in members:
                 backend.set_state_pending(m)
+            for m in members:
+                self._before_publish(m)
             publish_many = getattr(broker, "publish_many", None)
             if publish_many is not None:  # batches (SQS: SendMessageBatch, 10 a call)
                 publish_many(members)
@@ -360,8 +383,8 @@ class Machinery:
                 workers = send_concurrency if send_concurrency > 0 else len(members)
                 with ThreadPoolExecutor(max_workers=min(workers, 64)) as pool:
                     list(pool.map(broker.publish, members))
-        return GroupResult(group_uuid, [AsyncResult(u, backend, m.name)
-                                        for u, m in zip(uuids, members, strict=True)])
+        for m in members:
+            self._after_publish(m)
 
     def send_signature(self, sig: Signature) -> AsyncResult:
         """Go's ``SendTask``: id, headers, PENDING state, then publish."""
@@ -379,10 +402,19 @@ class Machinery:
         return AsyncResult(sig.uuid, self.backend, sig.name)
 
     def _publish_with_pending(self, sig: Signature) -> None:
-        """Write PENDING for ``sig`` and publish it (one write when both are on one Redis)."""
+        """Write PENDING for ``sig`` and publish it (one write when both are on one Redis),
+        inside a ``SendTask`` span when traced; the pre-publish handler and
+        ``before_task_publish`` run between the two (before the one write on Redis)."""
+        with self._producer_span((sig,), "SendTask"):
+            self._publish_traced(sig)
+        self._after_publish(sig)
+
+    def _publish_traced(self, sig: Signature) -> None:
         broker, backend = self.broker, self.backend
         fast = _shared_fast_path(broker, backend)
         if fast is not None:
+            self._pre_publish(sig)
+            self._before_publish(sig)
             try:
                 fast.execute(backend.pending_command(sig),  # type: ignore[attr-defined]
                              broker.publish_command(sig))  # type: ignore[attr-defined]
@@ -398,7 +430,68 @@ class Machinery:
             raise BackendError(
                 f"Set state pending error: {e} (task {sig.uuid} {sig.name!r} was not published)"
             ) from e
+        self._pre_publish(sig)
+        self._before_publish(sig)
         broker.publish(sig)
+
+    # -- hooks around publishing --------------------------------------------------------
+    def set_pre_publish_handler(self, handler: Callable[[Signature], object] | None
+                                ) -> Callable[[Signature], object] | None:
+        """Go's ``Server.SetPreTaskHandler``: ``handler(signature)`` is called for every
+        single-task send (``send_task``, ``apply_async``, the first step of a chain, and the
+        callbacks and retries this app's workers send), after the PENDING state is written
+        and before the message is published; changes it makes to the Signature (a header,
+        say) are published.  As in Go, group and chord members do not go through it (use
+        :data:`machinery_compat.signals.before_task_publish`, sent for every message).  On
+        Redis, where PENDING and the message go in one write, it runs just before that write.
+        An exception it raises is logged and the message is sent all the same.  ``None``
+        removes it.  Returns ``handler``, so it works as a decorator.
+        """
+        self._pre_publish_handler = handler
+        return handler
+
+    #: Go's name for it (``Server.SetPreTaskHandler``), for code ported from Go.
+    set_pre_task_handler = set_pre_publish_handler
+
+    def _pre_publish(self, sig: Signature) -> None:
+        handler = self._pre_publish_handler
+        if handler is None:
+            return
+        try:
+            handler(sig)
+        except Exception:
+            logger.exception("pre-publish handler %r raised for task %s[%s]; sending it anyway",
+                             handler, sig.name, sig.uuid)
+
+    def _before_publish(self, sig: Signature) -> None:
+        if not signals.before_task_publish.has_listeners(sig.name):
+            return
+        if sig.headers is None:
+            sig.headers = {}
+        signals.before_task_publish.send(
+            sig.name, body=sig, exchange=self._exchange(), routing_key=self._routing_key(sig),
+            headers=sig.headers, properties={}, declare=[], retry_policy=None)
+
+    def _after_publish(self, sig: Signature) -> None:
+        if not signals.after_task_publish.has_listeners(sig.name):
+            return
+        signals.after_task_publish.send(sig.name, body=sig, exchange=self._exchange(),
+                                        routing_key=self._routing_key(sig))
+
+    def _exchange(self) -> str:
+        if not self.config.broker.startswith("amqp"):
+            return ""
+        amqp = getattr(self.config, "amqp", None)
+        return str(getattr(amqp, "exchange", "") or "")
+
+    def _routing_key(self, sig: Signature) -> str:
+        return sig.routing_key or self.config.default_queue
+
+    def _producer_span(self, sigs: Sequence[Signature], operation: str) -> AbstractContextManager[Any]:
+        tracing = self.tracing
+        if tracing is None:
+            return nullcontext()
+        return tracing.producer(sigs, operation)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """The result of the task with this id (sent by anyone, Go or Python)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import math
+import random
 import threading
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from .app import Machinery
     from .result import AsyncResult
 
+logger = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -28,6 +33,65 @@ R = TypeVar("R")
 #: a decimal string: Go decodes header numbers as ``json.Number``, which its AMQP publish cannot
 #: put in a field table.  Go workers ignore it and keep it unchanged when they retry.
 RETRIES_HEADER = "retries"
+
+#: A retry back-off for Python workers: ``backoff(retry_timeout, retries) -> seconds``, the
+#: delay before the next run of a task that failed and has retries left (``RetryCount > 0``,
+#: or ``self.retry()`` without a countdown).  ``retry_timeout`` is the message's current
+#: ``RetryTimeout`` (the previous delay, in seconds; 0 before the first retry) and
+#: ``retries`` how many retries were done so far (0 before the first).  The worker writes the
+#: delay, rounded up to whole seconds, as the message's new ``RetryTimeout`` and sets ``ETA``
+#: to now + the delay, so a Go worker that takes the message over goes on from there with
+#: Fibonacci steps.  Default: :func:`fibonacci_backoff` (what Go workers do).
+RetryBackoff = Callable[[int, int], float]
+
+#: The largest ``RetryTimeout`` written (seconds; Go's int is 64-bit, its ETA must stay a
+#: valid time): about 31 years.
+MAX_RETRY_TIMEOUT = 1_000_000_000
+
+
+def fibonacci_backoff(retry_timeout: int, retries: int) -> float:
+    """Machinery's back-off: the next Fibonacci number above ``retry_timeout`` (1, 2, 3, 5,
+    8 … s from 0)."""
+    return float(fibonacci_next(retry_timeout))
+
+
+def exponential_backoff(factor: float = 1.0, maximum: float = 600.0,
+                        jitter: bool = True) -> RetryBackoff:
+    """Celery's ``retry_backoff``: ``factor * 2**retries`` seconds, at most ``maximum``
+    (Celery's ``retry_backoff_max``); with ``jitter`` (Celery's ``retry_jitter``) a random
+    whole number of seconds between 0 and that."""
+    if factor <= 0 or maximum <= 0:
+        raise ConfigError(f"exponential_backoff: factor and maximum must be > 0, got "
+                          f"{factor!r} and {maximum!r}")
+
+    def backoff(retry_timeout: int, retries: int) -> float:
+        delay = min(maximum, factor * 2.0 ** min(retries, 64))
+        if jitter:
+            delay = float(random.randrange(int(delay) + 1))
+        return delay
+
+    backoff.__qualname__ = f"exponential_backoff(factor={factor!r}, maximum={maximum!r}, jitter={jitter!r})"
+    return backoff
+
+
+def retry_delay(backoff: RetryBackoff | None, retry_timeout: int, retries: int) -> tuple[float, int]:
+    """``(delay in seconds, RetryTimeout to write)`` for the next retry.  A back-off that
+    raises or returns something unusable (not a finite number ≥ 0) falls back to Fibonacci,
+    logged."""
+    if backoff is None:
+        nxt = fibonacci_next(retry_timeout)
+        return float(nxt), nxt
+    try:
+        delay = float(backoff(retry_timeout, retries))
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"returned {delay!r}")
+    except Exception as e:
+        logger.error(
+            "retry back-off %r failed (%s); using Machinery's Fibonacci step", backoff, e)
+        nxt = fibonacci_next(retry_timeout)
+        return float(nxt), nxt
+    delay = min(delay, float(MAX_RETRY_TIMEOUT))
+    return delay, math.ceil(delay)
 
 
 @dataclass(slots=True)
@@ -82,14 +146,27 @@ class Task(Generic[P, R]):
         max_retries: int | None = None,
         default_retry_delay: float | None = None,
         autoretry_for: tuple[type[BaseException], ...] | None = None,
-        retry_backoff: bool = True,
+        retry_backoff: bool | RetryBackoff = True,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        if not retry_backoff:
+        if retry_backoff is False:
             raise ConfigError(
                 f"task {name}: retry_backoff=False cannot be expressed in Machinery, whose "
-                "workers (Go and Python) always back off by Fibonacci steps"
+                "workers back off between retries (Go's by Fibonacci steps); pass a function "
+                "for other delays"
             )
+        #: this task's back-off on Python workers (None: the worker's, Fibonacci by default)
+        self.retry_backoff: RetryBackoff | None
+        if retry_backoff is True:
+            self.retry_backoff = None
+        elif isinstance(retry_backoff, (int, float)):  # Celery's retry_backoff=<factor>
+            self.retry_backoff = exponential_backoff(float(retry_backoff))
+        elif callable(retry_backoff):
+            self.retry_backoff = retry_backoff
+        else:
+            raise ConfigError(f"task {name}: retry_backoff must be True, a number (Celery's "
+                              f"factor) or a function (retry_timeout, retries) -> seconds, "
+                              f"not {retry_backoff!r}")
         if max_retries is not None:
             retry_count = max_retries
         if default_retry_delay is not None:

@@ -1,5 +1,5 @@
 """The worker (consume loop, state transitions, callbacks, retries)."""
 
-from .worker import Worker, error_text, task_results
+from .worker import RunningTask, Worker, error_text, task_results
 
-__all__ = ["Worker", "error_text", "task_results"]
+__all__ = ["RunningTask", "Worker", "error_text", "task_results"]

@@ -45,9 +45,11 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import signals
 from ..backends.base import ExceptionRecord
 from ..brokers.base import REDELIVERIES_HEADER, Broker, Delivery, rotate
 from ..exceptions import (
@@ -56,6 +58,7 @@ from ..exceptions import (
     DecodeError,
     EncodeError,
     Retry,
+    TaskFailed,
 )
 from ..options import parse_expires
 from ..protocol import (
@@ -70,10 +73,13 @@ from ..protocol import (
 )
 from ..protocol.gotypes import SLICE_TYPES, SUPPORTED_TYPES, encode_typed, result_type
 from ..protocol.retry import fibonacci_next
-from ..task import RETRIES_HEADER, Task, retries_done
+from ..task import RETRIES_HEADER, Request, RetryBackoff, Task, retries_done, retry_delay
 
 if TYPE_CHECKING:
     from ..app import Machinery
+    from ..tracing import TaskSpan
+
+H = TypeVar("H", bound=Callable[..., Any])
 
 logger = logging.getLogger("machinery_compat.worker")
 
@@ -121,6 +127,16 @@ OUTCOMES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """A task a worker is running: what :meth:`Worker.stop` returns for those still running."""
+
+    id: str
+    name: str
+    #: when it was received (Unix time)
+    started: float
+
+
 class _NotStarted(Exception):
     """The task could not be marked RECEIVED/STARTED: it did not run."""
 
@@ -156,11 +172,15 @@ class Worker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         crash_safe: bool | None = None,
         heartbeat_ttl: float | None = None,
+        retry_backoff: RetryBackoff | None = None,
     ) -> None:
         """``crash_safe`` (default: ``redis.crash_safe`` of the config, true): on Redis, keep
         every message taken in this worker's processing list until it is settled, so that a
         crash loses nothing (``False``: LPOP/BLPOP, as Go); ``heartbeat_ttl``: seconds (default
-        ``redis.heartbeat_ttl``, 5) after which a silent worker's messages are re-queued."""
+        ``redis.heartbeat_ttl``, 5) after which a silent worker's messages are re-queued;
+        ``retry_backoff``: the delays between retries of tasks that have none of their own
+        (``@app.task(retry_backoff=...)``), see :data:`machinery_compat.task.RetryBackoff`
+        (default: Machinery's Fibonacci steps)."""
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
         self.queues = _queue_list(queue, queues, app.config.default_queue)
@@ -199,6 +219,14 @@ class Worker:
         self._lock = threading.Lock()
         self._active = 0
         self.processed = 0
+        #: the default back-off of Python-side retries (a task's own comes first)
+        self.retry_backoff = retry_backoff
+        #: the tasks running now, by the pool thread running them
+        self._running: dict[int, RunningTask] = {}
+        self._error_handler: Callable[[BaseException], object] | None = None
+        self._pre_task_handler: Callable[[Signature], object] | None = None
+        self._post_task_handler: Callable[[Signature], object] | None = None
+        self._pre_consume_handler: Callable[[Worker], bool] | None = None
 
     @property
     def broker(self) -> Broker:
@@ -207,6 +235,65 @@ class Worker:
         crash-safe mode, with this worker's processing lists and heartbeat), else the app's
         broker itself.  Messages are settled through the app's broker."""
         return self._consumer if self._consumer is not None else self.app.broker
+
+    # -- handlers (Go's worker.Set*Handler) ------------------------------------------------
+    def set_error_handler(self, handler: H | None) -> H | None:
+        """Go's ``SetErrorHandler``: ``handler(exc)`` is called with the error of every task
+        this worker fails (after its FAILURE state is stored, before its OnError callbacks
+        are sent: the task's exception, or a :class:`~machinery_compat.TaskFailed` carrying
+        the error text when the task did not run — bad arguments, expired) and with the
+        error each time the broker cannot be reached (the worker keeps retrying).  Unlike Go,
+        the failure is still logged.  Returns ``handler`` (works as a decorator); ``None``
+        removes it."""
+        self._error_handler = handler
+        return handler
+
+    def set_pre_task_handler(self, handler: H | None) -> H | None:
+        """Go's ``SetPreTaskHandler``: ``handler(signature)`` runs once the task is marked
+        STARTED, just before the task function is called (not for a task whose arguments
+        could not be decoded, nor an expired one)."""
+        self._pre_task_handler = handler
+        return handler
+
+    def set_post_task_handler(self, handler: H | None) -> H | None:
+        """Go's ``SetPostTaskHandler``: ``handler(signature)`` runs after every task the
+        pre-task handler ran for, last: after its state, its callbacks, its chord callback or
+        its retry were written and sent (Go defers it), also when that failed."""
+        self._post_task_handler = handler
+        return handler
+
+    def set_pre_consume_handler(self, handler: H | None) -> H | None:
+        """Go's ``SetPreConsumeHandler``: ``handler(worker) -> bool`` is asked before each
+        fetch from the broker; while it returns False the worker fetches nothing (it asks
+        again every ``poll_timeout``, at most 1 s, where Go's redigo broker asks in a busy
+        loop).  Go calls it on its redigo Redis broker only; here every broker does.  An
+        exception it raises counts as True, logged."""
+        self._pre_consume_handler = handler
+        return handler
+
+    def _hook(self, what: str, handler: Callable[..., object] | None, *args: Any) -> None:
+        """Call a handler; what it raises is logged, never propagated into the worker."""
+        if handler is None:
+            return
+        try:
+            handler(*args)
+        except Exception:
+            logger.exception("%s handler %r raised", what, handler)
+
+    def _may_consume(self) -> bool:
+        handler = self._pre_consume_handler
+        if handler is None:
+            return True
+        try:
+            return bool(handler(self))
+        except Exception:
+            logger.exception("pre-consume handler %r raised; consuming anyway", handler)
+            return True
+
+    def running(self) -> list[RunningTask]:
+        """The tasks this worker is running now, oldest first."""
+        with self._lock:
+            return sorted(self._running.values(), key=lambda r: r.started)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> Worker:
@@ -232,6 +319,7 @@ class Worker:
         self._spawn(self._consume_loop, "mc-consumer")
         if self.move_delayed:
             self._spawn(self._delayed_loop, "mc-delayed")
+        signals.worker_ready.send(self)
         return self
 
     def _spawn(self, target: Any, name: str) -> None:
@@ -239,12 +327,27 @@ class Worker:
         t.start()
         self._threads.append(t)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop fetching, push back what was taken but not started, finish running tasks."""
+    def stop(self, timeout: float | None = None) -> list[RunningTask]:
+        """Stop fetching, push back what was taken but not started, wait for running tasks.
+
+        ``timeout``: the most seconds to wait in all (None: until every running task is
+        done).  Returns the tasks still running when it gave up (``[]`` when all finished):
+        they go on in their daemon threads, and their messages stay unacknowledged (on
+        Redis in crash-safe mode, in this worker's processing list, re-queued once its
+        heartbeat expires) unless they finish before the process exits.  Sends
+        :data:`~machinery_compat.signals.worker_shutdown` first.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+        if not self._stopping.is_set():
+            signals.worker_shutdown.send(self)
         self._stopping.set()
         for t in self._threads:
             if t.name == "mc-consumer":
-                t.join(timeout)
+                t.join(left())
         # nothing more will be queued: return what no thread has picked up yet
         leftovers: list[Delivery] = []
         while True:
@@ -260,14 +363,21 @@ class Worker:
         for _ in range(self.concurrency):
             self._work.put(None)
         for t in self._threads:
-            t.join(timeout)
+            t.join(left())
         idle = not any(t.is_alive() for t in self._threads)
         try:
             self.broker.stop_consuming(idle=idle)
         except Exception:
             logger.exception("stopping the consumer failed")
         self._stopped.set()
-        logger.info("worker stopped after %d tasks", self.processed)
+        still = self.running() if not idle else []
+        if still:
+            logger.warning("worker stopped after %d tasks; %d still running after %gs: %s",
+                           self.processed, len(still), timeout or 0.0,
+                           ", ".join(f"{r.name}[{r.id}]" for r in still[:20]))
+        else:
+            logger.info("worker stopped after %d tasks", self.processed)
+        return still
 
     def run(self) -> None:
         """Start and block until SIGINT/SIGTERM (first: graceful, second: at once)."""
@@ -309,6 +419,9 @@ class Worker:
         backoff = 0
         turn = 0
         while not self._stopping.is_set():
+            if self._pre_consume_handler is not None and not self._may_consume():
+                self._stopping.wait(min(max(self.poll_timeout, 0.05), 1.0))
+                continue
             if not self._slots.acquire(timeout=0.2):
                 continue
             n = 1
@@ -325,6 +438,7 @@ class Worker:
                 backoff = fibonacci_next(backoff)
                 delay = min(backoff, _MAX_BROKER_BACKOFF)
                 logger.error("broker unreachable: %s; retrying in %gs", e, delay)
+                self._hook("error", self._error_handler, e)
                 self._stopping.wait(delay)
                 continue
             except Exception:
@@ -587,19 +701,27 @@ class Worker:
                 delivery: Delivery | None = None) -> None:
         """Run one task and record its outcome (Go's ``worker.Process``).  With ``delivery``
         (the message it came in), the broker may acknowledge it in the same write as the
-        final state when nothing else follows (no callbacks, no chord)."""
-        backend = self.app.backend
+        final state when nothing else follows (no callbacks, no chord).
+
+        Around the run: ``task_received``; then, once it is STARTED, the pre-task handler
+        and ``task_prerun``; after its state, callbacks and retry were written and sent,
+        ``task_postrun`` and the post-task handler; inside a CONSUMER span when the app is
+        traced (:mod:`machinery_compat.tracing`)."""
         started = time.perf_counter()
         logger.info("Task %s[%s] received", sig.name, sig.uuid)
+        me = threading.get_ident()
         with self._lock:
             self._active += 1
+            self._running[me] = RunningTask(sig.uuid, sig.name, time.time())
         try:
+            if signals.task_received.has_listeners(self):
+                signals.task_received.send(self, request=_request(sig, task, []))
             expires = parse_expires(sig.headers)
             if expires is not None and datetime.now(UTC) > expires:
                 # Celery's expires: not run; FAILURE so that waiting callers learn it
                 self._received(sig)
                 self._fail(sig, f"task expired at {expires.isoformat()}, not run", None, started,
-                           delivery=delivery)
+                           delivery=delivery, task=task)
                 return
             try:
                 args = sig.python_args()
@@ -608,37 +730,66 @@ class Worker:
                 text = str(e) if isinstance(e, ArgTypeError) else (
                     f"{type(e).__name__}: {clip(str(e))}")
                 self._fail(sig, f"Reflect task args error: {text}", None, started,
-                           delivery=delivery)
+                           delivery=delivery, task=task)
                 return
+            with self._task_span(sig) as span:
+                self._run(sig, task, args, started, delivery, span)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._running.pop(me, None)
+                self.processed += 1
+
+    def _task_span(self, sig: Signature) -> AbstractContextManager[TaskSpan | None]:
+        tracing = self.app.tracing
+        if tracing is None:
+            return nullcontext()
+        return tracing.consumer(sig)
+
+    def _run(self, sig: Signature, task: Task[Any, Any], args: list[Any], started: float,
+             delivery: Delivery | None, span: TaskSpan | None) -> None:
+        """STARTED, the handlers and signals around the call, the call, its outcome."""
+        try:
+            token = self.app.backend.mark_received_started(sig)
+        except Exception as e:
+            raise _NotStarted(str(e)) from e
+        self._hook("pre-task", self._pre_task_handler, sig)
+        signals.task_prerun.send(task, task_id=sig.uuid, task=task, args=args, kwargs={})
+        state: str | None = None
+        retval: Any = None
+        try:
             try:
-                token = backend.mark_received_started(sig)
-            except Exception as e:
-                raise _NotStarted(str(e)) from e
-            try:
-                value = task.run(sig, args)
+                retval = value = task.run(sig, args)
             except Retry as r:
-                self._retry_later(sig, r, token, delivery)
+                retval = r
+                state = self._retry_later(sig, r, token, delivery, task=task, args=args)
                 return
             except BaseException as e:
                 # Like Go's recover() around a task: SystemExit (sys.exit()) and other
                 # BaseExceptions become the task's failure instead of killing this pool
                 # thread and leaving the task STARTED forever.
+                retval = e
                 if sig.retry_count > 0 and task._should_autoretry(e):
-                    self._retry(sig, e, token, delivery)
+                    state = self._retry(sig, e, token, delivery, task=task, args=args)
                 else:
-                    self._fail(sig, error_text(e), token, started, e, delivery=delivery)
+                    state = self._fail(sig, error_text(e), token, started, e, delivery=delivery,
+                                       task=task, args=args)
                 return
             try:
                 results = task_results(task, value)
             except EncodeError as e:
-                self._fail(sig, f"result cannot be written for Go readers: {e}", token, started,
-                           delivery=delivery)
+                retval = e
+                state = self._fail(sig, f"result cannot be written for Go readers: {e}", token,
+                                   started, delivery=delivery, task=task, args=args, cause=e)
                 return
-            self._succeed(sig, results, token, started, delivery)
+            state = self._succeed(sig, results, token, started, delivery, task=task,
+                                  value=value)
         finally:
-            with self._lock:
-                self._active -= 1
-                self.processed += 1
+            if span is not None and state is not None:
+                span.outcome(state, retval if isinstance(retval, BaseException) else None)
+            signals.task_postrun.send(task, task_id=sig.uuid, task=task, args=args, kwargs={},
+                                      retval=retval, state=state)
+            self._hook("post-task", self._post_task_handler, sig)
 
     # -- outcomes -----------------------------------------------------------------------
     def _received(self, sig: Signature) -> None:
@@ -685,10 +836,13 @@ class Worker:
                 self._stopping.wait(delay)
 
     def _succeed(self, sig: Signature, results: list[TaskResult], token: Any, started: float,
-                 delivery: Delivery | None = None) -> None:
+                 delivery: Delivery | None = None, *, task: Task[Any, Any] | None = None,
+                 value: Any = None) -> str:
         chord = bool(sig.group_uuid and sig.chord_callback is not None)
         with self._acking(delivery, not sig.on_success and not chord):
             self._store(TaskState(sig.uuid, SUCCESS, results=results), token)
+        if task is not None:
+            signals.task_success.send(task, result=value)
         if logger.isEnabledFor(logging.INFO):
             shown = [r.value for r in results]
             logger.info("Task %s[%s] succeeded in %.4fs: %r", sig.name, sig.uuid,
@@ -701,12 +855,17 @@ class Worker:
             self._send_callback(cb, "OnSuccess", sig)
         if sig.group_uuid and sig.chord_callback is not None:
             self._maybe_trigger_chord(sig)
+        return SUCCESS
 
     def _fail(self, sig: Signature, error: str, token: Any, started: float,
-              exc: BaseException | None = None, *, delivery: Delivery | None = None) -> None:
+              exc: BaseException | None = None, *, delivery: Delivery | None = None,
+              task: Task[Any, Any] | None = None, args: list[Any] | None = None,
+              cause: BaseException | None = None) -> str:
         """FAILURE with ``error`` as the state's Error.  ``exc``: the task's own exception, logged
         with its traceback (Celery's ``raised unexpected`` line) and recorded beside the state
-        (type, module, traceback: see :mod:`machinery_compat.backends.base`)."""
+        (type, module, traceback: see :mod:`machinery_compat.backends.base`).  The error
+        handler and ``task_failure`` get ``exc``, else ``cause``, else a :class:`TaskFailed`
+        with the error text."""
         state = TaskState(sig.uuid, FAILURE, error=error)
         if exc is None:
             with self._acking(delivery, not sig.on_error):
@@ -724,54 +883,79 @@ class Worker:
                 shown = type(exc).__name__
             logger.error("Task %s[%s] raised unexpected: %s", sig.name, sig.uuid, shown,
                          exc_info=exc)
+        reported = exc or cause or TaskFailed(sig.uuid, error, sig.name)
+        self._hook("error", self._error_handler, reported)
+        if task is not None and signals.task_failure.has_listeners(task):
+            signals.task_failure.send(task, task_id=sig.uuid, exception=reported,
+                                      args=args if args is not None else [], kwargs={},
+                                      traceback=reported.__traceback__, einfo=None)
         for cb in sig.on_error or ():
             cb = cb.copy()
             cb.args = [Arg("string", error)] + (cb.args or [])
             self._send_callback(cb, "OnError", sig)
+        return FAILURE
+
+    def _backoff(self, task: Task[Any, Any] | None) -> RetryBackoff | None:
+        own = task.retry_backoff if task is not None else None
+        return own if own is not None else self.retry_backoff
 
     def _retry(self, sig: Signature, exc: BaseException, token: Any,
-               delivery: Delivery | None = None) -> None:
+               delivery: Delivery | None = None, *, task: Task[Any, Any] | None = None,
+               args: list[Any] | None = None) -> str:
         again = _counted_retry(sig)
         again.retry_count -= 1
-        again.retry_timeout = fibonacci_next(again.retry_timeout)
-        eta = _eta_in(again.retry_timeout)
+        delay, again.retry_timeout = retry_delay(
+            self._backoff(task), sig.retry_timeout,
+            retries_done(sig, task.retry_count if task is not None else 0))
+        eta = _eta_in(delay)
         if eta is None:
-            self._fail(sig, f"{error_text(exc)} (no retry: a RetryTimeout of "
-                       f"{again.retry_timeout} s is past the year 9999)", token,
-                       time.perf_counter(), exc, delivery=delivery)
-            return
+            return self._fail(sig, f"{error_text(exc)} (no retry: a RetryTimeout of "
+                              f"{again.retry_timeout} s is past the year 9999)", token,
+                              time.perf_counter(), exc, delivery=delivery, task=task, args=args)
         self._store(TaskState(sig.uuid, RETRY), token)
         again.eta = eta
-        logger.warning("Task %s[%s] retry: Retry in %ds: %s (%d retries left)", sig.name,
-                       sig.uuid, again.retry_timeout, error_text(exc), again.retry_count)
+        logger.warning("Task %s[%s] retry: Retry in %gs: %s (%d retries left)", sig.name,
+                       sig.uuid, delay, error_text(exc), again.retry_count)
         with self._acking(delivery, True):  # the retry and the ack: together or not at all
             self._resend(again)
+        self._retried(sig, task, args, exc)
+        return RETRY
+
+    def _retried(self, sig: Signature, task: Task[Any, Any] | None, args: list[Any] | None,
+                 reason: BaseException) -> None:
+        if task is not None and signals.task_retry.has_listeners(task):
+            signals.task_retry.send(task, request=_request(sig, task, args or []),
+                                    reason=reason, einfo=None)
 
     def _retry_later(self, sig: Signature, r: Retry, token: Any,
-                     delivery: Delivery | None = None) -> None:
+                     delivery: Delivery | None = None, *, task: Task[Any, Any] | None = None,
+                     args: list[Any] | None = None) -> str:
         again = _counted_retry(sig)
+        delay = r.countdown if r.countdown is not None else 1.0
         if r.consume:  # Celery's self.retry(): uses up one RetryCount
             left = sig.retry_count if r.max_retries is None else min(sig.retry_count, r.max_retries)
             if left <= 0:
                 text = error_text(r.exc) if r.exc is not None else (
                     r.message or f"Task {sig.name} retried too many times")
-                self._fail(sig, text, token, time.perf_counter(), r.exc, delivery=delivery)
-                return
+                return self._fail(sig, text, token, time.perf_counter(), r.exc,
+                                  delivery=delivery, task=task, args=args, cause=r)
             again.retry_count = left - 1
             if r.countdown is None:
-                again.retry_timeout = fibonacci_next(again.retry_timeout)
-        delay = r.countdown if r.countdown is not None else (
-            again.retry_timeout if r.consume else 1.0)
+                delay, again.retry_timeout = retry_delay(
+                    self._backoff(task), sig.retry_timeout,
+                    retries_done(sig, task.retry_count if task is not None else 0))
         eta = _eta_in(delay)
         if eta is None:
-            self._fail(sig, f"{r} (no retry: a delay of {delay:g} s is past the year 9999)",
-                       token, time.perf_counter(), r.exc, delivery=delivery)
-            return
+            return self._fail(sig, f"{r} (no retry: a delay of {delay:g} s is past the year 9999)",
+                              token, time.perf_counter(), r.exc, delivery=delivery, task=task,
+                              args=args, cause=r)
         self._store(TaskState(sig.uuid, RETRY), token)
         again.eta = eta
         logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, delay, r)
         with self._acking(delivery, True):
             self._resend(again)
+        self._retried(sig, task, args, r)
+        return RETRY
 
     def _resend(self, sig: Signature) -> None:
         """Publish a retry; if the broker stays down, log the message so it is not lost silently."""
@@ -810,6 +994,13 @@ class Worker:
                 Arg(r.type, r.wire_value) for s in states for r in (s.results or ())
             ]
         self._send_callback(cb, "chord", sig)
+
+
+def _request(sig: Signature, task: Task[Any, Any], args: list[Any]) -> Request:
+    """The :class:`Request` signals get (what ``self.request`` is for a bound task)."""
+    return Request(sig.uuid, sig.name, sig, sig.retry_count, sig.retry_timeout,
+                   dict(sig.headers or {}), sig.group_uuid, list(args),
+                   retries_done(sig, task.retry_count))
 
 
 def clip(text: str, limit: int = _LOG_VALUE) -> str:
