@@ -50,6 +50,7 @@ from .result import AsyncResult, ChainResult, GroupResult
 from .task import RetryBackoff, Task
 
 if TYPE_CHECKING:
+    from .periodic import PeriodicRegistry, PeriodicTask
     from .tracing import Tracing
     from .worker import Worker
 
@@ -496,6 +497,58 @@ class Machinery:
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """The result of the task with this id (sent by anyone, Go or Python)."""
         return AsyncResult(task_id, self.backend)
+
+    # -- periodic tasks (machinery_compat.periodic) -------------------------------------
+    _periodic: PeriodicRegistry | None = None
+
+    @property
+    def periodic_tasks(self) -> PeriodicRegistry:
+        """This app's periodic tasks by name (what ``machinery-compat beat`` and
+        ``worker -B`` fire); see :mod:`machinery_compat.periodic`."""
+        if self._periodic is None:
+            from .periodic import PeriodicRegistry
+
+            with self._lock:
+                if self._periodic is None:
+                    self._periodic = PeriodicRegistry(self)
+        return self._periodic
+
+    @overload
+    def periodic(self, spec: str, name: str, target: Any, *, send_concurrency: int = 0,
+                 lock_program: str | None = None) -> PeriodicTask: ...
+
+    @overload
+    def periodic(self, spec: str, name: str | None = None, target: None = None, *,
+                 send_concurrency: int = 0,
+                 lock_program: str | None = None) -> Callable[[Any], Any]: ...
+
+    def periodic(self, spec: str, name: str | None = None, target: Any = None, *,
+                 send_concurrency: int = 0, lock_program: str | None = None) -> Any:
+        """Send ``target`` on the cron ``spec`` (Go's ``RegisterPeriodicTask/Chain/Group/
+        Chord``): ``app.periodic("*/5 * * * *", "report", report.s("daily"))``.
+
+        ``target``: a signature, chain, group or chord (fresh ids at every firing), a task
+        (sent without arguments) or a :class:`Signature`; without one, a decorator for a
+        task or function (``@app.periodic("@every 1h")``; ``name`` defaults to the task's).
+        ``spec``: robfig/cron's grammar, checked now (:class:`~machinery_compat.periodic.SpecError`);
+        ``send_concurrency``: for groups and chords; ``lock_program``: the executable name in
+        this task's lock key (default: the scheduler's).  A name registered again replaces
+        the first.  Returns the :class:`~machinery_compat.periodic.PeriodicTask`.
+        """
+        if target is None:
+            return self.periodic_tasks.decorator(spec, name, send_concurrency=send_concurrency,
+                                                 lock_program=lock_program)
+        if name is None:
+            raise TypeError("app.periodic(spec, name, target): the name is required with a "
+                            "target (it is part of Machinery's lock key)")
+        return self.periodic_tasks.register(spec, name, target,
+                                            send_concurrency=send_concurrency,
+                                            lock_program=lock_program)
+
+    def unregister_periodic(self, name: str) -> bool:
+        """Stop sending the periodic task ``name`` (running schedulers drop it at once and
+        let its lock key expire); False if there was none."""
+        return self.periodic_tasks.unregister(name)
 
     # -- workers ------------------------------------------------------------------------
     def worker(self, concurrency: int = 0, queue: str | None = None, *,
