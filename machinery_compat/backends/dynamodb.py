@@ -11,7 +11,8 @@ factory.  As in Go, the URL only selects the backend.  Where boto3 sends the cal
 * ``dynamodb.client`` (code only): a boto3 DynamoDB client, used as it is;
 * else a client built from ``dynamodb.endpoint_url`` / ``DYNAMODB_ENDPOINT_URL`` and
   ``dynamodb.region`` / ``DYNAMODB_REGION`` (both Python only: Go ignores them; empty means
-  boto3's standard chain: ``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_REGION``, profiles…), with
+  boto3's standard chain: ``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_REGION``, profiles…, and for a
+  region missing there too, the one in a ``https://dynamodb.<region>.amazonaws.com`` URL), with
   boto3's standard credential chain, ``standard`` retry mode (throttling and transient errors
   are retried with exponential back-off, up to :data:`MAX_ATTEMPTS` attempts), 5 s connect and
   15 s read timeouts.
@@ -112,7 +113,7 @@ from ..protocol import (
     TaskState,
 )
 from ..protocol.gofmt import parse_typed, sprint_typed
-from .base import Backend, ExceptionRecord, decode_exception_record
+from .base import EXCEPTION_RECORD_SUFFIX, Backend, ExceptionRecord, decode_exception_record
 
 if TYPE_CHECKING:
     from ..config import Config, DynamoDBConfig
@@ -155,25 +156,42 @@ def _require_boto3() -> Any:
     return boto3
 
 
-def build_client(cfg: DynamoDBConfig | None = None) -> Any:
-    """A boto3 DynamoDB client for ``cfg`` (its ``endpoint_url`` and ``region``; boto3's
-    chain for what is empty), ``standard`` retries, this module's timeouts."""
+_AWS_URL = re.compile(r"https?://dynamodb\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?(?:[/:?#]|\Z)",
+                      re.IGNORECASE)
+
+
+def region_from_url(url: str) -> str | None:
+    """The region named in an ``https://dynamodb.<region>.amazonaws.com`` URL, if any."""
+    m = _AWS_URL.match(url)
+    return m.group(1).lower() if m else None
+
+
+def build_client(cfg: DynamoDBConfig | None = None, url: str = "") -> Any:
+    """A boto3 DynamoDB client for ``cfg``: its ``endpoint_url`` and ``region`` (empty: boto3's
+    chain; with no region there either, the one in a ``dynamodb.<region>.amazonaws.com``
+    ``url``), ``standard`` retries, this module's timeouts."""
     boto3 = _require_boto3()
     from botocore.config import Config as BotoConfig
-    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import BotoCoreError, NoRegionError
 
     endpoint = (cfg.endpoint_url if cfg is not None else "") or None
     region = (cfg.region if cfg is not None else "") or None
+    session = boto3.session.Session()
+    if region is None and session.region_name is None:
+        region = region_from_url(url)
     try:
-        return boto3.session.Session().client(
+        return session.client(
             "dynamodb", endpoint_url=endpoint, region_name=region,
             config=BotoConfig(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
                               connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                               max_pool_connections=MAX_POOL_CONNECTIONS,
                               user_agent_extra="machinery-compat"))
-    except BotoCoreError as e:  # NoRegionError, an invalid endpoint URL …
-        raise ConfigError(f"DynamoDB result backend: {e} (set dynamodb.region / DYNAMODB_REGION "
-                          "or AWS_REGION; dynamodb.endpoint_url for an emulator)") from e
+    except NoRegionError as e:
+        raise ConfigError("the DynamoDB result backend needs an AWS region: set AWS_REGION (or "
+                          "AWS_DEFAULT_REGION, or a profile's region), or dynamodb.region "
+                          "(DYNAMODB_REGION) in the config") from e
+    except BotoCoreError as e:  # an invalid endpoint URL …
+        raise ConfigError(f"DynamoDB result backend: {e}") from e
 
 
 def _text(s: str) -> str:
@@ -406,7 +424,7 @@ class DynamoDBBackend(Backend):
         self.group_table = self.cfg.group_metas_table
         given = client if client is not None else self.cfg.client
         self._own_client = given is None
-        self._client = given if given is not None else build_client(self.cfg)
+        self._client = given if given is not None else build_client(self.cfg, url)
         self._pid = os.getpid()
         #: seconds :meth:`trigger_chord` waits for a Go worker's ``Lock`` before ignoring it
         self.chord_lock_wait = CHORD_LOCK_WAIT
@@ -417,8 +435,10 @@ class DynamoDBBackend(Backend):
         ``config.results_expire_in``."""
         cfg = config.dynamodb
         url = config.result_backend
-        if (not url.lower().startswith("https://dynamodb") and (cfg is None or (
-                not cfg.endpoint_url and cfg.client is None))):
+        if (not url.lower().startswith("https://dynamodb")
+                and (cfg is None or (not cfg.endpoint_url and cfg.client is None))
+                and not any(os.environ.get(v) for v in ("AWS_ENDPOINT_URL_DYNAMODB",
+                                                        "AWS_ENDPOINT_URL"))):
             logger.warning(
                 "result_backend %s selects the DynamoDB backend, but (as in Go) the URL is not "
                 "where calls go: set dynamodb.endpoint_url (DYNAMODB_ENDPOINT_URL) for an "
@@ -436,7 +456,7 @@ class DynamoDBBackend(Backend):
     def _after_fork(self) -> None:
         if self._own_client:
             # the parent's connection pool must not be shared: its sockets are the parent's
-            self._client = build_client(self.cfg)
+            self._client = build_client(self.cfg, self.url)
         self._pid = os.getpid()
 
     @contextmanager
@@ -639,9 +659,15 @@ class DynamoDBBackend(Backend):
 
     # -- as JSON (tests, tools) ---------------------------------------------------------
     def raw(self, key: str) -> bytes | None:
-        """The task state (else the group meta) stored under ``key``, as the Go JSON of what
-        this backend reads from the item (result values typed), or ``None``.  The same call
-        as :meth:`MemoryBackend.raw <machinery_compat.backends.memory.MemoryBackend.raw>`."""
+        """What is stored under ``key`` as the memory backend's
+        :meth:`~machinery_compat.backends.memory.MemoryBackend.raw` gives it: a task state
+        (else a group meta) as the Go JSON of what this backend reads from the item (result
+        values typed); for ``<task UUID>.exc`` the task's exception record as stored; ``None``
+        when there is none."""
+        if key.endswith(EXCEPTION_RECORD_SUFFIX):
+            task_item = self.get_item(key[:-len(EXCEPTION_RECORD_SUFFIX)])
+            av = (task_item or {}).get(EXCEPTION_RECORD_ATTRIBUTE)
+            return str(av["S"]).encode("utf-8") if isinstance(av, Mapping) and "S" in av else None
         item = self.get_item(key)
         if item is not None:
             return task_state_from_item(item).to_json()
@@ -649,10 +675,20 @@ class DynamoDBBackend(Backend):
         return None if group is None else group_meta_from_item(group).to_json()
 
     def store_raw(self, key: str, body: bytes) -> None:
-        """Store a TaskState or GroupMeta given as Go JSON under ``key`` with ``PutItem`` (a
-        body with a ``GroupUUID`` field is a group meta), as the item Go would hold for it."""
+        """Store Go JSON under ``key`` as the item Go would hold for it (``PutItem``): a
+        TaskState, or a GroupMeta when the body has a ``GroupUUID`` field; for
+        ``<task UUID>.exc`` the bytes become the task's exception record as they are."""
         from ..protocol.gojson import loads
 
+        if key.endswith(EXCEPTION_RECORD_SUFFIX):
+            task_uuid = key[:-len(EXCEPTION_RECORD_SUFFIX)]
+            with self._aws(f"writing the exception record of {task_uuid}", self.task_table):
+                self.client.update_item(
+                    TableName=self.task_table, Key=self._task_key(task_uuid),
+                    UpdateExpression="SET #X = :x",
+                    ExpressionAttributeNames={"#X": EXCEPTION_RECORD_ATTRIBUTE},
+                    ExpressionAttributeValues={":x": _s(body.decode("utf-8", "replace"))})
+            return
         obj = loads(body)
         if isinstance(obj, dict) and any(k.lower() == "groupuuid" for k in obj):
             meta = GroupMeta.from_obj(obj)
@@ -798,6 +834,7 @@ __all__ = [
     "create_tables",
     "group_meta_from_item",
     "group_meta_item",
+    "region_from_url",
     "task_state_from_item",
     "task_state_item",
 ]

@@ -631,3 +631,20 @@ def test_raw_and_store_raw_speak_go_json(backend: DynamoDBBackend, raw: Any) -> 
     backend.store_raw("group_j", meta)
     assert backend.raw("group_j") == meta
     assert backend.raw("task_none") is None
+
+
+def test_region_comes_from_the_config_the_chain_or_the_url(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="needs an AWS region"):
+        create_backend(Config(result_backend="https://dynamodb"))
+    b = create_backend(Config(result_backend="https://dynamodb.eu-west-3.amazonaws.com"))
+    assert isinstance(b, DynamoDBBackend) and b.client.meta.region_name == "eu-west-3"
+    b = create_backend(Config(result_backend="https://dynamodb.eu-west-3.amazonaws.com",
+                              dynamodb=DynamoDBConfig(region="ap-south-1")))
+    assert isinstance(b, DynamoDBBackend) and b.client.meta.region_name == "ap-south-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # the chain wins over the URL
+    b = create_backend(Config(result_backend="https://dynamodb.eu-west-3.amazonaws.com"))
+    assert isinstance(b, DynamoDBBackend) and b.client.meta.region_name == "us-west-2"

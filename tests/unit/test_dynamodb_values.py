@@ -16,6 +16,7 @@ from machinery_compat.backends.dynamodb import (
     EXCEPTION_RECORD_ATTRIBUTE,
     group_meta_from_item,
     group_meta_item,
+    region_from_url,
     result_from_attribute,
     task_state_from_item,
     task_state_item,
@@ -348,3 +349,11 @@ def test_group_meta_items() -> None:
         GroupMeta("g", []))
     with pytest.raises(DecodeError):
         group_meta_from_item({"TaskUUIDs": {"L": [{"N": "1"}]}})
+
+
+def test_region_from_url() -> None:
+    assert region_from_url("https://dynamodb.us-east-1.amazonaws.com") == "us-east-1"
+    assert region_from_url("https://dynamodb.cn-north-1.amazonaws.com.cn/") == "cn-north-1"
+    assert region_from_url("https://dynamodb") is None
+    assert region_from_url("http://localhost:8000") is None
+    assert region_from_url("https://dynamodb.us-east-1.amazonaws.com.evil.example") is None
