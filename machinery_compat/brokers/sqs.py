@@ -291,7 +291,7 @@ class SQSBroker(Broker):
         self._consumers: list[SQSConsumer] = []
         #: queue name -> its VisibilityTimeout attribute (None: could not be read)
         self._queue_visibility: dict[str, int | None] = {}
-        self._dead_queues: set[str] = set()
+        self._deleter = _Deleter(self)
 
     @classmethod
     def from_config(cls, config: Config) -> SQSBroker:
@@ -545,10 +545,7 @@ class SQSBroker(Broker):
             return  # not received from SQS: nothing to delete
         self._forget(delivery)
         queue_url = delivery.extra.get("queue_url") or self.queue_url(delivery.queue)
-        self._with_tries(
-            lambda: self.client.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt),
-            f"delete message {delivery.extra.get('message_id', '?')} from {queue_url}",
-        )
+        self._deleter.delete(queue_url, receipt, str(delivery.extra.get("message_id", "?")))
 
     def _with_tries(self, call: Callable[[], Any], doing: str) -> bool:
         """Run an SQS call that settles a message, a few times through transient errors (then
@@ -695,6 +692,7 @@ class SQSConsumer(SQSBroker):
         self.cfg = broker.cfg
         self.max_delay = broker.max_delay
         self.default_wait = broker.default_wait
+        self._deleter = broker._deleter
         self._pid = os.getpid()
         self._reset()
 
@@ -1002,6 +1000,124 @@ class SQSConsumer(SQSBroker):
 
     def close(self) -> None:
         self.stop_consuming()
+
+
+@dataclass
+class _PendingDelete:
+    receipt: str
+    message_id: str
+    done: threading.Event
+    error: BaseException | None = None
+
+
+class _Deleter:
+    """``DeleteMessage`` as a group commit: a thread deleting a message while another thread's
+    delete for the same queue is on its way has it sent with the next
+    ``DeleteMessageBatch`` (10 at most), by that other thread; alone, it is sent at once.
+    Each caller returns once its own message is deleted (or raises), so a worker still
+    acknowledges a message only after its task finished, in fewer calls when many finish
+    together.  Transient errors are retried a few times (then
+    :class:`BrokerConnectionError`); a receipt handle SQS no longer accepts is logged (the
+    message is received again: at-least-once)."""
+
+    def __init__(self, broker: SQSBroker) -> None:
+        self.broker = broker
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[_PendingDelete]] = {}
+        self._busy: set[str] = set()
+
+    def delete(self, queue_url: str, receipt: str, message_id: str) -> None:
+        if self._pid != os.getpid():  # a forked child: nothing of the parent's threads
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._pending, self._busy = {}, set()
+        item = _PendingDelete(receipt, message_id, threading.Event())
+        with self._lock:
+            self._pending.setdefault(queue_url, []).append(item)
+            leader = queue_url not in self._busy
+            if leader:
+                self._busy.add(queue_url)
+        if leader:
+            while True:
+                with self._lock:
+                    waiting = self._pending.get(queue_url, [])
+                    batch, waiting[:] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                    if not batch:
+                        self._busy.discard(queue_url)
+                        self._pending.pop(queue_url, None)
+                        break
+                self._flush(queue_url, batch)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def _flush(self, queue_url: str, batch: list[_PendingDelete]) -> None:
+        try:
+            self._send(queue_url, batch)
+        except BaseException as e:
+            for item in batch:
+                if not item.done.is_set():
+                    item.error = e
+        finally:
+            for item in batch:
+                item.done.set()
+
+    def _send(self, queue_url: str, batch: list[_PendingDelete]) -> None:
+        broker = self.broker
+        for attempt in range(_TRIES):
+            last = attempt + 1 == _TRIES
+            entries = [{"Id": str(i), "ReceiptHandle": it.receipt} for i, it in enumerate(batch)]
+            try:
+                with broker._translated(f"delete {len(batch)} message(s) from {queue_url}"):
+                    if len(batch) == 1:
+                        broker.client.delete_message(QueueUrl=queue_url,
+                                                     ReceiptHandle=batch[0].receipt)
+                        reply: dict[str, Any] = {"Successful": [{"Id": "0"}]}
+                    else:
+                        reply = broker.client.delete_message_batch(QueueUrl=queue_url,
+                                                                   Entries=entries)
+            except BrokerConnectionError:
+                if last:
+                    raise
+                time.sleep(_FIRST_BACKOFF * 2 ** attempt)
+                continue
+            except BrokerError as e:
+                if len(batch) == 1 and (_error_code(e.__cause__) in _BAD_RECEIPT
+                                        or "receipt handle" in str(e).lower()):
+                    _stale(queue_url, batch[0].message_id, str(e))
+                    return
+                raise
+            again: list[_PendingDelete] = []
+            for ok in reply.get("Successful", ()):
+                batch[int(ok["Id"])].done.set()
+            for bad in reply.get("Failed", ()):
+                item = batch[int(bad["Id"])]
+                code, text = str(bad.get("Code", "")), str(bad.get("Message", ""))
+                if code in _BAD_RECEIPT or "receipt handle" in text.lower():
+                    _stale(queue_url, item.message_id, f"{code}: {text}")
+                    item.done.set()
+                elif code in _TRANSIENT or not bad.get("SenderFault"):
+                    again.append(item)
+                else:
+                    item.error = BrokerError(f"SQS broker: delete message {item.message_id} "
+                                             f"from {queue_url}: {code}: {text}")
+                    item.done.set()
+            if not again:
+                return
+            if last:
+                for item in again:
+                    item.error = BrokerConnectionError(
+                        f"SQS broker: delete message {item.message_id} from {queue_url} "
+                        f"failed {_TRIES} times")
+                return
+            batch = again
+            time.sleep(_FIRST_BACKOFF * 2 ** attempt)
+
+
+def _stale(queue_url: str, message_id: str, why: str) -> None:
+    logger.warning("SQS: could not delete message %s from %s: %s; the message becomes visible "
+                   "again and is received again (at-least-once)", message_id, queue_url, why)
 
 
 def _eta_ns(body: bytes) -> int | None:
