@@ -1,12 +1,16 @@
 """Command line: ``machinery-compat worker -A package.module:app -c 4 -Q a,b``.
 
-Also ``python -m machinery_compat``.  ``machinery-compat worker --help`` lists every option::
+Also ``python -m machinery_compat``.  ``machinery-compat COMMAND --help`` lists every option::
 
     machinery-compat --version
     machinery-compat worker -A mypkg.tasks:app            # default queue, 2 x CPUs threads
     machinery-compat worker -A mypkg.tasks:app -Q a,b -Q c -c 8 -l INFO -n w1@%h
     machinery-compat worker -A mypkg.tasks:app --config config.yml --logfile worker.log
     machinery-compat worker -A mypkg.tasks:app -P solo    # one task at a time
+    machinery-compat worker -A mypkg.tasks:app -B         # and fire its periodic tasks
+    machinery-compat beat -A mypkg.tasks:app              # only fire its periodic tasks
+    machinery-compat beat -A mypkg.tasks:app --lock redis://h:6379/0 --lock-program mygoworker
+    machinery-compat periodic list -A mypkg.tasks:app [--json]
 
 Errors in the options, the app reference or the config file are one line on stderr and exit
 status 2.  This is the only module that configures logging (stderr, or ``--logfile``).
@@ -23,12 +27,15 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .app import Machinery
 from .config import Config, mask_url
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from .periodic import Scheduler
 
 logger = logging.getLogger("machinery_compat.cli")
 
@@ -52,13 +59,46 @@ class WorkerArgs:
     logfile: str | None = None
     pool: str = "threads"
     max_message_size: int | None = None  # None: the worker's default
+    beat: bool = False  # -B: fire the app's periodic tasks too
+    lock: str | None = None
+    lock_program: str | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> WorkerArgs:
         return cls(app=ns.app, concurrency=ns.concurrency,
                    queues=tuple(q for group in ns.queues or () for q in group),
                    config=ns.config, loglevel=ns.loglevel, hostname=ns.hostname,
-                   logfile=ns.logfile, pool=ns.pool, max_message_size=ns.max_message_size)
+                   logfile=ns.logfile, pool=ns.pool, max_message_size=ns.max_message_size,
+                   beat=ns.beat, lock=ns.lock, lock_program=ns.lock_program)
+
+
+@dataclass(frozen=True, slots=True)
+class BeatArgs:
+    app: str
+    config: str | None = None
+    loglevel: str = "info"
+    logfile: str | None = None
+    lock: str | None = None
+    lock_program: str | None = None
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> BeatArgs:
+        return cls(app=ns.app, config=ns.config, loglevel=ns.loglevel, logfile=ns.logfile,
+                   lock=ns.lock, lock_program=ns.lock_program)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicListArgs:
+    app: str
+    config: str | None = None
+    lock: str | None = None
+    lock_program: str | None = None
+    json: bool = False
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> PeriodicListArgs:
+        return cls(app=ns.app, config=ns.config, lock=ns.lock, lock_program=ns.lock_program,
+                   json=ns.json)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -93,6 +133,32 @@ def _concurrency(value: str) -> int:
     return n
 
 
+def _app_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-A", "--app", required=True, metavar="MODULE[:ATTR]",
+                   help="the app to load, as package.module:attribute (attribute defaults to 'app')")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="Machinery YAML config file (the one Go workers read); overrides the app's")
+
+
+def _log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-l", "--loglevel", default="info", type=str.lower, choices=LOG_LEVELS,
+                   metavar="LEVEL",
+                   help="log level, any case: " + ", ".join(LOG_LEVELS) + " (default: info)")
+    p.add_argument("--logfile", default=None, metavar="FILE",
+                   help="append logs to FILE instead of writing them to stderr")
+
+
+def _lock_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock", default=None, metavar="URL",
+                   help="Redis URL of the periodic-task lock (redis://host:port/db), or 'local' "
+                        "(this process only); default: the config's lock, else the broker's "
+                        "or the result backend's Redis")
+    p.add_argument("--lock-program", default=None, metavar="NAME",
+                   help="the executable name in lock keys (machinery_lock_<NAME><name><spec>); "
+                        "give a Go binary's name to share its schedule's lock (default: the "
+                        "app's periodic_tasks.program, machinery-compat)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="machinery-compat",
                                 description="Python workers for Go Machinery queues")
@@ -102,30 +168,43 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a worker",
                        description="Consume Machinery queues and run the app's tasks. The first "
                                    "SIGINT/SIGTERM finishes running tasks; a second quits at once.")
-    w.add_argument("-A", "--app", required=True, metavar="MODULE[:ATTR]",
-                   help="the app to load, as package.module:attribute (attribute defaults to 'app')")
+    _app_options(w)
     w.add_argument("-c", "--concurrency", type=_concurrency, default=0, metavar="N",
                    help="worker threads (default 0: 2 x CPUs, as Go's Redis worker)")
     w.add_argument("-Q", "--queues", "--queue", dest="queues", type=_queue_names,
                    action="append", metavar="QUEUE[,QUEUE...]",
                    help="queue(s) to consume, comma-separated and/or repeated (-Q a,b -Q c); "
                         "served round-robin (default: the config's default_queue)")
-    w.add_argument("--config", default=None, metavar="FILE",
-                   help="Machinery YAML config file (the one Go workers read); overrides the app's")
-    w.add_argument("-l", "--loglevel", default="info", type=str.lower, choices=LOG_LEVELS,
-                   metavar="LEVEL",
-                   help="log level, any case: " + ", ".join(LOG_LEVELS) + " (default: info)")
+    _log_options(w)
     w.add_argument("-n", "--hostname", default=None, metavar="NAME",
                    help="this worker's name in logs; %%h expands to the host name, %%n to its "
                         "first label, %%d to the domain (default: <pid>@<host>)")
-    w.add_argument("--logfile", default=None, metavar="FILE",
-                   help="append logs to FILE instead of writing them to stderr")
     w.add_argument("-P", "--pool", default="threads", type=str.lower, choices=POOLS,
                    help="threads (default): -c tasks at once in threads; solo: one task at a "
                         "time; processes: not implemented yet")
     w.add_argument("--max-message-size", type=_size, default=None, metavar="BYTES",
                    help="dead-letter larger messages without parsing them (e.g. 4M, 512k; "
                         "default 4M)")
+    w.add_argument("-B", "--beat", action="store_true",
+                   help="also fire the app's periodic tasks in this process, as a Go worker does")
+    _lock_options(w)
+
+    b = sub.add_parser("beat", help="fire the app's periodic tasks",
+                       description="Send the app's periodic tasks on their schedules (what "
+                                   "Go's RegisterPeriodicTask does), de-duplicated with every "
+                                   "other scheduler sharing the lock. SIGINT/SIGTERM stops.")
+    _app_options(b)
+    _log_options(b)
+    _lock_options(b)
+
+    per = sub.add_parser("periodic", help="inspect the app's periodic tasks")
+    per_sub = per.add_subparsers(dest="periodic_command", required=True, metavar="COMMAND")
+    pl = per_sub.add_parser("list", help="each periodic task, its next fire time and lock holder",
+                            description="List the app's periodic tasks with their next fire "
+                                        "time and who holds their lock now.")
+    _app_options(pl)
+    _lock_options(pl)
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
@@ -199,6 +278,10 @@ def banner(args: WorkerArgs, app: Machinery, hostname: str, queues: Sequence[str
     lines += [f"  {key + ':':<13}{value}" for key, value in rows]
     lines.append(f"  {'tasks:':<13}({len(tasks)})")
     lines += [f"    . {name}" for name in tasks]
+    if args.beat:
+        periodic = list(app.periodic_tasks)
+        lines.append(f"  {'periodic:':<13}({len(periodic)}, fired here: -B)")
+        lines += [f"    . {t.name} [{t.spec}] {t.describe()}" for t in periodic]
     return "\n".join(lines)
 
 
@@ -227,9 +310,53 @@ def run_worker(args: WorkerArgs) -> int:
     except ValueError as e:  # e.g. an empty queue name in the config's default_queue
         raise UsageError(str(e)) from e
     _ = app.broker, app.backend  # a bad URL fails here, before the banner
+    scheduler = _scheduler(app, args.lock, args.lock_program) if args.beat else None
     shown = getattr(worker, "hostname", None) or hostname or f"{os.getpid()}@{socket.gethostname()}"
     logger.info("%s", banner(args, app, shown, worker.queues, worker.concurrency))
-    worker.run()
+    if scheduler is None:
+        worker.run()
+        return 0
+    scheduler.start()
+    try:
+        worker.run()
+    finally:
+        scheduler.stop()
+    return 0
+
+
+def _scheduler(app: Machinery, lock: str | None, program: str | None) -> Scheduler:
+    from .periodic import Scheduler
+
+    return Scheduler(app, lock=lock, program=program)
+
+
+def _load(spec: str, config: str | None) -> Machinery:
+    app = load_app(spec)
+    if config:
+        app.config = Config.from_yaml(config)
+    return app
+
+
+def run_beat(args: BeatArgs) -> int:
+    """Load the app and fire its periodic tasks until SIGINT/SIGTERM."""
+    from .periodic.commands import run_beat as beat
+
+    configure_logging(args.loglevel, args.logfile)
+    app = _load(args.app, args.config)
+    logger.info("machinery-compat %s beat: app %s, %d periodic task(s): %s", __version__,
+                args.app, len(app.periodic_tasks),
+                ", ".join(f"{t.name} [{t.spec}]" for t in app.periodic_tasks) or "-")
+    return beat(app, lock=args.lock, program=args.lock_program)
+
+
+def run_periodic_list(args: PeriodicListArgs) -> int:
+    """Print the app's periodic tasks (table or JSON)."""
+    from .periodic.commands import format_json, format_table, periodic_rows
+
+    logging.basicConfig(level="WARNING", stream=sys.stderr, format=LOG_FORMAT)
+    app = _load(args.app, args.config)
+    rows = periodic_rows(app, lock=args.lock, program=args.lock_program)
+    print(format_json(rows) if args.json else format_table(rows))
     return 0
 
 
@@ -247,10 +374,14 @@ def _one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    if ns.command == "worker":
-        try:
+    try:
+        if ns.command == "worker":
             return run_worker(WorkerArgs.from_namespace(ns))
-        except (ConfigError, UsageError) as e:
-            print(f"machinery-compat: error: {_one_line(str(e))}", file=sys.stderr)
-            return 2
+        if ns.command == "beat":
+            return run_beat(BeatArgs.from_namespace(ns))
+        if ns.command == "periodic" and ns.periodic_command == "list":
+            return run_periodic_list(PeriodicListArgs.from_namespace(ns))
+    except (ConfigError, UsageError) as e:
+        print(f"machinery-compat: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
     return 2

@@ -268,8 +268,8 @@ class Scheduler:
             return False
         self.sent[task.name] += 1
         self.history.append(Firing(task.name, value, True, now))
-        logger.info("periodic task %s sent: %s %s", task.name, task.describe(),
-                    getattr(result, "id", "") or "")
+        logger.info("periodic task %s sent (lock value %d): %s %s", task.name, value,
+                    task.describe(), getattr(result, "id", "") or "")
         return True
 
 
