@@ -1,13 +1,17 @@
 """Trace context across Python and Go: a traced Python app (machinery_compat.tracing, the
-OpenTelemetry SDK's in-memory exporter, W3C trace context) and the Go Machinery v2 worker
-``interop/cmd/mctrace`` (the OpenTelemetry bridge as opentracing's global tracer, W3C
-propagator), which logs the span context it extracts from ``Signature.Headers`` and the spans
-it makes, on one Redis.
+OpenTelemetry SDK's in-memory exporter) and the Go Machinery v2 worker ``interop/cmd/mctrace``,
+which logs the span context it extracts from ``Signature.Headers`` and the spans it makes, on
+one Redis.  Two Go tracers, each with the Python propagator that speaks its format:
 
-What Go does with the context is Machinery's and the bridge's: the worker's task span is
-started with a FollowsFrom reference, which the bridge turns into a *link* (a new trace);
-a task that sends with ``SendTaskWithContext(ctx, …)`` continues its own trace; the
-callbacks Machinery's worker sends use ``context.Background()`` (a new trace each).
+* the OpenTelemetry bridge (W3C ``traceparent``): Machinery starts the worker's task span with
+  a FollowsFrom reference, which the bridge turns into a *link*, so the Go side starts a new
+  trace linked to the Python producer's;
+* jaeger-client-go (``uber-trace-id``, Machinery's own example; Python:
+  opentelemetry-propagator-jaeger): FollowsFrom is a parent, so Python producer → Go worker
+  → Python task is one trace.
+
+With either, a task that sends with ``SendTaskWithContext(ctx, …)`` continues its trace, and
+the callbacks Machinery's worker sends use ``context.Background()`` (a new trace each).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tests.helpers import wait_for
 from tests.services import in_ci
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="needs machinery-compat[otel]")
+from opentelemetry.propagators.textmap import TextMapPropagator  # noqa: E402
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
@@ -67,11 +72,13 @@ def mctrace_bin() -> Path:
 class GoTracer:
     """A running mctrace and the JSON events it printed."""
 
-    def __init__(self, binary: Path, broker: str, queue: str, log: Path) -> None:
+    def __init__(self, binary: Path, broker: str, queue: str, log: Path,
+                 tracer: str = "otel") -> None:
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stderr = log.open("wb")
-        self.proc = subprocess.Popen([str(binary), "-broker", broker, "-queue", queue],
+        self.proc = subprocess.Popen([str(binary), "-broker", broker, "-queue", queue,
+                                      "-tracer", tracer],
                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -121,16 +128,29 @@ class GoTracer:
         self._stderr.close()
 
 
+Traced = tuple[Machinery, InMemorySpanExporter, "GoTracer"]
+
+
 @pytest.fixture
-def traced(mctrace_bin: Path, new_db: Callable[[], str], tmp_path: Path
-           ) -> Iterator[tuple[Machinery, InMemorySpanExporter, GoTracer]]:
+def traced(request: pytest.FixtureRequest, mctrace_bin: Path, new_db: Callable[[], str],
+           tmp_path: Path) -> Iterator[Traced]:
+    """A traced app and a running mctrace; ``tracer`` (indirect parameter): ``otel`` (W3C,
+    the default) or ``jaeger``."""
+    tracer = getattr(request, "param", "otel")
+    propagator: TextMapPropagator
+    if tracer == "jaeger":
+        jaeger = pytest.importorskip("opentelemetry.propagators.jaeger",
+                                     reason="needs opentelemetry-propagator-jaeger")
+        propagator = jaeger.JaegerPropagator()
+    else:
+        propagator = TraceContextTextMapPropagator()
     url = new_db()
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = Machinery(broker=url, result_backend=url, default_queue="trace_py")
-    instrument(app, tracer_provider=provider, propagator=TraceContextTextMapPropagator())
-    go = GoTracer(mctrace_bin, url, "trace_go", tmp_path / "mctrace.stderr")
+    instrument(app, tracer_provider=provider, propagator=propagator)
+    go = GoTracer(mctrace_bin, url, "trace_go", tmp_path / "mctrace.stderr", tracer)
     try:
         yield app, exporter, go
     finally:
@@ -161,7 +181,7 @@ def _wait_span(exporter: InMemorySpanExporter, name: str, **attrs: Any) -> Reada
 
 
 def test_python_producer_go_worker_python_task(
-        traced: tuple[Machinery, InMemorySpanExporter, GoTracer]) -> None:
+        traced: Traced) -> None:
     """Python SendTask → the Go worker extracts exactly that span context → the Go task sends
     a Python task with SendTaskWithContext → the Python worker's span is a child of Go's
     SendTask span, in the Go task's trace."""
@@ -213,7 +233,7 @@ def test_python_producer_go_worker_python_task(
 
 
 def test_go_worker_onsuccess_callback_starts_a_new_trace(
-        traced: tuple[Machinery, InMemorySpanExporter, GoTracer]) -> None:
+        traced: Traced) -> None:
     """A Python producer writes its context into the callback's headers too; Machinery's Go
     worker sends the OnSuccess callback with SendTask (context.Background()): a new root
     SendTask span overwrites it, and the Python worker follows that one."""
@@ -244,3 +264,45 @@ def test_go_worker_onsuccess_callback_starts_a_new_trace(
     assert go_root["trace_id"] != p_trace  # Go's doing: the chain of traces breaks here
     assert _hex(consumer)[0] == go_root["trace_id"]
     assert cb_id  # the callback ran on the Python worker, in Go's new trace
+
+
+@pytest.mark.parametrize("traced", ["jaeger"], indirect=True)
+def test_jaeger_python_producer_go_worker_python_task_one_trace(traced: Traced) -> None:
+    """With jaeger-client-go on the Go side (uber-trace-id in the headers), Machinery's
+    FollowsFrom keeps the trace: Python SendTask → Go task span → Go SendTask → Python task
+    span are parent and child, all in the producer's trace."""
+    app, exporter, go = traced
+
+    @app.task(name="py_after")
+    def py_after() -> str:
+        return "python"
+
+    worker = app.worker(concurrency=2, queue="trace_py", poll_timeout=0.2).start()
+    try:
+        result = app.send_task("go_relay", args=["py_after", "trace_py"], queue="trace_go")
+        assert result.get(timeout=30) == "relayed"
+        consumer = _wait_span(exporter, "py_after")
+    finally:
+        worker.stop(timeout=30)
+    producer = _wait_span(exporter, "SendTask", **{"signature.uuid": result.id})
+    p_trace, p_span = _hex(producer)
+
+    pre = go.wait("pre_task", uuid=result.id)
+    assert pre.get("extract_error") is None, pre
+    assert pre["extracted"] == {"trace_id": p_trace, "span_id": p_span}
+    assert pre["headers"]["uber-trace-id"].startswith(f"{p_trace}:{p_span}:")
+    assert all(isinstance(v, str) for v in pre["headers"].values())
+
+    task_span = go.wait("task_span", uuid=result.id)
+    assert task_span["trace_id"] == p_trace
+    assert task_span["parent"] == {"trace_id": p_trace, "span_id": p_span}
+    assert [r["type"] for r in task_span["references"]] == [1]  # opentracing FollowsFrom
+
+    go_send = next(s for s in go.spans("SendTask")
+                   if (s["parent"] or {}).get("span_id") == task_span["span_id"])
+    assert go_send["trace_id"] == p_trace and go_send["kind"] == "producer"
+
+    c_trace, _ = _hex(consumer)
+    assert consumer.parent is not None
+    assert f"{consumer.parent.span_id:016x}" == go_send["span_id"]
+    assert c_trace == p_trace  # one trace: Python → Go → Python

@@ -1,7 +1,10 @@
 // Command mctrace is a Go Machinery v2 worker for the tracing interop test: redigo Redis
-// broker and backend, and the OpenTelemetry bridge (go.opentelemetry.io/otel/bridge/opentracing)
-// installed as opentracing's global tracer with the W3C trace-context propagator, which is
-// what Machinery's v2/tracing package injects into and extracts from Signature.Headers.
+// broker and backend, and an opentracing global tracer, which is what Machinery's v2/tracing
+// package injects into and extracts from Signature.Headers:
+//
+//	-tracer otel    the OpenTelemetry bridge (go.opentelemetry.io/otel/bridge/opentracing) over
+//	                the OpenTelemetry SDK, W3C trace context (traceparent) and baggage
+//	-tracer jaeger  jaeger-client-go (Machinery's own example), uber-trace-id headers
 //
 // It is its own Go module (the bridge needs a newer go directive than ../../go.mod), so
 // ../../build.sh does not build it: `go build -o ../../bin/mctrace .` here does.
@@ -14,7 +17,9 @@
 //	{"event":"task_span","task":N,"uuid":U,"trace_id":…,"span_id":…,"parent":{…}|null,"links":[{…}]}
 //	    the span Machinery started for the task (read inside the task from its context)
 //	{"event":"span","name":"SendTask","kind":"producer","trace_id":…,"span_id":…,"parent":{…}|null}
-//	    every span the SDK exports (Machinery finishes its SendTask spans, never its task spans)
+//	    every span the tracer reports (Machinery finishes its SendTask spans, never its task spans)
+//
+// Trace ids are 32 hex digits and span ids 16 with both tracers.
 //
 // Tasks: go_relay(next string, queue string) sends task `next` (no arguments) to `queue`
 // with SendTaskWithContext(ctx, …), continuing the trace, and returns "relayed";
@@ -47,11 +52,14 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	jaeger "github.com/uber/jaeger-client-go"
 )
 
 var (
-	outMu  sync.Mutex
-	server *machinery.Server
+	outMu      sync.Mutex
+	server     *machinery.Server
+	tracerName string
 )
 
 func emit(v map[string]interface{}) {
@@ -91,11 +99,67 @@ func (jsonExporter) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan
 
 func (jsonExporter) Shutdown(context.Context) error { return nil }
 
+func jaegerTraceID(t jaeger.TraceID) string { return fmt.Sprintf("%016x%016x", t.High, t.Low) }
+
+func jaegerRef(sc jaeger.SpanContext) interface{} {
+	if !sc.IsValid() {
+		return nil
+	}
+	return map[string]interface{}{"trace_id": jaegerTraceID(sc.TraceID()), "span_id": sc.SpanID().String()}
+}
+
+// jaegerReporter prints every finished jaeger span as one JSON line.
+type jaegerReporter struct{}
+
+func (jaegerReporter) Report(s *jaeger.Span) {
+	sc := s.SpanContext()
+	var parent interface{}
+	if sc.ParentID() != 0 {
+		parent = map[string]interface{}{"trace_id": jaegerTraceID(sc.TraceID()), "span_id": sc.ParentID().String()}
+	}
+	kind := ""
+	if v, ok := s.Tags()["span.kind"]; ok {
+		kind = fmt.Sprint(v)
+	}
+	emit(map[string]interface{}{
+		"event": "span", "name": s.OperationName(), "kind": kind,
+		"trace_id": jaegerTraceID(sc.TraceID()), "span_id": sc.SpanID().String(),
+		"parent": parent, "links": []interface{}{},
+	})
+}
+
+func (jaegerReporter) Close() {}
+
 // taskSpan logs the span Machinery put into the task's context.
 func taskSpan(ctx context.Context, name string) {
 	ev := map[string]interface{}{"event": "task_span", "task": name}
 	if sig := tasks.SignatureFromContext(ctx); sig != nil {
 		ev["uuid"] = sig.UUID
+	}
+	if tracerName == "jaeger" {
+		if js, ok := opentracing.SpanFromContext(ctx).(*jaeger.Span); ok {
+			sc := js.SpanContext()
+			ev["trace_id"] = jaegerTraceID(sc.TraceID())
+			ev["span_id"] = sc.SpanID().String()
+			ev["parent"] = nil
+			if sc.ParentID() != 0 {
+				ev["parent"] = map[string]interface{}{"trace_id": jaegerTraceID(sc.TraceID()), "span_id": sc.ParentID().String()}
+			}
+			refs := []interface{}{}
+			for _, r := range js.References() {
+				ref := map[string]interface{}{"type": int(r.Type)}
+				if rc, ok := r.ReferencedContext.(jaeger.SpanContext); ok {
+					ref["span"] = jaegerRef(rc)
+				}
+				refs = append(refs, ref)
+			}
+			ev["references"] = refs
+			ev["links"] = []interface{}{}
+		} else {
+			ev["error"] = fmt.Sprintf("the task context holds a %T", opentracing.SpanFromContext(ctx))
+		}
+		emit(ev)
+		return
 	}
 	span := trace.SpanFromContext(ctx)
 	sc := span.SpanContext()
@@ -134,8 +198,10 @@ func run() int {
 	var (
 		broker = flag.String("broker", "redis://127.0.0.1:6379/0", "redis://host:port/db (broker and backend)")
 		queue  = flag.String("queue", "trace_go", "queue to consume; also the DefaultQueue")
+		which  = flag.String("tracer", "otel", "otel (OpenTelemetry bridge, W3C) | jaeger (jaeger-client-go, uber-trace-id)")
 	)
 	flag.Parse()
+	tracerName = *which
 	u, err := url.Parse(*broker)
 	if err != nil || u.Scheme != "redis" {
 		fmt.Fprintf(os.Stderr, "mctrace: -broker must be a redis:// URL: %q\n", *broker)
@@ -150,15 +216,26 @@ func run() int {
 	}
 	password, _ := u.User.Password()
 
-	provider := sdktrace.NewTracerProvider(sdktrace.WithSyncer(jsonExporter{}),
-		sdktrace.WithSampler(sdktrace.AlwaysSample()))
-	defer provider.Shutdown(context.Background())
-	propagator := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-	otel.SetTextMapPropagator(propagator)
-	bridge, wrapped := otelbridge.NewTracerPair(provider.Tracer("mctrace"))
-	bridge.SetTextMapPropagator(propagator)
-	otel.SetTracerProvider(wrapped)
-	opentracing.SetGlobalTracer(bridge)
+	switch tracerName {
+	case "otel":
+		provider := sdktrace.NewTracerProvider(sdktrace.WithSyncer(jsonExporter{}),
+			sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		defer provider.Shutdown(context.Background())
+		propagator := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+		otel.SetTextMapPropagator(propagator)
+		bridge, wrapped := otelbridge.NewTracerPair(provider.Tracer("mctrace"))
+		bridge.SetTextMapPropagator(propagator)
+		otel.SetTracerProvider(wrapped)
+		opentracing.SetGlobalTracer(bridge)
+	case "jaeger":
+		tracer, closer := jaeger.NewTracer("mctrace", jaeger.NewConstSampler(true), jaegerReporter{},
+			jaeger.TracerOptions.Gen128Bit(true))
+		defer closer.Close()
+		opentracing.SetGlobalTracer(tracer)
+	default:
+		fmt.Fprintf(os.Stderr, "mctrace: -tracer must be otel or jaeger, not %q\n", tracerName)
+		return 2
+	}
 
 	cnf := &config.Config{
 		DefaultQueue:    *queue,
@@ -183,6 +260,8 @@ func run() int {
 		sc, err := opentracing.GlobalTracer().Extract(opentracing.TextMap, sig.Headers)
 		if err != nil {
 			ev["extract_error"] = err.Error()
+		} else if jsc, ok := sc.(jaeger.SpanContext); ok {
+			ev["extracted"] = map[string]interface{}{"trace_id": jaegerTraceID(jsc.TraceID()), "span_id": jsc.SpanID().String()}
 		} else if ids, ok := sc.(interface {
 			TraceID() trace.TraceID
 			SpanID() trace.SpanID
