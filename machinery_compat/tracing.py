@@ -24,10 +24,14 @@ propagator, the global one unless you pass ``propagator=`` (``OTEL_PROPAGATORS``
 
 * Go with the OpenTelemetry bridge (``go.opentelemetry.io/otel/bridge/opentracing``,
   ``opentracing.SetGlobalTracer(bridgeTracer)`` and ``otel.SetTextMapPropagator(
-  propagation.TraceContext{})``): the default W3C propagator here.  Tested against a Go worker.
+  propagation.TraceContext{})``): the default W3C propagator here.  Tested against a Go
+  worker with otel v1.47.0.  OpenTelemetry Python writes the trace flags ``03`` (sampled +
+  the W3C level-2 "random trace id" bit); Go's otel propagator refused flags above ``02``
+  before it knew that bit (v1.36.0 does: the Go worker then silently starts a new trace):
+  ``instrument(app, sampled_flag_only=True)`` writes ``01`` instead.
 * Go with jaeger-client-go (Machinery's example): ``uber-trace-id``; install
   ``opentelemetry-propagator-jaeger`` and set ``OTEL_PROPAGATORS=jaeger`` (or pass
-  ``propagator=JaegerPropagator()``).
+  ``propagator=JaegerPropagator()``).  Tested against a Go worker (jaeger-client-go v2.30.0).
 * Go with the default no-op tracer: nothing is written or read on the Go side; the headers a
   Python producer wrote travel unchanged through a Go worker's callbacks.
 
@@ -119,12 +123,14 @@ class Tracing:
     """Producer and consumer spans for one app (see the module documentation)."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None,
-                 propagator: TextMapPropagator | None = None) -> None:
+                 propagator: TextMapPropagator | None = None, *,
+                 sampled_flag_only: bool = False) -> None:
         from . import __version__
 
         self.tracer = trace.get_tracer("machinery_compat", __version__,
                                        tracer_provider=tracer_provider)
         self._propagator = propagator
+        self.sampled_flag_only = sampled_flag_only
 
     @property
     def propagator(self) -> TextMapPropagator:
@@ -142,6 +148,8 @@ class Tracing:
             if s.headers is None:
                 s.headers = {}
             propagator.inject(s.headers, context=ctx, setter=_SETTER)
+            if self.sampled_flag_only:
+                _sampled_flag_only(s.headers)
             if depth < _MAX_DEPTH:
                 nested = [*(s.on_success or ()), *(s.on_error or ())]
                 if s.chord_callback is not None:
@@ -181,6 +189,20 @@ class Tracing:
             yield TaskSpan(span)
 
 
+def _sampled_flag_only(headers: MutableMapping[str, Any]) -> None:
+    """Clear every trace flag of a version-00 ``traceparent`` but *sampled*."""
+    value = headers.get("traceparent")
+    if not isinstance(value, str):
+        return
+    parts = value.split("-")
+    if len(parts) == 4 and parts[0] == "00" and len(parts[3]) == 2:
+        try:
+            flags = int(parts[3], 16) & 0x01
+        except ValueError:
+            return
+        headers["traceparent"] = "-".join([*parts[:3], f"{flags:02x}"])
+
+
 def _signature_attributes(sig: Signature) -> dict[str, str | int]:
     """Go's ``AnnotateSpanWithSignatureInfo`` tags, and the queue."""
     out: dict[str, str | int] = {"signature.name": sig.name, "signature.uuid": sig.uuid}
@@ -195,13 +217,16 @@ def _signature_attributes(sig: Signature) -> dict[str, str | int]:
 
 
 def instrument(app: Machinery, *, tracer_provider: trace.TracerProvider | None = None,
-               propagator: TextMapPropagator | None = None) -> Tracing:
+               propagator: TextMapPropagator | None = None,
+               sampled_flag_only: bool = False) -> Tracing:
     """Trace what ``app`` sends and what its Python workers run; returns the :class:`Tracing`.
 
     ``tracer_provider``: default the global one (``opentelemetry.trace``); ``propagator``:
-    default the global text-map propagator (see the module documentation for Go's formats).
+    default the global text-map propagator (see the module documentation for Go's formats);
+    ``sampled_flag_only``: write ``traceparent`` flags ``01``/``00`` only, for Go workers
+    whose otel propagator refuses the random-trace-id bit (v1.36.0 does).
     """
-    tracing = Tracing(tracer_provider, propagator)
+    tracing = Tracing(tracer_provider, propagator, sampled_flag_only=sampled_flag_only)
     app.tracing = tracing
     return tracing
 

@@ -173,6 +173,7 @@ class Worker:
         crash_safe: bool | None = None,
         heartbeat_ttl: float | None = None,
         retry_backoff: RetryBackoff | None = None,
+        max_memory: int | None = None,
     ) -> None:
         """``crash_safe`` (default: ``redis.crash_safe`` of the config, true): on Redis, keep
         every message taken in this worker's processing list until it is settled, so that a
@@ -180,7 +181,10 @@ class Worker:
         ``redis.heartbeat_ttl``, 5) after which a silent worker's messages are re-queued;
         ``retry_backoff``: the delays between retries of tasks that have none of their own
         (``@app.task(retry_backoff=...)``), see :data:`machinery_compat.task.RetryBackoff`
-        (default: Machinery's Fibonacci steps)."""
+        (default: Machinery's Fibonacci steps); ``max_memory``: KiB of resident memory
+        (Celery's ``--max-memory-per-child`` unit) past which the worker stops itself after
+        the task that crossed it (as :meth:`stop`, so running tasks finish) and sets
+        :attr:`memory_exceeded`, for the process running it to start afresh."""
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
         self.queues = _queue_list(queue, queues, app.config.default_queue)
@@ -221,6 +225,9 @@ class Worker:
         self.processed = 0
         #: the default back-off of Python-side retries (a task's own comes first)
         self.retry_backoff = retry_backoff
+        self.max_memory = max_memory
+        #: set when the worker stopped itself because its memory went past ``max_memory``
+        self.memory_exceeded = False
         #: the tasks running now, by the pool thread running them
         self._running: dict[int, RunningTask] = {}
         self._error_handler: Callable[[BaseException], object] | None = None
@@ -527,6 +534,25 @@ class Worker:
                                          self._left_where())
             finally:
                 self._slots.release()
+            if self.max_memory is not None:
+                self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Stop this worker (in the background) once its resident memory is past
+        ``max_memory`` KiB."""
+        assert self.max_memory is not None
+        if self._stopping.is_set():
+            return
+        rss = resident_kib()
+        if rss is None or rss <= self.max_memory:
+            return
+        with self._lock:
+            if self.memory_exceeded:
+                return
+            self.memory_exceeded = True
+        logger.warning("worker memory %d KiB is past max_memory (%d KiB): stopping after the "
+                       "running tasks, to be started afresh", rss, self.max_memory)
+        threading.Thread(target=self.stop, name="mc-stop", daemon=True).start()
 
     def _delayed_loop(self) -> None:
         broker = self.app.broker
@@ -994,6 +1020,25 @@ class Worker:
                 Arg(r.type, r.wire_value) for s in states for r in (s.results or ())
             ]
         self._send_callback(cb, "chord", sig)
+
+
+def resident_kib() -> int | None:
+    """This process's resident memory in KiB (``/proc/self/statm``; else the peak from
+    ``getrusage``), or None when neither can be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak  # macOS counts bytes
+    except (ImportError, OSError, ValueError):
+        return None
 
 
 def _request(sig: Signature, task: Task[Any, Any], args: list[Any]) -> Request:

@@ -266,3 +266,22 @@ def test_retry_backoff_function_writes_retry_timeout_and_eta(
     retry = next(kw for n, kw in seen if n == "task_retry")
     assert retry["sender"] is flaky and isinstance(retry["reason"], OSError)
     assert retry["request"].id == r.id
+
+
+@pytest.mark.kinds("memory", "redis")
+def test_max_memory_stops_the_worker_after_the_task(app: Machinery) -> None:
+    done: list[int] = []
+
+    @app.task(name="eat")
+    def eat(i: int) -> None:
+        done.append(i)
+
+    w = app.worker(concurrency=1, poll_timeout=0.1, delayed_poll_interval=0.05,
+                   max_memory=1)  # 1 KiB: past it after the first task
+    w.start()
+    try:
+        eat.delay(1).get(timeout=20)
+        wait_for(lambda: w._stopped.is_set(), timeout=20, what="the worker stops itself")
+        assert w.memory_exceeded and done == [1] and w.running() == []
+    finally:
+        w.stop(timeout=10)

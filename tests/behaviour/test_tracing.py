@@ -126,3 +126,14 @@ def test_headers_getter_reads_strings_only() -> None:
     assert g.get(carrier, "other") == ["v"]
     assert g.get(carrier, "n") is None
     assert g.keys(carrier) == ["traceparent", "Other"]
+
+
+def test_sampled_flag_only_for_old_go_propagators(app: Machinery, probe: Probe,
+                                                  exporter: InMemorySpanExporter) -> None:
+    assert app.tracing is not None
+    app.tracing.sampled_flag_only = True
+    app.send_task("go_task", link=app.signature("cb"))
+    sent = probe.pending("machinery_tasks")[0]
+    assert sent.headers is not None and sent.headers["traceparent"].endswith("-01")
+    assert sent.on_success is not None and sent.on_success[0].headers is not None
+    assert sent.on_success[0].headers["traceparent"].endswith("-01")
