@@ -85,7 +85,9 @@ Threads, processes, errors
 One boto3 client per backend, shared by all threads (boto3 clients are thread-safe).  After
 ``fork()`` the child builds its own client on first use (a client given in the config is kept:
 give each process its own).  AWS errors become :class:`~machinery_compat.exceptions.BackendError`
-(a missing table says how to create it).
+(a missing table says how to create it).  A DynamoDB item holds at most 400 KB: a final state
+that does not fit is not retried as it is (see :meth:`DynamoDBBackend.update_state`; results
+that large become a FAILURE saying so).
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ CONNECT_TIMEOUT: Final = 5.0
 READ_TIMEOUT: Final = 15.0
 #: Connections per client (a worker's threads share one client).
 MAX_POOL_CONNECTIONS: Final = 64
+#: A FAILURE's error text is cut to this many characters when the item would not fit.
+MAX_ERROR_CHARS: Final = 65536
 #: Seconds a chord trigger waits for a Go worker's ``Lock`` before ignoring it.
 CHORD_LOCK_WAIT: Final = 10.0
 _LOCK_POLL: Final = 0.01
@@ -399,6 +403,13 @@ def group_meta_from_item(item: Mapping[str, Any]) -> GroupMeta:
 # --------------------------------------------------------------------------------------
 
 
+def _too_big(e: BaseException) -> bool:
+    """A write refused because the item would exceed DynamoDB's 400 KB."""
+    cause = e.__cause__
+    return (cause is not None and _error_code(cause) == "ValidationException"
+            and "exceeded the maximum allowed size" in str(cause))
+
+
 def _error_code(e: BaseException) -> str:
     response = getattr(e, "response", None)
     if isinstance(response, Mapping):
@@ -491,7 +502,40 @@ class DynamoDBBackend(Backend):
 
     def update_state(self, state: TaskState, exc_record: ExceptionRecord | None = None) -> None:
         """Go's ``UpdateItem`` for every state but PENDING (see the module docs), with a
-        FAILURE's exception record in the same call."""
+        FAILURE's exception record in the same call.
+
+        A state that does not fit a DynamoDB item (400 KB) is never retried as it is (it never
+        would fit; Go's worker fails the message and meets it again): a FAILURE is written
+        without its exception record, then with its error text cut to
+        :data:`MAX_ERROR_CHARS`; a SUCCESS becomes a FAILURE saying so (logged), so that
+        readers see the task end.
+        """
+        try:
+            self._update(state, exc_record)
+            return
+        except BackendError as e:
+            if not _too_big(e):
+                raise
+            why = e
+        if state.state == FAILURE and exc_record is not None:
+            logger.warning("task %s: the FAILURE state with its exception record does not fit "
+                           "a DynamoDB item; writing it without the record", state.task_uuid)
+            self.update_state(state)
+            return
+        if state.state == FAILURE and len(state.error) > MAX_ERROR_CHARS:
+            cut = state.error[:MAX_ERROR_CHARS] + f"… ({len(state.error)} characters)"
+            self._update(TaskState(state.task_uuid, FAILURE, error=cut))
+            return
+        if state.state == SUCCESS:
+            logger.error("task %s: its results do not fit a DynamoDB item; storing FAILURE "
+                         "instead (%s)", state.task_uuid, why)
+            self._update(TaskState(state.task_uuid, FAILURE, error=(
+                "the task's results do not fit a DynamoDB item (at most 400 KB): "
+                + str(why.__cause__ or why))))
+            return
+        raise why
+
+    def _update(self, state: TaskState, exc_record: ExceptionRecord | None = None) -> None:
         names = {"#S": "State"}
         values: dict[str, Any] = {":s": _s(state.state)}
         parts = ["#S = :s"]

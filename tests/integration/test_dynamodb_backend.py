@@ -648,3 +648,27 @@ def test_region_comes_from_the_config_the_chain_or_the_url(
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # the chain wins over the URL
     b = create_backend(Config(result_backend="https://dynamodb.eu-west-3.amazonaws.com"))
     assert isinstance(b, DynamoDBBackend) and b.client.meta.region_name == "us-west-2"
+
+
+def test_states_too_big_for_an_item_still_end_the_task(backend: DynamoDBBackend,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """DynamoDB items hold at most 400 KB: such a write is never retried as it is."""
+    sig = Signature(uuid="task_big", name="t")
+    backend.set_state_pending(sig)
+    backend.set_final_state(TaskState("task_big", SUCCESS,
+                                      results=[TaskResult("string", "x" * 500_000)]))
+    st = backend.get_state("task_big")
+    assert st is not None and st.state == FAILURE and st.task_name == "t"
+    assert st.error.startswith("the task's results do not fit a DynamoDB item (at most 400 KB)")
+    assert "results do not fit a DynamoDB item" in caplog.text
+    # a FAILURE whose exception record is too big: stored without it
+    record = ExceptionRecord("E", "m", "E", "t" * 500_000, "boom")
+    backend.set_final_state(TaskState("task_big", FAILURE, error="boom"), None, record)
+    st = backend.get_state("task_big")
+    assert st is not None and (st.state, st.error) == (FAILURE, "boom")
+    assert backend.get_exception_record("task_big") is None
+    # a FAILURE whose error text is too big: cut
+    backend.set_state_failure(sig, "e" * 500_000)
+    st = backend.get_state("task_big")
+    assert st is not None and st.state == FAILURE
+    assert st.error == "e" * 65536 + "… (500000 characters)"
