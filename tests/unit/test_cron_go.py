@@ -13,11 +13,12 @@ build it) on the same cases.
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +341,67 @@ def test_live_go_agrees_with_fixture_and_python() -> None:
     assert live == _load()
     for go in live:
         _check(go)
+
+
+_ZONES = ["UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata",
+          "America/Sao_Paulo", "America/Havana", "Pacific/Chatham", "Europe/Moscow",
+          "America/St_Johns", "Asia/Tehran", "Africa/Casablanca"]
+
+
+def _random_field(rng: random.Random, low: int, high: int, names: list[str] | None) -> str:
+    def atom() -> str:
+        if names and rng.random() < 0.3:
+            return rng.choice(names)
+        return str(rng.randint(low, high))
+
+    def one() -> str:
+        kind = rng.random()
+        if kind < 0.25:
+            base = rng.choice(["*", "?"])
+        elif kind < 0.5:
+            base = atom()
+        else:
+            a, b = sorted((rng.randint(low, high), rng.randint(low, high)))
+            base = f"{a}-{b}"
+        if rng.random() < 0.3:
+            base += f"/{rng.randint(1, max(1, high - low))}"
+        return base
+
+    return ",".join(one() for _ in range(rng.choice([1, 1, 1, 2, 3])))
+
+
+def random_cases(seed: int, n: int) -> list[dict[str, Any]]:
+    """Valid specs, zones and start times (DST seasons included) drawn from ``seed``."""
+    rng = random.Random(seed)
+    months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+    days = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+    out = []
+    for _ in range(n):
+        spec = " ".join([_random_field(rng, 0, 59, None), _random_field(rng, 0, 23, None),
+                         _random_field(rng, 1, 31, None), _random_field(rng, 1, 12, months),
+                         _random_field(rng, 0, 6, days)])
+        if rng.random() < 0.25:
+            spec = f"CRON_TZ={rng.choice(_ZONES)} {spec}"
+        start = 1_500_000_000 + rng.randrange(400_000_000)
+        frac = rng.choice([0, 0, rng.randrange(10**9)])
+        iso = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        out.append(_c(spec, start=f"{iso}.{frac:09d}Z", local=rng.choice(_ZONES), n=6))
+    return out
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_live_random_specs_agree_with_go(seed: int) -> None:
+    """Random valid specs in DST-changing zones: the same fire times as robfig/cron."""
+    binary = _cronnext()
+    if binary is None:
+        pytest.skip("interop/bin/cronnext is not built and Go is not available")
+    mismatches = []
+    for go in _run_cronnext(binary, random_cases(seed, 300)):
+        py = _python(go)
+        if py.get("next") != go.get("next") or py.get("error") != go.get("error"):
+            mismatches.append((go["spec"], go["local"], go["start"], go.get("next_text"), py))
+    assert not mismatches, mismatches[:5]
 
 
 if __name__ == "__main__":  # regenerate the fixture
