@@ -988,9 +988,35 @@ AWS_TEST_ENV: dict[str, str] = {
 }
 
 
+#: How :class:`MotoServer` starts moto's server: ``python -m moto.server`` with one fix.  moto
+#: 5's ReceiveMessage scans and marks a queue's messages without holding the queue's lock, so
+#: two concurrent receivers (two workers) now and then both get the same message (about 1 in
+#: 400 under 4 receiving threads), which SQS practically never does; tests asserting "ran once"
+#: with competing workers would be flaky.  The scan runs under the queue's lock here (a
+#: Condition on an RLock: a long poll's wait releases it, as before).
+_MOTO_BOOTSTRAP = """
+import sys
+from moto.sqs import models
+
+_receive = models.SQSBackend.receive_message
+
+
+def receive_message(self, queue_name, *args, **kwargs):
+    with self.get_queue(queue_name)._messages_lock:
+        return _receive(self, queue_name, *args, **kwargs)
+
+
+models.SQSBackend.receive_message = receive_message
+from moto.server import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 class MotoServer(_ServerProcess):
     """A private ``moto`` server (``python -m moto.server``) on a free loopback port,
     serving every AWS service moto emulates (SQS, DynamoDB, ...) at :attr:`endpoint_url`.
+    Its SQS ReceiveMessage is made atomic per queue (see :data:`_MOTO_BOOTSTRAP`).
 
     * ``start()`` launches it and waits until ``/moto-api/`` answers; after ``stop()`` it
       starts again on the *same* port (with no state: moto keeps everything in memory).
@@ -1120,7 +1146,7 @@ class MotoServer(_ServerProcess):
             log.flush()
             prefix = die_with_parent_prefix() if self.die_with_parent else []
             self._proc = subprocess.Popen(
-                [*prefix, self.python, "-m", "moto.server",
+                [*prefix, self.python, "-c", _MOTO_BOOTSTRAP,
                  "-H", self.host, "-p", str(self.port)],
                 cwd=self.dir,
                 env=env,
