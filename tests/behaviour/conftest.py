@@ -6,14 +6,18 @@ Fixtures (names are stable; write new behaviour tests against them):
 * ``app_kind``  the combination under test, one of :data:`KINDS`:
   ``"redis"`` (Redis broker + Redis backend, same server), ``"memory"`` (memory broker +
   memory backend), ``"redis+memory"`` (Redis broker + memory backend), ``"amqp"`` (AMQP
-  broker + AMQP backend, one RabbitMQ vhost) and ``"amqp+redis"`` (AMQP broker + Redis
-  backend, the common production setup).  A test runs over :data:`DEFAULT_KINDS` (``redis``,
-  ``memory``, ``amqp``); mark it ``@pytest.mark.mixed`` to run it on ``redis+memory`` and
+  broker + AMQP backend, one RabbitMQ vhost), ``"amqp+redis"`` (AMQP broker + Redis
+  backend, the common production setup) and ``"sqs+redis"`` (SQS broker on the session moto
+  server + Redis backend).  A test runs over :data:`DEFAULT_KINDS` (``redis``, ``memory``,
+  ``amqp``, ``sqs+redis``); mark it ``@pytest.mark.mixed`` to run it on ``redis+memory`` and
   ``amqp+redis`` too, or ``@pytest.mark.kinds("memory", …)`` to choose the kinds exactly
   (both work on a module via ``pytestmark``).  Redis kinds use the session redis-server
   (``redis_url``: flushed per test; skipped when redis-server is missing, failed under CI=true)
   and get the ``redis`` marker; AMQP kinds use a fresh vhost of the session RabbitMQ node
-  (``rabbitmq_vhost_url``) and get the ``rabbitmq`` marker.  AMQP apps set
+  (``rabbitmq_vhost_url``) and get the ``rabbitmq`` marker; SQS kinds use the session moto
+  server (``moto_server``) in region :data:`SQS_REGION`, whose queues are deleted before each
+  test and :data:`SQS_QUEUES` created (SQS brokers create no queues), and get the ``aws``
+  marker.  AMQP apps set
   ``amqp.binding_key`` to the default queue, so default-routed tasks land in exactly the
   queue the workers consume, as on the other brokers (Go's default config, where
   ``machinery_task`` and ``machinery_tasks`` both get a copy, is covered by
@@ -36,7 +40,12 @@ Fixtures (names are stable; write new behaviour tests against them):
   messages stay; ones a worker holds unacked are not seen), ``state_bytes`` is the newest
   state message of the task's queue (peeked; else the newest one this app consumed), and
   ``delayed()`` browses the delay queues this app's broker published into, with the due time
-  given to ``push_delayed`` or else the body's ETA (a delay queue keeps no score).
+  given to ``push_delayed`` or else the body's ETA (a delay queue keeps no score).  On SQS
+  ``messages`` peeks too (receives every visible message, then makes them visible again;
+  in-flight ones are not seen), ``dead`` reads ``<queue>-dead`` (SQS names allow no ``.``),
+  ``pending`` decodes ``messages`` (the broker's ``pending_tasks`` cannot peek), and
+  ``delayed()`` lists what this test's apps sent (or ``push_delayed`` pushed) whose ETA (due
+  time) is still ahead: SQS cannot list delayed messages.
 * ``eager_app``  an app on ``eager://<unique name>`` (eager broker, memory-backed results).
 
 Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the type of
@@ -45,6 +54,7 @@ Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -59,16 +69,25 @@ from machinery_compat.backends.amqp import AMQPBackend
 from machinery_compat.brokers import memory as memory_broker
 from machinery_compat.brokers.amqp import MIN_DELAY_MS, AMQPBroker
 from machinery_compat.brokers.base import Delivery
-from machinery_compat.config import AMQPConfig, Config
+from machinery_compat.brokers.sqs import SQSBroker, dead_letter_queue
+from machinery_compat.config import AMQPConfig, Config, SQSConfig
 from machinery_compat.worker import Worker
 from tests.helpers import wait_for
 
 __all__ = ["DEFAULT_KINDS", "KINDS", "Probe", "StartWorker", "wait_for"]
 
 #: Every broker+backend combination the behaviour suite knows.
-KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis")
+KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis", "sqs+redis")
 #: What a test runs over unless marked ``mixed`` or ``kinds(...)``.
-DEFAULT_KINDS = ("redis", "memory", "amqp")
+DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis")
+
+#: SQS kinds: the moto region their queues live in (nothing else uses it: the queues there are
+#: deleted before each test), the account of the broker URL, and the queues the behaviour
+#: tests use (created before each test: an SQS broker creates none, as Go's).
+SQS_REGION = "us-west-2"
+SQS_ACCOUNT = "123456789012"
+SQS_QUEUES = ("machinery_tasks", "qa", "qb", "qw", "qx", "q", "other", "q2", "qd", "qlower",
+              "elsewhere", "a", "b")
 
 StartWorker = Callable[..., Worker]
 
@@ -99,6 +118,31 @@ AMQP_LIMITS: dict[str, tuple[str, str]] = {
                   "dead-letters them from the delay queues (see test_amqp_layout.py)"),
 }
 
+_NO_PEEK = ("SQS cannot list a queue's messages without receiving them (which hides them and "
+            "counts toward a redrive policy): pending_tasks/delayed_tasks raise "
+            "NotImplementedError naming queue_depth() (tests/integration/test_sqs_broker.py)")
+_EMPTY_ROUTING_KEY = ("Go's SQS broker encodes the body before defaulting the routing key: a task "
+                      "sent without a queue carries \"RoutingKey\":\"\" (§5.3, §12.3; "
+                      "tests/unit/test_golden.py, tests/integration/test_sqs_broker.py)")
+#: Behaviour tests that check what SQS cannot do, by its design or Go's: test name -> why.
+#: Their SQS params are reported as skipped with the reason.
+SQS_LIMITS: dict[str, str] = {
+    "test_requeue_front_and_back_keep_the_bytes_and_order": (
+        "SQS has no queue head or tail: a message given back becomes visible again where it "
+        "was (ChangeMessageVisibility 0), bytes not received from SQS are sent anew"),
+    "test_dead_letters_are_a_plain_queue": (
+        "SQS queue names allow no '.': undecodable messages go to <queue>-dead "
+        "(tests/integration/test_sqs_broker.py)"),
+    "test_move_due_delayed_routes_by_routing_key": (
+        "SQS delays messages itself (DelaySeconds): there are no delayed tasks for workers to "
+        "move (ETAs: tests/integration/test_sqs_broker.py)"),
+    "test_make_app_shares_broker_and_backend": _NO_PEEK,
+    "test_pending_tasks_inspection": _NO_PEEK,
+    "test_eta_goes_to_delayed_tasks_due_in_nanoseconds": _NO_PEEK,
+    "test_send_task_pushes_go_bytes_and_pending_first": _EMPTY_ROUTING_KEY,
+    "test_generated_ids_and_default_headers": _EMPTY_ROUTING_KEY,
+}
+
 
 def _kind_param(kind: str, test_name: str) -> Any:
     limit = AMQP_LIMITS.get(test_name)
@@ -107,6 +151,8 @@ def _kind_param(kind: str, test_name: str) -> Any:
         hit = kind.split("+")[0] == "amqp" if side == "broker" else kind.split("+")[-1] == "amqp"
         if hit:
             return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {why}"))
+    if kind.split("+")[0] == "sqs" and test_name in SQS_LIMITS:
+        return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {SQS_LIMITS[test_name]}"))
     return kind
 
 
@@ -140,6 +186,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if "amqp" in kind:
             item.add_marker(pytest.mark.rabbitmq)
+        if "sqs" in kind:
+            item.add_marker(pytest.mark.aws)
 
 
 @pytest.fixture
@@ -160,6 +208,8 @@ def _url_for(side: str, request: pytest.FixtureRequest, memory_name: str) -> str
     url: str
     if side == "redis":
         url = request.getfixturevalue("redis_url")
+    elif side == "sqs":
+        url = request.getfixturevalue("_sqs_queues")
     elif side == "amqp":
         url = request.getfixturevalue("rabbitmq_vhost_url")  # one vhost per test
     else:
@@ -182,7 +232,47 @@ def backend_url(app_kind: str, broker_url: str, request: pytest.FixtureRequest,
 
 
 @pytest.fixture
-def make_app(broker_url: str, backend_url: str) -> Iterator[Callable[..., Machinery]]:
+def _sqs_queues(moto_server: Any, moto_endpoint: str) -> str:
+    """The SQS broker URL of this test, with every queue of :data:`SQS_REGION` deleted and
+    :data:`SQS_QUEUES` created afresh."""
+    sqs = moto_server.client("sqs", region_name=SQS_REGION)
+    for url in sqs.list_queues().get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=url)
+    for name in SQS_QUEUES:
+        sqs.create_queue(QueueName=name)
+    return f"{moto_endpoint}/{SQS_ACCOUNT}"
+
+
+@pytest.fixture
+def _sqs_sent() -> list[tuple[bytes, int]]:
+    """SQS kinds: (body, due ns) of every task this test's apps sent with an ETA."""
+    return []
+
+
+def _record_sqs_sends(app: Machinery, sent: list[tuple[bytes, int]]) -> None:
+    """Note the ETA of every message ``app``'s SQS client sends (SQS cannot list delayed ones)."""
+
+    def note(body: str) -> None:
+        raw = body.encode("utf-8", "surrogateescape")
+        due = _eta_ns(raw)
+        if due and all(b != raw for b, _ in sent):
+            sent.append((raw, due))
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        if "MessageBody" in params:
+            note(params["MessageBody"])
+        for entry in params.get("Entries") or ():
+            if "MessageBody" in entry:
+                note(entry["MessageBody"])
+
+    events = app.broker.client.meta.events  # type: ignore[attr-defined]
+    events.register("provide-client-params.sqs.SendMessage", record)
+    events.register("provide-client-params.sqs.SendMessageBatch", record)
+
+
+@pytest.fixture
+def make_app(broker_url: str, backend_url: str,
+             _sqs_sent: list[tuple[bytes, int]]) -> Iterator[Callable[..., Machinery]]:
     apps: list[Machinery] = []
 
     def make(**kwargs: Any) -> Machinery:
@@ -190,7 +280,12 @@ def make_app(broker_url: str, backend_url: str) -> Iterator[Callable[..., Machin
         if broker_url.startswith("amqp") and "config" not in kwargs:
             # default routing into the workers' queue (see the module docstring)
             kwargs["config"] = Config(amqp=AMQPConfig(binding_key=kwargs["default_queue"]))
+        sqs = broker_url.startswith("http")
+        if sqs and "config" not in kwargs:
+            kwargs["config"] = Config(sqs=SQSConfig(region=SQS_REGION))
         a = Machinery(broker=broker_url, result_backend=backend_url, **kwargs)
+        if sqs:
+            _record_sqs_sends(a, _sqs_sent)
         apps.append(a)
         return a
 
@@ -225,12 +320,14 @@ def start_worker(app: Machinery) -> Iterator[StartWorker]:
 class Probe:
     """Broker/backend-independent access to the stored bytes of one app's broker and backend."""
 
-    def __init__(self, app: Machinery) -> None:
+    def __init__(self, app: Machinery, sqs_sent: list[tuple[bytes, int]] | None = None) -> None:
         self.app = app
         self.broker = app.broker
         self.backend = app.backend
         #: AMQP: the due time given to push_delayed, per body (a delay queue keeps none)
         self._amqp_due: dict[bytes, int] = {}
+        #: SQS: what this test's apps sent with an ETA (and push_delayed pushed), with due times
+        self._sqs_sent = sqs_sent if sqs_sent is not None else []
 
     def _redis(self, side: Any) -> Any:
         return getattr(side, "client", None)
@@ -240,6 +337,8 @@ class Probe:
         """Raw bodies waiting in ``queue``, head first."""
         if isinstance(self.broker, AMQPBroker):
             return amqp_peek(self.broker.url, queue)
+        if isinstance(self.broker, SQSBroker):
+            return sqs_peek(self.broker, queue)
         client = self._redis(self.broker)
         if client is not None:
             return list(client.lrange(queue, 0, -1))
@@ -247,13 +346,20 @@ class Probe:
         return self.broker.messages(queue)
 
     def dead(self, queue: str = "machinery_tasks") -> list[bytes]:
-        """Raw bodies kept in ``<queue>.dead``."""
+        """Raw bodies kept in ``<queue>.dead`` (SQS: ``<queue>-dead``)."""
+        if isinstance(self.broker, SQSBroker):
+            return self.messages(dead_letter_queue(queue))
         return self.messages(f"{queue}.dead")
 
     def push(self, queue: str, *bodies: bytes) -> None:
         """Append raw bodies to ``queue``."""
         if isinstance(self.broker, AMQPBroker):
             amqp_push(self.broker, queue, bodies)
+            return
+        if isinstance(self.broker, SQSBroker):
+            for body in bodies:
+                self.broker.client.send_message(QueueUrl=self.broker.queue_url(queue),
+                                                MessageBody=body.decode("utf-8", "surrogateescape"))
             return
         client = self._redis(self.broker)
         if client is not None:
@@ -264,6 +370,10 @@ class Probe:
 
     def delayed(self) -> list[tuple[bytes, int]]:
         """Raw delayed bodies with their due time (Unix ns), soonest first."""
+        if isinstance(self.broker, SQSBroker):
+            now = time.time_ns()
+            return sorted(((b, due) for b, due in self._sqs_sent if due > now),
+                          key=lambda pair: pair[1])
         if isinstance(self.broker, AMQPBroker):
             out = [(b, self._amqp_due.get(b, _eta_ns(b))) for b in self.broker.delayed_messages()]
             return sorted(out, key=lambda pair: pair[1])
@@ -275,6 +385,10 @@ class Probe:
         return self.broker.delayed_messages()
 
     def push_delayed(self, body: bytes, due_ns: int) -> None:
+        if isinstance(self.broker, SQSBroker):
+            self._sqs_sent.append((body, due_ns))
+            sqs_push_delayed(self.broker, body, due_ns)
+            return
         if isinstance(self.broker, AMQPBroker):
             self._amqp_due[body] = due_ns
             amqp_push_delayed(self.broker, body, due_ns)
@@ -287,9 +401,13 @@ class Probe:
         self.broker.push_delayed(body, due_ns)
 
     def pending(self, queue: str | None = None) -> list[Signature]:
+        if isinstance(self.broker, SQSBroker):
+            return _decodable(self.messages(queue or self.broker.default_queue))
         return self.broker.pending_tasks(queue)
 
     def delayed_tasks(self) -> list[Signature]:
+        if isinstance(self.broker, SQSBroker):
+            return _decodable([body for body, _ in self.delayed()])
         return self.broker.delayed_tasks()
 
     # -- results ------------------------------------------------------------------------
@@ -400,9 +518,59 @@ def amqp_push(broker: AMQPBroker, queue: str, bodies: Sequence[bytes]) -> None:
         conn.close()
 
 
+def _decodable(bodies: list[bytes]) -> list[Signature]:
+    out = []
+    for body in bodies:
+        with contextlib.suppress(ValueError):
+            out.append(Signature.from_json(body))
+    return out
+
+
+def sqs_peek(broker: SQSBroker, queue: str) -> list[bytes]:
+    """The bodies of the messages visible in ``queue`` (received, then made visible again at
+    once: nothing is consumed, but each counts one more receive), oldest first; ``[]`` when
+    the queue is missing."""
+    client = broker.client
+    url = broker.queue_url(queue)
+    got: list[dict[str, Any]] = []
+    try:
+        while True:
+            batch = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=0, VisibilityTimeout=5,
+                                           MessageSystemAttributeNames=["SentTimestamp"])
+            messages = batch.get("Messages") or []
+            if not messages:
+                break
+            got += messages
+    except client.exceptions.QueueDoesNotExist:
+        return []
+    for i in range(0, len(got), 10):
+        client.change_message_visibility_batch(QueueUrl=url, Entries=[
+            {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for j, m in enumerate(got[i:i + 10])])
+    got.sort(key=lambda m: int(m.get("Attributes", {}).get("SentTimestamp", 0)))
+    return [m["Body"].encode("utf-8", "surrogateescape") for m in got]
+
+
+def sqs_push_delayed(broker: SQSBroker, body: bytes, due_ns: int) -> None:
+    """Send raw bytes to the queue their routing key names (default queue when empty) with the
+    delay until ``due_ns`` (whole seconds, truncated, at most 900 s), as the broker does."""
+    try:
+        sig = Signature.from_json(body)
+    except ValueError:
+        sig = Signature()
+    broker.adjust_routing_key(sig)
+    params: dict[str, Any] = {"QueueUrl": broker.queue_url(sig.routing_key),
+                              "MessageBody": body.decode("utf-8", "surrogateescape")}
+    delay = min((due_ns - time.time_ns()) // 1_000_000_000, 900)
+    if delay > 0:
+        params["DelaySeconds"] = delay
+    broker.client.send_message(**params)
+
+
 @pytest.fixture
-def probe(app: Machinery) -> Probe:
-    return Probe(app)
+def probe(app: Machinery, _sqs_sent: list[tuple[bytes, int]]) -> Probe:
+    return Probe(app, _sqs_sent)
 
 
 @pytest.fixture
