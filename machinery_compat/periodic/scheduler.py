@@ -77,7 +77,7 @@ def create_lock(config: Config, lock: str | None = None, *,
     the broker's Redis, else the result backend's Redis, else an in-process lock (with a
     warning: every scheduler process then fires).
     """
-    from .._redis import Timeouts, client_for
+    from .._redis import Timeouts, client_for, require_redis
 
     timeouts = Timeouts.from_config(config)
     if lock is None and config.lock:
@@ -87,8 +87,7 @@ def create_lock(config: Config, lock: str | None = None, *,
                            "within this process only (as Go's eager lock)",
                            mask_url(config.lock))
             return LocalLock()
-        import redis
-
+        redis = require_redis()
         client = redis.Redis(host=parsed.host, port=parsed.port, password=parsed.password,
                              db=0, socket_timeout=timeouts.socket,
                              socket_connect_timeout=timeouts.connect)
@@ -247,6 +246,14 @@ class Scheduler:
         with contextlib.suppress(RuntimeError):  # shut down meanwhile
             self._pool.submit(self.fire, task, key)
 
+    def _record(self, firing: Firing) -> None:
+        with self._mutex:
+            if firing.sent:
+                self.sent[firing.name] += 1
+            elif firing.error is None:
+                self.skipped[firing.name] += 1
+            self.history.append(firing)
+
     def fire(self, task: PeriodicTask, key: str | None = None) -> bool:
         """One firing of ``task`` now (lock, then send); True if this scheduler sent it."""
         key = key or task.key(self.program)
@@ -256,18 +263,16 @@ class Scheduler:
             return False
         value = nxt - 1
         if not self.lock.acquire(key, value):
-            self.skipped[task.name] += 1
-            self.history.append(Firing(task.name, value, False, now))
+            self._record(Firing(task.name, value, False, now))
             logger.debug("periodic task %s: lock %r held elsewhere this period", task.name, key)
             return False
         try:
             result = task.send()
         except Exception as e:
             logger.error("periodic task failed. task name is: %s. error is %s", task.name, e)
-            self.history.append(Firing(task.name, value, False, now, str(e)))
+            self._record(Firing(task.name, value, False, now, str(e)))
             return False
-        self.sent[task.name] += 1
-        self.history.append(Firing(task.name, value, True, now))
+        self._record(Firing(task.name, value, True, now))
         logger.info("periodic task %s sent (lock value %d): %s %s", task.name, value,
                     task.describe(), getattr(result, "id", "") or "")
         return True
