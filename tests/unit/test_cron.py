@@ -266,16 +266,22 @@ def test_scheduler_sends_fresh_messages_and_stops(app: Machinery) -> None:
     assert all(v % S == S - 1 for v in values)  # next fire time (whole second) - 1 ns
 
 
-def test_fire_with_a_broken_broker_logs_gos_error(caplog: pytest.LogCaptureFixture) -> None:
-    app = Machinery(broker="redis://127.0.0.1:1/0")
+def test_a_failed_send_is_logged_as_go_logs_it(app: Machinery,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     app.periodic("@hourly", "doomed", app.signature("x"))
     task = app.periodic_tasks.get("doomed")
     assert task is not None
+
+    def boom() -> None:
+        raise ConnectionError("broker down")
+
+    task.send = boom  # type: ignore[method-assign]
     s = Scheduler(app, lock="local")
     with caplog.at_level(logging.ERROR):
         assert s.fire(task) is False
     s.stop()
-    assert "periodic task failed. task name is: doomed. error is" in caplog.text
+    assert "periodic task failed. task name is: doomed. error is broker down" in caplog.text
+    assert s.history[-1].error == "broker down" and not s.sent and not s.skipped
 
 
 def test_list_rows_and_table(app: Machinery) -> None:
