@@ -27,12 +27,12 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .app import Machinery
 from .config import Config, mask_url
-from .exceptions import ConfigError
+from .exceptions import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from .periodic import Scheduler
@@ -59,6 +59,7 @@ class WorkerArgs:
     logfile: str | None = None
     pool: str = "threads"
     max_message_size: int | None = None  # None: the worker's default
+    max_memory: int | None = None  # KiB; past it the worker stops and this process restarts
     beat: bool = False  # -B: fire the app's periodic tasks too
     lock: str | None = None
     lock_program: str | None = None
@@ -69,7 +70,7 @@ class WorkerArgs:
                    queues=tuple(q for group in ns.queues or () for q in group),
                    config=ns.config, loglevel=ns.loglevel, hostname=ns.hostname,
                    logfile=ns.logfile, pool=ns.pool, max_message_size=ns.max_message_size,
-                   beat=ns.beat, lock=ns.lock, lock_program=ns.lock_program)
+                   max_memory=ns.max_memory, beat=ns.beat, lock=ns.lock, lock_program=ns.lock_program)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,15 @@ def _queue_names(value: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"empty queue name in {value!r}")
     return names
+
+
+def _kib(value: str) -> int:
+    """A memory limit in KiB: ``500000`` (KiB, as Celery's ``--max-memory-per-child``),
+    ``512M``, ``2G``."""
+    text = value.strip().lower().removesuffix("b")
+    if text[-1:] in ("k", "m", "g"):
+        return -(-_size(value) // 1024)
+    return _size(value + "k") // 1024
 
 
 def _size(value: str) -> int:
@@ -185,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-message-size", type=_size, default=None, metavar="BYTES",
                    help="dead-letter larger messages without parsing them (e.g. 4M, 512k; "
                         "default 4M)")
+    w.add_argument("--max-memory", type=_kib, default=None, metavar="SIZE",
+                   help="once the worker's resident memory is past SIZE (a bare number is "
+                        "KiB, as Celery's --max-memory-per-child; or 512M, 2G) it finishes "
+                        "running tasks, stops and starts afresh in this process (exec)")
     w.add_argument("-B", "--beat", action="store_true",
                    help="also fire the app's periodic tasks in this process, as a Go worker does")
     _lock_options(w)
@@ -196,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     _app_options(b)
     _log_options(b)
     _lock_options(b)
+
+    t = sub.add_parser(
+        "create-dynamodb-tables", help="create the DynamoDB result backend's two tables",
+        description="Create the tables Go Machinery's DynamoDB result backend expects: "
+                    "task_states (hash key TaskUUID, S) and group_metas (hash key GroupUUID, "
+                    "S), on-demand capacity, DynamoDB TTL on the attribute TTL. Existing "
+                    "tables are kept (their key is checked; TTL enabled if it is not).")
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="Machinery YAML config file (its dynamodb section); without one the "
+                        "environment is read (TASK_STATES_TABLE, DYNAMODB_ENDPOINT_URL, ...)")
+    t.add_argument("--endpoint-url", default=None, metavar="URL",
+                   help="DynamoDB endpoint (emulator, VPC endpoint); overrides the config's")
+    t.add_argument("--region", default=None, help="AWS region; overrides the config's")
+    t.add_argument("--task-states-table", default=None, metavar="NAME",
+                   help="default: the config's dynamodb.task_states_table (task_states)")
+    t.add_argument("--group-metas-table", default=None, metavar="NAME",
+                   help="default: the config's dynamodb.group_metas_table (group_metas)")
+    t.add_argument("--no-ttl", action="store_true",
+                   help="do not enable DynamoDB TTL on the attribute TTL")
 
     per = sub.add_parser("periodic", help="inspect the app's periodic tasks")
     per_sub = per.add_subparsers(dest="periodic_command", required=True, metavar="COMMAND")
@@ -305,6 +338,8 @@ def run_worker(args: WorkerArgs) -> int:
         options["hostname"] = hostname
     if args.max_message_size is not None:
         options["max_message_size"] = args.max_message_size
+    if args.max_memory is not None:
+        options["max_memory"] = args.max_memory
     try:
         worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **options)
     except ValueError as e:  # e.g. an empty queue name in the config's default_queue
@@ -315,13 +350,25 @@ def run_worker(args: WorkerArgs) -> int:
     logger.info("%s", banner(args, app, shown, worker.queues, worker.concurrency))
     if scheduler is None:
         worker.run()
-        return 0
-    scheduler.start()
-    try:
-        worker.run()
-    finally:
-        scheduler.stop()
+    else:
+        scheduler.start()
+        try:
+            worker.run()
+        finally:
+            scheduler.stop()
+    if getattr(worker, "memory_exceeded", False):
+        _restart(args.max_memory)
     return 0
+
+
+def _restart(limit: int | None) -> NoReturn:
+    """Start this command afresh in this process (``--max-memory``)."""
+    argv = [sys.executable, "-m", "machinery_compat", *sys.argv[1:]]
+    logger.warning("worker stopped past --max-memory %s KiB: restarting (%s)", limit,
+                   " ".join(argv[1:]))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, argv)
 
 
 def _scheduler(app: Machinery, lock: str | None, program: str | None) -> Scheduler:
@@ -360,6 +407,24 @@ def run_periodic_list(args: PeriodicListArgs) -> int:
     return 0
 
 
+def create_dynamodb_tables(ns: argparse.Namespace) -> int:
+    """Create (or check) the DynamoDB result backend's tables; prints one line per table."""
+    from .backends.dynamodb import create_tables
+    from .config import DynamoDBConfig
+
+    cfg = Config.from_yaml(ns.config) if ns.config else Config.from_env()
+    dynamodb = cfg.dynamodb or DynamoDBConfig()
+    if ns.endpoint_url is not None:
+        dynamodb.endpoint_url = ns.endpoint_url
+    if ns.region is not None:
+        dynamodb.region = ns.region
+    for r in create_tables(dynamodb, task_states_table=ns.task_states_table,
+                           group_metas_table=ns.group_metas_table, ttl=not ns.no_ttl):
+        print(f"{r.name}: {'created' if r.created else 'exists'}, hash key {r.key} (S)"
+              + (", TTL on attribute TTL" if r.ttl_enabled else ""))
+    return 0
+
+
 def _worker_takes_hostname() -> bool:
     """Whether this Worker has the ``hostname=`` parameter (being added alongside this CLI);
     until it has, ``-n`` names the worker in the banner only."""
@@ -381,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_beat(BeatArgs.from_namespace(ns))
         if ns.command == "periodic" and ns.periodic_command == "list":
             return run_periodic_list(PeriodicListArgs.from_namespace(ns))
-    except (ConfigError, UsageError) as e:
+        if ns.command == "create-dynamodb-tables":
+            return create_dynamodb_tables(ns)
+    except (ConfigError, UsageError, BackendError) as e:
         print(f"machinery-compat: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     return 2

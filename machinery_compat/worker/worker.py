@@ -387,9 +387,11 @@ class Worker:
         return still
 
     def run(self) -> None:
-        """Start and block until SIGINT/SIGTERM (first: graceful, second: at once)."""
-        self.start()
+        """Start and block until SIGINT/SIGTERM (first: graceful, second: at once).  The
+        handlers are in place before the worker starts (and says it is ready), so a signal
+        then already stops it gracefully."""
         signals = 0
+        started = threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
             nonlocal signals
@@ -397,7 +399,8 @@ class Worker:
             if signals == 1:
                 logger.warning("%s received: finishing running tasks (again to quit at once)",
                                signal.Signals(signum).name)
-                threading.Thread(target=self.stop, name="mc-stop", daemon=True).start()
+                if started.is_set():
+                    threading.Thread(target=self.stop, name="mc-stop", daemon=True).start()
             else:
                 logger.warning("second signal: quitting at once")
                 self._stopped.set()
@@ -408,6 +411,10 @@ class Worker:
             for s in (signal.SIGINT, signal.SIGTERM):
                 previous[s] = signal.signal(s, on_signal)
         try:
+            self.start()
+            started.set()
+            if signals:  # one came while starting: stop now, gracefully
+                threading.Thread(target=self.stop, name="mc-stop", daemon=True).start()
             while not self._stopped.wait(0.2):
                 pass
         finally:

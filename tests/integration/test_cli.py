@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,3 +279,60 @@ def test_logfile_and_solo_pool(redis_url: str, tmp_path: Path) -> None:
     assert "worker ready: queues=machinery_tasks concurrency=1" in text
     assert "Task add[" in text and "succeeded in" in text
     assert "SIGTERM received" in text
+
+
+def test_max_memory_takes_sizes() -> None:
+    assert _worker_args().max_memory is None
+    assert _worker_args("--max-memory", "500000").max_memory == 500_000  # KiB, as Celery
+    assert _worker_args("--max-memory", "512M").max_memory == 512 * 1024
+    assert _worker_args("--max-memory", "1G").max_memory == 1024 * 1024
+
+
+def test_max_memory_restarts_the_worker_in_place(redis_url: str) -> None:
+    app = Machinery(broker=redis_url)
+    proc = _worker(redis_url, "--max-memory", "1")  # 1 KiB: past it after every task
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        ready = "worker ready: queues=machinery_tasks"
+        wait_for(lambda: sum(ready in x for x in lines) == 1, timeout=30, what="worker ready")
+        assert app.send_task("add", args=[1, 2]).get(timeout=20) == 3
+        wait_for(lambda: sum(ready in x for x in lines) == 2, timeout=30,
+                 what="the worker started afresh")
+        assert any("restarting" in x and "--max-memory 1 KiB" in x for x in lines), lines
+        assert app.send_task("add", args=[2, 2]).get(timeout=20) == 4  # same process, again
+        wait_for(lambda: sum(ready in x for x in lines) == 3, timeout=30, what="third start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_create_dynamodb_tables(moto_endpoint: str) -> None:
+    args = ("create-dynamodb-tables", "--endpoint-url", moto_endpoint, "--region", "us-east-1",
+            "--task-states-table", "cli_states", "--group-metas-table", "cli_groups")
+    first = _run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "cli_states: created, hash key TaskUUID (S), TTL on attribute TTL",
+        "cli_groups: created, hash key GroupUUID (S), TTL on attribute TTL"]
+    again = _run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert [x.split(",")[0] for x in again.stdout.splitlines()] == [
+        "cli_states: exists", "cli_groups: exists"]
+    bad = _run_cli("create-dynamodb-tables", "--endpoint-url", "http://127.0.0.1:1",
+                   "--region", "us-east-1", timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("machinery-compat: error: ")
+    assert "Traceback" not in bad.stderr
