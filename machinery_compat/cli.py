@@ -11,6 +11,8 @@ Also ``python -m machinery_compat``.  ``machinery-compat COMMAND --help`` lists 
     machinery-compat beat -A mypkg.tasks:app              # only fire its periodic tasks
     machinery-compat beat -A mypkg.tasks:app --lock redis://h:6379/0 --lock-program mygoworker
     machinery-compat periodic list -A mypkg.tasks:app [--json]
+    machinery-compat worker -A mypkg.tasks:app --max-memory 512M   # restart past 512 MiB
+    machinery-compat create-dynamodb-tables --config config.yml [--endpoint-url URL]
 
 Errors in the options, the app reference or the config file are one line on stderr and exit
 status 2.  This is the only module that configures logging (stderr, or ``--logfile``).
