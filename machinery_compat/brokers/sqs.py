@@ -19,8 +19,9 @@ Configuration (YAML section ``sqs``, the one Go reads; ``SQSConfig`` in code):
 * Python only: ``endpoint_url`` (``SQS_ENDPOINT_URL``), where boto3 sends its calls (VPC
   endpoints, emulators); empty: the broker URL's own host when that is not an AWS host (an
   emulator's URL just works), else boto3's endpoint for the region.  ``region``
-  (``SQS_REGION``); empty: boto3's standard chain (``AWS_REGION``/``AWS_DEFAULT_REGION``,
-  profile), else the region in an ``sqs.<region>.amazonaws.com`` broker URL.  Credentials
+  (``SQS_REGION``); empty: the region an ``https://sqs.<region>.amazonaws.com/...`` broker
+  URL names (where its queues are), else boto3's standard chain (``AWS_REGION``/
+  ``AWS_DEFAULT_REGION``, profile).  Credentials
   always come from boto3's standard chain (environment, profile, instance/task role), or pass
   your own client as ``SQSConfig(client=boto3.client("sqs", ...))``.
 
@@ -114,6 +115,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import re
 import threading
 import time
@@ -324,18 +326,15 @@ class SQSBroker(Broker):
             max_pool_connections=50,
         )
         session = boto3.session.Session()
-        region = self.cfg.region or None
+        # the queues' own region (named in an AWS queue URL) before boto3's default region
+        region = self.cfg.region or region_from_url(self.url)
         try:
             return session.client("sqs", endpoint_url=endpoint, region_name=region,
                                   config=boto_config)
         except NoRegionError:
-            region = region_from_url(self.url)
-            if region is None:
-                raise ConfigError(
-                    "the SQS broker needs an AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, "
-                    "or a profile's region), or sqs.region in the config") from None
-            return session.client("sqs", endpoint_url=endpoint, region_name=region,
-                                  config=boto_config)
+            raise ConfigError(
+                "the SQS broker needs an AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or "
+                "a profile's region), or sqs.region in the config") from None
 
     def queue_url(self, queue: str) -> str:
         """Go's queue URL: the broker URL + ``"/"`` + the queue name."""
@@ -772,8 +771,12 @@ class SQSConsumer(SQSBroker):
                     self._taken(q, messages)
                     return
             rest = budget - (time.monotonic() - started)
-            if rest > 0:  # nothing: wait out the time (on background polls, if any)
-                self._wait_for_arrivals(rest)
+            if rest > 0:
+                # nothing: wait (on background polls, if any), a random part of the time left
+                # when short-polling, so that polls do not stay in step with a visibility
+                # timeout this worker set (it would then always be first to receive a task it
+                # handed back, before a worker that has the task)
+                self._wait_for_arrivals(rest if wait else rest * random.uniform(0.5, 1.0))
             return
         pool = self._pool
         if pool is None:

@@ -708,15 +708,19 @@ def test_client_from_config_and_missing_boto3(monkeypatch: pytest.MonkeyPatch) -
         SQSBroker(AWS_PREFIX)
 
 
-def test_region_from_url_when_the_chain_has_none(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Any) -> None:
-    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+def test_region_from_the_url_then_the_chain(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Any) -> None:
+    """sqs.region, else the region an AWS queue URL names (even when the environment names
+    another), else boto3's chain; none at all is a clear ConfigError."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     broker = SQSBroker("https://sqs.eu-west-3.amazonaws.com/123456789012")
     assert broker.client.meta.region_name == "eu-west-3"
     broker = SQSBroker("https://sqs.eu-west-3.amazonaws.com/1", sqs=SQSConfig(region="ap-south-1"))
     assert broker.client.meta.region_name == "ap-south-1"
+    assert SQSBroker("http://127.0.0.1:1/123").client.meta.region_name == "us-east-1"
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(ConfigError, match="AWS_REGION"):
         _ = SQSBroker("http://127.0.0.1:1/123").client
 
@@ -739,3 +743,38 @@ def test_forked_child_makes_its_own_client(app: Machinery, queue: str, sqs: Any)
     assert broker.client is parent_client
     (msg,) = receive_all(sqs, broker.queue_url(queue))
     assert '"Name":"from_child"' in msg["Body"]
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+def test_url_helpers() -> None:
+    from machinery_compat.brokers.sqs import endpoint_from_url, region_from_url
+
+    assert region_from_url(AWS_PREFIX) == "us-east-1"
+    assert region_from_url("https://sqs.cn-north-1.amazonaws.com.cn/1") == "cn-north-1"
+    assert region_from_url("https://eu-west-1.queue.amazonaws.com/1") == "eu-west-1"
+    assert region_from_url("http://localhost:4566/000000000000") is None
+    assert endpoint_from_url(AWS_PREFIX) is None
+    assert endpoint_from_url("http://localhost:4566/000000000000") == "http://localhost:4566"
+    assert endpoint_from_url("https://elasticmq.internal/queue") == "https://elasticmq.internal"
+
+
+def test_dead_letter_names_and_dedup_ids() -> None:
+    assert dead_letter_queue("machinery_tasks") == "machinery_tasks-dead"
+    assert dead_letter_queue("jobs.fifo") == "jobs-dead.fifo"
+    first = add_sig(retry_count=2)
+    retry = first.copy(retry_count=1, eta=GoTime.now().add_seconds(1))
+    assert deduplication_id(first.to_json()) != deduplication_id(retry.to_json())
+    assert deduplication_id(first.to_json()) == deduplication_id(first.to_json())
+    assert len(deduplication_id(b"x")) == 64  # SQS allows 128
+
+
+def test_batches_respect_sqs_size_limit() -> None:
+    from machinery_compat.brokers.sqs import _chunks
+
+    big = "x" * 100_000
+    entries = [(Signature(), {"MessageBody": big}) for _ in range(5)]
+    assert [len(c) for c in _chunks(entries)] == [2, 2, 1]
+    small = [(Signature(), {"MessageBody": "x"}) for _ in range(25)]
+    assert [len(c) for c in _chunks(small)] == [10, 10, 5]
