@@ -256,6 +256,7 @@ class _Held:
     received: float  # monotonic
     extended: float  # monotonic: when its visibility was last set
     visibility: int  # seconds it was last set to (0: unknown)
+    extending: bool = False  # a heartbeat call for it is on its way
 
 
 class SQSBroker(Broker):
@@ -698,7 +699,7 @@ class SQSConsumer(SQSBroker):
     def _reset(self) -> None:
         """Fresh state (at creation, and in a forked child: nothing of the parent's)."""
         self._held: dict[str, _Held] = {}
-        self._held_lock = threading.RLock()
+        self._held_lock = threading.Condition(threading.RLock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: received, not handed out yet: per queue, and (due ns, seq, delivery) not due yet
@@ -909,9 +910,13 @@ class SQSConsumer(SQSBroker):
             self._thread.start()
 
     def forget(self, delivery: Delivery) -> None:
-        """Stop extending ``delivery``'s visibility (it is being settled)."""
+        """Stop extending ``delivery``'s visibility (it is being settled); if a heartbeat call
+        for it is on its way, wait for that call first, so that it cannot change the
+        visibility after the settling call did."""
         with self._held_lock:
-            self._held.pop(delivery.extra.get("receipt_handle", ""), None)
+            held = self._held.pop(delivery.extra.get("receipt_handle", ""), None)
+            while held is not None and held.extending:
+                self._held_lock.wait(1.0)
 
     def held(self) -> list[Delivery]:
         """The deliveries this consumer holds (received, not settled)."""
@@ -929,24 +934,31 @@ class SQSConsumer(SQSBroker):
 
     def beat(self, now: float | None = None) -> float:
         """Extend the visibility of every held message due for it (half its timeout passed);
-        returns the seconds until the next one is due (at most 1).  Holds the consumer's lock
-        throughout, so a message being settled (``forget`` waits for it) is never extended
-        after its settling call changed its visibility."""
+        returns the seconds until the next one is due (at most 1).  The messages being
+        extended are marked meanwhile (``forget`` waits for them)."""
         now = time.monotonic() if now is None else now
         pause = 1.0
+        due: dict[str, list[_Held]] = {}
         with self._held_lock:
-            due: dict[str, list[_Held]] = {}
             for held in self._held.values():
                 if held.visibility <= 0:
                     continue
                 next_at = held.extended + held.visibility / 2
                 if next_at <= now:
+                    held.extending = True
                     due.setdefault(held.queue_url, []).append(held)
                 else:
                     pause = min(pause, next_at - now)
+        try:
             for queue_url, items in due.items():
                 for i in range(0, len(items), MAX_BATCH):
                     self._extend(queue_url, items[i:i + MAX_BATCH], now)
+        finally:
+            with self._held_lock:
+                for items in due.values():
+                    for held in items:
+                        held.extending = False
+                self._held_lock.notify_all()
         return max(pause, 0.05)
 
     def _extend(self, queue_url: str, items: list[_Held], now: float) -> None:
@@ -958,7 +970,8 @@ class SQSConsumer(SQSBroker):
                 logger.warning("SQS: message %s of %s has been held for 12 hours, SQS's limit: "
                                "it becomes visible again and may run a second time",
                                held.delivery.extra.get("message_id", "?"), queue_url)
-                self._held.pop(held.delivery.extra["receipt_handle"], None)
+                with self._held_lock:
+                    self._held.pop(held.delivery.extra["receipt_handle"], None)
                 continue
             entries.append({"Id": str(i), "ReceiptHandle": held.delivery.extra["receipt_handle"],
                             "VisibilityTimeout": value})
@@ -982,7 +995,8 @@ class SQSConsumer(SQSBroker):
                            bad.get("Code"), bad.get("Message"))
             if bad.get("Code") in _BAD_RECEIPT or "receipt" in str(bad.get("Message", "")).lower():
                 # the handle expired (the message was received elsewhere): nothing to extend
-                self._held.pop(held.delivery.extra["receipt_handle"], None)
+                with self._held_lock:
+                    self._held.pop(held.delivery.extra["receipt_handle"], None)
 
     def stop_consuming(self, *, idle: bool = True) -> None:
         """Give back what was received but not handed out (visible again at once), stop the

@@ -506,6 +506,36 @@ def test_no_heartbeat_without_a_visibility_timeout_it_can_read() -> None:
     assert consumer.held() == []
 
 
+class _VisibilityStub:
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def change_message_visibility_batch(self, QueueUrl: str,
+                                        Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls.append(Entries)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries]}
+
+
+def test_heartbeat_every_half_timeout_up_to_12_hours(caplog: pytest.LogCaptureFixture) -> None:
+    from machinery_compat.brokers.sqs import _Held
+
+    stub = _VisibilityStub()
+    consumer = SQSConsumer(SQSBroker(AWS_PREFIX, client=stub))
+    d = Delivery(b"{}", "q", "rh", {"receipt_handle": "rh", "message_id": "m1"})
+    t0 = 1000.0
+    consumer._held["rh"] = _Held(d, "u", t0, t0, 10)
+    assert consumer.beat(t0 + 4.5) == pytest.approx(0.5)
+    assert stub.calls == []
+    consumer.beat(t0 + 5)
+    assert stub.calls == [[{"Id": "0", "ReceiptHandle": "rh", "VisibilityTimeout": 10}]]
+    consumer.beat(t0 + 43_195)  # SQS allows 12 hours from the receipt: only 4 s more
+    assert stub.calls[-1][0]["VisibilityTimeout"] == 4
+    with caplog.at_level(logging.WARNING):
+        consumer.beat(t0 + 43_200)
+    assert "held for 12 hours" in caplog.text and consumer.held() == []
+    assert len(stub.calls) == 2
+
+
 def test_unregistered_task_left_for_another_worker_without_hot_loop(
         make_app: Callable[..., Machinery], start_worker: Callable[..., Worker],
         queue: str, sqs: Any) -> None:
