@@ -6,6 +6,11 @@ the same expectation pins the bytes written by a Go worker (direction 1) and by 
 Python worker (direction 2).  ``go_value`` is what Go's ``AsyncResult.Get`` yields, as
 mcproducer prints it (``json.Marshal`` of the reflected value; compared number-literal
 exact), ``go_type`` its ``%T``; ``py`` is what Python's ``AsyncResult.get`` returns.
+
+On the DynamoDB backend (§6.5) a worker stores ``{Type: S, Value: S}`` with the value as Go's
+``fmt`` ``%v`` text (:func:`go_sprint`, written here independently of machinery_compat), and
+Go's ``AsyncResult`` then only reads ``string`` results back: :func:`go_dynamodb_read`
+gives the error Go reports for any other type (observed with v1 and v2 on moto).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import base64
 import math
 import struct
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from interop.tests.harness import exact
+from interop.tests.harness import Num, exact
 
 #: The state writes a task goes through, whichever side runs it (checked with MONITOR).
 SUCCESS_STATES = ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
@@ -78,6 +84,18 @@ class EchoValue:
         if isinstance(v, bytes):
             v = base64.b64encode(v).decode()
         return {"type": self.type, "value": v}
+
+    def dynamo_text(self) -> str:
+        """The ``%v`` text a worker stores for this value on DynamoDB."""
+        return go_sprint(self.go_type, self.value)
+
+    def dynamo_results(self) -> list[tuple[str, str]]:
+        return [(self.result_type, self.dynamo_text())]
+
+    def go_dynamodb_error(self) -> str | None:
+        """The error Go's ``AsyncResult`` reports reading this result from DynamoDB (state
+        SUCCESS, no values); None: it reads the value (strings only)."""
+        return go_dynamodb_read(self.result_type, self.dynamo_text())
 
     def label(self) -> str:
         v = self.value
@@ -183,3 +201,108 @@ FAIL_MSG = 'kaput: "quoted" <&> é \u2028 end'
 FAIL_ERROR = 'kaput: \\"quoted\\" \\u003c\\u0026\\u003e é \\u2028 end'  # as stored
 PANIC_MSG = "boom <panic> & ✗"
 PANIC_ERROR = "boom \\u003cpanic\\u003e \\u0026 ✗"
+
+
+# --------------------------------------------------------------------------------------
+# DynamoDB: Go's %v, and what Go's AsyncResult makes of it
+# --------------------------------------------------------------------------------------
+
+_UINTS = ("uint", "uint8", "uint16", "uint32", "uint64")
+
+
+def _go_float(x: float, bits: int) -> str:
+    """Go's ``%v`` of a float64/float32: ``%g`` with the shortest digits that round-trip at
+    that width, exponent form when the exponent is < -4 or >= 6 (``1e+06``, ``1e-05``)."""
+    if x == 0:
+        return "-0" if math.copysign(1, x) < 0 else "0"
+    sign, a = ("-" if x < 0 else ""), abs(x)
+    text = repr(a)
+    if bits == 32:
+        for p in range(1, 10):
+            text = f"{a:.{p - 1}e}"
+            try:
+                if f32(float(text)) == a:
+                    break
+            except OverflowError:  # rounded above float32's range
+                continue
+    t = Decimal(text).normalize().as_tuple()
+    digits = "".join(map(str, t.digits))
+    exp = len(digits) + int(t.exponent) - 1
+    if exp < -4 or exp >= 6:
+        mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{sign}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if exp >= 0:
+        whole = digits[:exp + 1].ljust(exp + 1, "0")
+        frac = digits[exp + 1:]
+        return sign + whole + ("." + frac if frac else "")
+    return sign + "0." + "0" * (-exp - 1) + digits
+
+
+def go_sprint(go_type: str, value: Any) -> str:
+    """Go's ``fmt.Sprintf("%v", v)`` of the Go value of ``go_type`` a worker returns for
+    ``value`` (as the echo tasks return their argument)."""
+    if go_type.startswith("[]"):
+        elem = "uint8" if go_type == "[]byte" else go_type[2:]
+        items = list(value) if value is not None else []
+        return "[" + " ".join(go_sprint(elem, v) for v in items) + "]"
+    if go_type == "bool":
+        return "true" if value else "false"
+    if go_type == "string":
+        return str(value)
+    if go_type == "float64":
+        return _go_float(float(value), 64)
+    if go_type == "float32":
+        return _go_float(f32(float(value)), 32)
+    return str(int(value))
+
+
+def go_dynamodb_read(go_type: str, text: str) -> str | None:
+    """What Go's ``AsyncResult`` (v1 and v2) makes of a DynamoDB result ``{Type, Value: text}``:
+    None for a ``string`` (read as is), else the reflection error it returns: ``"<text> is
+    not <type>"`` for scalars; ``illegal base64 data at input byte 0`` for slices of unsigned
+    integers and bytes; ``91 is not <elem>`` for other slices (91 = the ``[`` of ``%v``)."""
+    if go_type == "string":
+        return None
+    if go_type.startswith("[]"):
+        elem = go_type[2:]
+        if elem in _UINTS or elem == "byte":
+            return "illegal base64 data at input byte 0"
+        return f"91 is not {elem}"
+    return f"{text} is not {go_type}"
+
+
+def go_dynamodb_outcome(results: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]] | None]:
+    """``(error, values)`` Go's ``AsyncResult.Get`` gives for stored ``(Type, %v)`` results:
+    it reflects them in order and stops at the first error."""
+    for t, text in results:
+        err = go_dynamodb_read(t, text)
+        if err is not None:
+            return err, None
+    return "", [(t, text) for t, text in results]
+
+
+def as_go_text(values: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """``(go_type, value)`` pairs (``Num`` for JSON numbers) as ``(Type, %v text)``."""
+    out = []
+    for t, v in values:
+        if isinstance(v, Num):
+            v = float(v.text) if t.startswith("float") else int(v.text)
+        out.append((t, go_sprint(t, v)))
+    return out
+
+
+def go_read_check(line: dict[str, Any], expected: list[tuple[str, Any]], *,
+                  dynamodb: bool) -> None:
+    """An mcproducer line read a SUCCESS with ``expected`` ``(go_type, exact value)``; on the
+    DynamoDB backend: what Go's ``AsyncResult`` makes of those values' ``%v`` text (strings
+    read as they are; any other type: state SUCCESS, no values, the reflection error)."""
+    if dynamodb:
+        error, values = go_dynamodb_outcome(as_go_text(expected))
+        assert (line.get("state"), line.get("error")) == ("SUCCESS", error), line
+        if values is None:
+            assert "results" not in line, line
+        else:
+            assert [(r["go_type"], r["value"]) for r in line["results"]] == values, line
+        return
+    assert (line.get("state"), line.get("error")) == ("SUCCESS", ""), line
+    assert [(r["go_type"], r["exact"]) for r in line["results"]] == expected, line

@@ -8,10 +8,15 @@
   (``rabbitmqctl trace_on``), so :class:`~interop.tests.harness.AMQPTap` sees every publish.
 * ``new_db`` (session): ``new_db()`` returns the URL of a fresh, flushed DB, so every
   scenario has its own queues *and* its own ``delayed_tasks`` set.
+* ``interop_aws`` (session, started on first use): the moto server of
+  ``tests.services.moto_server`` (dummy AWS credentials and region in ``os.environ`` while
+  it runs), the DynamoDB tables Go expects (``task_states``, ``group_metas``, created once)
+  and the :class:`~interop.tests.harness.AWSRecorder` on it.
 * ``stack_spec`` (module, parametrized by ``pytest_generate_tests``): the broker/backend
   kind and Go flavour of a matrix column (:data:`~interop.tests.harness.STACKS`): on
   ``redis`` ``v1``, ``v2-redigo``, ``v2-goredis``; on ``amqp`` (AMQP broker + AMQP backend)
-  ``v1``, ``v2``; on ``amqp+redis`` (AMQP broker + Redis backend) ``v1``, ``v2-goredis``.
+  ``v1``, ``v2``; on ``amqp+redis`` (AMQP broker + Redis backend) ``v1``, ``v2-goredis``;
+  on ``sqs+dynamodb`` ``v1``, ``v2``; on ``sqs+redis`` ``v1``, ``v2-goredis``.
   A test runs on every kind unless marked ``@pytest.mark.kinds("redis", …)``;
   ``@pytest.mark.skip_on("amqp", reason=…)`` keeps the cell but skips it there (the
   reason is listed in RESULTS.md); ``@pytest.mark.xfail_on("amqp", reason=…)`` marks a
@@ -19,7 +24,8 @@
   ``flavour`` is ``stack_spec.flavour``.
 * ``new_stack`` (module): ``new_stack(name)`` returns a fresh
   :class:`~interop.tests.harness.Stack` (its own Redis DB(s), a queue name unique in the
-  session, the AMQP settings both sides use).
+  session — on SQS created, with SQS's default 30 s visibility timeout —, the AMQP/AWS
+  settings both sides use).
 
 Each test carries ``@pytest.mark.matrix(direction, case)``; at session end the outcomes are
 written to ``interop/RESULTS.md`` (only when interop tests actually ran and none were
@@ -48,15 +54,27 @@ if _ROOT not in sys.path:
 from interop.tests.harness import (  # noqa: E402
     BIN,
     DIRECTIONS,
+    DYNAMODB_URL,
+    GROUP_METAS_TABLE,
     INTEROP,
     KIND_TITLES,
     KINDS,
     STACKS,
+    TASK_STATES_TABLE,
+    AWSRecorder,
+    AWSSettings,
     Stack,
     StackSpec,
     build_go_programs,
 )
-from tests.services import RedisServer, in_ci, start_or_report  # noqa: E402
+from tests.services import (  # noqa: E402
+    RedisServer,
+    in_ci,
+    moto_server,
+    start_or_report,
+)
+
+__all__ = ["moto_server"]  # the session fixture, shared with tests/ (interop_aws uses it)
 
 HERE = Path(__file__).resolve().parent
 RESULTS_PATH = INTEROP / "RESULTS.md"
@@ -161,6 +179,39 @@ def interop_rabbitmq() -> Iterator[InteropRabbit]:
         server.close()
 
 
+class InteropAWS:
+    """The interop moto server, its DynamoDB tables and its request recorder."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.endpoint = server.endpoint_url
+        self.recorder = AWSRecorder(self.endpoint)
+        ddb = server.client("dynamodb")
+        existing = set(ddb.list_tables()["TableNames"])
+        for table, key in ((TASK_STATES_TABLE, "TaskUUID"), (GROUP_METAS_TABLE, "GroupUUID")):
+            if table not in existing:
+                ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                                 KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+                                 AttributeDefinitions=[{"AttributeName": key,
+                                                        "AttributeType": "S"}])
+
+    def version(self) -> str:
+        try:
+            import boto3
+            import moto
+
+            return f"moto {moto.__version__}, boto3 {boto3.__version__}"
+        except ImportError:
+            return "?"
+
+
+@pytest.fixture(scope="session")
+def interop_aws(moto_server: Any) -> InteropAWS:
+    aws = InteropAWS(moto_server)
+    _STATE.aws_version = aws.version()
+    return aws
+
+
 @pytest.fixture(scope="module")
 def stack_spec(request: pytest.FixtureRequest) -> StackSpec:
     return request.param  # type: ignore[no-any-return]
@@ -178,15 +229,27 @@ _queue_serial = itertools.count(1)
 def new_stack(stack_spec: StackSpec, interop_redis: RedisServer, new_db: Callable[[], str],
               request: pytest.FixtureRequest) -> Callable[[str], Stack]:
     """``new_stack(name)``: a fresh scenario on this module's stack: Redis kinds get a new DB
-    (broker, backend and counters share it, as before); AMQP kinds a queue name unique in the
-    session (``q_<name>_<column>_<n>``) on the traced vhost, and a new Redis DB for the
-    counters (and for the backend on ``amqp+redis``)."""
+    (broker, backend and counters share it, as before); AMQP and SQS kinds a queue name
+    unique in the session (``q_<name>_<column>_<n>``; on the traced vhost, or created on the
+    moto server), and a new Redis DB for the counters (and for the backend on ``amqp+redis``
+    and ``sqs+redis``)."""
 
     def make(name: str) -> Stack:
         if stack_spec.kind == "redis":
             url = new_db()
             return Stack(stack_spec, url, url, url, f"q_{name}_{stack_spec.flavour}",
                          interop_redis)
+        if stack_spec.broker_kind == "sqs":
+            aws: InteropAWS = request.getfixturevalue("interop_aws")
+            settings = AWSSettings(aws.endpoint, sqs=True,
+                                   dynamodb=stack_spec.backend_kind == "dynamodb")
+            db = new_db()
+            backend = DYNAMODB_URL if settings.dynamodb else db
+            queue = f"q_{name}_{stack_spec.id.replace('+', '_')}_{next(_queue_serial)}"
+            st = Stack(stack_spec, settings.broker_url, backend, db, queue, interop_redis,
+                       aws=settings, moto=aws.server, recorder=aws.recorder)
+            st.create_queue(queue)
+            return st
         rabbit: InteropRabbit = request.getfixturevalue("interop_rabbitmq")
         db = new_db()
         backend = rabbit.url if stack_spec.backend_kind == "amqp" else db
@@ -208,6 +271,7 @@ class _State:
         self.skip_reasons: dict[tuple[str, str], str] = {}  # (kind, case) -> skip_on reason
         self.bug_reasons: dict[tuple[str, str], str] = {}  # (kind, case) -> xfail_on reason
         self.rabbitmq_version: str | None = None
+        self.aws_version: str | None = None
         self.order: list[str] = []  # cases, first-seen order
         self.last_case: dict[str, str] = {}
         self.extra: dict[str, str | None] = {}
@@ -242,9 +306,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         st.cells[item.nodeid] = (direction, case, kind, flv)
         if "amqp" in kind:
             item.add_marker(pytest.mark.rabbitmq)
-            missing = _missing_python_amqp(kind)
-            if missing:
-                item.add_marker(pytest.mark.skip(reason=f"pending: {missing}"))
+        if "sqs" in kind or "dynamodb" in kind:
+            item.add_marker(pytest.mark.aws)
+        missing = _missing_python(kind)
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"pending: {missing}"))
         for skip in item.iter_markers("skip_on"):
             if kind in skip.args:
                 reason = str(skip.kwargs["reason"])
@@ -264,14 +330,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         st.last_case[item.module.__name__ if item.module else ""] = case
 
 
-def _missing_python_amqp(kind: str) -> str | None:
-    """What machinery_compat still lacks for this kind (its AMQP broker/backend modules are
-    being written, issue #8), or None."""
+#: The machinery_compat module each broker/backend kind needs.
+_PY_MODULES = {
+    "broker": {"amqp": "machinery_compat.brokers.amqp", "sqs": "machinery_compat.brokers.sqs"},
+    "backend": {"amqp": "machinery_compat.backends.amqp",
+                "dynamodb": "machinery_compat.backends.dynamodb"},
+}
+
+
+def _missing_python(kind: str) -> str | None:
+    """What machinery_compat still lacks for this kind (its AWS modules are being written,
+    issue #10), or None."""
     import importlib.util
 
-    wanted = ["machinery_compat.brokers.amqp"]
-    if kind == "amqp":
-        wanted.append("machinery_compat.backends.amqp")
+    broker, backend = kind.split("+")[0], kind.split("+")[-1]
+    wanted = [m for m in (_PY_MODULES["broker"].get(broker), _PY_MODULES["backend"].get(backend))
+              if m is not None]
     absent = [m for m in wanted if importlib.util.find_spec(m) is None]
     return f"machinery_compat has no {' / '.join(absent)} yet" if absent else None
 
@@ -334,7 +408,12 @@ def _versions() -> dict[str, str]:
     for label, mod in (("Machinery v1", r"github\.com/RichardKnop/machinery"),
                        ("Machinery v2", r"github\.com/RichardKnop/machinery/v2"),
                        ("go-redis", r"github\.com/redis/go-redis/v9"),
-                       ("amqp091-go", r"github\.com/rabbitmq/amqp091-go")):
+                       ("amqp091-go", r"github\.com/rabbitmq/amqp091-go"),
+                       ("aws-sdk-go", r"github\.com/aws/aws-sdk-go"),
+                       ("aws-sdk-go-v2", r"github\.com/aws/aws-sdk-go-v2"),
+                       ("aws-sdk-go-v2 sqs", r"github\.com/aws/aws-sdk-go-v2/service/sqs"),
+                       ("aws-sdk-go-v2 dynamodb",
+                        r"github\.com/aws/aws-sdk-go-v2/service/dynamodb")):
         m = re.search(rf"^\s*(?:require\s+)?{mod}\s+(v\S+)", gomod, re.M)
         out[label] = m.group(1) if m else "?"
     for label, cmd in (("Go", ["go", "version"]), ("redis-server", ["redis-server", "--version"])):
@@ -379,8 +458,11 @@ def _render(st: _State) -> str:
     kinds = [k for k in KINDS if any(key[2] == k for key in grid)]
     rabbit = (f"; RabbitMQ {st.rabbitmq_version} ({v['py-amqp']} on the Python side, "
               f"amqp091-go `{v['amqp091-go']}` on the Go side)" if st.rabbitmq_version else "")
+    aws = (f"; {st.aws_version} (Go v1: aws-sdk-go `{v['aws-sdk-go']}`, Go v2: aws-sdk-go-v2 "
+           f"`{v['aws-sdk-go-v2']}`, sqs `{v['aws-sdk-go-v2 sqs']}`, dynamodb "
+           f"`{v['aws-sdk-go-v2 dynamodb']}`)" if st.aws_version else "")
     lines = [
-        "# Interop results: Go Machinery ⇄ machinery_compat on Redis and RabbitMQ",
+        "# Interop results: Go Machinery ⇄ machinery_compat on Redis, RabbitMQ and AWS (moto)",
         "",
         "Generated by `interop/tests/conftest.py` from the outcomes of the last full run of",
         "`python -m pytest interop/tests` (do not edit by hand).",
@@ -389,7 +471,8 @@ def _render(st: _State) -> str:
         f"* Machinery: v1 `{v['Machinery v1']}` (flavour `v1`), v2 `{v['Machinery v2']}` "
         f"(flavours `v2-redigo`, `v2-goredis` with go-redis `{v['go-redis']}`, and `v2` "
         "= no Redis client involved)",
-        f"* {v['Go']}; {v['redis-server'].split(' sha=')[0]}{rabbit}; Python {v['Python']}",
+        f"* {v['Go']}; {v['redis-server'].split(' sha=')[0]}{rabbit}{aws}; "
+        f"Python {v['Python']}",
         f"* Outcome: {total['passed']} passed, {total['failed']} failed, {total['skipped']} "
         f"skipped, {total['xfailed']} known machinery_compat bug(s) (strict xfail) of "
         f"{sum(total.values())} matrix cells; {extra} in {time.monotonic() - st.started:.0f} s",
@@ -478,6 +561,31 @@ NOT_IN_MATRIX = """
 * **`queue_binding_args`, non-direct exchange types, `amqps://`, several broker URLs**: not
   in the matrix yet (the Go programs take the `-amqp-*` flags for them).
 
+* **On AWS (SQS broker, DynamoDB or Redis backend, one moto server)** the Go programs get SDK
+  clients with moto's endpoint, dummy credentials and region `us-east-1` (v1: aws-sdk-go through
+  its URL factories, v2: aws-sdk-go-v2); what Redis shows through `MONITOR`, moto's request
+  recording shows: every `SendMessage` (body, `DelaySeconds`, FIFO ids), visibility change and
+  `PutItem`/`UpdateItem` of a state, with the client that made it.  Both sides long-poll with
+  `receive_wait_time_seconds: 1` (Machinery's 0 is a busy loop).  SQS + Redis backend runs the
+  representative subset, as AMQP + Redis does.
+* **DynamoDB results are Go's `%v` text**, so Go's `AsyncResult` reads `string` results only:
+  for every other type the cells check the reflection error Go reports (`3 is not int64`,
+  `91 is not string` for a `[]string`, `illegal base64 data at input byte 0` for unsigned and
+  byte slices), and the value through Python's `AsyncResult`, which parses the text back.  A
+  Python worker writes RECEIVED and STARTED as one update there (states PENDING, STARTED,
+  SUCCESS).
+* **Chords with a Go callback on DynamoDB** are left out: a Go worker appends the members'
+  results to the callback as the strings it read back, the Go callback cannot reflect them,
+  and Go's SQS consumer never recovers from that (the message fails again after every
+  visibility timeout).  Chords with Python callbacks run there, each callback's outcome
+  checked against who sent it.
+* **Workflows on SQS** give the Python-only tasks a queue of their own: a Go worker that
+  receives a task it lacks returns an error to its SQS consumer, which leaks a receive loop
+  (and can then never quit); the unregistered-task cells pin that behaviour instead.
+* **Priority and `amqp.delayed_queue`** mean nothing on SQS (skipped there); **delays beyond
+  15 minutes** run with the Python producer's step limit shortened to 2 s (`max_delay`), as
+  SQS's own 900 s would make the cell wait a quarter of an hour.
+
 ## Go behaviour worth knowing (seen in these runs)
 
 * A Go worker moves at most one due task from `delayed_tasks` per poll period
@@ -493,5 +601,10 @@ NOT_IN_MATRIX = """
   the `retries` header a Python retry adds).
 * The AMQP backend hands chord callbacks the members' results in completion order, and
   opens a new connection for every state write and read (interop/README.md).
+* On SQS (v1 and v2) `DelaySeconds` is truncated to whole seconds (a 1 s retry runs at once),
+  an ETA beyond 15 minutes fails to publish after PENDING was written, FIFO retries reuse the
+  task UUID as deduplication id (SQS drops the second one), every consumer error leaks a
+  receive loop after which `Quit` never returns, and v2's visibility heartbeat runs two
+  loops (interop/README.md).
 """
 

@@ -12,9 +12,13 @@
   (``amq.rabbitmq.trace``) copies every message published to the Machinery exchange —
   task messages, delay-queue messages, and the AMQP result backend's state messages —
   with its routing key, properties, routed queues and publishing connection.
+* :class:`AWSTap` is the AWS counterpart (SQS broker, DynamoDB backend on a moto server):
+  moto's request recorder keeps every API call any client made (Go v1's aws-sdk-go, Go v2's
+  aws-sdk-go-v2, boto3), so a test sees each ``SendMessage`` (body, ``DelaySeconds``, FIFO
+  ids), ``ChangeMessageVisibility``, and every ``PutItem``/``UpdateItem`` of a task state.
 * :class:`StackSpec` / :class:`Stack`: one broker + result backend combination (``redis``,
-  ``amqp``, ``amqp+redis``) with a Machinery flavour, and the URLs, queue, AMQP settings
-  and observers a scenario uses on it.
+  ``amqp``, ``amqp+redis``, ``sqs+dynamodb``, ``sqs+redis``) with a Machinery flavour, and
+  the URLs, queue, AMQP/AWS settings and observers a scenario uses on it.
 * :func:`exact` parses JSON keeping number literals as :class:`Num` (``-0`` stays ``-0``,
   ``18446744073709551615`` stays exact), to compare values the way Go wrote them.
 
@@ -24,6 +28,7 @@ Nothing here imports machinery_compat: the harness is an independent observer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import select
@@ -44,11 +49,13 @@ BIN = INTEROP / "bin"
 FLAVOURS = ("v1", "v2-redigo", "v2-goredis")
 
 #: Broker + result backend combinations, as ``<broker>`` or ``<broker>+<backend>``.
-KINDS = ("redis", "amqp", "amqp+redis")
+KINDS = ("redis", "amqp", "amqp+redis", "sqs+dynamodb", "sqs+redis")
 KIND_TITLES = {
     "redis": "Redis broker + Redis backend",
     "amqp": "AMQP (RabbitMQ) broker + AMQP backend",
     "amqp+redis": "AMQP (RabbitMQ) broker + Redis backend",
+    "sqs+dynamodb": "AWS SQS broker + DynamoDB backend (moto server)",
+    "sqs+redis": "AWS SQS broker (moto server) + Redis backend",
 }
 
 
@@ -75,18 +82,21 @@ class StackSpec:
 #: Every column: all three Go flavours on Redis; v1 (URL factories) and v2 (the AMQP
 #: constructors, no Redis client involved) on AMQP; on AMQP + Redis backend v1 and v2 with
 #: go-redis (v2 with redigo differs from it only in the backend's Redis client, which the
-#: Redis columns already cover).
+#: Redis columns already cover); on SQS + DynamoDB v1 (aws-sdk-go v1 through its URL
+#: factories) and v2 (aws-sdk-go-v2), on SQS + Redis v1 and v2 with go-redis.
 STACKS = (
     StackSpec("redis", "v1"), StackSpec("redis", "v2-redigo"), StackSpec("redis", "v2-goredis"),
     StackSpec("amqp", "v1"), StackSpec("amqp", "v2"),
     StackSpec("amqp+redis", "v1"), StackSpec("amqp+redis", "v2-goredis"),
+    StackSpec("sqs+dynamodb", "v1"), StackSpec("sqs+dynamodb", "v2"),
+    StackSpec("sqs+redis", "v1"), StackSpec("sqs+redis", "v2-goredis"),
 )
 
 #: Where the cases that exercise only the broker run (priority, delayed_queue, ETAs from
 #: both producers, unregistered hand-off, the CLI worker): AMQP broker + Redis backend
-#: runs a representative subset, and with the same AMQP broker these cases would only
-#: repeat the ``amqp`` column.
-BROKER_CASE_KINDS = ("redis", "amqp")
+#: and SQS broker + Redis backend run a representative subset, and with the same broker
+#: these cases would only repeat the ``amqp`` / ``sqs+dynamodb`` column.
+BROKER_CASE_KINDS = ("redis", "amqp", "sqs+dynamodb")
 
 #: Machinery's AMQP defaults (config.defaultCnf), except the binding key (see AMQPSettings).
 AMQP_EXCHANGE = "machinery_exchange"
@@ -816,6 +826,395 @@ def delay_queue(routing_key: str, exchange: str = AMQP_EXCHANGE) -> tuple[int, s
 
 
 # --------------------------------------------------------------------------------------
+# AWS: settings, moto's request recorder, DynamoDB state writes
+# --------------------------------------------------------------------------------------
+
+#: The account id in the SQS broker URL (moto's default account).
+AWS_ACCOUNT = "123456789012"
+AWS_REGION = "us-east-1"
+#: The result backend URL that selects the DynamoDB backend on both sides (Go v1's factory
+#: wants the prefix ``https://dynamodb``; the URL is otherwise unused).
+DYNAMODB_URL = "https://dynamodb.us-east-1.amazonaws.com"
+TASK_STATES_TABLE = "task_states"
+GROUP_METAS_TABLE = "group_metas"
+#: VisibilityTimeout of every queue the suite creates (SQS's default; the cells that need a
+#: message back sooner set the receive visibility timeout of the workers).
+QUEUE_VISIBILITY = 30
+#: ``SQS.WaitTimeSeconds`` of both sides (Machinery's default 0 polls in a busy loop).
+SQS_WAIT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AWSSettings:
+    """The moto endpoint and Go's ``config.SQSConfig`` as both sides get it: ``mcworker`` /
+    ``mcproducer`` flags (:meth:`go_flags`) and the Python app's ``Config.sqs`` /
+    ``Config.dynamodb`` (:meth:`sqs_config_kwargs`, :meth:`dynamodb_config_kwargs`; the
+    endpoint is the Python-only ``endpoint_url``)."""
+
+    endpoint: str
+    sqs: bool
+    dynamodb: bool
+    wait_time_seconds: int = SQS_WAIT
+    visibility_timeout: int | None = None
+    visibility_heartbeat: bool = False
+
+    @property
+    def broker_url(self) -> str:
+        """Go's SQS broker URL: the queue URL prefix (queue URL = this + "/" + queue)."""
+        return f"{self.endpoint}/{AWS_ACCOUNT}"
+
+    def go_flags(self) -> list[str]:
+        flags = ["-aws-region", AWS_REGION]
+        if self.sqs:
+            flags += ["-sqs-endpoint", self.endpoint,
+                      "-sqs-wait-time", str(self.wait_time_seconds)]
+            if self.visibility_timeout is not None:
+                flags += ["-sqs-visibility-timeout", str(self.visibility_timeout)]
+            if self.visibility_heartbeat:
+                flags += ["-sqs-visibility-heartbeat"]
+        if self.dynamodb:
+            flags += ["-dynamodb-endpoint", self.endpoint]
+        return flags
+
+    def sqs_config_kwargs(self) -> dict[str, Any] | None:
+        """Keyword arguments for ``machinery_compat.config.SQSConfig`` (None: no SQS)."""
+        if not self.sqs:
+            return None
+        return {"endpoint_url": self.endpoint, "region": AWS_REGION,
+                "wait_time_seconds": self.wait_time_seconds,
+                "visibility_timeout": self.visibility_timeout,
+                "visibility_heartbeat": self.visibility_heartbeat}
+
+    def dynamodb_config_kwargs(self) -> dict[str, Any] | None:
+        """Keyword arguments for ``machinery_compat.config.DynamoDBConfig``."""
+        if not self.dynamodb:
+            return None
+        return {"endpoint_url": self.endpoint, "region": AWS_REGION,
+                "task_states_table": TASK_STATES_TABLE, "group_metas_table": GROUP_METAS_TABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class AWSCall:
+    """One API call as moto's recorder kept it."""
+
+    index: int  # position in the recording
+    service: str  # "sqs" | "dynamodb" | "?"
+    action: str  # "SendMessage", "UpdateItem", ...
+    params: dict[str, Any]  # JSON-protocol request (Go v1's SQS query form converted)
+    client: str  # "go-v1" (aws-sdk-go) | "go-v2" (aws-sdk-go-v2) | "python" (boto3) | "?"
+    amz_date: str  # X-Amz-Date (whole seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class SQSSend:
+    """One message sent to SQS (``SendMessage`` or one ``SendMessageBatch`` entry)."""
+
+    index: int
+    client: str
+    queue_url: str
+    body: bytes
+    delay: int | None  # DelaySeconds as sent (None: absent)
+    group_id: str | None
+    dedup_id: str | None
+    batch: bool
+
+    @property
+    def queue(self) -> str:
+        return self.queue_url.rsplit("/", 1)[-1]
+
+    def task_uuid(self) -> str | None:
+        m = re.match(rb'\{"UUID":"([^"\\]*)"', self.body)
+        return m.group(1).decode() if m else None
+
+
+def _client_of(headers: dict[str, str]) -> str:
+    ua = headers.get("User-Agent", "") or headers.get("user-agent", "")
+    if ua.startswith("aws-sdk-go-v2/"):
+        return "go-v2"
+    if ua.startswith("aws-sdk-go/"):
+        return "go-v1"
+    if "Boto3/" in ua or "botocore/" in ua:
+        return "python"
+    return "?"
+
+
+def _query_params(form: dict[str, str]) -> dict[str, Any]:
+    """aws-sdk-go v1's SQS query form as the JSON protocol's parameters (the ones read here)."""
+    out: dict[str, Any] = {k: v for k, v in form.items() if "." not in k and k != "Action"}
+    entries: dict[int, dict[str, Any]] = {}
+    for k, v in form.items():
+        m = re.match(r"(?:SendMessageBatchRequestEntry|ChangeMessageVisibilityBatchRequestEntry|"
+                     r"DeleteMessageBatchRequestEntry)\.(\d+)\.(\w+)\Z", k)
+        if m:
+            entries.setdefault(int(m.group(1)), {})[m.group(2)] = v
+    if entries:
+        out["Entries"] = [entries[i] for i in sorted(entries)]
+    return out
+
+
+def parse_recording(text: str, base: int = 0) -> list[AWSCall]:
+    """moto's recording (one JSON object per line) from line ``base`` on, as calls."""
+    import base64
+    from urllib.parse import parse_qsl
+
+    calls = []
+    for i, line in enumerate(text.splitlines()):
+        if i < base or not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:  # two threads' lines interleaved: skip (rare; moto writes unlocked)
+            continue
+        headers = rec.get("headers") or {}
+        raw = rec.get("body") or ""
+        body = base64.b64decode(raw) if rec.get("body_encoded") else raw.encode()
+        target = headers.get("X-Amz-Target", "")
+        service, action, params = "?", "", {}
+        if target:
+            prefix, _, action = target.partition(".")
+            service = ("sqs" if prefix == "AmazonSQS" else
+                       "dynamodb" if prefix.startswith("DynamoDB") else prefix)
+            try:
+                params = json.loads(body) if body else {}
+            except ValueError:
+                params = {}
+        else:
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            action = form.get("Action", "")
+            auth = headers.get("Authorization", "")
+            service = "sqs" if "/sqs/" in auth or "QueueUrl" in form else "?"
+            params = _query_params(form)
+        calls.append(AWSCall(i, service, action, params, _client_of(headers),
+                             headers.get("X-Amz-Date", "")))
+    return calls
+
+
+class AWSRecorder:
+    """moto's request recorder (``/moto-api/recorder/…``) for one moto server, shared by every
+    :class:`AWSTap` of the session: recording runs while at least one tap does (cleared when
+    the first one starts), each tap reading the lines recorded since it started."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def _api(self, method: str, path: str) -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(self.endpoint + "/moto-api/recorder/" + path,
+                                         method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            data: bytes = response.read()
+            return data
+
+    def _text(self) -> str:
+        return self._api("GET", "download-recording").decode("utf-8", "replace")
+
+    def begin(self) -> int:
+        with self._lock:
+            if self._active == 0:
+                self._api("POST", "reset-recording")
+                self._api("POST", "start-recording")
+                base = 0
+            else:
+                base = len(self._text().splitlines())
+            self._active += 1
+            return base
+
+    def peek(self, base: int) -> list[AWSCall]:
+        return parse_recording(self._text(), base)
+
+    def end(self, base: int) -> list[AWSCall]:
+        with self._lock:
+            calls = parse_recording(self._text(), base)
+            self._active -= 1
+            if self._active == 0:
+                self._api("POST", "stop-recording")
+            return calls
+
+
+def _resolve_update(params: dict[str, Any]) -> dict[str, Any]:
+    """The attributes an ``UpdateItem``'s ``SET`` clause assigns, by attribute name."""
+    names = params.get("ExpressionAttributeNames") or {}
+    values = params.get("ExpressionAttributeValues") or {}
+    expr = params.get("UpdateExpression") or ""
+    out: dict[str, Any] = {}
+    m = re.match(r"\s*SET\s+(.*)\Z", expr, re.S | re.I)
+    if not m:
+        return {"?": expr}
+    for part in m.group(1).split(","):
+        lhs, _, rhs = part.partition("=")
+        lhs, rhs = lhs.strip(), rhs.strip()
+        out[names.get(lhs, lhs)] = values.get(rhs, rhs)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class DynamoWrite:
+    """One write of a task state (``task_states``) or group meta (``group_metas``) item."""
+
+    index: int
+    client: str
+    op: str  # "PutItem" | "UpdateItem" | …
+    key: str
+    attributes: dict[str, Any]  # PutItem: the item; UpdateItem: what SET assigns
+    params: dict[str, Any]
+
+    @property
+    def state(self) -> str | None:
+        av = self.attributes.get("State")
+        return av.get("S") if isinstance(av, dict) else None
+
+
+class AWSTap:
+    """Every AWS API call made while it runs (any client), via :class:`AWSRecorder`: the AWS
+    analogue of :class:`RedisMonitor` and :class:`AMQPTap`."""
+
+    def __init__(self, recorder: AWSRecorder) -> None:
+        self.recorder = recorder
+        self._base: int | None = None
+        self._calls: list[AWSCall] | None = None
+
+    def start(self) -> AWSTap:
+        self._base = self.recorder.begin()
+        return self
+
+    def stop(self) -> None:
+        if self._calls is None and self._base is not None:
+            self._calls = self.recorder.end(self._base)
+
+    def snapshot(self) -> list[AWSCall]:
+        if self._calls is not None:
+            return list(self._calls)
+        assert self._base is not None
+        return self.recorder.peek(self._base)
+
+    def calls(self, action: str, service: str | None = None) -> list[AWSCall]:
+        return [c for c in self.snapshot()
+                if c.action == action and (service is None or c.service == service)]
+
+    # -- SQS ------------------------------------------------------------------------------
+    def sends(self, uuid: str | None = None) -> list[SQSSend]:
+        out = []
+        for c in self.snapshot():
+            if c.service != "sqs" or c.action not in ("SendMessage", "SendMessageBatch"):
+                continue
+            entries = (c.params.get("Entries") or []) if c.action == "SendMessageBatch" \
+                else [c.params]
+            for e in entries:
+                delay = e.get("DelaySeconds")
+                send = SQSSend(c.index, c.client, str(c.params.get("QueueUrl", "")),
+                               str(e.get("MessageBody", "")).encode(),
+                               int(delay) if delay not in (None, "") else None,
+                               e.get("MessageGroupId"), e.get("MessageDeduplicationId"),
+                               c.action == "SendMessageBatch")
+                if uuid is None or send.task_uuid() == uuid:
+                    out.append(send)
+        return out
+
+    # -- DynamoDB -------------------------------------------------------------------------
+    def writes(self, table: str, key: str) -> list[DynamoWrite]:
+        """Writes of the item whose hash key is ``key`` in ``table``, in order."""
+        out = []
+        for c in self.snapshot():
+            if c.service != "dynamodb" or c.params.get("TableName") != table:
+                continue
+            if c.action == "PutItem":
+                item = c.params.get("Item") or {}
+                k = _hash_key(item)
+                attrs = dict(item)
+            elif c.action == "UpdateItem":
+                k = _hash_key(c.params.get("Key") or {})
+                attrs = _resolve_update(c.params)
+            elif c.action == "DeleteItem":
+                k, attrs = _hash_key(c.params.get("Key") or {}), {}
+            else:
+                continue
+            if k == key:
+                out.append(DynamoWrite(c.index, c.client, c.action, k, attrs, c.params))
+        return out
+
+    def state_writes(self, uuid: str) -> list[DynamoWrite]:
+        return [w for w in self.writes(TASK_STATES_TABLE, uuid) if w.state is not None]
+
+    def states(self, uuid: str) -> list[str]:
+        return [w.state for w in self.state_writes(uuid) if w.state is not None]
+
+    def group_writes(self, group_uuid: str) -> list[DynamoWrite]:
+        return self.writes(GROUP_METAS_TABLE, group_uuid)
+
+
+def _hash_key(item: dict[str, Any]) -> str | None:
+    for name in ("TaskUUID", "GroupUUID"):
+        av = item.get(name)
+        if isinstance(av, dict) and "S" in av:
+            return str(av["S"])
+    return None
+
+
+_RFC3339_NANO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z\Z")
+
+
+def dynamodb_results(values: Sequence[tuple[str, str]] | None) -> dict[str, Any]:
+    """The ``Results`` attribute Go's DynamoDB backend writes for ``(Type, %v text)`` pairs
+    (``NULL`` when there are none: the PENDING item's, never overwritten)."""
+    if not values:
+        return {"NULL": True}
+    return {"L": [{"M": {"Type": {"S": t}, "Value": {"S": v}}} for t, v in values]}
+
+
+def dynamodb_write_problems(writes: Sequence[DynamoWrite], uuid: str, name: str, *,
+                            results: Sequence[tuple[str, str]] | None = None,
+                            error: str = "") -> list[str]:
+    """Check every write of one task's DynamoDB item against Go's shapes (§6.5): PENDING a
+    ``PutItem`` of the whole state (v1: ``Error``/empty ``Results`` NULL); every later state
+    an ``UpdateItem`` that SETs only ``State`` — plus ``TTL`` and ``Results`` (when there are
+    some) on SUCCESS, ``Error`` and ``TTL`` on FAILURE (a Python worker may add its
+    ``ExceptionRecord``)."""
+    problems = []
+    now = time.time()
+    for i, w in enumerate(writes):
+        st = w.state
+        a = w.attributes
+        if st == "PENDING":
+            null = {"NULL": True}
+            want_error = null if w.client == "go-v1" else {"S": ""}
+            checks = {"op": (w.op, "PutItem"), "TaskUUID": (a.get("TaskUUID"), {"S": uuid}),
+                      "TaskName": (a.get("TaskName"), {"S": name}),
+                      "Results": (a.get("Results"), null), "Error": (a.get("Error"), want_error),
+                      "TTL": (a.get("TTL"), {"N": "0"}),
+                      "attributes": (sorted(a), sorted(["TaskUUID", "TaskName", "State",
+                                                        "Results", "Error", "CreatedAt",
+                                                        "TTL"]))}
+            created = (a.get("CreatedAt") or {}).get("S", "")
+            if not _RFC3339_NANO.match(created):
+                problems.append(f"write {i} (PENDING): CreatedAt {created!r}")
+        else:
+            want = {"State"}
+            if st == "SUCCESS":
+                want |= {"TTL"} | ({"Results"} if results else set())
+            elif st == "FAILURE":
+                want |= {"Error", "TTL"}
+            got = set(a)
+            if st == "FAILURE" and w.client == "python":
+                got.discard("ExceptionRecord")
+            checks = {"op": (w.op, "UpdateItem"), "SET": (sorted(got), sorted(want))}
+            if st == "SUCCESS" and results:
+                checks["Results"] = (a.get("Results"), dynamodb_results(results))
+            if st == "FAILURE":
+                checks["Error"] = (a.get("Error"), {"S": error})
+            if "TTL" in want:
+                ttl = int((a.get("TTL") or {}).get("N", "0"))
+                if not now + 3000 < ttl < now + 3700:
+                    problems.append(f"write {i} ({st}): TTL {ttl} is not about now + 3600")
+        for what, (actual, expected) in checks.items():
+            if actual != expected:
+                problems.append(f"write {i} ({st}, {w.client}): {what} {actual!r} != {expected!r}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------
 # a stack: broker + backend + flavour, for one scenario
 # --------------------------------------------------------------------------------------
 
@@ -823,17 +1222,20 @@ def delay_queue(routing_key: str, exchange: str = AMQP_EXCHANGE) -> tuple[int, s
 class Observer:
     """What a scenario sees of the backend's state writes and of the broker's messages:
     ``MONITOR`` on the Redis backend DB (``monitor``), the firehose tap on the AMQP vhost
-    (``tap``), or both (AMQP broker + Redis backend)."""
+    (``tap``), moto's request recording (``aws``: SQS calls, DynamoDB writes), or two of
+    them (AMQP or SQS broker + Redis backend)."""
 
     def __init__(self, monitor: RedisMonitor | None, tap: AMQPTap | None,
-                 backend_kind: str) -> None:
-        self.monitor, self.tap, self.backend_kind = monitor, tap, backend_kind
+                 backend_kind: str, aws: AWSTap | None = None) -> None:
+        self.monitor, self.tap, self.backend_kind, self.aws = monitor, tap, backend_kind, aws
 
     def start(self) -> Observer:
         if self.monitor is not None:
             self.monitor.start()
         if self.tap is not None:
             self.tap.start()
+        if self.aws is not None:
+            self.aws.start()
         return self
 
     def stop(self) -> None:
@@ -841,13 +1243,22 @@ class Observer:
             if self.monitor is not None:
                 self.monitor.stop()
         finally:
-            if self.tap is not None:
-                self.tap.stop()
+            try:
+                if self.tap is not None:
+                    self.tap.stop()
+            finally:
+                if self.aws is not None:
+                    self.aws.stop()
 
-    def state_writes(self, uuid: str) -> list[bytes]:
+    def state_writes(self, uuid: str) -> list[Any]:
+        """The task's state writes: TaskState JSON bytes (Redis, AMQP backends), or
+        :class:`DynamoWrite` items (DynamoDB backend)."""
         if self.backend_kind == "redis":
             assert self.monitor is not None
             return self.monitor.state_writes(uuid)
+        if self.backend_kind == "dynamodb":
+            assert self.aws is not None
+            return self.aws.state_writes(uuid)
         assert self.tap is not None
         return self.tap.state_writes(uuid)
 
@@ -855,6 +1266,9 @@ class Observer:
         if self.backend_kind == "redis":
             assert self.monitor is not None
             return self.monitor.states(uuid)
+        if self.backend_kind == "dynamodb":
+            assert self.aws is not None
+            return self.aws.states(uuid)
         assert self.tap is not None
         return self.tap.states(uuid)
 
@@ -864,7 +1278,9 @@ class Stack:
     """One scenario's broker, backend, counters Redis and queue on one :class:`StackSpec`.
 
     ``redis`` is the interop redis-server (``tests.services.RedisServer``); ``rabbit`` the
-    interop RabbitMQ node and ``vhost`` its traced vhost (AMQP kinds only)."""
+    interop RabbitMQ node and ``vhost`` its traced vhost (AMQP kinds only); ``moto`` the
+    moto server (``tests.services.MotoServer``), ``recorder`` its :class:`AWSRecorder` and
+    ``aws`` the endpoint and SQS settings (AWS kinds only)."""
 
     spec: StackSpec
     broker: str
@@ -877,6 +1293,9 @@ class Stack:
     queue_declare_args: tuple[tuple[str, Any], ...] = ()
     prefetch_count: int = 3
     delayed_queue: str = ""
+    aws: AWSSettings | None = None
+    moto: Any = None
+    recorder: AWSRecorder | None = None
 
     @property
     def flavour(self) -> str:
@@ -889,6 +1308,21 @@ class Stack:
     @property
     def amqp_broker(self) -> bool:
         return self.spec.broker_kind == "amqp"
+
+    @property
+    def poll_timeout(self) -> float:
+        """The Python workers' poll period: 0.1 s, on SQS the long-poll wait both sides use
+        (moto's long poll sees a message that became visible again only when a poll starts, so
+        a Python worker short-polling every 0.1 s would nearly always beat a Go worker to it)."""
+        return float(self.aws.wait_time_seconds) if self.sqs_broker and self.aws else 0.1
+
+    @property
+    def sqs_broker(self) -> bool:
+        return self.spec.broker_kind == "sqs"
+
+    @property
+    def dynamodb_backend(self) -> bool:
+        return self.spec.backend_kind == "dynamodb"
 
     @property
     def consuming_reads(self) -> bool:
@@ -904,14 +1338,28 @@ class Stack:
     def with_options(self, *, queue: str | None = None,
                      queue_declare_args: dict[str, Any] | None = None,
                      prefetch_count: int | None = None,
-                     delayed_queue: str | None = None) -> Stack:
-        """The same stack with another queue (binding key) or other AMQP settings."""
-        return Stack(self.spec, self.broker, self.backend, self.counters,
-                     queue or self.queue, self.redis, self.rabbit, self.vhost,
-                     tuple(sorted(queue_declare_args.items())) if queue_declare_args is not None
-                     else self.queue_declare_args,
-                     prefetch_count if prefetch_count is not None else self.prefetch_count,
-                     delayed_queue if delayed_queue is not None else self.delayed_queue)
+                     delayed_queue: str | None = None,
+                     sqs_visibility_timeout: int | None = None,
+                     sqs_heartbeat: bool | None = None) -> Stack:
+        """The same stack with another queue (binding key; on SQS created if missing), other
+        AMQP settings, or other SQS receive settings (``VisibilityTimeout``, heartbeat)."""
+        aws = self.aws
+        if aws is not None and (sqs_visibility_timeout is not None or sqs_heartbeat is not None):
+            aws = dataclasses.replace(
+                aws, visibility_timeout=(sqs_visibility_timeout if sqs_visibility_timeout
+                                         is not None else aws.visibility_timeout),
+                visibility_heartbeat=(sqs_heartbeat if sqs_heartbeat is not None
+                                      else aws.visibility_heartbeat))
+        st = Stack(self.spec, self.broker, self.backend, self.counters,
+                   queue or self.queue, self.redis, self.rabbit, self.vhost,
+                   tuple(sorted(queue_declare_args.items())) if queue_declare_args is not None
+                   else self.queue_declare_args,
+                   prefetch_count if prefetch_count is not None else self.prefetch_count,
+                   delayed_queue if delayed_queue is not None else self.delayed_queue,
+                   aws, self.moto, self.recorder)
+        if queue and st.sqs_broker and queue != self.queue:
+            st.create_queue(queue)
+        return st
 
     @property
     def amqp(self) -> AMQPSettings | None:
@@ -927,20 +1375,28 @@ class Stack:
             flags += ["-counters", self.counters]
         if self.amqp is not None:
             flags += self.amqp.go_flags()
+        if self.aws is not None:
+            flags += self.aws.go_flags()
         return flags
 
     # -- Go programs --------------------------------------------------------------------
-    def go_worker(self, **kwargs: Any) -> GoWorker:
-        return GoWorker(self.flavour, self.broker, self.queue, extra=self.go_flags(worker=True),
-                        **kwargs)
+    def go_worker(self, *, flags: Sequence[str] = (), **kwargs: Any) -> GoWorker:
+        """An ``mcworker`` on this stack (``flags``: more mcworker flags)."""
+        return GoWorker(self.flavour, self.broker, self.queue,
+                        extra=[*self.go_flags(worker=True), *flags], **kwargs)
 
     def produce(self, lines: Iterable[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
         return run_producer(self.flavour, self.broker, lines, queue=self.queue,
-                            extra=self.go_flags(), **kwargs)
+                            extra=[*self.go_flags(), *self._poll_flags()], **kwargs)
 
     def read_one(self, uuid: str, timeout_ms: int = 5000) -> dict[str, Any]:
         return read_one(self.flavour, self.broker, uuid, timeout_ms,
-                        extra=[*self.go_flags(), "-queue", self.queue])
+                        extra=[*self.go_flags(), *self._poll_flags(), "-queue", self.queue])
+
+    def _poll_flags(self) -> list[str]:
+        """DynamoDB: Go's ``AsyncResult`` polls every 500 ms instead of mcproducer's 50 ms
+        (a ``GetItem`` each, for every awaited line: dozens of lines at 50 ms swamp moto)."""
+        return ["-poll-ms", "500"] if self.dynamodb_backend else []
 
     # -- observing ----------------------------------------------------------------------
     def redis_db(self, url: str) -> int:
@@ -951,7 +1407,8 @@ class Stack:
         mon = (RedisMonitor(self.redis.host, self.redis.port, self.redis_db(self.backend))
                if self.spec.backend_kind == "redis" else None)
         tap = AMQPTap(self.amqp_connection) if self.amqp_broker else None
-        return Observer(mon, tap, self.spec.backend_kind).start()
+        aws = AWSTap(self.recorder) if self.recorder is not None else None
+        return Observer(mon, tap, self.spec.backend_kind, aws).start()
 
     def amqp_connection(self) -> Any:
         assert self.rabbit is not None and self.vhost is not None
@@ -969,6 +1426,16 @@ class Stack:
         """Messages waiting in a broker queue (ready, not unacked); None if it does not
         exist (AMQP) — a Redis list that does not exist is just empty (0)."""
         queue = queue or self.queue
+        if self.sqs_broker:
+            try:
+                attrs = self.sqs_client().get_queue_attributes(
+                    QueueUrl=self.queue_url(queue),
+                    AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+            except Exception as e:
+                if "NonExistentQueue" in str(e) or "QueueDoesNotExist" in str(e):
+                    return None
+                raise
+            return int(attrs["ApproximateNumberOfMessages"])
         if not self.amqp_broker:
             import redis
 
@@ -986,3 +1453,38 @@ class Stack:
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    # -- AWS ------------------------------------------------------------------------------
+    def sqs_client(self) -> Any:
+        assert self.moto is not None
+        return self.moto.client("sqs")
+
+    def dynamodb_client(self) -> Any:
+        assert self.moto is not None
+        return self.moto.client("dynamodb")
+
+    def queue_url(self, queue: str | None = None) -> str:
+        """Go's queue URL: the broker URL + "/" + the queue name."""
+        return f"{self.broker}/{queue or self.queue}"
+
+    def create_queue(self, queue: str, **attributes: str) -> str:
+        """Create an SQS queue (Machinery never does): ``QUEUE_VISIBILITY`` s visibility
+        timeout, FIFO for a ``.fifo`` name; its URL (Go's form)."""
+        attrs = {"VisibilityTimeout": str(QUEUE_VISIBILITY), **attributes}
+        if queue.endswith(".fifo"):
+            attrs.setdefault("FifoQueue", "true")
+        self.sqs_client().create_queue(QueueName=queue, Attributes=attrs)
+        return self.queue_url(queue)
+
+    def dynamodb_item(self, uuid: str) -> dict[str, Any] | None:
+        """The task's item in ``task_states`` (strongly consistent read), or None."""
+        got = self.dynamodb_client().get_item(TableName=TASK_STATES_TABLE, ConsistentRead=True,
+                                              Key={"TaskUUID": {"S": uuid}})
+        item: dict[str, Any] | None = got.get("Item")
+        return item
+
+    def group_item(self, group_uuid: str) -> dict[str, Any] | None:
+        got = self.dynamodb_client().get_item(TableName=GROUP_METAS_TABLE, ConsistentRead=True,
+                                              Key={"GroupUUID": {"S": group_uuid}})
+        item: dict[str, Any] | None = got.get("Item")
+        return item

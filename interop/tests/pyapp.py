@@ -21,7 +21,9 @@ wall time), the Python analogue of mcworker's ``task`` lines.
 For the CLI (``python -m machinery_compat worker -A interop.tests.pyapp:app``) the module
 builds ``app`` from ``MC_INTEROP_BROKER`` / ``MC_INTEROP_QUEUE`` (and, when set,
 ``MC_INTEROP_BACKEND``, ``MC_INTEROP_COUNTERS`` and ``MC_INTEROP_AMQP``: the JSON of the
-``amqp`` config section, see :meth:`interop.tests.harness.AMQPSettings.as_config_kwargs`).
+``amqp`` config section, see :meth:`interop.tests.harness.AMQPSettings.as_config_kwargs`;
+``MC_INTEROP_SQS`` / ``MC_INTEROP_DYNAMODB``: those of the ``sqs`` / ``dynamodb`` sections,
+:class:`interop.tests.harness.AWSSettings`).
 """
 
 # No `from __future__ import annotations`: the Annotated hints below are built at run time.
@@ -137,17 +139,30 @@ class PyApp:
 
 def make_app(broker: str, queue: str = "machinery_tasks", *,
              only: Iterable[str] | None = None, backend: str | None = None,
-             counters: str | None = None, amqp: dict[str, Any] | None = None) -> PyApp:
+             counters: str | None = None, amqp: dict[str, Any] | None = None,
+             sqs: dict[str, Any] | None = None, dynamodb: dict[str, Any] | None = None,
+             queues: dict[str, str] | None = None) -> PyApp:
     """A Machinery app on ``broker`` and ``backend`` (default: the broker) with the tasks
     named in ``only`` (default: all of :data:`ALL_TASKS`); ``counters`` is the Redis of the
-    fail_n_times/retry_later counters (default: the broker); ``amqp`` the keyword arguments
-    of the ``amqp`` config section (``Config.amqp``, Go's ``AMQPConfig``)."""
+    fail_n_times/retry_later counters (default: the broker); ``amqp`` / ``sqs`` /
+    ``dynamodb`` the keyword arguments of those config sections (``Config.amqp``, Go's
+    ``AMQPConfig``; ``Config.sqs``, ``Config.dynamodb``); ``queues`` a queue per task name
+    (the task's default routing key)."""
     config = None
+    if amqp is not None or sqs is not None or dynamodb is not None:
+        config = Config.default()
     if amqp is not None:
         from machinery_compat.config import AMQPConfig
 
-        config = Config.default()
-        config.amqp = AMQPConfig(**amqp)
+        config.amqp = AMQPConfig(**amqp)  # type: ignore[union-attr]
+    if sqs is not None:
+        from machinery_compat.config import SQSConfig
+
+        config.sqs = SQSConfig(**sqs)  # type: ignore[union-attr]
+    if dynamodb is not None:
+        from machinery_compat.config import DynamoDBConfig
+
+        config.dynamodb = DynamoDBConfig(**dynamodb)  # type: ignore[union-attr]
     app = Machinery(broker=broker, result_backend=backend or broker, default_queue=queue,
                     config=config)
     ex = Executions()
@@ -162,7 +177,7 @@ def make_app(broker: str, queue: str = "machinery_tasks", *,
             return
         if annotations is not None:
             fn.__annotations__ = annotations
-        app.task(name=name, bind=True)(fn)
+        app.task(name=name, bind=True, queue=(queues or {}).get(name))(fn)
 
     def add(self: Any, *nums: int) -> int:
         ex.record(self, "add", nums)
@@ -244,13 +259,17 @@ def make_app(broker: str, queue: str = "machinery_tasks", *,
     return PyApp(app, ex, counters)
 
 
-def stack_app(stack: Any, *, only: Iterable[str] | None = None) -> PyApp:
+def stack_app(stack: Any, *, only: Iterable[str] | None = None,
+              queues: dict[str, str] | None = None) -> PyApp:
     """:func:`make_app` on an :class:`interop.tests.harness.Stack` (its broker, backend,
-    counters, queue and AMQP settings: the ones its Go programs get)."""
-    amqp = stack.amqp
+    counters, queue and AMQP/AWS settings: the ones its Go programs get)."""
+    amqp, aws = stack.amqp, stack.aws
     return make_app(stack.broker, stack.queue, only=only, backend=stack.backend,
                     counters=stack.counters,
-                    amqp=amqp.as_config_kwargs() if amqp is not None else None)
+                    amqp=amqp.as_config_kwargs() if amqp is not None else None,
+                    sqs=aws.sqs_config_kwargs() if aws is not None else None,
+                    dynamodb=aws.dynamodb_config_kwargs() if aws is not None else None,
+                    queues=queues)
 
 
 def stack_env(stack: Any) -> dict[str, str]:
@@ -259,7 +278,16 @@ def stack_env(stack: Any) -> dict[str, str]:
            "MC_INTEROP_BACKEND": stack.backend, "MC_INTEROP_COUNTERS": stack.counters}
     if stack.amqp is not None:
         env["MC_INTEROP_AMQP"] = json.dumps(stack.amqp.as_config_kwargs())
+    if stack.aws is not None:
+        for name, section in (("MC_INTEROP_SQS", stack.aws.sqs_config_kwargs()),
+                              ("MC_INTEROP_DYNAMODB", stack.aws.dynamodb_config_kwargs())):
+            if section is not None:
+                env[name] = json.dumps(section)
     return env
+
+
+def _env_json(name: str) -> Any:
+    return json.loads(os.environ[name]) if os.environ.get(name) else None
 
 
 _default = make_app(
@@ -267,7 +295,9 @@ _default = make_app(
     os.environ.get("MC_INTEROP_QUEUE", "machinery_tasks"),
     backend=os.environ.get("MC_INTEROP_BACKEND") or None,
     counters=os.environ.get("MC_INTEROP_COUNTERS") or None,
-    amqp=json.loads(os.environ["MC_INTEROP_AMQP"]) if os.environ.get("MC_INTEROP_AMQP") else None,
+    amqp=_env_json("MC_INTEROP_AMQP"),
+    sqs=_env_json("MC_INTEROP_SQS"),
+    dynamodb=_env_json("MC_INTEROP_DYNAMODB"),
 )
 app = _default.app
 executions = _default.executions

@@ -4,11 +4,15 @@
   are sent from Python: every task runs exactly once (Go's ``task`` lines + the Python
   worker's own record), both workers take a share, every stored result has Go's exact
   bytes, and every result is readable by Python's and by Go's ``AsyncResult``.  On the AMQP
-  backend 250 + 250 (every state write and every read is a new connection there).
+  backend 250 + 250 (every state write and every read is a new connection there), on SQS
+  200 + 200 (moto serves every call of both sides, one at a time).  On DynamoDB Go's
+  ``AsyncResult`` reads no ``int64`` result (Go's ``%v`` text): it reports ``<n> is not
+  int64`` for each, which is checked instead.
 * 200 delayed tasks (100 per producer, ETAs spread over one second): on Redis both workers
   move ``delayed_tasks`` every 50 ms (Go: WATCH/ZRANGEBYSCORE/MULTI/ZREM; Python: one Lua
   script); on AMQP both producers publish to Go's per-delay dead-letter queues and RabbitMQ
-  delivers each when due.  Each runs exactly once, never before its ETA, on both workers.
+  delivers each when due; on SQS both send ``DelaySeconds`` (whole seconds, truncated, so
+  up to 1 s early there).  Each runs exactly once, never before its ETA, on both workers.
 * AMQP only: ``amqp.delayed_queue`` (one delay queue, per-message expiration) from both
   producers.
 * A retried task handed over: attempt 1 on one side, attempts 2 (fails, retries) and 3 on
@@ -36,6 +40,7 @@ from interop.tests.harness import (
     AMQP_EXCHANGE,
     BROKER_CASE_KINDS,
     MIXED,
+    TASK_STATES_TABLE,
     GoWorker,
     Num,
     Observer,
@@ -54,6 +59,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
 
 N_EACH = 500
 N_EACH_AMQP_BACKEND = 250  # the AMQP backend: a connection per state write and per read
+N_EACH_SQS = 200  # SQS: every call of both sides goes to one moto server
+SQS_EARLY = 1.05  # SQS: DelaySeconds is whole seconds, truncated: up to 1 s early
 GO_BASE, PY_BASE = 1_000_000, 2_000_000
 AMQP_EARLY = 0.005  # AMQP delays are whole ms, truncated: a task may start ≤ 1 ms early
 
@@ -68,7 +75,7 @@ class Pool:
 
     def start(self) -> Pool:
         self.go.start()
-        self.worker = self.py.app.worker(concurrency=4, poll_timeout=0.1,
+        self.worker = self.py.app.worker(concurrency=4, poll_timeout=self.stack.poll_timeout,
                                          delayed_poll_interval=0.05).start()
         return self
 
@@ -142,7 +149,7 @@ def _check_exactly_once(pool: Pool, expected: dict[str, int],
     go, py = pool.run_counts()
     both = go + py
     assert set(both) == set(expected), (len(both), len(expected))
-    dupes = {u: n for u, n in both.items() if n != 1}
+    dupes = {u: f"Go {go[u]}, Python {py[u]}" for u, n in both.items() if n != 1}
     assert not dupes, f"tasks run more than once: {dupes}"
     assert sum(go.values()) > 0 and sum(py.values()) > 0, \
         f"one worker did nothing: go={sum(go.values())} python={sum(py.values())}"
@@ -167,12 +174,24 @@ def _check_results(pool: Pool, expected: dict[str, int], obs: Observer) -> None:
         assert AsyncResult(uuid, app.backend).get(timeout=left) == expected[uuid]
     reads = st.produce([{"read": u, "timeout_ms": 10000} for u in by_go], parallel=16,
                        timeout=180)
-    bad = [r for r in reads if (r["state"], r["error"]) != ("SUCCESS", "")
-           or [(x["go_type"], x["exact"]) for x in r["results"]]
-           != [("int64", Num(str(expected[r["uuid"]])))]]
+    if st.dynamodb_backend:  # Go reads only strings from DynamoDB: its reflection error
+        bad = [r for r in reads if (r["state"], r["error"], "results" in r)
+               != ("SUCCESS", f"{expected[r['uuid']]} is not int64", False)]
+    else:
+        bad = [r for r in reads if (r["state"], r["error"]) != ("SUCCESS", "")
+               or [(x["go_type"], x["exact"]) for x in r["results"]]
+               != [("int64", Num(str(expected[r["uuid"]])))]]
     assert not bad, bad[:5]
     # the same bytes whichever worker ran it
     uuids = list(expected)
+    if st.dynamodb_backend:  # the same item attributes: Go's %v text
+        items = _dynamodb_items(st, uuids)
+        wrong = {u: items.get(u, {}).get("Results") for u in uuids
+                 if items.get(u, {}).get("Results") != {"L": [{"M": {
+                     "Type": {"S": "int64"}, "Value": {"S": str(expected[u])}}}]}}
+        assert not wrong, list(wrong.items())[:5]
+        _check_drained(pool)
+        return
     if st.merged_states:
         client = pool.py.counters  # the backend's DB
         stored = [raw for i in range(0, len(uuids), 200)
@@ -182,18 +201,42 @@ def _check_results(pool: Pool, expected: dict[str, int], obs: Observer) -> None:
         stored = [(obs.state_writes(u) or [None])[-1] for u in uuids]
     for uuid, raw in zip(uuids, stored, strict=True):
         assert results_bytes(raw) == f'[{{"Type":"int64","Value":{expected[uuid]}}}]'.encode(), raw
+    _check_drained(pool)
+
+
+def _check_drained(pool: Pool) -> None:
+    """Nothing left in the queue, nothing dead-lettered, nothing still delayed."""
+    st = pool.stack
     assert st.queue_depth() == 0
-    if st.amqp_broker:
+    if st.sqs_broker:
+        assert st.queue_depth(f"{pool.queue}-dead") in (None, 0)
+    elif st.amqp_broker:
         assert st.queue_depth(f"{pool.queue}.dead") in (None, 0)
     else:
         assert pool.py.counters.exists(f"{pool.queue}.dead", "delayed_tasks") == 0
 
 
+def _dynamodb_items(st: Stack, uuids: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``task_states`` items of these tasks (BatchGetItem, 100 keys a call)."""
+    client = st.dynamodb_client()
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(uuids), 100):
+        keys = [{"TaskUUID": {"S": u}} for u in uuids[i:i + 100]]
+        request = {TASK_STATES_TABLE: {"Keys": keys, "ConsistentRead": True}}
+        while request:
+            got = client.batch_get_item(RequestItems=request)
+            for item in got["Responses"].get(TASK_STATES_TABLE, []):
+                out[item["TaskUUID"]["S"]] = item
+            request = got.get("UnprocessedKeys") or {}
+    return out
+
+
 @pytest.mark.matrix(MIXED, "1,000 add tasks (500 Go + 500 Python producers; 250 + 250 on the "
-                           "AMQP backend), Go + Python workers")
+                           "AMQP backend, 200 + 200 on SQS), Go + Python workers")
 def test_mixed_pool(pool: Pool, record_property: Callable[[str, object], None]) -> None:
     obs = pool.stack.observer() if pool.stack.consuming_reads else None
-    n = N_EACH_AMQP_BACKEND if pool.stack.consuming_reads else N_EACH
+    n = (N_EACH_SQS if pool.stack.sqs_broker else N_EACH_AMQP_BACKEND
+         if pool.stack.consuming_reads else N_EACH)
     try:
         join = _send_from_go_in_background(pool, _go_lines(n, GO_BASE))
         app = pool.py.app
@@ -214,7 +257,8 @@ def test_mixed_pool(pool: Pool, record_property: Callable[[str, object], None]) 
 
 @pytest.mark.kinds(*BROKER_CASE_KINDS)
 @pytest.mark.matrix(MIXED, "200 delayed tasks (ETAs from both producers), run when due by "
-                           "both workers (Redis: both move delayed_tasks; AMQP: delay queues)")
+                           "both workers (Redis: both move delayed_tasks; AMQP: delay queues; "
+                           "SQS: DelaySeconds)")
 def test_mixed_delayed(pool: Pool, record_property: Callable[[str, object], None]) -> None:
     st = pool.stack
     obs = st.observer()
@@ -238,14 +282,25 @@ def test_mixed_delayed(pool: Pool, record_property: Callable[[str, object], None
         go, py = _check_exactly_once(pool, expected)
     finally:
         obs.stop()
-    # nothing ran before its ETA
-    early = AMQP_EARLY if st.amqp_broker else 0.0
+    # nothing ran before its ETA (SQS: whole seconds, truncated)
+    early = SQS_EARLY if st.sqs_broker else AMQP_EARLY if st.amqp_broker else 0.0
     for ev in pool.go.tasks():
         assert ev["eta"] is not None and parse_go_time(ev["ts"]) >= parse_go_time(ev["eta"]) \
             - early, ev
     for run in pool.py.executions.snapshot():
         assert run.eta is not None and run.at >= run.eta - early, run
-    if st.amqp_broker:
+    if st.sqs_broker:
+        # every task was sent once, with DelaySeconds = the whole seconds left (0 or 1 here)
+        assert obs.aws is not None
+        sends = {u: obs.aws.sends(u) for u in expected}
+        bad = {u: ss for u, ss in sends.items()
+               if len(ss) != 1 or (ss[0].delay or 0) not in (0, 1)}
+        assert not bad, list(bad.items())[:5]
+        delays = Counter((ss[0].client.split("-")[0], ss[0].delay or 0)
+                         for ss in sends.values())
+        note = (f"DelaySeconds sent (producer, seconds): {dict(sorted(delays.items()))}; "
+                f"run by the Go worker {sum(go.values())}, by Python {sum(py.values())}")
+    elif st.amqp_broker:
         # every task went through a Go-style delay queue, whichever producer sent it
         assert obs.tap is not None
         delayed = {u: [p for p in obs.tap.task_messages(u) if delay_queue(p.routing_key)]
@@ -272,6 +327,8 @@ def test_mixed_delayed(pool: Pool, record_property: Callable[[str, object], None
                            "from both producers, run when due")
 @pytest.mark.skip_on("redis", reason="an AMQP setting (amqp.delayed_queue): on Redis every "
                                      "ETA goes to delayed_tasks")
+@pytest.mark.skip_on("sqs+dynamodb", reason="an AMQP setting (amqp.delayed_queue): on SQS every "
+                                            "ETA is the message's DelaySeconds")
 def test_delayed_queue(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack],
                        tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     """With ``delayed_queue`` set, Go puts every delayed task into that one queue
@@ -370,13 +427,16 @@ def handovers(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack],
     try:
         for h in out.values():
             if h.first == "py":
-                h.worker = h.py.app.worker(concurrency=1, poll_timeout=0.1,
+                h.worker = h.py.app.worker(concurrency=1, poll_timeout=h.stack.poll_timeout,
                                            delayed_poll_interval=0.05).start()
             else:
                 h.go = h.stack.go_worker(concurrency=1, delayed_poll_ms=50,
                                          log_dir=log_dir).start()
+            # SQS truncates DelaySeconds: the first retry (1 s) would be sent with 0 and the
+            # first side could take it before it stops; start the Fibonacci delays at 3 s
             h.uuid = h.py.app.send_task("fail_n_times", args=[f"rx-{h.stack.queue}", 2],
-                                        retry_count=3).id
+                                        retry_count=3,
+                                        retry_timeout=2 if h.stack.sqs_broker else 0).id
 
         def first_done(h: Handover) -> bool:
             if h.first == "py":
@@ -423,7 +483,7 @@ def handovers(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack],
                 h.go = h.stack.go_worker(concurrency=1, delayed_poll_ms=50,
                                          log_dir=log_dir).start()
             else:
-                h.worker = h.py.app.worker(concurrency=1, poll_timeout=0.1,
+                h.worker = h.py.app.worker(concurrency=1, poll_timeout=h.stack.poll_timeout,
                                            delayed_poll_interval=0.05).start()
 
         def finished(h: Handover) -> bool:
@@ -434,7 +494,16 @@ def handovers(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack],
             return len(h.py.executions.for_uuid(h.uuid)) >= 2 + sum(
                 1 for side, _ in h.runs if side == "py")
 
-        wait_for(lambda: all(finished(h) for h in out.values()), 20, "both hand-overs")
+        try:
+            wait_for(lambda: all(finished(h) for h in out.values()), 20, "both hand-overs")
+        except AssertionError as e:
+            state = {h.first: (h.runs, [r.retry_count for r in
+                                         h.py.executions.for_uuid(h.uuid)],
+                               [ev["retry_count"] for ev in h.go.tasks(h.uuid)] if h.go
+                               else None, h.py.app.AsyncResult(h.uuid).state)
+                     for h in out.values()}
+            raise AssertionError(f"{e}: (runs so far, Python runs, Go runs, state) per first "
+                                 f"side: {state}") from None
         for h in out.values():
             if h.first == "py":  # read by the other side: Python reads what Go stored
                 assert h.go is not None
@@ -446,8 +515,12 @@ def handovers(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack],
             else:  # Go reads what Python stored
                 h.runs += [("py", r.retry_count) for r in h.py.executions.for_uuid(h.uuid)]
                 (line,) = h.stack.produce([{"read": h.uuid, "timeout_ms": 10000}])
-                h.value = (int(line["results"][0]["value"])
-                           if (line["state"], line["error"]) == ("SUCCESS", "") else line)
+                if h.stack.dynamodb_backend:  # Go reads no int64 from DynamoDB: Python does
+                    assert (line["state"], line["error"]) == ("SUCCESS", "3 is not int64"), line
+                    h.value = AsyncResult(h.uuid, h.py.app.backend).get(timeout=10)
+                else:
+                    h.value = (int(line["results"][0]["value"])
+                               if (line["state"], line["error"]) == ("SUCCESS", "") else line)
         yield out
     finally:
         for h in out.values():
