@@ -96,6 +96,10 @@ class Broker(abc.ABC):
         cannot (this default); the worker then keeps them and re-queues them later."""
         return False
 
+    def dead_letter_place(self, queue: str) -> str:
+        """Where :meth:`dead_letter` keeps unusable messages taken from ``queue``."""
+        return f"{queue}.dead"
+
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> str:
         """Keep an unusable message where a user can find it; returns that place's name."""

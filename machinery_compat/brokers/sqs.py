@@ -603,6 +603,9 @@ class SQSBroker(Broker):
         self._set_visibility(deliveries, seconds, f"hand back in {wanted} s")
         return True
 
+    def dead_letter_place(self, queue: str) -> str:
+        return dead_letter_queue(queue)
+
     def dead_letter(self, delivery: Delivery, reason: str) -> str:
         """Send the bytes to ``<queue>-dead`` (created when missing) with the message attribute
         ``reason``, then delete the message; returns that queue's name."""

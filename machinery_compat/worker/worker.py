@@ -633,9 +633,10 @@ class Worker:
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.outcomes["dead_lettered"] += 1
-        logger.error("unusable message on %s moved to %s.dead: %s; raw=%s", delivery.queue,
-                     delivery.queue, reason, excerpt(delivery.body))
-        self._settle(delivery, lambda: self.app.broker.dead_letter(delivery, reason),
+        broker = self.app.broker
+        logger.error("unusable message on %s moved to %s: %s; raw=%s", delivery.queue,
+                     broker.dead_letter_place(delivery.queue), reason, excerpt(delivery.body))
+        self._settle(delivery, lambda: broker.dead_letter(delivery, reason),
                      f"dead-letter a message from {delivery.queue}")
 
     def _not_registered(self, delivery: Delivery, sig: Signature) -> None:
@@ -899,6 +900,8 @@ class Worker:
         (type, module, traceback: see :mod:`machinery_compat.backends.base`).  The error
         handler and ``task_failure`` get ``exc``, else ``cause``, else a :class:`TaskFailed`
         with the error text."""
+        if delivery is not None:  # a broker may keep such a message (SQS: StopTaskDeletionOnError)
+            delivery.extra["failed"] = True
         state = TaskState(sig.uuid, FAILURE, error=error)
         if exc is None:
             with self._acking(delivery, not sig.on_error):

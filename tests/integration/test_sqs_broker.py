@@ -676,9 +676,6 @@ def _run_failing_task_with_stop_task_deletion(
     return runs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs a worker change: Worker._fail must mark the delivery (delivery.extra['failed'] = "
-    "True) so that the SQS broker's ack keeps a failed StopTaskDeletionOnError task, as Go"))
 def test_stop_task_deletion_on_error_through_the_worker(
         make_app: Callable[..., Machinery], start_worker: Callable[..., Worker],
         make_queue: Callable[..., str]) -> None:
