@@ -30,6 +30,12 @@
 Each test carries ``@pytest.mark.matrix(direction, case)``; at session end the outcomes are
 written to ``interop/RESULTS.md`` (only when interop tests actually ran and none were
 deselected, so a partial run never overwrites the full table).
+
+``--interop-kinds sqs+dynamodb,sqs+redis`` runs the matrix on those kinds only (every cell of
+them: the parametrization is restricted, nothing is deselected; the tests outside the
+matrix do not run): RESULTS.md then gets those kinds' sections replaced (or added), keeps
+the other kinds' sections of the last run, and the header's totals are summed over every
+section.
 """
 
 from __future__ import annotations
@@ -81,6 +87,24 @@ RESULTS_PATH = INTEROP / "RESULTS.md"
 N_DATABASES = 64
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--interop-kinds", default="",
+        help="run the interop matrix on these broker/backend kinds only (comma-separated, of "
+             f"{', '.join(KINDS)}); RESULTS.md gets their sections replaced")
+
+
+def _selected_kinds(config: pytest.Config) -> tuple[str, ...] | None:
+    text = str(config.getoption("--interop-kinds", default="") or "")
+    if not text:
+        return None
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise pytest.UsageError(f"--interop-kinds: unknown {sorted(unknown)}; known: {KINDS}")
+    return kinds
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "matrix(direction, case): one cell of the interop matrix (interop/RESULTS.md)"
@@ -97,6 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     global _STATE
     _STATE = _State()
+    _STATE.only_kinds = _selected_kinds(config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -107,7 +132,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise pytest.UsageError(f"unknown interop kinds {sorted(unknown)}; known: {KINDS}")
-    specs = [s for s in STACKS if s.kind in kinds]
+    only = _selected_kinds(metafunc.config)
+    specs = [s for s in STACKS if s.kind in kinds and (only is None or s.kind in only)]
     metafunc.parametrize("stack_spec", specs, ids=[s.id for s in specs], indirect=True,
                          scope="module")
 
@@ -279,6 +305,8 @@ class _State:
         self.outcomes: dict[str, str] = {}
         self.deselected_interop = 0
         self.started = time.monotonic()
+        self.only_kinds: tuple[str, ...] | None = None  # --interop-kinds
+        self.modules: set[Path] = set()  # modules with interop items, before --interop-kinds
 
 
 _STATE = _State()
@@ -290,6 +318,14 @@ def _is_ours(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     st = _STATE
+    st.modules |= {Path(str(i.path)).resolve() for i in items if _is_ours(i)}
+    if st.only_kinds is not None:
+        # only the matrix on those kinds: tests outside the matrix, and matrix tests left
+        # without a column (pytest's "empty parameter set"), are not part of this run
+        items[:] = [i for i in items if not _is_ours(i) or (
+            i.get_closest_marker("matrix") is not None
+            and isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("stack_spec"),
+                           StackSpec))]
     ours = [i for i in items if _is_ours(i)]
     # definition order (pytest may have regrouped items by module-scoped parameters)
     ours.sort(key=lambda i: (str(i.path), i.reportinfo()[1] or 0))
@@ -384,11 +420,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     ran = [o for o in st.outcomes.values() if o in ("passed", "failed")]
     if not ran or st.deselected_interop or session.config.option.collectonly:
         return
-    collected = {Path(str(i.path)).resolve() for i in session.items if _is_ours(i)}
-    if {p.resolve() for p in HERE.glob("test_*.py")} - collected:
+    if {p.resolve() for p in HERE.glob("test_*.py")} - st.modules:
         return  # only some modules ran: a partial table must not replace the full one
     try:
-        RESULTS_PATH.write_text(_render(st), encoding="utf-8")
+        old = RESULTS_PATH.read_text(encoding="utf-8") if st.only_kinds is not None else None
+    except OSError:
+        old = None
+    try:
+        RESULTS_PATH.write_text(_render(st, old), encoding="utf-8")
     except OSError as e:  # pragma: no cover
         sys.stderr.write(f"could not write {RESULTS_PATH}: {e}\n")
 
@@ -438,7 +477,35 @@ def _kind_flavours(kind: str) -> list[str]:
     return [s.flavour for s in STACKS if s.kind == kind]
 
 
-def _render(st: _State) -> str:
+_COUNTS = re.compile(r"(\d+) / (\d+) / (\d+) / (\d+)")
+
+
+def _split_sections(text: str) -> dict[str, list[str]]:
+    """A RESULTS.md's ``## `` sections, by title (each with its heading line)."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = out.setdefault(line[3:].strip(), [])
+        if current is not None:
+            current.append(line)
+    return out
+
+
+def _section_totals(lines: list[str]) -> dict[str, int]:
+    """passed / failed / skipped / known bug summed over a kind section's per-flavour table."""
+    total = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0}
+    for line in lines:
+        if line.startswith("| "):
+            for m in _COUNTS.finditer(line):
+                for key, n in zip(total, m.groups(), strict=True):
+                    total[key] += int(n)
+    return total
+
+
+def _render(st: _State, old: str | None = None) -> str:
+    """RESULTS.md for this run; with ``old`` (a ``--interop-kinds`` run), the other kinds'
+    sections are kept from it and the header's totals summed over every section."""
     counts: dict[tuple[str, str, str], dict[str, int]] = {}
     grid: dict[tuple[str, str, str, str], str | None] = {}
     for nodeid, (direction, case, kind, flv) in st.cells.items():
@@ -449,25 +516,53 @@ def _render(st: _State) -> str:
         if outcome in c:
             c[outcome] += 1
     v = _versions()
-    ex = list(st.extra.values())
-    extra = (f"{len(ex)} other test(s) in interop/tests (regressions): "
-             f"{ex.count('passed')} passed, {ex.count('failed')} failed, "
-             f"{ex.count('skipped')} skipped")
-    total = {k: sum(c[k] for c in counts.values())
-             for k in ("passed", "failed", "skipped", "xfailed")}
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    elapsed = time.monotonic() - st.started
     kinds = [k for k in KINDS if any(key[2] == k for key in grid)]
+    how = ("a full run" if st.only_kinds is None
+           else f"`--interop-kinds {','.join(st.only_kinds)}`")
+    sections = {KIND_TITLES[k]: _render_kind(st, k, grid, counts, f"{now}, {how}, "
+                                             f"{elapsed:.0f} s for {', '.join(kinds)}")
+                for k in kinds}
+    old_sections = _split_sections(old) if old is not None else {}
+    for section in old_sections.values():
+        while section and not section[-1].strip():
+            section.pop()
+    ordered = [sections.get(t) or old_sections.get(t) for t in (KIND_TITLES[k] for k in KINDS)]
+    body = [s for s in ordered if s]
+    total = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0}
+    for section in body:
+        for key, n in _section_totals(section).items():
+            total[key] += n
+    old_head = (old or "").split("\n## ", 1)[0]
     rabbit = (f"; RabbitMQ {st.rabbitmq_version} ({v['py-amqp']} on the Python side, "
               f"amqp091-go `{v['amqp091-go']}` on the Go side)" if st.rabbitmq_version else "")
+    if not rabbit and old is not None:  # (this run did not start RabbitMQ)
+        m = re.search(r"; RabbitMQ [^;]*?amqp091-go `[^`]*` on the Go side\)", old_head)
+        rabbit = m.group(0) if m else ""
     aws = (f"; {st.aws_version} (Go v1: aws-sdk-go `{v['aws-sdk-go']}`, Go v2: aws-sdk-go-v2 "
            f"`{v['aws-sdk-go-v2']}`, sqs `{v['aws-sdk-go-v2 sqs']}`, dynamodb "
            f"`{v['aws-sdk-go-v2 dynamodb']}`)" if st.aws_version else "")
+    if st.only_kinds is None:
+        ex = list(st.extra.values())
+        extra = (f"{len(ex)} other test(s) in interop/tests (regressions): "
+                 f"{ex.count('passed')} passed, {ex.count('failed')} failed, "
+                 f"{ex.count('skipped')} skipped")
+        date = f"* Date: {now}; {elapsed:.0f} s"
+    else:
+        m = re.search(r"\d+ other test\(s\) in interop/tests[^;\n]*?skipped", old_head)
+        extra = f"{m.group(0)} (last full run)" if m else "other tests: not run"
+        m = re.search(r"^\* Date: ([^;\n]*)", old_head, re.M)
+        date = (f"* Date: {now} ({', '.join(st.only_kinds)} only"
+                + (f"; the last full run: {m.group(1).split(' (')[0]}" if m else "") + ")")
     lines = [
         "# Interop results: Go Machinery ⇄ machinery_compat on Redis, RabbitMQ and AWS (moto)",
         "",
-        "Generated by `interop/tests/conftest.py` from the outcomes of the last full run of",
-        "`python -m pytest interop/tests` (do not edit by hand).",
+        "Generated by `interop/tests/conftest.py` from the outcomes of the last run of",
+        "`python -m pytest interop/tests` per kind — a full run, or `--interop-kinds …` for the",
+        "kinds it names (each section says which) — (do not edit by hand).",
         "",
-        f"* Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        date,
         f"* Machinery: v1 `{v['Machinery v1']}` (flavour `v1`), v2 `{v['Machinery v2']}` "
         f"(flavours `v2-redigo`, `v2-goredis` with go-redis `{v['go-redis']}`, and `v2` "
         "= no Redis client involved)",
@@ -475,7 +570,7 @@ def _render(st: _State) -> str:
         f"Python {v['Python']}",
         f"* Outcome: {total['passed']} passed, {total['failed']} failed, {total['skipped']} "
         f"skipped, {total['xfailed']} known machinery_compat bug(s) (strict xfail) of "
-        f"{sum(total.values())} matrix cells; {extra} in {time.monotonic() - st.started:.0f} s",
+        f"{sum(total.values())} matrix cells; {extra}",
         "",
         "Directions: **Py→Go** = Python producer, Go worker (results read by Python's",
         "`AsyncResult` and by Go's `AsyncResult` via `mcproducer`); **Go→Py** = Go producer",
@@ -488,43 +583,50 @@ def _render(st: _State) -> str:
         "Go worker stored, Go reads what the Python worker stored); the bytes of every state",
         "message are checked from RabbitMQ's firehose.",
     ]
-    for kind in kinds:
-        flavours = _kind_flavours(kind)
-        columns = [(d, f) for d in DIRECTIONS for f in flavours
-                   if any(k[0] == d and k[2] == kind and k[3] == f for k in grid)]
-        cases = [c for c in st.order if any(k[1] == c and k[2] == kind for k in grid)]
-        lines += ["", f"## {KIND_TITLES[kind]}", "",
-                  "| case | " + " | ".join(f"{_SHORT.get(d, d)} {f}" for d, f in columns) + " |",
-                  "|---|" + "|".join(":-:" for _ in columns) + "|"]
-        for case in cases:
-            row = [_ICON[grid[(d, case, kind, f)]] if (d, case, kind, f) in grid else ""
-                   for d, f in columns]
-            lines.append(f"| {case} | " + " | ".join(row) + " |")
-        lines += ["", "Per flavour and direction (passed / failed / skipped / known bug):", "",
-                  "| direction | " + " | ".join(flavours) + " |",
-                  "|---|" + "|".join(":-:" for _ in flavours) + "|"]
-        for d in DIRECTIONS:
-            cells = []
-            for f in flavours:
-                c = counts.get((d, kind, f))
-                cells.append(f"{c['passed']} / {c['failed']} / {c['skipped']} / {c['xfailed']}"
-                             if c else "")
-            if any(cells):
-                lines.append(f"| {_SHORT.get(d, d)} | " + " | ".join(cells) + " |")
-        reasons = sorted((case, r) for (k, case), r in st.skip_reasons.items() if k == kind)
-        if reasons:
-            lines += ["", "Skipped here by design:", ""]
-            lines += [f"* {case}: {r}" for case, r in reasons]
-        bugs = sorted((case, r) for (k, case), r in st.bug_reasons.items() if k == kind)
-        if bugs:
-            lines += ["", "Known machinery_compat bugs (strict xfail):", ""]
-            lines += [f"* {case}: {r}" for case, r in bugs]
-        notes = [(case, flv, note) for (_d, case, k, flv), note in st.notes if k == kind]
-        if notes:
-            lines += ["", "Observed in this run:", ""]
-            lines += [f"* {case} [{flv}]: {note}" for case, flv, note in notes]
+    for section in body:
+        lines += ["", *section]
     lines += ["", NOT_IN_MATRIX.strip(), ""]
     return "\n".join(lines)
+
+
+def _render_kind(st: _State, kind: str, grid: dict[tuple[str, str, str, str], str | None],
+                 counts: dict[tuple[str, str, str], dict[str, int]], run: str) -> list[str]:
+    """One kind's section of RESULTS.md (its heading first, trailing blank lines dropped)."""
+    flavours = _kind_flavours(kind)
+    columns = [(d, f) for d in DIRECTIONS for f in flavours
+               if any(k[0] == d and k[2] == kind and k[3] == f for k in grid)]
+    cases = [c for c in st.order if any(k[1] == c and k[2] == kind for k in grid)]
+    lines = [f"## {KIND_TITLES[kind]}", "", f"Run: {run}.", "",
+             "| case | " + " | ".join(f"{_SHORT.get(d, d)} {f}" for d, f in columns) + " |",
+             "|---|" + "|".join(":-:" for _ in columns) + "|"]
+    for case in cases:
+        row = [_ICON[grid[(d, case, kind, f)]] if (d, case, kind, f) in grid else ""
+               for d, f in columns]
+        lines.append(f"| {case} | " + " | ".join(row) + " |")
+    lines += ["", "Per flavour and direction (passed / failed / skipped / known bug):", "",
+              "| direction | " + " | ".join(flavours) + " |",
+              "|---|" + "|".join(":-:" for _ in flavours) + "|"]
+    for d in DIRECTIONS:
+        cells = []
+        for f in flavours:
+            c = counts.get((d, kind, f))
+            cells.append(f"{c['passed']} / {c['failed']} / {c['skipped']} / {c['xfailed']}"
+                         if c else "")
+        if any(cells):
+            lines.append(f"| {_SHORT.get(d, d)} | " + " | ".join(cells) + " |")
+    reasons = sorted((case, r) for (k, case), r in st.skip_reasons.items() if k == kind)
+    if reasons:
+        lines += ["", "Skipped here by design:", ""]
+        lines += [f"* {case}: {r}" for case, r in reasons]
+    bugs = sorted((case, r) for (k, case), r in st.bug_reasons.items() if k == kind)
+    if bugs:
+        lines += ["", "Known machinery_compat bugs (strict xfail):", ""]
+        lines += [f"* {case}: {r}" for case, r in bugs]
+    notes = [(case, flv, note) for (_d, case, k, flv), note in st.notes if k == kind]
+    if notes:
+        lines += ["", "Observed in this run:", ""]
+        lines += [f"* {case} [{flv}]: {note}" for case, flv, note in notes]
+    return lines
 
 
 NOT_IN_MATRIX = """
