@@ -18,15 +18,18 @@ properties and body encoding).
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from struct import pack
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -74,7 +77,7 @@ def _install_long_fields() -> None:
 
     def write_item(v: Any, write: Callable[[bytes], Any], bits: Any) -> None:
         if type(v) is Long:
-            write(pack(">cq", b"l", int(v)))
+            write(struct.pack(">cq", b"l", int(v)))
         else:
             original(v, write, bits)
 
@@ -156,11 +159,145 @@ def amqp_config(config: Config) -> AMQPConfig:
 
 # -- connections --------------------------------------------------------------------------
 
+#: How many bytes one ``recv`` of a plain AMQP connection asks for (it gets what is there).
+READ_CHUNK = 64 * 1024
+_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size
+_FRAME_END = 0xCE
+#: ``recv`` flag for one non-blocking read on a blocking socket (0: not available here)
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+#: errors of a read that found nothing (py-amqp's ``_UNAVAIL``): the connection lives on
+_UNAVAIL = frozenset({errno.EAGAIN, errno.EINTR, errno.ENOENT, errno.EWOULDBLOCK})
+
+
 def _kombu_transports() -> tuple[type[Any], type[Any]]:
-    """kombu pyamqp transports (plain, TLS) whose TLS side wraps sockets with an
-    :class:`ssl.SSLContext` (Go's ``TLSConfig``); py-amqp itself only takes option dicts."""
+    """kombu pyamqp transports (plain, TLS).  The TLS side wraps sockets with an
+    :class:`ssl.SSLContext` (Go's ``TLSConfig``; py-amqp itself only takes option dicts); the
+    plain side reads in chunks (``_BufferedTCPTransport``)."""
+    from amqp.exceptions import UnexpectedFrame
     from amqp.transport import SSLTransport as AmqpSSLTransport
+    from amqp.transport import TCPTransport as AmqpTCPTransport
     from kombu.transport import pyamqp
+
+    class _BufferedTCPTransport(AmqpTCPTransport):  # type: ignore[misc]
+        """py-amqp's TCP transport, reading whatever the socket holds (up to
+        :data:`READ_CHUNK`) in one ``recv``, and waiting for a frame without changing the
+        socket's blocking mode.
+
+        py-amqp's own transport receives exactly the bytes it parses next: three ``recv``
+        calls a frame (header, payload, frame-end octet), each preceded by a ``poll`` while a
+        timeout is set, and every ``blocking_read`` with a timeout switches the socket to
+        non-blocking and back (two ``ioctl`` calls): about 25 system calls for one delivered
+        message, each one releasing and re-taking the GIL, which a worker's busy threads make
+        expensive; every publish also tries a read with timeout 0 (for ``connection.blocked``)
+        at the price of three.  Here a frame already received is parsed without a system call,
+        and :meth:`read_frame_within` (what ``_Connection.blocking_read`` uses when given a
+        timeout) receives with ``MSG_DONTWAIT`` and waits in ``poll`` when nothing is there.
+
+        The unread bytes stay in ``_read_buffer`` (a ``bytearray``, whose front is dropped in
+        place), where py-amqp and the consumer look for them.
+        """
+
+        _poller: Any = None
+
+        def _setup_transport(self) -> None:
+            super()._setup_transport()
+            self._read_buffer = bytearray()
+            self._poller = None
+
+        def _buffer(self) -> bytearray:
+            buf = self._read_buffer
+            if type(buf) is not bytearray:  # py-amqp put bytes back after a timeout
+                buf = self._read_buffer = bytearray(buf)
+            return buf
+
+        def _buffered_frame(self) -> tuple[int, int, bytes] | None:
+            """The next frame, taken from the buffer if it holds all of it."""
+            buf = self._read_buffer
+            if len(buf) < 7:
+                return None
+            frame_type, channel, size = _FRAME_HEADER.unpack_from(buf)
+            end = 7 + size
+            if len(buf) <= end:
+                return None
+            buf = self._buffer()
+            if buf[end] != _FRAME_END:
+                raise UnexpectedFrame(f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+            payload = bytes(buf[7:end])
+            del buf[:end + 1]
+            return frame_type, channel, payload
+
+        def read_frame(self, unpack: Any = struct.unpack) -> tuple[int, int, bytes]:
+            frame = self._buffered_frame()
+            if frame is None:
+                frame = super().read_frame(unpack)
+            return frame
+
+        def can_wait_itself(self) -> bool:
+            """:meth:`read_frame_within` works here (a blocking socket, ``MSG_DONTWAIT``)."""
+            return bool(_DONTWAIT) and self.sock is not None and self.sock.gettimeout() is None
+
+        def read_frame_within(self, timeout: float) -> tuple[int, int, bytes]:
+            """The next frame, within ``timeout`` seconds (else ``socket.timeout``, the bytes
+            of a partial frame kept): parsed from the buffer, else from what one non-blocking
+            ``recv`` brings, else after ``poll`` says the socket is readable."""
+            sock = self.sock
+            buf = self._buffer()
+            deadline = 0.0
+            while True:
+                frame = self._buffered_frame()
+                if frame is not None:
+                    return frame
+                try:
+                    chunk = sock.recv(READ_CHUNK, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    chunk = None
+                except OSError as exc:
+                    if exc.errno not in _UNAVAIL:
+                        self.connected = False
+                    raise
+                if chunk is not None:
+                    if not chunk:
+                        self.connected = False
+                        raise OSError("Server unexpectedly closed connection")
+                    buf = self._buffer()
+                    buf += chunk
+                    continue
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + timeout
+                if now >= deadline or not self._readable(deadline - now):
+                    raise TimeoutError("timed out")
+
+        def _readable(self, seconds: float) -> bool:
+            poller = self._poller
+            if poller is None:
+                if not hasattr(select, "poll"):
+                    return bool(select.select([self.sock], [], [], seconds)[0])
+                poller = self._poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(max(1, math.ceil(seconds * 1000))))
+
+        def _read(self, n: int, initial: bool = False,
+                  _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)) -> bytes:
+            """Exactly ``n`` bytes: from the buffer, receiving more (as much as has arrived,
+            at least what is missing) while it holds fewer."""
+            buf = self._buffer()
+            recv = self._quick_recv
+            while len(buf) < n:
+                try:
+                    chunk = recv(max(n - len(buf), READ_CHUNK))
+                except OSError as exc:
+                    if exc.errno in _errnos:
+                        if initial and self.raise_on_initial_eintr:
+                            raise TimeoutError() from exc
+                        continue
+                    raise
+                if not chunk:
+                    raise OSError("Server unexpectedly closed connection")
+                buf += chunk
+            result = bytes(buf[:n])
+            del buf[:n]
+            return result
 
     class _ContextSSLTransport(AmqpSSLTransport):  # type: ignore[misc]
         def _wrap_socket(self, sock: socket.socket, context: Any = None, **opts: Any) -> Any:
@@ -178,8 +315,20 @@ def _kombu_transports() -> tuple[type[Any], type[Any]]:
                                             read_timeout=read_timeout,
                                             write_timeout=write_timeout,
                                             socket_settings=socket_settings, **kwargs)
+            if not ssl and not os.environ.get('MC_NOBUF'):  # TEMP-AB
+                return _BufferedTCPTransport(host, connect_timeout=connect_timeout,
+                                             read_timeout=read_timeout,
+                                             write_timeout=write_timeout,
+                                             socket_settings=socket_settings, **kwargs)
             return super().Transport(host, connect_timeout, ssl, read_timeout,
                                      write_timeout, socket_settings, **kwargs)
+
+        def blocking_read(self, timeout: Any = None) -> Any:
+            transport = self.transport
+            if (timeout is not None and isinstance(transport, _BufferedTCPTransport)
+                    and transport.can_wait_itself()):
+                return self.on_inbound_frame(transport.read_frame_within(timeout))
+            return super().blocking_read(timeout)
 
     class _Transport(pyamqp.Transport):  # type: ignore[misc]
         Connection = _Connection
