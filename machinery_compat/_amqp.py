@@ -315,7 +315,7 @@ def _kombu_transports() -> tuple[type[Any], type[Any]]:
                                             read_timeout=read_timeout,
                                             write_timeout=write_timeout,
                                             socket_settings=socket_settings, **kwargs)
-            if not ssl and not os.environ.get('MC_NOBUF'):  # TEMP-AB
+            if not ssl:
                 return _BufferedTCPTransport(host, connect_timeout=connect_timeout,
                                              read_timeout=read_timeout,
                                              write_timeout=write_timeout,
