@@ -1007,6 +1007,28 @@ def receive_message(self, queue_name, *args, **kwargs):
 
 
 models.SQSBackend.receive_message = receive_message
+
+# moto's threaded server checks a DynamoDB condition and then writes with nothing in between,
+# so two racing conditional writes can both succeed; DynamoDB serializes writes to an item.
+import threading
+from moto.dynamodb import models as dynamodb_models
+
+_dynamodb_writes = threading.RLock()
+
+
+def _serialized(name):
+    original = getattr(dynamodb_models.DynamoDBBackend, name)
+
+    def write(self, *args, **kwargs):
+        with _dynamodb_writes:
+            return original(self, *args, **kwargs)
+
+    setattr(dynamodb_models.DynamoDBBackend, name, write)
+
+
+for _name in ("put_item", "update_item", "delete_item", "transact_write_items",
+              "batch_write_item"):
+    _serialized(_name)
 from moto.server import main
 
 sys.exit(main(sys.argv[1:]))
@@ -1016,7 +1038,8 @@ sys.exit(main(sys.argv[1:]))
 class MotoServer(_ServerProcess):
     """A private ``moto`` server (``python -m moto.server``) on a free loopback port,
     serving every AWS service moto emulates (SQS, DynamoDB, ...) at :attr:`endpoint_url`.
-    Its SQS ReceiveMessage is made atomic per queue (see :data:`_MOTO_BOOTSTRAP`).
+    Its SQS ReceiveMessage is made atomic per queue and its DynamoDB writes are serialized,
+    as on AWS (see :data:`_MOTO_BOOTSTRAP`).
 
     * ``start()`` launches it and waits until ``/moto-api/`` answers; after ``stop()`` it
       starts again on the *same* port (with no state: moto keeps everything in memory).

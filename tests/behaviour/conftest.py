@@ -66,6 +66,7 @@ import pytest
 from machinery_compat import Machinery, Signature
 from machinery_compat.backends import memory as memory_backend
 from machinery_compat.backends.amqp import AMQPBackend
+from machinery_compat.backends.dynamodb import DynamoDBBackend
 from machinery_compat.brokers import memory as memory_broker
 from machinery_compat.brokers.amqp import MIN_DELAY_MS, AMQPBroker
 from machinery_compat.brokers.base import Delivery
@@ -77,9 +78,10 @@ from tests.helpers import wait_for
 __all__ = ["DEFAULT_KINDS", "KINDS", "Probe", "StartWorker", "wait_for"]
 
 #: Every broker+backend combination the behaviour suite knows.
-KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis", "sqs+redis")
+KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis", "sqs+redis", "sqs+dynamodb",
+         "memory+dynamodb")
 #: What a test runs over unless marked ``mixed`` or ``kinds(...)``.
-DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis")
+DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis", "sqs+dynamodb")
 
 #: SQS kinds: the moto region their queues live in (nothing else uses it: the queues there are
 #: deleted before each test), the account of the broker URL, and the queues the behaviour
@@ -144,6 +146,28 @@ SQS_LIMITS: dict[str, str] = {
 }
 
 
+_DYNAMODB_TTL = ("Go's DynamoDB backend stores TTL = now + results_expire_in on SUCCESS and "
+                 "FAILURE (the TaskState's TTL field, 0 elsewhere), so the state's JSON differs "
+                 "in \"TTL\" (see tests/integration/test_dynamodb_backend.py)")
+#: Behaviour tests that check what the DynamoDB backend does differently, by Go's design:
+#: test name -> why.  Their ``*+dynamodb`` params are reported as skipped with the reason.
+DYNAMODB_LIMITS: dict[str, str] = {
+    "test_merge_keeps_task_name_and_created_at": _DYNAMODB_TTL,
+    "test_go_produced_message_final_state_byte_for_byte": _DYNAMODB_TTL,
+    "test_failure_state_and_error_text": _DYNAMODB_TTL,
+    "test_failure_state_bytes_stay_go_exact_and_record_beside_them": _DYNAMODB_TTL,
+    "test_received_without_prior_state": (
+        _DYNAMODB_TTL + "; and a task without results leaves Results null (Go's UpdateItem "
+        "sets Results only when there are some), not []"),
+    "test_results_typed_for_go_readers": (
+        "Go's DynamoDB backend stores result values as %v strings: a map comes back as the "
+        "string 'map[k:[1 2]]' (see machinery_compat/protocol/gofmt.py)"),
+    "test_results_expire_after_results_expire_in": (
+        "DynamoDB deletes expired items in the background (within days; moto never), and "
+        "Go's PENDING has TTL 0 (never expires)"),
+}
+
+
 def _kind_param(kind: str, test_name: str) -> Any:
     limit = AMQP_LIMITS.get(test_name)
     if limit is not None:
@@ -153,6 +177,9 @@ def _kind_param(kind: str, test_name: str) -> Any:
             return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {why}"))
     if kind.split("+")[0] == "sqs" and test_name in SQS_LIMITS:
         return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {SQS_LIMITS[test_name]}"))
+    if kind.split("+")[-1] == "dynamodb" and test_name in DYNAMODB_LIMITS:
+        return pytest.param(kind, marks=pytest.mark.skip(
+            reason=f"{kind}: {DYNAMODB_LIMITS[test_name]}"))
     return kind
 
 
@@ -186,7 +213,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if "amqp" in kind:
             item.add_marker(pytest.mark.rabbitmq)
-        if "sqs" in kind:
+        if "sqs" in kind or "dynamodb" in kind:
             item.add_marker(pytest.mark.aws)
 
 
@@ -212,6 +239,8 @@ def _url_for(side: str, request: pytest.FixtureRequest, memory_name: str) -> str
         url = request.getfixturevalue("_sqs_queues")
     elif side == "amqp":
         url = request.getfixturevalue("rabbitmq_vhost_url")  # one vhost per test
+    elif side == "dynamodb":
+        url = "https://dynamodb.us-east-1.amazonaws.com"  # selects the backend, as Go v1's factory
     else:
         url = f"memory://{memory_name}"
     return url
@@ -271,7 +300,29 @@ def _record_sqs_sends(app: Machinery, sent: list[tuple[bytes, int]]) -> None:
 
 
 @pytest.fixture
-def make_app(broker_url: str, backend_url: str,
+def dynamodb_config(app_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """dynamodb kinds: a DynamoDB section on the session moto server with tables of this test's
+    own (created as Go expects them, deleted afterwards); ``None`` for other kinds."""
+    if app_kind.split("+")[-1] != "dynamodb":
+        yield None
+        return
+    from machinery_compat.backends.dynamodb import create_tables
+    from machinery_compat.config import DynamoDBConfig
+
+    moto = request.getfixturevalue("moto_server")
+    suffix = uuid.uuid4().hex[:12]
+    cfg = DynamoDBConfig(task_states_table=f"task_states_{suffix}",
+                         group_metas_table=f"group_metas_{suffix}",
+                         endpoint_url=request.getfixturevalue("moto_endpoint"), region=moto.region)
+    create_tables(cfg)
+    yield cfg
+    client = moto.client("dynamodb")
+    for table in (cfg.task_states_table, cfg.group_metas_table):
+        client.delete_table(TableName=table)
+
+
+@pytest.fixture
+def make_app(broker_url: str, backend_url: str, dynamodb_config: Any,
              _sqs_sent: list[tuple[bytes, int]]) -> Iterator[Callable[..., Machinery]]:
     apps: list[Machinery] = []
 
@@ -283,6 +334,8 @@ def make_app(broker_url: str, backend_url: str,
         sqs = broker_url.startswith("http")
         if sqs and "config" not in kwargs:
             kwargs["config"] = Config(sqs=SQSConfig(region=SQS_REGION))
+        if dynamodb_config is not None:
+            kwargs.setdefault("config", Config()).dynamodb = dynamodb_config
         a = Machinery(broker=broker_url, result_backend=backend_url, **kwargs)
         if sqs:
             _record_sqs_sends(a, _sqs_sent)
@@ -419,6 +472,8 @@ class Probe:
                 return bodies[-1]
             seen = self.backend.last_consumed(uuid)
             return seen.to_json() if seen is not None else None
+        if isinstance(self.backend, DynamoDBBackend):
+            return self.backend.raw(uuid)
         client = self._redis(self.backend)
         if client is not None:
             raw: bytes | None = client.get(uuid)
@@ -430,6 +485,9 @@ class Probe:
         """Store raw bytes under a task or group UUID, as a Go worker would write them."""
         if isinstance(self.backend, AMQPBackend):
             self.backend._publish(uuid, body, f"test state of {uuid}")
+            return
+        if isinstance(self.backend, DynamoDBBackend):
+            self.backend.store_raw(uuid, body)
             return
         client = self._redis(self.backend)
         if client is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from machinery_compat import Machinery, Signature
 
-from .conftest import Probe, StartWorker, wait_for
+from .conftest import KINDS, Probe, StartWorker, wait_for
 
 
 @pytest.mark.mixed
@@ -18,7 +18,7 @@ def test_app_worker_and_probe(app: Machinery, app_kind: str, probe: Probe, start
     def add(*nums: int) -> int:
         return sum(nums)
 
-    assert app_kind in ("redis", "memory", "redis+memory", "amqp", "amqp+redis", "sqs+redis")
+    assert app_kind in KINDS
     res = app.send_task("add", args=[1, 2])
     assert [s.uuid for s in probe.pending()] == [res.id]
     assert Signature.from_json(probe.messages()[0]).uuid == res.id
