@@ -1,6 +1,7 @@
-"""Every ```python block in README.md runs as printed and prints what the README says.
+"""Every ```python block in README.md and docs/*.md runs as printed and prints what the
+page says.
 
-Conventions (README.md):
+Conventions (README.md, docs/*.md):
 
 * a ```python block is run as a script in a fresh interpreter, with ``REDIS_URL`` set to the
   session redis-server; it must exit 0;
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<reason>\S.*?)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>\S*)\s*$")
 
@@ -58,6 +61,7 @@ def fenced_blocks(text: str) -> list[Block]:
 
 @dataclass(frozen=True)
 class Example:
+    page: str  # path relative to the repository
     line: int
     code: str
     expected: str | None  # None: the README shows no output for it (a test failure)
@@ -65,7 +69,12 @@ class Example:
 
 
 def readme_examples() -> list[Example]:
-    blocks = fenced_blocks(README.read_text(encoding="utf-8"))
+    return [e for page in PAGES for e in page_examples(page)]
+
+
+def page_examples(page: Path) -> list[Example]:
+    blocks = fenced_blocks(page.read_text(encoding="utf-8"))
+    name = str(page.relative_to(ROOT))
     out = []
     for n, b in enumerate(blocks):
         if b.lang != "python":
@@ -76,7 +85,7 @@ def readme_examples() -> list[Example]:
         if (nxt is not None and nxt.lang == "text" and b.after.startswith("It prints")
                 and b.after.endswith(":") and nxt.before == b.after):
             expected = nxt.code
-        out.append(Example(b.line, b.code, expected, m["reason"] if m else None))
+        out.append(Example(name, b.line, b.code, expected, m["reason"] if m else None))
     return out
 
 
@@ -84,24 +93,24 @@ EXAMPLES = readme_examples()
 
 
 def test_the_readme_has_runnable_examples() -> None:
-    run = [e for e in EXAMPLES if e.skip_reason is None]
+    run = [e for e in EXAMPLES if e.skip_reason is None and e.page == "README.md"]
     assert len(run) >= 2, "README.md lost its runnable python blocks"
     assert any("with app.worker(" in e.code and "send_task" in e.code for e in run)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[f"README.md:{e.line}" for e in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"{e.page}:{e.line}" for e in EXAMPLES])
 def test_readme_python_block(example: Example, redis_url: str, tmp_path: Path) -> None:
     if example.skip_reason is not None:
-        pytest.skip(f"README.md:{example.line}: not run: {example.skip_reason}")
+        pytest.skip(f"{example.page}:{example.line}: not run: {example.skip_reason}")
     assert example.expected is not None, (
-        f"README.md:{example.line}: follow the block with 'It prints:' and a ```text block "
+        f"{example.page}:{example.line}: follow the block with 'It prints:' and a ```text block "
         f"with its output (or precede it with <!-- not run: reason -->)")
     script = tmp_path / f"readme_{example.line}.py"
     script.write_text(example.code, encoding="utf-8")
     env = dict(os.environ, REDIS_URL=redis_url)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, f"README.md:{example.line} failed:\n{proc.stderr}"
+    assert proc.returncode == 0, f"{example.page}:{example.line} failed:\n{proc.stderr}"
     assert proc.stdout == example.expected, (
-        f"README.md:{example.line} printed\n{proc.stdout}\nbut the README says\n"
+        f"{example.page}:{example.line} printed\n{proc.stdout}\nbut the README says\n"
         f"{example.expected}\nstderr:\n{proc.stderr}")
