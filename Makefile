@@ -6,7 +6,7 @@
 #   make lint        ruff check on the source/test dirs that exist
 #   make typecheck   mypy --strict machinery_compat
 #   make interop     bootstrap + pytest interop/tests -m interop
-#   make bench       bootstrap + python -m bench.redis_bench
+#   make bench       bootstrap + python -m bench.redis_bench, then python -m bench.amqp_bench (RabbitMQ broker, Redis results)
 #   make soak        bootstrap + python -m bench.soak (kill -9 loops on Redis and AMQP, Redis restarts, ~4 min)
 #   make demo        bootstrap + python examples/demo.py
 #   make golden      interop/golden.sh (regenerate golden wire fixtures)
@@ -69,6 +69,7 @@ interop: bootstrap
 
 bench: bootstrap
 	$(PYTHON) -m bench.redis_bench
+	$(PYTHON) -m bench.amqp_bench
 
 soak: bootstrap
 	$(PYTHON) -m bench.soak
