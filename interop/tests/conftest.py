@@ -552,9 +552,10 @@ def _render(st: _State, old: str | None = None) -> str:
     else:
         m = re.search(r"\d+ other test\(s\) in interop/tests[^;\n]*?skipped", old_head)
         extra = f"{m.group(0)} (last full run)" if m else "other tests: not run"
-        m = re.search(r"^\* Date: ([^;\n]*)", old_head, re.M)
+        m = (re.search(r"the last full run: ([^)\n]*)", old_head)
+             or re.search(r"^\* Date: ([^;(\n]*)", old_head, re.M))
         date = (f"* Date: {now} ({', '.join(st.only_kinds)} only"
-                + (f"; the last full run: {m.group(1).split(' (')[0]}" if m else "") + ")")
+                + (f"; the last full run: {m.group(1).strip()}" if m else "") + ")")
     lines = [
         "# Interop results: Go Machinery ⇄ machinery_compat on Redis, RabbitMQ and AWS (moto)",
         "",
