@@ -82,6 +82,11 @@ class RedisBackend(Backend):
         """The command that writes PENDING for ``sig``."""
         return ("SET", sig.uuid, pending_state(sig).to_json(), "EX", self.expire_in)
 
+    def set_state_pending(self, sig: Signature) -> None:
+        """PENDING through the fast path (a producer with another broker, e.g. AMQP, writes
+        it on every send; redis-py's generic client cost ~40 us more a call)."""
+        self.fast.execute(self.pending_command(sig))
+
     def set_state(self, state: TaskState, *, merge: bool) -> None:
         if merge:
             self._merge(keys=[state.task_uuid],
