@@ -90,6 +90,13 @@ SQS_EARLY = 1.05
 SQS_LATE = 1.5
 
 
+def retry_lag(stack: Stack) -> float:
+    """How long after a failed run the worker may set the retry's ETA (now + RetryTimeout):
+    it writes the RETRY state first, a call to moto's DynamoDB on that backend (slow while a
+    module's burst is running), a Redis/RabbitMQ round trip elsewhere."""
+    return 1.0 if stack.dynamodb_backend else 0.3
+
+
 def slack(stack: Stack) -> tuple[float, float]:
     """(how early, how late) a delayed task may start relative to its ETA on this stack."""
     if stack.sqs_broker:
@@ -429,8 +436,9 @@ def test_retry_count(d1: D1) -> None:
     etas = [parse_go_time(e["eta"]) for e in evs[1:]]
     early, late = slack(d1.stack)
     # Go's worker sets ETA = now + RetryTimeout seconds, and runs it once due (and moved)
-    assert 1.0 <= etas[0] - ts[0] < 1.3, (ts, etas)
-    assert 2.0 <= etas[1] - ts[1] < 2.3, (ts, etas)
+    lag = retry_lag(d1.stack)
+    assert 1.0 <= etas[0] - ts[0] < 1.0 + lag, (ts, etas)
+    assert 2.0 <= etas[1] - ts[1] < 2.0 + lag, (ts, etas)
     assert -early <= ts[1] - etas[0] < late, (ts, etas)
     assert -early <= ts[2] - etas[1] < late, (ts, etas)
     assert d1.states[res.id] == RETRY_STATES
@@ -453,7 +461,7 @@ def test_retry_later(d1: D1) -> None:
     ts = [parse_go_time(e["ts"]) for e in evs]
     eta = parse_go_time(evs[1]["eta"])
     early, late = slack(d1.stack)
-    assert 0.7 <= eta - ts[0] < 1.0, (ts, eta)
+    assert 0.7 <= eta - ts[0] < 0.7 + retry_lag(d1.stack), (ts, eta)
     assert -early <= ts[1] - eta < late, (ts, eta)
     assert d1.states[res.id] == ["PENDING", "RECEIVED", "STARTED", "RETRY", "PENDING",
                                  "RECEIVED", "STARTED", "SUCCESS"]
