@@ -62,7 +62,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self, TypeVar
 
 import pytest
 
@@ -277,11 +277,49 @@ class _ServerProcess:
                 proc.kill()
                 proc.wait()
 
-    def close(self) -> None:
+    host: str
+    _port: int | None
+    #: the temp dir holding its files (set by ``start``), removed by ``close``
+    _dir: Path | None = None
+
+    def start(self) -> Self:
         raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir."""
+        self.stop()
+        _live.discard(self)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, ServiceError):
+            return "<no log>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.host}:{self._port} {state}>"
 
 
 class RedisServer(_ServerProcess):
@@ -476,31 +514,6 @@ class RedisServer(_ServerProcess):
                 pass  # already going away, or unreachable: fall back to signals
         self._terminate(timeout)
 
-    def restart(self) -> RedisServer:
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its temp dir."""
-        self.stop()
-        _live.discard(self)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, ServiceError):
-            return "<no log>"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<RedisServer {self.host}:{self._port} {state}>"
 
 
 class RedisTLSServer(RedisServer):
@@ -927,10 +940,6 @@ class RabbitMQServer(_ServerProcess):
                 self.ctl("stop", timeout=timeout)
         self._terminate(timeout)
 
-    def restart(self) -> RabbitMQServer:
-        self.stop()
-        return self.start()
-
     def _stop_epmd(self) -> None:
         proc, self._epmd_proc = self._epmd_proc, None
         if proc is not None:
@@ -971,9 +980,6 @@ class RabbitMQServer(_ServerProcess):
                 continue
             parts.append(f"[{path.name}]\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts) or "<no log>"
-
-    def __enter__(self) -> RabbitMQServer:
-        return self.start()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -1213,31 +1219,6 @@ class MotoServer(_ServerProcess):
             self._proc.terminate()
         self._terminate(timeout)
 
-    def restart(self) -> MotoServer:
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its temp dir."""
-        self.stop()
-        _live.discard(self)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, ServiceError):
-            return "<no log>"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<MotoServer {self.host}:{self._port} {state}>"
 
 
 class _Startable(Protocol):
