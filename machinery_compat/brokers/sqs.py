@@ -24,6 +24,8 @@ Configuration (YAML section ``sqs``, the one Go reads; ``SQSConfig`` in code):
   ``AWS_DEFAULT_REGION``, profile).  Credentials
   always come from boto3's standard chain (environment, profile, instance/task role), or pass
   your own client as ``SQSConfig(client=boto3.client("sqs", ...))``.
+* Python only: ``max_delay_seconds`` (``SQS_MAX_DELAY_SECONDS``), the longest ``DelaySeconds``
+  sent (default 900, SQS's limit; <= 0 means 900, more is a ``ConfigError``): see ETAs below.
 
 Install with ``pip install machinery-compat[aws]`` (boto3).
 
@@ -36,11 +38,12 @@ Producing
 * ETA: ``DelaySeconds`` = whole seconds until the ETA, truncated as Go does, so a message
   becomes visible up to a second early (a Go worker then runs the task early).  SQS delays at
   most 15 minutes and Go refuses a later ETA (``Max AWS SQS delay exceeded``); this broker
-  sends such a task with the longest delay (900 s).  A **Python** worker never runs a task
-  before its ETA: one received less than :data:`HOLD_LIMIT` (2 s) early is held by the
-  consumer (invisible, its visibility extended) until due; one received earlier than that is
-  handed back: the same bytes are sent again with the delay still needed (at most 900 s) and
-  the received copy is deleted, until the task is due.  A new message each step, not a longer
+  sends such a task with the longest delay (900 s; the Python-only ``max_delay_seconds`` /
+  ``SQS_MAX_DELAY_SECONDS`` sets a shorter one, for tests and fast clocks).  A **Python**
+  worker never runs a task before its ETA: one received less than :data:`HOLD_LIMIT` (2 s)
+  early is held by the consumer (invisible, its visibility extended) until due; one received
+  earlier than that is handed back: the same bytes are sent again with the delay still needed
+  (at most that longest delay) and the received copy is deleted, until the task is due.  A new message each step, not a longer
   visibility timeout: a message received again and again would count toward a queue's
   redrive policy (``maxReceiveCount``) and age toward its retention period.  A **Go** worker
   ignores ETAs: it runs such a task when it receives it, up to 15 minutes early.
@@ -140,7 +143,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: SQS's longest ``DelaySeconds`` (15 minutes); Go refuses longer delays.
+#: SQS's longest ``DelaySeconds`` (15 minutes); Go refuses longer delays.  The broker sends at
+#: most ``sqs.max_delay_seconds`` (this by default).
 MAX_DELAY = 900
 #: SQS's longest long-poll wait; what a Python worker waits (capped by its poll period) when
 #: ``receive_wait_time_seconds`` is 0.
@@ -271,18 +275,19 @@ class SQSBroker(Broker):
         *,
         sqs: SQSConfig | None = None,
         client: Any = None,
-        max_delay: int = MAX_DELAY,
         default_wait: int = DEFAULT_WAIT,
     ) -> None:
         """``client``: a boto3 SQS client (else ``sqs.client``, else one is made from the
-        config); ``max_delay``: the longest ``DelaySeconds`` sent (SQS's 900 s; smaller only in
-        tests); ``default_wait``: the long-poll wait when ``receive_wait_time_seconds`` is 0."""
+        config); ``default_wait``: the long-poll wait when ``receive_wait_time_seconds`` is 0.
+        The longest ``DelaySeconds`` sent is ``sqs.max_delay_seconds`` (SQS's 900 s;
+        :class:`ConfigError` above that)."""
         from ..config import SQSConfig
 
         super().__init__(default_queue)
         self.url = url
         self.cfg = sqs if sqs is not None else SQSConfig()
-        self.max_delay = max_delay
+        #: the longest ``DelaySeconds`` sent, and the step of a hand-back (from the config)
+        self.max_delay = self.cfg.effective_max_delay_seconds
         self.default_wait = default_wait
         self._given_client = client if client is not None else self.cfg.client
         if self._given_client is None:
@@ -693,7 +698,6 @@ class SQSConsumer(SQSBroker):
         self.default_queue = broker.default_queue
         self.url = broker.url
         self.cfg = broker.cfg
-        self.max_delay = broker.max_delay
         self.default_wait = broker.default_wait
         self._deleter = broker._deleter
         self._pid = os.getpid()
@@ -719,6 +723,14 @@ class SQSConsumer(SQSBroker):
     @property
     def client(self) -> Any:
         return self.broker.client
+
+    @property
+    def max_delay(self) -> int:
+        return self.broker.max_delay
+
+    @max_delay.setter
+    def max_delay(self, value: int) -> None:
+        self.broker.max_delay = value
 
     def visibility_of(self, queue: str) -> int | None:
         return self.broker.visibility_of(queue)

@@ -58,6 +58,7 @@ YAML key                             Environment variable                 Defaul
 ``dynamodb.group_metas_table``       ``GROUP_METAS_TABLE``                ``group_metas``
 ``sqs.endpoint_url``                 ``SQS_ENDPOINT_URL``                 ``""`` (Python only: boto3 endpoint)
 ``sqs.region``                       ``SQS_REGION``                       ``""`` (Python only: boto3 chain)
+``sqs.max_delay_seconds``            ``SQS_MAX_DELAY_SECONDS``            900 s (Python only; <= 0: 900)
 ``dynamodb.endpoint_url``            ``DYNAMODB_ENDPOINT_URL``            ``""`` (Python only: boto3 endpoint)
 ``dynamodb.region``                  ``DYNAMODB_REGION``                  ``""`` (Python only: boto3 chain)
 ===================================  ===================================  ======================================
@@ -165,6 +166,7 @@ from .model import (
     DEFAULT_REDIS_PORT,
     DEFAULT_RESULT_BACKEND,
     DEFAULT_RESULTS_EXPIRE_IN,
+    DEFAULT_SQS_MAX_DELAY_SECONDS,
     GO_YAML_READ_LIMIT,
     AMQPConfig,
     Config,
@@ -198,6 +200,7 @@ __all__ = [
     "DEFAULT_REDIS_PORT",
     "DEFAULT_RESULTS_EXPIRE_IN",
     "DEFAULT_RESULT_BACKEND",
+    "DEFAULT_SQS_MAX_DELAY_SECONDS",
     "GO_YAML_READ_LIMIT",
     "MASK",
     "TLS_QUERY_OPTIONS",

@@ -1,5 +1,6 @@
 """The key table: one row per Go struct field, with its YAML keys and environment names
-(plus the Python-only ``redis.crash_safe`` and ``redis.heartbeat_ttl``)."""
+(plus the Python-only ``redis.crash_safe``, ``redis.heartbeat_ttl``, the ``endpoint_url`` and
+``region`` of ``sqs`` and ``dynamodb``, and ``sqs.max_delay_seconds``)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ _KEYS: Final[tuple[_Key, ...]] = (
     # Python only (Go ignores both): where boto3 sends SQS calls
     _Key("sqs", "endpoint_url", ("endpoint_url",), ("SQS_ENDPOINT_URL",), "str"),
     _Key("sqs", "region", ("region",), ("SQS_REGION",), "str"),
+    # Python only: the longest DelaySeconds sent (SQS's 900 s; shorter in tests)
+    _Key("sqs", "max_delay_seconds", ("max_delay_seconds",), ("SQS_MAX_DELAY_SECONDS",), "int"),
     _Key("redis", "max_idle", ("max_idle",), ("REDIS_MAX_IDLE",), "int"),
     _Key("redis", "max_active", ("max_active",), ("REDIS_MAX_ACTIVE",), "int"),
     _Key("redis", "idle_timeout", ("max_idle_timeout",), ("REDIS_IDLE_TIMEOUT",), "int"),

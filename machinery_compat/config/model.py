@@ -38,6 +38,8 @@ DEFAULT_REDIS_DELAYED_TASKS_KEY: Final = "delayed_tasks"
 #: Redis poll periods (ms) used when the configured value is <= 0.
 DEFAULT_REDIS_NORMAL_TASKS_POLL_PERIOD: Final = 1000
 DEFAULT_REDIS_DELAYED_TASKS_POLL_PERIOD: Final = 500
+#: ``sqs.max_delay_seconds`` default (Python only): SQS's longest ``DelaySeconds``, 15 minutes.
+DEFAULT_SQS_MAX_DELAY_SECONDS: Final = 900
 #: Seconds a Python worker's heartbeat key lives (``redis.heartbeat_ttl``; crash-safe mode).
 DEFAULT_REDIS_HEARTBEAT_TTL: Final = 5
 #: Port assumed when a Redis URL names none (Go itself would fail to dial).
@@ -105,6 +107,23 @@ class SQSConfig:
     #: Python only: ``region`` / ``SQS_REGION``; empty: boto3's standard chain
     #: (``AWS_REGION``/``AWS_DEFAULT_REGION``, profile), as Go's SDK session does.
     region: str = ""
+    #: Python only: ``max_delay_seconds`` / ``SQS_MAX_DELAY_SECONDS``; the longest
+    #: ``DelaySeconds`` a Python producer sends, and the step in which a task due later is
+    #: handed back until due.  Default 900 (SQS's limit); smaller values are for tests and
+    #: fast clocks; <= 0 means 900; above 900 is an error (SQS refuses such a delay).
+    max_delay_seconds: int = DEFAULT_SQS_MAX_DELAY_SECONDS
+
+    @property
+    def effective_max_delay_seconds(self) -> int:
+        """``max_delay_seconds`` with its fallback (<= 0 means 900); :class:`ConfigError`
+        above 900, SQS's limit."""
+        if self.max_delay_seconds <= 0:
+            return DEFAULT_SQS_MAX_DELAY_SECONDS
+        if self.max_delay_seconds > DEFAULT_SQS_MAX_DELAY_SECONDS:
+            raise ConfigError(
+                f"sqs.max_delay_seconds (SQS_MAX_DELAY_SECONDS) is {self.max_delay_seconds}: "
+                f"SQS delays a message at most {DEFAULT_SQS_MAX_DELAY_SECONDS} s")
+        return self.max_delay_seconds
 
 
 @dataclass(kw_only=True, repr=False)

@@ -204,13 +204,14 @@ def test_delayed_task_runs_after_its_delay(app: Machinery, start_worker: Callabl
 def test_eta_past_sqs_limit_is_stepped_until_due(make_app: Callable[..., Machinery],
                                                  start_worker: Callable[..., Worker],
                                                  sqs: Any, queue: str) -> None:
-    """Past SQS's limit (shortened to 2 s here, 900 s in production) the task is sent with the
-    longest delay and handed back by the worker (a new message with the remaining delay, the
-    old one deleted) until due; a task with no ETA is not held up meanwhile."""
-    app = make_app()
+    """Past the longest delay (``sqs.max_delay_seconds``: 2 s here, SQS's 900 s by default)
+    the task is sent with that delay and handed back by the worker (a new message with the
+    remaining delay, the old one deleted) until due; a task with no ETA is not held up
+    meanwhile."""
+    app = make_app(SQSConfig(max_delay_seconds=2))
     broker = app.broker
     assert isinstance(broker, SQSBroker)
-    broker.max_delay = 2
+    assert broker.max_delay == 2
     ran: dict[str, float] = {}
     app.register_task("mark", lambda tag: ran.setdefault(tag, time.time()) and None)
     sends = calls_of(broker.client, "SendMessage")
@@ -228,6 +229,18 @@ def test_eta_past_sqs_limit_is_stepped_until_due(make_app: Callable[..., Machine
     assert all(p["MessageBody"] == sends[0]["MessageBody"] for p in handbacks)  # same bytes
     url = broker.queue_url(queue)
     assert broker.queue_depth(queue) == {"visible": 0, "in_flight": 0, "delayed": 0}, url
+
+
+def test_max_delay_comes_from_the_config(prefix: str) -> None:
+    assert SQSBroker(prefix).max_delay == 900
+    assert SQSBroker(prefix, sqs=SQSConfig(max_delay_seconds=0)).max_delay == 900
+    broker = create_broker(Config.from_env({"BROKER": prefix, "SQS_MAX_DELAY_SECONDS": "3"}))
+    assert isinstance(broker, SQSBroker)
+    assert broker.max_delay == 3
+    assert broker.message_params(add_sig(eta=GoTime.now().add_seconds(60)))["DelaySeconds"] == 3
+    broker.close()
+    with pytest.raises(ConfigError, match="max_delay_seconds"):
+        SQSBroker(prefix, sqs=SQSConfig(max_delay_seconds=901))
 
 
 # -- FIFO -------------------------------------------------------------------------------

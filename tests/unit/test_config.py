@@ -12,6 +12,7 @@ import pytest
 
 from machinery_compat.config import (
     DEFAULT_REDIS_DELAYED_TASKS_KEY,
+    DEFAULT_SQS_MAX_DELAY_SECONDS,
     GO_YAML_READ_LIMIT,
     AMQPConfig,
     Config,
@@ -306,6 +307,32 @@ def test_zero_byte_file_is_an_error_as_in_go(tmp_path: Path) -> None:
 
 def test_empty_amqp_mapping_gives_amqp_defaults() -> None:
     assert load("amqp: {}\n").amqp == AMQPConfig()
+
+
+def test_sqs_max_delay_seconds_python_only() -> None:
+    """``sqs.max_delay_seconds`` / ``SQS_MAX_DELAY_SECONDS``: default 900 (SQS's limit),
+    <= 0 (a YAML null too) means 900, above 900 is refused when used."""
+    assert DEFAULT_SQS_MAX_DELAY_SECONDS == 900
+    assert SQSConfig().max_delay_seconds == 900
+    assert load("sqs:\n  max_delay_seconds: 2\n").sqs == SQSConfig(max_delay_seconds=2)
+    assert Config.from_env({"SQS_MAX_DELAY_SECONDS": "5"}).sqs == SQSConfig(max_delay_seconds=5)
+    assert Config.from_env({"SQS_SQS_MAX_DELAY_SECONDS": "7",
+                            "SQS_MAX_DELAY_SECONDS": "5"}).sqs == SQSConfig(max_delay_seconds=7)
+    nulled = load("sqs:\n  max_delay_seconds: null\n").sqs
+    assert nulled is not None and nulled.max_delay_seconds == 0
+    assert nulled.effective_max_delay_seconds == 900
+    assert SQSConfig(max_delay_seconds=-1).effective_max_delay_seconds == 900
+    assert SQSConfig(max_delay_seconds=900).effective_max_delay_seconds == 900
+    with pytest.raises(ConfigError, match="SQS_MAX_DELAY_SECONDS"):
+        _ = SQSConfig(max_delay_seconds=901).effective_max_delay_seconds
+    with pytest.raises(ConfigError, match="SQS_MAX_DELAY_SECONDS"):
+        Config.from_env({"SQS_MAX_DELAY_SECONDS": "soon"})
+    with pytest.raises(ConfigError, match="max_delay_seconds"):
+        load("sqs:\n  max_delay_seconds: soon\n")
+    cnf = Config(sqs=SQSConfig(max_delay_seconds=2))
+    assert cnf.to_env() == {"SQS_MAX_DELAY_SECONDS": "2"}
+    assert cnf.to_yaml_dict()["sqs"] == {"max_delay_seconds": 2}
+    assert load(cnf.to_yaml()) == cnf
 
 
 def test_sqs_section_created_from_zero_values() -> None:
@@ -1116,6 +1143,7 @@ def test_to_yaml_full_has_every_go_key() -> None:
         "visibility_hearth_beat",
         "endpoint_url",  # Python only: Go's yaml.v2 ignores unknown keys
         "region",
+        "max_delay_seconds",
     }
     assert "max_idle_timeout" in data["redis"]
     assert {"endpoint_url", "region"} <= set(data["dynamodb"])
