@@ -358,10 +358,12 @@ def result_from_attribute(av: Any) -> TaskResult:
 
 def task_state_from_item(item: Mapping[str, Any]) -> TaskState:
     """A TaskState from an item of Go v1 or v2 (or this backend); absent or NULL attributes
-    are zero values.  :class:`DecodeError` where Go's SDK could not decode it either."""
+    are zero values, except a SUCCESS's absent or NULL ``Results``: ``[]`` (a task without
+    results; Go writes no ``Results`` then, and Go's ``AsyncResult.Get`` gives an empty
+    slice, as on Redis).  :class:`DecodeError` where Go's SDK could not decode it either."""
     results_av = _attr(item, "Results")
     if results_av is None:
-        results = None
+        results = [] if _get_str(item, "State") == SUCCESS else None
     elif "L" in results_av:
         results = [result_from_attribute(r) for r in results_av["L"]]
     else:

@@ -138,6 +138,46 @@ def test_item_of_every_state_is_go_v2s(backend: DynamoDBBackend, raw: Any) -> No
     assert item()["Results"] == {"NULL": True}
 
 
+def test_success_without_results_reads_as_an_empty_list(backend: DynamoDBBackend,
+                                                        raw: Any) -> None:
+    """Go writes no ``Results`` for a task without results (its PENDING's NULL stays, or there
+    is no attribute at all): read as ``[]``, what Go's ``AsyncResult.Get`` returns (an empty
+    slice) and what Redis holds, not ``None``.  Other states keep ``None``."""
+    # Go v2: PutItem PENDING (Results NULL), then UpdateItem SET State, TTL
+    raw.put_item(TableName=backend.task_table, Item={
+        "TaskUUID": {"S": UUID}, "TaskName": {"S": "only_error"}, "State": {"S": "PENDING"},
+        "Results": {"NULL": True}, "Error": {"S": ""},
+        "CreatedAt": {"S": "2024-05-01T12:34:56.123456789Z"}, "TTL": {"N": "0"}})
+    assert backend.get_state(UUID) == TaskState(UUID, PENDING, task_name="only_error",
+                                                created_at=CREATED)
+    raw.update_item(TableName=backend.task_table, Key={"TaskUUID": {"S": UUID}},
+                    UpdateExpression="SET #S = :s, #T = :t",
+                    ExpressionAttributeNames={"#S": "State", "#T": "TTL"},
+                    ExpressionAttributeValues={":s": {"S": "SUCCESS"}, ":t": {"N": "1714570496"}})
+    assert _item(raw, backend.task_table, "TaskUUID", UUID)["Results"] == {"NULL": True}
+    state = backend.get_state(UUID)
+    assert state is not None and (state.state, state.results) == (SUCCESS, [])
+    # no Results attribute at all (a SUCCESS written by UpdateItem alone)
+    backend.set_state_success(Signature(uuid="task_bare", name="t"), [])
+    assert "Results" not in _item(raw, backend.task_table, "TaskUUID", "task_bare")
+    bare = backend.get_state("task_bare")
+    assert bare is not None and bare.results == []
+    # a FAILURE keeps its PENDING's NULL: no results
+    raw.update_item(TableName=backend.task_table, Key={"TaskUUID": {"S": UUID}},
+                    UpdateExpression="SET #S = :s, #E = :e",
+                    ExpressionAttributeNames={"#S": "State", "#E": "Error"},
+                    ExpressionAttributeValues={":s": {"S": FAILURE}, ":e": {"S": "boom"}})
+    failed = backend.get_state(UUID)
+    assert failed is not None and failed.results is None
+    app = Machinery(broker="memory://dyn-no-results", result_backend="https://dynamodb",
+                    config=Config(dynamodb=backend.cfg))
+    try:
+        result = app.AsyncResult("task_bare")
+        assert (result.state, result.results, result.get(timeout=5)) == (SUCCESS, [], None)
+    finally:
+        app.close()
+
+
 def test_golden_success_item(backend: DynamoDBBackend, raw: Any) -> None:
     """§12.6: the worker's writes after Go's PENDING give exactly the golden item."""
     backend.put_state(TaskState(UUID, PENDING, task_name="add", created_at=CREATED))
@@ -602,8 +642,15 @@ def test_worker_end_to_end(app: Machinery, start_worker: Callable[..., Any]) -> 
     def collect(*values: int) -> list[int]:
         return sorted(values)
 
+    @app.task(name="nothing")
+    def nothing() -> None:
+        return None
+
     start_worker(concurrency=4)
     assert app.send_task("pair", args=[21, 1.0]).get(timeout=20) == (42, 0.5)
+    quiet = app.send_task("nothing")
+    assert quiet.get(timeout=20) is None
+    assert quiet.results == []  # as Go's Get: an empty slice, not None
     assert app.send_task("blob", args=[3]).get(timeout=20) == b"\x00\x01\x02"
     with pytest.raises(TaskFailed) as info:
         app.send_task("boom").get(timeout=20)
