@@ -1,10 +1,14 @@
-"""Shared pytest setup for tests/ (interop/tests/ reuses it via tests.services).
+"""Shared pytest setup for tests/.
 
-Fixtures (defined in tests/services.py, re-exported here):
+The service fixtures are defined in tests/services.py, a pytest plugin the repository's root
+``conftest.py`` registers for every test tree, so tests/ and interop/tests/ share one server
+of each kind per session (do not re-import them here: a second definition would start a
+second server for the tests below this directory):
 
 * ``redis_server``  session-scoped :class:`tests.services.RedisServer`
-  (``.url``, ``.port``, ``.client()``, ``.stop()``, ``.start()``, ``.kill()``)
-* ``redis_url``     function-scoped; FLUSHALLs, returns ``redis://127.0.0.1:PORT/0``
+  (``.url``, ``.port``, ``.client()``, ``.stop()``, ``.start()``, ``.kill()``), 128 DBs
+* ``redis_url``     function-scoped; flushes DBs 0..15, returns ``redis://127.0.0.1:PORT/0``
+  (tests here may use DBs 0..15; the others belong to interop/tests)
 * ``redis_client``  function-scoped redis-py client (decode_responses=False)
 * ``redis_server_factory``  private servers for outage tests
 
@@ -28,53 +32,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 # Make `import tests.services` work however pytest was started (`pytest`
 # does not put the repo root on sys.path; `python -m pytest` does).
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
-
-from tests.services import (  # noqa: E402
-    MOTO_FIXTURES,
-    RABBITMQ_FIXTURES,
-    REDIS_FIXTURES,
-    free_port,
-    moto_endpoint,
-    moto_server,
-    rabbitmq_restart,
-    rabbitmq_server,
-    rabbitmq_server_factory,
-    rabbitmq_url,
-    rabbitmq_vhost_url,
-    redis_client,
-    redis_server,
-    redis_server_factory,
-    redis_url,
-)
-
-__all__ = [
-    "free_port",
-    "moto_endpoint",
-    "moto_server",
-    "rabbitmq_restart",
-    "rabbitmq_server",
-    "rabbitmq_server_factory",
-    "rabbitmq_url",
-    "rabbitmq_vhost_url",
-    "redis_client",
-    "redis_server",
-    "redis_server_factory",
-    "redis_url",
-]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.redis)
-        if RABBITMQ_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.rabbitmq)
-        if MOTO_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.aws)

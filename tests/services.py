@@ -16,14 +16,14 @@ examples run from the repository root::
 The pytest fixtures (``redis_server``, ``redis_url``, ``redis_client``,
 ``redis_server_factory``; ``rabbitmq_server``, ``rabbitmq_url``,
 ``rabbitmq_vhost_url``, ``rabbitmq_restart``, ``rabbitmq_server_factory``;
-``moto_server``, ``moto_endpoint``) live
-at the bottom of this module; a conftest re-exports them with::
-
-    from tests.services import (  # noqa: F401
-        redis_client, redis_server, redis_server_factory, redis_url,
-        rabbitmq_server, rabbitmq_url, rabbitmq_vhost_url, rabbitmq_restart,
-        rabbitmq_server_factory,
-    )
+``moto_server``, ``moto_endpoint``) live at the bottom of this module, which is a pytest
+plugin: the repository's root ``conftest.py`` registers it (``pytest_plugins``), so every
+test tree (``tests/``, ``interop/tests/``) of a session gets the same session servers: ONE
+redis-server (:data:`SESSION_REDIS_DATABASES` DBs: ``tests/`` use 0..15, interop/tests the
+rest), ONE RabbitMQ node (``tests/`` use fresh vhosts, interop/tests its own traced vhost,
+:meth:`RabbitMQServer.ensure_vhost`) and ONE moto server (unique queue/table names).  Do not
+import the fixtures into a conftest: that would define them a second time, and start a
+second server of each for the tests below it.
 
 AWS: :class:`MotoServer` runs ``moto[server]`` (SQS, DynamoDB, ...) on a free port; every
 client pointed at :attr:`MotoServer.endpoint_url` with dummy credentials talks to it::
@@ -651,6 +651,7 @@ class RabbitMQServer(_ServerProcess):
         self._vhost_lock = threading.Lock()
         self._vhost_pool: list[str] = []
         self._vhosts_used: list[str] = []
+        self._vhosts_kept: set[str] = set()
         self._vhost_serial = 0
 
     # -- addresses ---------------------------------------------------------
@@ -833,6 +834,21 @@ class RabbitMQServer(_ServerProcess):
             vhost = self._vhost_pool.pop(0)
             self._vhosts_used.append(vhost)
             return vhost
+
+    def ensure_vhost(self, name: str) -> str:
+        """Create the virtual host ``name`` (full permissions for guest) unless it exists, and
+        return it.  Unlike :meth:`new_vhost`'s, it is never deleted by this class: for a
+        suite that keeps one vhost for its whole run on a shared node (interop/tests)."""
+        if name in self._vhosts_kept:
+            return name
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"vhost name {name!r}: use letters, digits, '-', '_' and '.'")
+        self.ctl("eval", (
+            f"rabbit_vhost:add(<<\"{name}\">>, <<\"tests\">>), "
+            f"rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, <<\"{name}\">>, "
+            f"<<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"tests\">>), ok."))
+        self._vhosts_kept.add(name)
+        return name
 
     def _refill_vhosts(self, add: Sequence[str], delete: Sequence[str]) -> None:
         def erl_list(names: Sequence[str]) -> str:
@@ -1226,6 +1242,7 @@ class _Startable(Protocol):
 
 
 _S = TypeVar("_S", bound=_Startable)
+_SV = TypeVar("_SV", bound=_ServerProcess)
 
 
 def start_or_report(factory: Callable[[], _S]) -> _S:
@@ -1239,32 +1256,65 @@ def start_or_report(factory: Callable[[], _S]) -> _S:
 
 
 # ---------------------------------------------------------------------------
-# pytest fixtures (re-exported by tests/conftest.py; import them into any
-# other conftest the same way)
+# pytest plugin: the session fixtures and the marker hook.  The repository's
+# root conftest.py registers this module (``pytest_plugins``), so tests/ and
+# interop/tests/ share ONE redis-server, ONE RabbitMQ node and ONE moto server
+# per session.  Do not import these fixtures into a conftest: a second
+# definition would start a second server for the tests below that conftest.
 # ---------------------------------------------------------------------------
+
+#: DBs of the session redis-server: tests/ use 0..15 (``redis_url`` flushes those), suites
+#: that keep their own DBs on the same server (interop/tests) use
+#: ``SHARED_REDIS_DBS..SESSION_REDIS_DATABASES - 1``, which nothing here touches.
+SESSION_REDIS_DATABASES = 128
+SHARED_REDIS_DBS = 16
+
+#: How many times each session fixture (``redis_server``, ``rabbitmq_server``,
+#: ``moto_server``) started its server in this process: 1 each when every test tree of the
+#: session shares them (checked by interop/tests/test_interop_services.py).
+session_starts: dict[str, int] = {}
+#: The servers those session fixtures yielded, by fixture name (while they run).
+session_servers: dict[str, RedisServer | RabbitMQServer | MotoServer] = {}
+
+
+@contextlib.contextmanager
+def _session_service(name: str, server: _SV) -> Iterator[_SV]:
+    session_starts[name] = session_starts.get(name, 0) + 1
+    session_servers[name] = server
+    try:
+        yield server
+    finally:
+        session_servers.pop(name, None)
+        server.close()
+
 
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_client", "redis_server_factory"})
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the whole session (restarted by redis_url if a
-    test left it stopped). Tests that stop/kill it should restart it, or use
-    ``redis_server_factory`` for a private one."""
-    server = start_or_report(RedisServer)
-    try:
+    """One redis-server for the whole session, with :data:`SESSION_REDIS_DATABASES` DBs
+    (restarted by redis_url if a test left it stopped).  Tests that stop/kill it should
+    restart it, or use ``redis_server_factory`` for a private one."""
+    server = start_or_report(
+        lambda: RedisServer(extra_args=["--databases", str(SESSION_REDIS_DATABASES)]))
+    with _session_service("redis_server", server):
         yield server
-    finally:
-        server.close()
+
+
+#: FLUSHDB of DBs 0..SHARED_REDIS_DBS-1 in one call (SELECT in a script stays in the script).
+_FLUSH_SHARED_DBS = (f"for db = 0, {SHARED_REDIS_DBS - 1} do "
+                     "redis.call('SELECT', db) redis.call('FLUSHDB') end")
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """URL of the session server (``redis://127.0.0.1:PORT/0``), FLUSHALLed first."""
+    """URL of the session server (``redis://127.0.0.1:PORT/0``), its DBs 0..15 flushed
+    first (the DBs other suites keep on the server are left alone)."""
     if not redis_server.running:
         redis_server.start()
     with redis_server.client() as client:
-        client.flushall()
+        client.eval(_FLUSH_SHARED_DBS, 0)
     return redis_server.url
 
 
@@ -1308,10 +1358,8 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
     ``rabbitmq_restart``; outage tests that must not disturb others use
     ``rabbitmq_server_factory``."""
     server = start_or_report(RabbitMQServer)
-    try:
+    with _session_service("rabbitmq_server", server):
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -1382,14 +1430,14 @@ def moto_server() -> Iterator[MotoServer]:
     saved = {name: os.environ.get(name) for name in AWS_TEST_ENV}
     os.environ.update(AWS_TEST_ENV)
     try:
-        yield server
+        with _session_service("moto_server", server):
+            yield server
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        server.close()
 
 
 @pytest.fixture
@@ -1399,3 +1447,15 @@ def moto_endpoint(moto_server: MotoServer) -> str:
     if not moto_server.running:
         moto_server.start()
     return moto_server.endpoint_url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test using a service fixture ``redis`` / ``rabbitmq`` / ``aws``."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if REDIS_FIXTURES.intersection(names):
+            item.add_marker(pytest.mark.redis)
+        if RABBITMQ_FIXTURES.intersection(names):
+            item.add_marker(pytest.mark.rabbitmq)
+        if MOTO_FIXTURES.intersection(names):
+            item.add_marker(pytest.mark.aws)

@@ -2,16 +2,21 @@
 
 * ``go_bins`` (session): builds interop/bin/ with ``interop/build.sh`` (cached by Go's
   build cache); a failed build skips locally and FAILS under CI=true.
-* ``interop_redis`` (session): a private redis-server (64 DBs) for the whole suite.
-* ``interop_rabbitmq`` (session, started on first use): a private RabbitMQ node
-  (``tests.services.RabbitMQServer``) and one vhost on it with the firehose tracer on
-  (``rabbitmqctl trace_on``), so :class:`~interop.tests.harness.AMQPTap` sees every publish.
-* ``new_db`` (session): ``new_db()`` returns the URL of a fresh, flushed DB, so every
-  scenario has its own queues *and* its own ``delayed_tasks`` set.
-* ``interop_aws`` (session, started on first use): the moto server of
-  ``tests.services.moto_server`` (dummy AWS credentials and region in ``os.environ`` while
-  it runs), the DynamoDB tables Go expects (``task_states``, ``group_metas``, created once)
-  and the :class:`~interop.tests.harness.AWSRecorder` on it.
+* The servers are the session's, shared with tests/ (``tests.services``, registered for
+  every tree by the root ``conftest.py``): one redis-server, one RabbitMQ node, one moto
+  server per session, started on first use; interop keeps to its own part of each.
+* ``interop_redis`` (session): the session redis-server (``redis_server``); interop uses
+  its DBs ``SHARED_REDIS_DBS``.. only (16..127; tests/ use 0..15).
+* ``interop_rabbitmq`` (session): the session RabbitMQ node (``rabbitmq_server``) and the
+  vhost ``interop`` on it with the firehose tracer on (``rabbitmqctl trace_on``, turned on
+  again after a restart of the node), so :class:`~interop.tests.harness.AMQPTap` sees every
+  publish; queue names are unique in the session.
+* ``new_db`` (session): ``new_db()`` returns the URL of a fresh, flushed DB of interop's
+  range, so every scenario has its own queues *and* its own ``delayed_tasks`` set.
+* ``interop_aws`` (session): the session moto server (``moto_server``: dummy AWS credentials
+  and region in ``os.environ`` while it runs), the DynamoDB tables Go expects
+  (``task_states``, ``group_metas``, created again if a test reset the server) and the
+  :class:`~interop.tests.harness.AWSRecorder` on it.
 * ``stack_spec`` (module, parametrized by ``pytest_generate_tests``): the broker/backend
   kind and Go flavour of a matrix column (:data:`~interop.tests.harness.STACKS`): on
   ``redis`` ``v1``, ``v2-redigo``, ``v2-goredis``; on ``amqp`` (AMQP broker + AMQP backend)
@@ -46,10 +51,9 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -74,17 +78,20 @@ from interop.tests.harness import (  # noqa: E402
     build_go_programs,
 )
 from tests.services import (  # noqa: E402
+    SESSION_REDIS_DATABASES,
+    SHARED_REDIS_DBS,
+    MotoServer,
+    RabbitMQServer,
     RedisServer,
     in_ci,
-    moto_server,
-    start_or_report,
 )
-
-__all__ = ["moto_server"]  # the session fixture, shared with tests/ (interop_aws uses it)
 
 HERE = Path(__file__).resolve().parent
 RESULTS_PATH = INTEROP / "RESULTS.md"
-N_DATABASES = 64
+#: The session redis-server's DBs interop allocates from (round robin; tests/ use the others).
+INTEROP_DBS = range(SHARED_REDIS_DBS, SESSION_REDIS_DATABASES)
+#: interop's vhost on the session RabbitMQ node (tests/ use fresh vhosts ``t<n>``).
+INTEROP_VHOST = "interop"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -154,20 +161,20 @@ def go_bins() -> Path:
 
 
 @pytest.fixture(scope="session")
-def interop_redis() -> Iterator[RedisServer]:
-    server = start_or_report(lambda: RedisServer(extra_args=["--databases", str(N_DATABASES)]))
-    try:
-        yield server
-    finally:
-        server.close()
+def interop_redis(redis_server: RedisServer) -> RedisServer:
+    """The session redis-server (shared with tests/); interop uses its DBs
+    :data:`INTEROP_DBS` only."""
+    return redis_server
 
 
 @pytest.fixture(scope="session")
 def new_db(interop_redis: RedisServer) -> Callable[[], str]:
-    counter = itertools.count(1)
+    dbs = itertools.cycle(INTEROP_DBS)
 
     def allocate() -> str:
-        db = next(counter) % N_DATABASES
+        if not interop_redis.running:  # a test of tests/ stopped it and left it stopped
+            interop_redis.start()
+        db = next(dbs)
         with interop_redis.client(db=db) as c:
             c.flushdb()
         return interop_redis.url_for_db(db)
@@ -176,13 +183,23 @@ def new_db(interop_redis: RedisServer) -> Callable[[], str]:
 
 
 class InteropRabbit:
-    """The interop RabbitMQ node and its traced vhost."""
+    """interop's traced vhost on the session RabbitMQ node."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: RabbitMQServer) -> None:
         self.server = server
-        self.vhost = server.new_vhost()
-        server.ctl("trace_on", "-p", self.vhost)
+        self.vhost = server.ensure_vhost(INTEROP_VHOST)
         self.url = server.url_for(self.vhost)
+        self._traced_pid: int | None = None
+        self.ensure()
+
+    def ensure(self) -> None:
+        """The node running and tracing the vhost: tracing is not kept across a restart of
+        the node (the vhost and its queues are), so it is turned on again after one."""
+        if not self.server.running:
+            self.server.start()
+        if self._traced_pid != self.server.pid:
+            self.server.ctl("trace_on", "-p", self.vhost)
+            self._traced_pid = self.server.pid
 
     def version(self) -> str:
         try:
@@ -193,26 +210,27 @@ class InteropRabbit:
 
 
 @pytest.fixture(scope="session")
-def interop_rabbitmq() -> Iterator[InteropRabbit]:
-    from tests.services import RabbitMQServer
-
-    server = start_or_report(RabbitMQServer)
-    try:
-        rabbit = InteropRabbit(server)
-        _STATE.rabbitmq_version = rabbit.version()
-        yield rabbit
-    finally:
-        server.close()
+def interop_rabbitmq(rabbitmq_server: RabbitMQServer) -> InteropRabbit:
+    rabbit = InteropRabbit(rabbitmq_server)
+    _STATE.rabbitmq_version = rabbit.version()
+    return rabbit
 
 
 class InteropAWS:
     """The interop moto server, its DynamoDB tables and its request recorder."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: MotoServer) -> None:
         self.server = server
         self.endpoint = server.endpoint_url
         self.recorder = AWSRecorder(self.endpoint)
-        ddb = server.client("dynamodb")
+        self.ensure()
+
+    def ensure(self) -> None:
+        """The server running, with the tables (created again if a test of tests/ reset or
+        restarted the shared server: moto keeps nothing)."""
+        if not self.server.running:
+            self.server.start()
+        ddb = self.server.client("dynamodb")
         existing = set(ddb.list_tables()["TableNames"])
         for table, key in ((TASK_STATES_TABLE, "TaskUUID"), (GROUP_METAS_TABLE, "GroupUUID")):
             if table not in existing:
@@ -232,7 +250,7 @@ class InteropAWS:
 
 
 @pytest.fixture(scope="session")
-def interop_aws(moto_server: Any) -> InteropAWS:
+def interop_aws(moto_server: MotoServer) -> InteropAWS:
     aws = InteropAWS(moto_server)
     _STATE.aws_version = aws.version()
     return aws
@@ -267,6 +285,7 @@ def new_stack(stack_spec: StackSpec, interop_redis: RedisServer, new_db: Callabl
                          interop_redis)
         if stack_spec.broker_kind == "sqs":
             aws: InteropAWS = request.getfixturevalue("interop_aws")
+            aws.ensure()
             settings = AWSSettings(aws.endpoint, sqs=True,
                                    dynamodb=stack_spec.backend_kind == "dynamodb")
             db = new_db()
@@ -277,6 +296,7 @@ def new_stack(stack_spec: StackSpec, interop_redis: RedisServer, new_db: Callabl
             st.create_queue(queue)
             return st
         rabbit: InteropRabbit = request.getfixturevalue("interop_rabbitmq")
+        rabbit.ensure()
         db = new_db()
         backend = rabbit.url if stack_spec.backend_kind == "amqp" else db
         queue = f"q_{name}_{stack_spec.id}_{next(_queue_serial)}"

@@ -1,0 +1,67 @@
+"""The interop suite runs on the session's servers, the ones tests/ use (issue #8).
+
+``python -m pytest tests interop/tests`` must start ONE redis-server, ONE RabbitMQ node and
+ONE moto server (``tests.services``' session fixtures, registered for every tree by the root
+``conftest.py``): interop keeps its own Redis DBs, vhost and queue names on them.  A second
+definition of a session fixture (e.g. one imported into a conftest) would start a second
+server, and ``session_starts`` would count it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from interop.tests.conftest import INTEROP_DBS, INTEROP_VHOST, InteropAWS, InteropRabbit
+from tests import services
+from tests.services import MotoServer, RabbitMQServer, RedisServer
+
+pytestmark = [pytest.mark.interop]
+
+
+def test_one_server_of_each_kind_per_session(
+    redis_server: RedisServer, rabbitmq_server: RabbitMQServer, moto_server: MotoServer,
+    interop_redis: RedisServer, interop_rabbitmq: InteropRabbit, interop_aws: InteropAWS,
+) -> None:
+    # interop's fixtures are derived from the session fixtures, not servers of their own
+    assert interop_redis is redis_server
+    assert interop_rabbitmq.server is rabbitmq_server
+    assert interop_aws.server is moto_server
+    # ... and each session fixture started its server once in this session, whichever trees
+    # (tests/, interop/tests/) used it before
+    assert services.session_starts == {
+        "redis_server": 1, "rabbitmq_server": 1, "moto_server": 1}, services.session_starts
+    assert services.session_servers == {
+        "redis_server": redis_server, "rabbitmq_server": rabbitmq_server,
+        "moto_server": moto_server}
+    # the same processes: one node, one pid, one port each
+    for server in (redis_server, rabbitmq_server, moto_server):
+        assert server.running and server.pid is not None
+    assert interop_rabbitmq.url == rabbitmq_server.url_for(INTEROP_VHOST)
+    assert f":{rabbitmq_server.port}/" in interop_rabbitmq.url
+    assert interop_aws.endpoint == moto_server.endpoint_url
+
+
+def test_interop_keeps_to_its_own_dbs_and_vhost(
+    redis_server: RedisServer, new_db: object, interop_rabbitmq: InteropRabbit,
+) -> None:
+    assert callable(new_db)
+    dbs = {int(str(new_db()).rsplit("/", 1)[1]) for _ in range(3)}
+    assert dbs <= set(INTEROP_DBS)
+    assert min(INTEROP_DBS) >= services.SHARED_REDIS_DBS  # tests/ flush 0..15 only
+    with redis_server.client() as client:
+        assert int(client.config_get("databases")["databases"]) >= max(INTEROP_DBS) + 1
+    # what tests/ flush before each test leaves interop's DBs alone
+    probe = max(INTEROP_DBS)
+    with redis_server.client(db=probe) as client:
+        client.set("interop:probe", "1")
+        with redis_server.client() as shared:
+            shared.eval(services._FLUSH_SHARED_DBS, 0)
+        assert client.get("interop:probe") == b"1"
+        client.delete("interop:probe")
+    # interop's vhost is traced and is not one tests/' fresh-vhost pool would delete
+    assert interop_rabbitmq.vhost == INTEROP_VHOST
+    traced = interop_rabbitmq.server.ctl("list_vhosts", "name", "tracing")
+    assert any(line.split() == [INTEROP_VHOST, "true"] for line in traced.splitlines()), traced
+    for _ in range(30):  # more than a pool refill (25), which deletes the vhosts handed out
+        interop_rabbitmq.server.new_vhost()
+    assert INTEROP_VHOST in interop_rabbitmq.server.ctl("list_vhosts", "name").split()
