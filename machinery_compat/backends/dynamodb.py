@@ -362,6 +362,7 @@ def task_state_from_item(item: Mapping[str, Any]) -> TaskState:
     results; Go writes no ``Results`` then, and Go's ``AsyncResult.Get`` gives an empty
     slice, as on Redis).  :class:`DecodeError` where Go's SDK could not decode it either."""
     results_av = _attr(item, "Results")
+    results: list[TaskResult] | None
     if results_av is None:
         results = [] if _get_str(item, "State") == SUCCESS else None
     elif "L" in results_av:
