@@ -106,7 +106,10 @@ class Machinery:
     * ``config``: a whole :class:`Config` (e.g. ``Config.from_yaml(path)``); the other
       arguments, when given, override its values;
     * ``results_expire_in``: seconds task states are kept (Machinery's ``ResultsExpireIn``;
-      0 means 3600).
+      0 means 3600);
+    * ``store_signatures``: also keep every Signature this app publishes next to its state
+      (Redis, DynamoDB), for ``machinery-compat stuck --resend``
+      (:mod:`machinery_compat.ops.signatures`).
 
     With no ``broker`` nor ``config`` the URLs are Machinery's defaults (a local RabbitMQ).
     Connections are made on first use; the app is safe to use from many threads and after
@@ -121,6 +124,7 @@ class Machinery:
         *,
         config: Config | None = None,
         results_expire_in: int | None = None,
+        store_signatures: bool = False,
     ) -> None:
         cfg = config if config is not None else Config.default()
         if broker is not None:
@@ -141,6 +145,8 @@ class Machinery:
         #: OpenTelemetry spans and context propagation, once :func:`machinery_compat.tracing.instrument` set it
         self.tracing: Tracing | None = None
         self._pre_publish_handler: Callable[[Signature], object] | None = None
+        #: keep every published Signature next to its state (see :mod:`machinery_compat.ops.signatures`)
+        self.store_signatures = store_signatures
         _apps.add(self)
 
     # -- construction -------------------------------------------------------------------
@@ -465,6 +471,10 @@ class Machinery:
                              handler, sig.name, sig.uuid)
 
     def _before_publish(self, sig: Signature) -> None:
+        if self.store_signatures:
+            from .ops.signatures import store_quietly
+
+            store_quietly(self.backend, sig)
         if not signals.before_task_publish.has_listeners(sig.name):
             return
         if sig.headers is None:

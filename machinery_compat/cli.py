@@ -13,6 +13,9 @@ Also ``python -m machinery_compat``.  ``machinery-compat COMMAND --help`` lists 
     machinery-compat periodic list -A mypkg.tasks:app [--json]
     machinery-compat worker -A mypkg.tasks:app --max-memory 512M   # restart past 512 MiB
     machinery-compat create-dynamodb-tables --config config.yml [--endpoint-url URL]
+    machinery-compat status -A mypkg.tasks:app [--json]   # queues, delayed, live workers
+    machinery-compat inspect pending|delayed|state ID|group ID ...   (see cli_ops)
+    machinery-compat purge QUEUE [--force] · dead list|requeue|purge QUEUE · stuck [--resend]
 
 Errors in the options, the app reference or the config file are one line on stderr and exit
 status 2.  This is the only module that configures logging (stderr, or ``--logfile``).
@@ -240,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     _app_options(pl)
     _lock_options(pl)
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    from .cli_ops import add_commands
+
+    add_commands(sub)
     return p
 
 
@@ -450,6 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_periodic_list(PeriodicListArgs.from_namespace(ns))
         if ns.command == "create-dynamodb-tables":
             return create_dynamodb_tables(ns)
+        from .cli_ops import COMMANDS, run
+
+        if ns.command in COMMANDS:
+            logging.basicConfig(level="WARNING", stream=sys.stderr, format=LOG_FORMAT)
+            return run(ns)
     except (ConfigError, UsageError, BackendError) as e:
         print(f"machinery-compat: error: {_one_line(str(e))}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Finding and re-sending tasks whose message is gone (Redis broker and backend).
+"""Finding and re-sending tasks whose message is gone (Redis or DynamoDB results).
 
 A task can be left RECEIVED or STARTED for ever (until its state expires) when the worker
 running it died and its message died with it: any Go worker (Go's Redis worker pops the
@@ -42,6 +42,23 @@ What it cannot do:
   skew it; a key without a TTL falls back to the state's ``CreatedAt``, the time it was sent).
 * **Be cheap on a big database**: it SCANs every key of the backend's database (states) and
   reads every list of the broker's (messages).  It is an operator's tool, not for a hot path.
+
+Other stacks:
+
+* **DynamoDB result backend**: the states come from a ``Scan`` of ``task_states`` (filtered
+  on ``State``; every item is read, so it costs read capacity on a big table).  DynamoDB keeps
+  no time of the last write (Go sets ``TTL`` on final states only), so ``older_than`` applies
+  to the time since the task was *sent* (``CreatedAt``); ``idle_for`` is ``None``.
+* **AMQP or SQS broker**: their messages cannot be searched by UUID, so a candidate's message
+  is not looked for (``StuckTask.message_checked`` is false).  Both brokers give a dead
+  worker's messages back by themselves (unacked AMQP deliveries, SQS visibility timeouts), so
+  a task there is rarely stuck for good; :func:`resend` refuses such a task unless ``force``.
+* **AMQP result backend**: states are messages in per-task queues that cannot be listed:
+  :func:`find_stuck_tasks` raises :class:`~machinery_compat.ops.Unsupported`.
+
+With ``Machinery(..., store_signatures=True)`` the producer keeps each Signature it sends
+(:mod:`machinery_compat.ops.signatures`); :func:`stored_signature` reads it back, so that
+``machinery-compat stuck --resend`` can re-send what Python producers sent.
 """
 
 from __future__ import annotations
@@ -51,10 +68,11 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConfigError, DecodeError, MachineryCompatError
+from .ops.base import Unsupported
 from .protocol import PENDING, RECEIVED, STARTED, Signature, TaskState
 
 if TYPE_CHECKING:
@@ -65,7 +83,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NotStuck", "StuckTask", "find_stuck_tasks", "recover_dead_workers", "resend"]
+__all__ = ["NotStuck", "StuckTask", "find_stuck_tasks", "recover_dead_workers", "resend",
+           "stored_signature"]
 
 #: UUIDs inside a message (any nesting: callbacks count as "somewhere" too)
 _UUID = re.compile(rb'"uuid"\s*:\s*"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
@@ -89,17 +108,29 @@ class StuckTask:
     age: float | None
     #: the stored state as read
     task_state: TaskState
+    #: whether the broker was searched for its message (not possible on AMQP and SQS)
+    message_checked: bool = True
 
 
-def _redis_sides(app: Machinery) -> tuple[RedisBroker, RedisBackend]:
-    from .backends.redis import RedisBackend
+def _kinds(obj: object) -> set[str]:
+    return {c.__name__ for c in type(obj).__mro__}
+
+
+def _backend_kind(app: Machinery) -> str:
+    kinds = _kinds(app.backend)
+    if "RedisBackend" in kinds:
+        return "redis"
+    if "DynamoDBBackend" in kinds:
+        return "dynamodb"
+    raise Unsupported(f"finding stuck tasks needs a Redis or DynamoDB result backend: the "
+                      f"{type(app.backend).__name__} cannot list task states")
+
+
+def _redis_broker(app: Machinery) -> RedisBroker | None:
     from .brokers.redis import RedisBroker
 
-    broker, backend = app.broker, app.backend
-    if not isinstance(broker, RedisBroker) or not isinstance(backend, RedisBackend):
-        raise ConfigError("machinery_compat.recovery needs a Redis broker and a Redis result "
-                          f"backend (got {type(broker).__name__} and {type(backend).__name__})")
-    return broker, backend
+    broker = app.broker
+    return broker if isinstance(broker, RedisBroker) else None
 
 
 def recover_dead_workers(app: Machinery) -> int:
@@ -108,7 +139,10 @@ def recover_dead_workers(app: Machinery) -> int:
     workers are left alone."""
     from .brokers.redis import recover_workers
 
-    broker, _ = _redis_sides(app)
+    broker = _redis_broker(app)
+    if broker is None:
+        raise ConfigError("recovering dead workers' messages needs a Redis broker (got "
+                          f"{type(app.broker).__name__})")
     return recover_workers(broker)
 
 
@@ -208,17 +242,61 @@ def find_stuck_tasks(app: Machinery, older_than: float = 300.0, *,
     (:func:`recover_dead_workers`), so that their tasks are not reported.  See the module
     documentation for what "stuck" can and cannot mean.
     """
-    broker, backend = _redis_sides(app)
-    if recover_workers:
+    kind = _backend_kind(app)
+    broker = _redis_broker(app)
+    if recover_workers and broker is not None:
         recover_dead_workers(app)
     wanted_states = tuple(states)
     now = time.time()
-    stuck = _candidates(backend, wanted_states, older_than, now)
-    if stuck:
+    if kind == "redis":
+        stuck = _candidates(app.backend, wanted_states, older_than, now)  # type: ignore[arg-type]
+    else:
+        stuck = _dynamodb_candidates(app.backend, wanted_states, older_than, now)
+    if broker is None:
+        stuck = [replace(s, message_checked=False) for s in stuck]
+    elif stuck:
         alive = _uuids_with_messages(broker, {s.task_uuid for s in stuck})
         stuck = [s for s in stuck if s.task_uuid not in alive]
     stuck.sort(key=lambda s: -(s.idle_for if s.idle_for is not None else s.age or 0.0))
     return stuck
+
+
+def _dynamodb_candidates(backend: Any, states: Sequence[str], older_than: float,
+                         now: float) -> list[StuckTask]:
+    """A ``Scan`` of the task states table for items in ``states`` sent ``older_than`` ago."""
+    from .backends.dynamodb import task_state_from_item
+
+    values = {f":s{i}": {"S": st} for i, st in enumerate(states)}
+    kwargs: dict[str, Any] = {
+        "TableName": backend.task_table, "ConsistentRead": True,
+        "FilterExpression": f"#S IN ({', '.join(values)})",
+        "ExpressionAttributeNames": {"#S": "State"}, "ExpressionAttributeValues": values}
+    out: list[StuckTask] = []
+    while True:
+        with backend._aws("scanning for stuck tasks", backend.task_table):
+            reply = backend.client.scan(**kwargs)
+        for item in reply.get("Items", ()):
+            try:
+                st = task_state_from_item(item)
+            except (DecodeError, ValueError, KeyError):
+                continue
+            created = st.created_at
+            age = None
+            if created is not None and created.unix_ns > 0:
+                age = now - created.unix_ns / 1e9
+            if age is None or age < older_than:
+                continue
+            out.append(StuckTask(st.task_uuid, st.task_name, st.state, None, age, st))
+        if "LastEvaluatedKey" not in reply:
+            return out
+        kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+
+def stored_signature(app: Machinery, task_uuid: str) -> Signature | None:
+    """The Signature a ``store_signatures`` producer kept for ``task_uuid`` (``None``: none)."""
+    from .ops.signatures import load
+
+    return load(app.backend, task_uuid)
 
 
 def resend(app: Machinery, sig: Signature, *, force: bool = False) -> AsyncResult:
@@ -230,11 +308,16 @@ def resend(app: Machinery, sig: Signature, *, force: bool = False) -> AsyncResul
     """
     if not sig.uuid:
         raise ValueError("resend needs the stuck task's UUID in the signature")
-    broker, backend = _redis_sides(app)
     if not force:
-        st = backend.get_state(sig.uuid)
+        kind = _backend_kind(app)  # (reading an AMQP backend's state would consume it)
+        broker = _redis_broker(app)
+        st = app.backend.get_state(sig.uuid) if kind else None
         if st is not None and st.state not in (PENDING, RECEIVED, STARTED):
             raise NotStuck(f"task {sig.uuid} is {st.state}: not re-sent")
+        if broker is None:
+            raise NotStuck(f"task {sig.uuid}: the {type(app.broker).__name__} cannot be "
+                           "searched for its message (and gives a dead worker's messages back "
+                           "by itself): not re-sent without force")
         if _uuids_with_messages(broker, {sig.uuid}):
             raise NotStuck(f"a message of task {sig.uuid} is still in the broker: not re-sent")
     logger.warning("re-sending task %s[%s]", sig.name, sig.uuid)
