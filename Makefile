@@ -6,6 +6,8 @@
 #   make lint        ruff check on the source/test dirs that exist
 #   make typecheck   mypy --strict machinery_compat
 #   make interop     bootstrap + pytest interop/tests -m interop
+#   make interop-full  bootstrap + pytest interop/tests --interop-full (every echo type on the extra
+#                    backend combinations amqp+redis, sqs+redis too; `make test` runs a subset there)
 #   make bench       bootstrap + python -m bench.redis_bench, then python -m bench.amqp_bench (RabbitMQ broker, Redis results)
 #   make soak        bootstrap + python -m bench.soak (kill -9 loops on Redis and AMQP, Redis restarts, ~4 min)
 #   make demo        bootstrap + python examples/demo.py
@@ -23,7 +25,7 @@ export PYTHON
 
 .DEFAULT_GOAL := help
 .NOTPARALLEL:
-.PHONY: help bootstrap test pytest unit lint typecheck interop bench soak demo golden clean
+.PHONY: help bootstrap test pytest unit lint typecheck interop interop-full bench soak demo golden clean
 
 help:
 	@sed -n 's/^#   /  /p' $(firstword $(MAKEFILE_LIST))
@@ -66,6 +68,11 @@ typecheck:
 
 interop: bootstrap
 	$(PYTEST) interop/tests -m interop $(PYTEST_ARGS)
+
+# The whole matrix, with every echo type on amqp+redis and sqs+redis (RESULTS.md gets
+# their full tables; a plain run keeps those and notes how its subset went).
+interop-full: bootstrap
+	$(PYTEST) interop/tests --interop-full $(PYTEST_ARGS)
 
 bench: bootstrap
 	$(PYTHON) -m bench.redis_bench

@@ -36,6 +36,12 @@ Each test carries ``@pytest.mark.matrix(direction, case)``; at session end the o
 written to ``interop/RESULTS.md`` (only when interop tests actually ran and none were
 deselected, so a partial run never overwrites the full table).
 
+The extra backend combinations (``amqp+redis``, ``sqs+redis``: harness.SUBSET_KINDS) run the
+echo cases of harness.SUBSET_ECHO_TYPES only, the other echo cells deselected (and shown as
+such); ``--interop-full`` (``make interop-full``) runs them all.  A run without it keeps
+those kinds' RESULTS.md sections of the last run that had every cell, adding a line on how
+the subset went (a section from a subset run is replaced by the next run's).
+
 ``--interop-kinds sqs+dynamodb,sqs+redis`` runs the matrix on those kinds only (every cell of
 them: the parametrization is restricted, nothing is deselected; the tests outside the
 matrix do not run): RESULTS.md then gets those kinds' sections replaced (or added), keeps
@@ -70,6 +76,8 @@ from interop.tests.harness import (  # noqa: E402
     KIND_TITLES,
     KINDS,
     STACKS,
+    SUBSET_ECHO_TYPES,
+    SUBSET_KINDS,
     TASK_STATES_TABLE,
     AWSRecorder,
     AWSSettings,
@@ -99,6 +107,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--interop-kinds", default="",
         help="run the interop matrix on these broker/backend kinds only (comma-separated, of "
              f"{', '.join(KINDS)}); RESULTS.md gets their sections replaced")
+    parser.addoption(
+        "--interop-full", action="store_true", default=False,
+        help="run every echo type on the extra backend combinations "
+             f"({', '.join(SUBSET_KINDS)}) too; by default they run "
+             f"{', '.join(SUBSET_ECHO_TYPES)} only (`make interop-full`)")
 
 
 def _selected_kinds(config: pytest.Config) -> tuple[str, ...] | None:
@@ -129,6 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
     global _STATE
     _STATE = _State()
     _STATE.only_kinds = _selected_kinds(config)
+    _STATE.full = bool(config.getoption("--interop-full", default=False))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -256,6 +270,13 @@ def interop_aws(moto_server: MotoServer) -> InteropAWS:
     return aws
 
 
+@pytest.fixture(scope="session")
+def interop_full(request: pytest.FixtureRequest) -> bool:
+    """``--interop-full``: every echo type on :data:`~interop.tests.harness.SUBSET_KINDS` too
+    (pass it to :func:`~interop.tests.harness.echo_types`)."""
+    return bool(request.config.getoption("--interop-full", default=False))
+
+
 @pytest.fixture(scope="module")
 def stack_spec(request: pytest.FixtureRequest) -> StackSpec:
     return request.param  # type: ignore[no-any-return]
@@ -326,6 +347,11 @@ class _State:
         self.deselected_interop = 0
         self.started = time.monotonic()
         self.only_kinds: tuple[str, ...] | None = None  # --interop-kinds
+        self.full = False  # --interop-full
+        # cells of SUBSET_KINDS left out of this run (no --interop-full): (kind, case) pairs,
+        # and the node ids (deselected by us, so not a user's partial selection)
+        self.subset_cut: dict[str, set[tuple[str, str]]] = {}
+        self.subset_nodeids: set[str] = set()
         self.modules: set[Path] = set()  # modules with interop items, before --interop-kinds
 
 
@@ -346,6 +372,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             i.get_closest_marker("matrix") is not None
             and isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("stack_spec"),
                            StackSpec))]
+    if not st.full:
+        _cut_to_subset(config, items)
     ours = [i for i in items if _is_ours(i)]
     # definition order (pytest may have regrouped items by module-scoped parameters)
     ours.sort(key=lambda i: (str(i.path), i.reportinfo()[1] or 0))
@@ -406,11 +434,35 @@ def _missing_python(kind: str) -> str | None:
     return f"machinery_compat has no {' / '.join(absent)} yet" if absent else None
 
 
+def _cut_to_subset(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``--interop-full``: deselect the echo cells of the types outside
+    SUBSET_ECHO_TYPES on SUBSET_KINDS (reported as deselected; RESULTS.md keeps those kinds'
+    sections of the last run that had them all)."""
+    st = _STATE
+    keep, cut = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        spec = params.get("stack_spec")
+        m = item.get_closest_marker("matrix")
+        if (_is_ours(item) and m is not None and isinstance(spec, StackSpec)
+                and spec.kind in SUBSET_KINDS and "echo_type" in params
+                and params["echo_type"] not in SUBSET_ECHO_TYPES):
+            cut.append(item)
+            st.subset_cut.setdefault(spec.kind, set()).add((m.args[0], m.args[1].format(**params)))
+            st.subset_nodeids.add(item.nodeid)
+        else:
+            keep.append(item)
+    if cut:
+        items[:] = keep
+        config.hook.pytest_deselected(items=cut)
+
+
 def pytest_deselected(items: list[pytest.Item]) -> None:
     if not items:
         return
     st = _STATE
-    st.deselected_interop += sum(1 for i in items if _is_ours(i))
+    st.deselected_interop += sum(1 for i in items
+                                 if _is_ours(i) and i.nodeid not in st.subset_nodeids)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -443,7 +495,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if {p.resolve() for p in HERE.glob("test_*.py")} - st.modules:
         return  # only some modules ran: a partial table must not replace the full one
     try:
-        old = RESULTS_PATH.read_text(encoding="utf-8") if st.only_kinds is not None else None
+        old = (RESULTS_PATH.read_text(encoding="utf-8")
+               if st.only_kinds is not None or st.subset_cut else None)
     except OSError:
         old = None
     try:
@@ -541,13 +594,22 @@ def _render(st: _State, old: str | None = None) -> str:
     kinds = [k for k in KINDS if any(key[2] == k for key in grid)]
     how = ("a full run" if st.only_kinds is None
            else f"`--interop-kinds {','.join(st.only_kinds)}`")
-    sections = {KIND_TITLES[k]: _render_kind(st, k, grid, counts, f"{now}, {how}, "
-                                             f"{elapsed:.0f} s for {', '.join(kinds)}")
-                for k in kinds}
+    if st.full:
+        how += " with `--interop-full`"
     old_sections = _split_sections(old) if old is not None else {}
     for section in old_sections.values():
         while section and not section[-1].strip():
             section.pop()
+    run = f"{now}, {how}, {elapsed:.0f} s for {', '.join(kinds)}"
+    sections = {}
+    for k in kinds:
+        title, cut = KIND_TITLES[k], st.subset_cut.get(k)
+        kept = old_sections.get(title)
+        if cut and kept and not any(line.startswith(_SUBSET_NOTE) for line in kept):
+            # the last section with every type stays; this run's subset outcome is noted
+            sections[title] = _note_subset_rerun(kept, k, grid, now)
+        else:
+            sections[title] = _render_kind(st, k, grid, counts, run, cut)
     ordered = [sections.get(t) or old_sections.get(t) for t in (KIND_TITLES[k] for k in KINDS)]
     body = [s for s in ordered if s]
     total = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0}
@@ -581,7 +643,10 @@ def _render(st: _State, old: str | None = None) -> str:
         "",
         "Generated by `interop/tests/conftest.py` from the outcomes of the last run of",
         "`python -m pytest interop/tests` per kind — a full run, or `--interop-kinds …` for the",
-        "kinds it names (each section says which) — (do not edit by hand).",
+        "kinds it names (each section says which) — (do not edit by hand).  The extra backend",
+        f"combinations ({', '.join(SUBSET_KINDS)}) run a representative subset of the echo",
+        "types by default: their tables are from the last run with `--interop-full` (`make",
+        "interop-full`), with a line on how the subset did in the last default run.",
         "",
         date,
         f"* Machinery: v1 `{v['Machinery v1']}` (flavour `v1`), v2 `{v['Machinery v2']}` "
@@ -610,16 +675,41 @@ def _render(st: _State, old: str | None = None) -> str:
     return "\n".join(lines)
 
 
+_SUBSET_NOTE = "Representative subset:"
+_RERUN_NOTE = "Representative-subset run"
+
+
+def _note_subset_rerun(section: list[str], kind: str,
+                       grid: dict[tuple[str, str, str, str], str | None], now: str) -> list[str]:
+    """A kept section (the last run of every cell of ``kind``) with a line saying how this
+    run's representative subset of it went (replacing the line of an earlier one)."""
+    outcomes = [o for key, o in grid.items() if key[2] == kind]
+    n = {o: outcomes.count(o) for o in ("passed", "failed", "skipped", "xfailed")}
+    note = (f"{_RERUN_NOTE} ({now}, without `--interop-full`): {n['passed']} passed, "
+            f"{n['failed']} failed, {n['skipped']} skipped, {n['xfailed']} known bug(s) of "
+            f"the {len(outcomes)} cells it runs; the table below is the last run of every cell.")
+    out = [line for line in section if not line.startswith(_RERUN_NOTE)]
+    at = next((i + 1 for i, line in enumerate(out) if line.startswith("Run: ")), 1)
+    while at < len(out) and not out[at].strip():
+        at += 1
+    return [*out[:at], note, "", *out[at:]]
+
+
 def _render_kind(st: _State, kind: str, grid: dict[tuple[str, str, str, str], str | None],
-                 counts: dict[tuple[str, str, str], dict[str, int]], run: str) -> list[str]:
-    """One kind's section of RESULTS.md (its heading first, trailing blank lines dropped)."""
+                 counts: dict[tuple[str, str, str], dict[str, int]], run: str,
+                 cut: set[tuple[str, str]] | None = None) -> list[str]:
+    """One kind's section of RESULTS.md (its heading first, trailing blank lines dropped);
+    ``cut``: the cells left out of this run (the representative subset of SUBSET_KINDS)."""
     flavours = _kind_flavours(kind)
     columns = [(d, f) for d in DIRECTIONS for f in flavours
                if any(k[0] == d and k[2] == kind and k[3] == f for k in grid)]
     cases = [c for c in st.order if any(k[1] == c and k[2] == kind for k in grid)]
-    lines = [f"## {KIND_TITLES[kind]}", "", f"Run: {run}.", "",
-             "| case | " + " | ".join(f"{_SHORT.get(d, d)} {f}" for d, f in columns) + " |",
-             "|---|" + "|".join(":-:" for _ in columns) + "|"]
+    lines = [f"## {KIND_TITLES[kind]}", "", f"Run: {run}.", ""]
+    if cut:
+        lines += [f"{_SUBSET_NOTE} the echo cases of {', '.join(SUBSET_ECHO_TYPES)} only "
+                  f"(`make interop-full` runs the other {len({c for _, c in cut})} too).", ""]
+    lines += ["| case | " + " | ".join(f"{_SHORT.get(d, d)} {f}" for d, f in columns) + " |",
+              "|---|" + "|".join(":-:" for _ in columns) + "|"]
     for case in cases:
         row = [_ICON[grid[(d, case, kind, f)]] if (d, case, kind, f) in grid else ""
                for d, f in columns]
@@ -678,7 +768,10 @@ NOT_IN_MATRIX = """
 * **AMQP broker + Redis backend runs a representative subset**: everything except the
   cases that exercise the broker alone (priority, `amqp.delayed_queue`, 200 delayed tasks
   from both producers, the unregistered-task hand-offs, the CLI worker), which would only
-  repeat the AMQP + AMQP column with the same broker.
+  repeat the AMQP + AMQP column with the same broker.  By default (without
+  `--interop-full`) it also runs the echo cases of a few types only (bool, int64, uint64,
+  float64, string, []byte, []string): every type crosses the same broker in the AMQP + AMQP
+  column and the same Redis backend in the Redis column.
 * **Priority and `amqp.delayed_queue`** exist on AMQP only (the Redis broker ignores
   `Priority`); those cells are skipped on Redis.
 * **`queue_binding_args`, non-direct exchange types, `amqps://`, several broker URLs**: not
@@ -690,7 +783,7 @@ NOT_IN_MATRIX = """
   recording shows: every `SendMessage` (body, `DelaySeconds`, FIFO ids), visibility change and
   `PutItem`/`UpdateItem` of a state, with the client that made it.  Both sides long-poll with
   `receive_wait_time_seconds: 1` (Machinery's 0 is a busy loop).  SQS + Redis backend runs the
-  representative subset, as AMQP + Redis does.
+  representative subset, as AMQP + Redis does (echo types included).
 * **DynamoDB results are Go's `%v` text**, so Go's `AsyncResult` reads `string` results only:
   for every other type the cells check the reflection error Go reports (`3 is not int64`,
   `91 is not string` for a `[]string`, `illegal base64 data at input byte 0` for unsigned and

@@ -98,6 +98,24 @@ STACKS = (
 #: these cases would only repeat the ``amqp`` / ``sqs+dynamodb`` column.
 BROKER_CASE_KINDS = ("redis", "amqp", "sqs+dynamodb")
 
+#: The extra backend combinations: their broker already runs the full matrix with its own
+#: backend (``amqp``, ``sqs+dynamodb``) and their Redis backend runs it under the Redis broker
+#: (``redis``), so by default they run the echo cases (one per Go type, both directions) for
+#: :data:`SUBSET_ECHO_TYPES` only, and every other case (results shape, failures, retries,
+#: ETAs, callbacks, mixed pools, workflows) in full.  ``pytest --interop-full`` (``make
+#: interop-full``) runs every type there too.
+SUBSET_KINDS = ("amqp+redis", "sqs+redis")
+#: The echo types the extra combinations run by default: a bool, the widest signed and
+#: unsigned integers (exact 64-bit values), a float, a string (JSON escaping), bytes (base64)
+#: and a slice.
+SUBSET_ECHO_TYPES = ("bool", "int64", "uint64", "float64", "string", "[]byte", "[]string")
+
+
+def echo_types(kind: str, full: bool, every: Iterable[str]) -> list[str]:
+    """The echo types (of ``every``) a module sends and checks on ``kind``."""
+    return [t for t in every if full or kind not in SUBSET_KINDS or t in SUBSET_ECHO_TYPES]
+
+
 #: Machinery's AMQP defaults (config.defaultCnf), except the binding key (see AMQPSettings).
 AMQP_EXCHANGE = "machinery_exchange"
 
