@@ -263,6 +263,15 @@ class _Held:
     extending: bool = False  # a heartbeat call for it is on its way
 
 
+@dataclass
+class _Group:
+    """A FIFO message group a consumer holds messages of: the one handed out (or about to be,
+    in the buffer) and those received after it, waiting for it to be settled."""
+
+    head: str  # receipt handle
+    waiting: collections.deque[Delivery]
+
+
 class SQSBroker(Broker):
     """See the module documentation."""
 
@@ -527,6 +536,15 @@ class SQSBroker(Broker):
         if isinstance(consumer, SQSConsumer):
             consumer.forget(delivery)
 
+    @staticmethod
+    def _settled(delivery: Delivery, *, finished: bool) -> None:
+        """Tell the consumer that received ``delivery`` (a FIFO message) that it was settled:
+        ``finished`` (deleted) releases the next message of its group, else (handed back, or
+        left in flight) the messages of its group it holds are given back."""
+        consumer = delivery.extra.get("consumer")
+        if isinstance(consumer, SQSConsumer):
+            consumer.release(delivery, finished=finished)
+
     def ack(self, delivery: Delivery) -> None:
         """``DeleteMessage`` (the task finished), except for a task that failed with
         ``StopTaskDeletionOnError``: left to come back after its visibility timeout (and to
@@ -534,6 +552,7 @@ class SQSBroker(Broker):
         with ``extra["failed"] = True``."""
         if delivery.extra.get("failed") and _stop_task_deletion(delivery.body):
             self._forget(delivery)
+            self._settled(delivery, finished=False)
             logger.info("SQS: task failed with StopTaskDeletionOnError: message %s left in %s "
                         "(it comes back after its visibility timeout; a redrive policy can "
                         "move it to a dead-letter queue)", delivery.extra.get("message_id", "?"),
@@ -551,6 +570,7 @@ class SQSBroker(Broker):
         self._forget(delivery)
         queue_url = delivery.extra.get("queue_url") or self.queue_url(delivery.queue)
         self._deleter.delete(queue_url, receipt, str(delivery.extra.get("message_id", "?")))
+        self._settled(delivery, finished=True)
 
     def _with_tries(self, call: Callable[[], Any], doing: str) -> bool:
         """Run an SQS call that settles a message, a few times through transient errors (then
@@ -584,10 +604,13 @@ class SQSBroker(Broker):
             queue_url = d.extra.get("queue_url") or self.queue_url(d.queue)
             params = {"QueueUrl": queue_url, "ReceiptHandle": receipt,
                       "VisibilityTimeout": seconds(d)}
-            self._with_tries(
-                functools.partial(self.client.change_message_visibility, **params),
-                f"{doing} message {d.extra.get('message_id', '?')} of {queue_url}",
-            )
+            try:
+                self._with_tries(
+                    functools.partial(self.client.change_message_visibility, **params),
+                    f"{doing} message {d.extra.get('message_id', '?')} of {queue_url}",
+                )
+            finally:
+                self._settled(d, finished=False)
 
     def requeue(self, deliveries: Sequence[Delivery], *, front: bool = False) -> None:
         """``ChangeMessageVisibility(0)``: visible again at once, for any worker (SQS has no
@@ -718,6 +741,9 @@ class SQSConsumer(SQSBroker):
         self._polls: dict[str, concurrent.futures.Future[list[dict[str, Any]]]] = {}
         self._poll_error: BaseException | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: FIFO message groups with a message handed out: (queue URL, group id) -> the group
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._waiting = 0  # messages waiting in self._groups
 
     # shared with the broker
     @property
@@ -778,7 +804,9 @@ class SQSConsumer(SQSBroker):
         """Receive into the buffers, waiting at most about ``budget`` seconds."""
         started = time.monotonic()
         wait = self.wait_seconds(budget)
-        if wait == 0 or (len(queues) == 1 and not self._polls):
+        # with FIFO messages waiting for their predecessor, long polls run in the background
+        # too, so that a message released meanwhile is handed out at once
+        if wait == 0 or (len(queues) == 1 and not self._polls and not self._waiting):
             for q in queues:
                 if q in self._polls:
                     continue  # a background long poll covers it
@@ -878,10 +906,53 @@ class SQSConsumer(SQSBroker):
             self._give_back([*ready, *(d for _, d in early)])
             return
         with self._cond:
+            if is_fifo(queue):
+                ready = [d for d in ready if self._first_of_group(d)]
             self._ready.setdefault(queue, collections.deque()).extend(ready)
             for due_ns, d in early:
                 heapq.heappush(self._early, (due_ns, next(self._seq), d))
             self._cond.notify_all()
+
+    # -- FIFO message groups --------------------------------------------------------------
+    def _first_of_group(self, delivery: Delivery) -> bool:
+        """(Under ``self._cond``.)  Whether ``delivery``, a FIFO message, may be handed out:
+        no other message of its group is handed out (or buffered) here.  Otherwise it waits
+        (held: its visibility is extended) until its predecessors are settled."""
+        key = (delivery.extra["queue_url"], delivery.extra.get("group_id", ""))
+        group = self._groups.get(key)
+        if group is None:
+            self._groups[key] = _Group(delivery.extra["receipt_handle"], collections.deque())
+            return True
+        group.waiting.append(delivery)
+        self._waiting += 1
+        return False
+
+    def release(self, delivery: Delivery, *, finished: bool) -> None:
+        """``delivery`` (handed out by this consumer) was settled.  For a FIFO message:
+        ``finished`` (deleted) hands out the next message of its group waiting here; otherwise
+        (handed back, or left in flight by ``StopTaskDeletionOnError``) the group's waiting
+        messages are given back too (visible again: SQS hands them out again in order, after
+        their predecessor), so that none runs before it.  A no-op for other messages."""
+        key = (delivery.extra.get("queue_url", ""), delivery.extra.get("group_id", ""))
+        give_back: list[Delivery] = []
+        with self._cond:
+            group = self._groups.get(key)
+            if group is None or group.head != delivery.extra.get("receipt_handle"):
+                return
+            if finished and group.waiting and not self._stop.is_set():
+                following = group.waiting.popleft()
+                self._waiting -= 1
+                group.head = following.extra["receipt_handle"]
+                self._ready.setdefault(following.queue, collections.deque()).append(following)
+                self._cond.notify_all()
+                return
+            del self._groups[key]
+            give_back = list(group.waiting)
+            self._waiting -= len(give_back)
+        if give_back:
+            logger.debug("SQS: %d message(s) of FIFO group %s given back after their "
+                         "predecessor", len(give_back), key[1])
+            self._give_back(give_back)
 
     def _hand_back(self, delivery: Delivery, left: float) -> bool:
         """Send the task again, unchanged, with the delay still needed (at most
@@ -1020,7 +1091,8 @@ class SQSConsumer(SQSBroker):
         self._stop.set()
         with self._cond:
             left = [d for q in self._ready.values() for d in q] + [d for _, _, d in self._early]
-            self._ready, self._early = {}, []
+            left += [d for g in self._groups.values() for d in g.waiting]
+            self._ready, self._early, self._groups, self._waiting = {}, [], {}, 0
             self._cond.notify_all()
         self._give_back(left)
         pool, self._pool = self._pool, None

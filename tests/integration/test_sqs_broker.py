@@ -7,6 +7,7 @@ and errors."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -288,9 +289,10 @@ def test_fifo_retry_is_not_swallowed_by_deduplication(
     app.register_task("flaky", flaky)
     result = app.send_signature(app.build_signature("flaky", [], retry_count=2,
                                                     broker_message_group_id="g"))
-    start_worker(app)
+    worker = start_worker(app)
     assert result.get(timeout=20) == "ok"
     assert len(attempts) == 3
+    worker.stop(timeout=15)  # else it may receive the messages below first
 
     # the hazard this avoids, shown on the same server: Go's UUID dedup id
     url = app.broker.queue_url(fifo)
@@ -298,6 +300,75 @@ def test_fifo_retry_is_not_swallowed_by_deduplication(
         sqs.send_message(QueueUrl=url, MessageBody=f"retry {n}", MessageGroupId="g",
                          MessageDeduplicationId="task_same_uuid")
     assert [m["Body"] for m in receive_all(sqs, url)] == ["retry 1"]
+
+
+def test_fifo_group_runs_in_order_on_a_worker_with_concurrency_4(
+        make_app: Callable[..., Machinery], make_queue: Callable[..., str],
+        start_worker: Callable[..., Worker]) -> None:
+    """SQS FIFO semantics on a Python worker taking up to 4 tasks at a time: one
+    ReceiveMessage may return several messages of a group, but each runs only after its
+    predecessor finished (in order); two groups still run side by side."""
+    fifo = make_queue(fifo=True)
+    app = make_app(default_queue=fifo)
+    runs: list[tuple[str, int, float, float]] = []
+    lock = threading.Lock()
+
+    def step(group: str, i: int) -> int:
+        start = time.monotonic()
+        time.sleep(0.15)
+        with lock:
+            runs.append((group, i, start, time.monotonic()))
+        return i
+
+    app.register_task("step", step)
+    results = [app.send_signature(app.build_signature("step", [g, i],
+                                                      broker_message_group_id=g))
+               for i in range(8) for g in ("g", "h")]
+    start_worker(app, concurrency=4)
+    assert [r.get(timeout=40) for r in results] == [i for i in range(8) for _ in "gh"]
+    for g in ("g", "h"):
+        mine = [r for r in runs if r[0] == g]
+        assert [r[1] for r in mine] == list(range(8)), runs  # in order
+        assert all(b[2] >= a[3] for a, b in itertools.pairwise(mine)), mine  # one at a time
+    # the two groups overlap (the worker still runs different groups at the same time)
+    assert any(a[0] != b[0] and a[2] < b[3] and b[2] < a[3] for a in runs for b in runs), runs
+
+
+def test_fifo_messages_waiting_for_their_group_are_given_back(
+        make_app: Callable[..., Machinery], make_queue: Callable[..., str], sqs: Any) -> None:
+    """A consumer hands out one message of a group at a time; the others wait, their
+    visibility kept by the heartbeat.  The next is released when its predecessor is deleted;
+    when the predecessor is handed back instead, or the consumer stops, the waiting ones are
+    given back (visible again, in order): nothing is lost, nothing overtakes."""
+    fifo = make_queue(fifo=True)
+    app = make_app(default_queue=fifo)
+    broker = app.broker
+    assert isinstance(broker, SQSBroker)
+    sigs = [add_sig(routing_key=fifo, broker_message_group_id="g") for _ in range(3)]
+    for sig in sigs:
+        broker.publish(sig)
+
+    def uuid_of(d: Delivery) -> str:
+        return Signature.from_json(d.body).uuid
+
+    consumer = broker.consumer([fifo])
+    assert isinstance(consumer, SQSConsumer)
+    (first,) = wait_for(lambda: consumer.fetch([fifo], 10, 1), what="a delivery")
+    assert uuid_of(first) == sigs[0].uuid
+    wait_for(lambda: len(consumer.held()) == 3, what="all three received")
+    assert consumer.fetch([fifo], 10, 0.3) == []  # the others wait for the first
+    broker.requeue([first])  # handed back: the waiting ones go back too
+    assert consumer.held() == []
+    (again,) = wait_for(lambda: consumer.fetch([fifo], 10, 1), what="the first again")
+    assert uuid_of(again) == sigs[0].uuid
+    wait_for(lambda: len(consumer.held()) == 3, what="all three received again")
+    broker.ack(again)  # deleted: the second is released
+    (second,) = consumer.fetch([fifo], 10, 1)
+    assert uuid_of(second) == sigs[1].uuid
+    consumer.stop_consuming()  # the third (waiting) is given back; the second is in flight
+    broker.requeue([second])  # a worker stopping gives back what it did not start
+    assert [Signature.from_json(m["Body"].encode()).uuid
+            for m in receive_all(sqs, broker.queue_url(fifo))] == [s.uuid for s in sigs[1:]]
 
 
 # -- batches ----------------------------------------------------------------------------
