@@ -353,6 +353,8 @@ def run_worker(args: WorkerArgs) -> int:
         worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **options)
     except ValueError as e:  # e.g. an empty queue name in the config's default_queue
         raise UsageError(str(e)) from e
+    if hostname is not None and getattr(worker, "hostname", None) is None:
+        setattr(worker, "hostname", hostname)  # noqa: B010 - its heartbeat shows the name
     _ = app.broker, app.backend  # a bad URL fails here, before the banner
     scheduler = _scheduler(app, args.lock, args.lock_program) if args.beat else None
     shown = getattr(worker, "hostname", None) or hostname or f"{os.getpid()}@{socket.gethostname()}"

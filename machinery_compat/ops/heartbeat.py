@@ -9,9 +9,9 @@ killed without a shutdown disappears once its record expires.  The record::
     {"id": "…", "hostname": "4242@host", "host": "host", "pid": 4242,
      "queues": ["machinery_tasks"], "concurrency": 8, "processed": 1234,
      "started": "2026-01-01T12:00:00+00:00", "last_beat": "2026-01-01T12:05:00+00:00",
-     "interval": 5.0, "ttl": 15.0, "version": "0.1.0", "broker": "redis"}
+     "interval": 5.0, "ttl": 15.0, "version": "0.1.0", "store": "redis"}
 
-``processed`` (tasks done) is read from the worker by the heartbeat thread: nothing is added
+``hostname`` is the worker's ``-n`` name (default ``<pid>@<host>``); ``processed`` (tasks done) is read from the worker by the heartbeat thread: nothing is added
 to the work of a task.  Where it is kept:
 
 * a **Redis** broker, else a Redis result backend: the key
@@ -21,7 +21,13 @@ to the work of a task.  Where it is kept:
   with the record in the attribute ``Worker`` and its expiry in ``TTL`` (DynamoDB's TTL
   removes it eventually; readers ignore expired ones).  No Machinery client ever asks for
   such a UUID;
-* otherwise (an AMQP broker with an AMQP result backend): no heartbeat (``status`` says so).
+* an **AMQP** broker with an AMQP result backend (an AMQP-only stack): messages in the
+  durable queue ``machinery_compat.workers`` (default exchange), each beat one message with a per-message
+  ``expiration`` of the TTL; at shutdown a last message marks the worker stopped.  ``status``
+  browses the queue (``basic.get``, then every message nacked back) and keeps each worker's
+  newest record.  Go never declares or reads that queue;
+* otherwise (e.g. an AMQP or SQS broker with a memory backend): no heartbeat (``status``
+  says so).
 
 **Go workers publish no heartbeat**: ``status`` never lists them.
 """
@@ -77,6 +83,9 @@ class Store:
 
     def records(self) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections of its own."""
 
 
 class RedisStore(Store):
@@ -147,6 +156,62 @@ class DynamoDBStore(Store):
             kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
 
 
+class AMQPStore(Store):
+    kind = "amqp"
+    #: the queue holding the heartbeat messages
+    QUEUE = "machinery_compat.workers"
+
+    def __init__(self, endpoint: Any) -> None:
+        from .._amqp import LinkPool
+
+        self.pool = LinkPool(endpoint, "worker heartbeat", size=1)
+        self.ttl = INTERVAL * TTL_FACTOR
+
+    def _publish(self, record: dict[str, Any], ttl: float) -> None:
+        from .._amqp import Link, declare_queue
+
+        body = json.dumps(record).encode()
+        props = {"content_type": "application/json", "delivery_mode": 1,
+                 "expiration": str(max(1, int(ttl * 1000)))}
+
+        def op(link: Link) -> None:
+            if "workers" not in link.declared:
+                declare_queue(link.channel, self.QUEUE, durable=True, auto_delete=False,
+                              arguments=None)
+                link.declared.add("workers")
+            link.publish(body, "", self.QUEUE, props)
+
+        self.pool.run(op, budget=2.0, describe="worker heartbeat")
+
+    def put(self, key: str, record: dict[str, Any], ttl: float) -> None:
+        self.ttl = ttl
+        self._publish(record, ttl)
+
+    def delete(self, key: str) -> None:
+        self._publish({"id": key[len(PREFIX):], "stopped": True, "beat_at": time.time()},
+                      self.ttl)
+
+    def records(self) -> list[dict[str, Any]]:
+        from .amqp import _browse
+
+        messages = self.pool.run(lambda link: _browse(link, self.QUEUE, 100_000), budget=5.0,
+                                 describe="read worker heartbeats")
+        newest: dict[str, dict[str, Any]] = {}
+        for m in messages:  # oldest first: the last one of a worker wins
+            try:
+                rec = json.loads(m.body)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                newest[str(rec["id"])] = rec
+        now = time.time()
+        return [r for r in newest.values() if not r.get("stopped")
+                and float(r.get("beat_at", 0)) + float(r.get("ttl", 0)) >= now]
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 def store_for(app: Any, *, create: bool = True) -> Store | None:
     """Where ``app``'s workers keep their heartbeats (``None``: nowhere, see the module docs).
     ``create=False``: only from the broker/backend already made (a worker has made both)."""
@@ -158,6 +223,9 @@ def store_for(app: Any, *, create: bool = True) -> Store | None:
         return RedisStore(backend.client)
     if backend is not None and "DynamoDBBackend" in _names(backend):
         return DynamoDBStore(backend)
+    if (broker is not None and "AMQPBroker" in _names(broker)
+            and backend is not None and "AMQPBackend" in _names(backend)):
+        return AMQPStore(broker.endpoint)
     return None
 
 
@@ -166,7 +234,11 @@ def list_workers(app: Any) -> list[dict[str, Any]] | None:
     store = store_for(app)
     if store is None:
         return None
-    return sorted(store.records(), key=lambda r: (str(r.get("hostname")), str(r.get("id"))))
+    try:
+        records = store.records()
+    finally:
+        store.close()
+    return sorted(records, key=lambda r: (str(r.get("hostname")), str(r.get("id"))))
 
 
 class _Beater:
@@ -189,8 +261,9 @@ class _Beater:
             "id": self.key[len(PREFIX):], "hostname": hostname, "host": self.host,
             "pid": os.getpid(), "queues": list(w.queues), "concurrency": w.concurrency,
             "processed": w.processed, "started": self.started, "last_beat": _now_iso(),
+            "beat_at": time.time(),
             "interval": self.interval, "ttl": self.interval * TTL_FACTOR,
-            "version": __version__, "broker": self.store.kind,
+            "version": __version__, "store": self.store.kind,
         }
 
     def start(self) -> None:
@@ -214,6 +287,8 @@ class _Beater:
             self.store.delete(self.key)
         except Exception as e:
             logger.info("worker heartbeat %s not deleted (%s): it expires by itself", self.key, e)
+        finally:
+            self.store.close()
 
     def stop(self, wait: float = 1.0) -> None:
         self._stop.set()

@@ -373,12 +373,6 @@ def test_status_lists_a_live_python_worker_until_it_stops(stack: Stack, cli: Any
     a = stack.app()
     w = stack.worker(a, concurrency=3)
     assert a.send_task("add", args=[1, 2]).get(timeout=20) == 3
-    if stack.kind == "amqp":
-        info = _json(cli("status", "--json"))
-        assert info["workers"] is None
-        code, out, _ = cli("status")
-        assert "workers: unknown" in out
-        return
 
     def live() -> list[dict[str, Any]]:
         return [x for x in _json(cli("status", "--json"))["workers"] or ()
