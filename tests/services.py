@@ -651,7 +651,6 @@ class RabbitMQServer(_ServerProcess):
         self._vhost_lock = threading.Lock()
         self._vhost_pool: list[str] = []
         self._vhosts_used: list[str] = []
-        self._vhosts_kept: set[str] = set()
         self._vhost_serial = 0
 
     # -- addresses ---------------------------------------------------------
@@ -837,17 +836,14 @@ class RabbitMQServer(_ServerProcess):
 
     def ensure_vhost(self, name: str) -> str:
         """Create the virtual host ``name`` (full permissions for guest) unless it exists, and
-        return it.  Unlike :meth:`new_vhost`'s, it is never deleted by this class: for a
+        return it (one ``rabbitmqctl eval``).  Unlike :meth:`new_vhost`'s, it is never deleted by this class: for a
         suite that keeps one vhost for its whole run on a shared node (interop/tests)."""
-        if name in self._vhosts_kept:
-            return name
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ValueError(f"vhost name {name!r}: use letters, digits, '-', '_' and '.'")
         self.ctl("eval", (
             f"rabbit_vhost:add(<<\"{name}\">>, <<\"tests\">>), "
             f"rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, <<\"{name}\">>, "
             f"<<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"tests\">>), ok."))
-        self._vhosts_kept.add(name)
         return name
 
     def _refill_vhosts(self, add: Sequence[str], delete: Sequence[str]) -> None:

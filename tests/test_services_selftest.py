@@ -36,6 +36,27 @@ def test_redis_url_flushes_between_tests(redis_client: redis.Redis) -> None:
     assert redis_client.get("k") is None
 
 
+def test_session_server_has_dbs_for_other_suites(redis_server: RedisServer) -> None:
+    # DBs 0..15 are tests/' (redis_url flushes them), the rest another suite's (interop/tests)
+    assert services.SESSION_REDIS_DATABASES > services.SHARED_REDIS_DBS == 16
+    with redis_server.client() as client:
+        databases = int(client.config_get("databases")["databases"])
+    assert databases == services.SESSION_REDIS_DATABASES
+    with redis_server.client(db=3) as mine, \
+            redis_server.client(db=services.SHARED_REDIS_DBS) as theirs:
+        mine.set("selftest:mine", "1")
+        theirs.set("selftest:theirs", "1")
+
+
+def test_redis_url_flushes_only_the_shared_dbs(redis_server: RedisServer, redis_url: str) -> None:
+    # (after the test above)
+    with redis_server.client(db=3) as mine, \
+            redis_server.client(db=services.SHARED_REDIS_DBS) as theirs:
+        assert mine.get("selftest:mine") is None
+        assert theirs.get("selftest:theirs") == b"1"
+        theirs.delete("selftest:theirs")
+
+
 def test_marked_redis(request: pytest.FixtureRequest, redis_url: str) -> None:
     assert request.node.get_closest_marker("redis") is not None
 
@@ -221,3 +242,36 @@ def test_missing_moto_fails_under_ci(no_moto: None, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=r"moto\[server\].*CI=true"):
         services.start_or_report(services.MotoServer)
+
+
+# -- RabbitMQ ------------------------------------------------------------------------------
+
+
+def test_kept_vhost_survives_the_fresh_vhost_pool(
+    request: pytest.FixtureRequest, rabbitmq_server: services.RabbitMQServer,
+) -> None:
+    assert request.node.get_closest_marker("rabbitmq") is not None
+    name = "selftest-kept"
+    assert rabbitmq_server.ensure_vhost(name) == name
+    assert rabbitmq_server.ensure_vhost(name) == name  # idempotent
+    try:
+        for _ in range(30):  # past a refill (25), which deletes the vhosts handed out before
+            rabbitmq_server.new_vhost()
+        assert name in rabbitmq_server.ctl("list_vhosts", "name").split()
+        rabbitmq_server.connection(name).close()  # guest may use it
+    finally:
+        rabbitmq_server.ctl("delete_vhost", name)
+    with pytest.raises(ValueError, match="vhost name"):
+        rabbitmq_server.ensure_vhost('bad"name')
+
+
+def test_session_fixtures_started_once(
+    redis_server: RedisServer, rabbitmq_server: services.RabbitMQServer,
+    moto_server: services.MotoServer,
+) -> None:
+    # (interop/tests/test_interop_services.py checks the same from the other tree)
+    assert services.session_servers == {"redis_server": redis_server,
+                                        "rabbitmq_server": rabbitmq_server,
+                                        "moto_server": moto_server}
+    assert services.session_starts == {"redis_server": 1, "rabbitmq_server": 1,
+                                       "moto_server": 1}
