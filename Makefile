@@ -8,7 +8,7 @@
 #   make interop     bootstrap + pytest interop/tests -m interop
 #   make interop-full  bootstrap + pytest interop/tests --interop-full (every echo type on the extra
 #                    backend combinations amqp+redis, sqs+redis too; `make test` runs a subset there)
-#   make bench       bootstrap + python -m bench.redis_bench, then python -m bench.amqp_bench (RabbitMQ broker, Redis results)
+#   make bench       bootstrap + python -m bench.redis_bench, then bench.amqp_bench (RabbitMQ broker, Redis results), then bench.sqs_bench (SQS on moto, Redis results)
 #   make soak        bootstrap + python -m bench.soak (kill -9 loops on Redis and AMQP, Redis restarts, ~4 min)
 #   make demo        bootstrap + python examples/demo.py
 #   make golden      interop/golden.sh (regenerate golden wire fixtures)
@@ -77,6 +77,7 @@ interop-full: bootstrap
 bench: bootstrap
 	$(PYTHON) -m bench.redis_bench
 	$(PYTHON) -m bench.amqp_bench
+	$(PYTHON) -m bench.sqs_bench
 
 soak: bootstrap
 	$(PYTHON) -m bench.soak
