@@ -71,6 +71,14 @@ Consuming
   sent time.  The body is not rewritten: Go sets the signature's ``SQSReceiptHandle`` in
   memory only (it then leaks into the bytes of a retry Go re-sends; nothing reads it), a
   Python worker leaves the field as it came.
+* FIFO queues: a consumer hands out one message per message group at a time (SQS's
+  guarantee, which a receive of up to 10 messages would otherwise break on a worker running
+  several tasks at once).  The other messages of the group it received wait in the consumer
+  (held: heartbeat below) until the one handed out is deleted (acknowledged, dropped or
+  dead-lettered); then the next is handed out.  If it is handed back instead, or left in
+  flight (``StopTaskDeletionOnError``), the waiting ones are given back too: SQS hands them
+  out again in order, after it.  While messages wait, the consumer's long polls run in a
+  background thread, so that a message released meanwhile is handed out at once.
 * Visibility heartbeat: while a worker holds a message (from receipt until it is settled,
   also while it waits in the consumer), one thread per worker extends its visibility
   (``ChangeMessageVisibilityBatch``) every half visibility timeout, with the configured timeout or else the queue's own
