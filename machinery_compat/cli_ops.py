@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .protocol import TaskState
 
 COMMANDS = ("inspect", "purge", "dead", "stuck", "status")
+#: the client libraries whose errors are reported in one line (exit status 1)
+_CLIENT_MODULES = frozenset({"redis", "botocore", "boto3", "amqp", "kombu"})
 DEFAULT_LIMIT = 100
 
 
@@ -50,9 +52,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _limit(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
-                   help=f"list at most N messages (default {DEFAULT_LIMIT})")
+def _limit(p: argparse.ArgumentParser, default: int | None = DEFAULT_LIMIT,
+           what: str = "list") -> None:
+    p.add_argument("--limit", type=int, default=default if default is not None else 2**62,
+                   metavar="N", help=f"{what} at most N messages (default "
+                                     f"{default if default is not None else 'all'})")
 
 
 def _delay_queues(p: argparse.ArgumentParser) -> None:
@@ -117,10 +121,10 @@ def add_commands(sub: Any) -> None:
         if name == "purge":
             p.add_argument("-f", "--force", action="store_true",
                            help="do not ask for confirmation")
+        elif name == "requeue":
+            _limit(p, None, "requeue")
         else:
             _limit(p)
-            if name == "requeue":
-                p.set_defaults(limit=1_000_000)
 
     p = sub.add_parser("stuck", help="tasks RECEIVED/STARTED for too long whose message is gone",
                        description="List tasks whose state is RECEIVED or STARTED (--state) "
@@ -179,6 +183,11 @@ def run(ns: argparse.Namespace) -> int:
             return 1
         except (BrokerError, BackendError, OSError) as e:
             _err(str(e))
+            return 1
+        except Exception as e:
+            if type(e).__module__.split(".")[0] not in _CLIENT_MODULES:
+                raise
+            _err(f"{type(e).__name__}: {e}")  # a client error no broker/backend translated
             return 1
     finally:
         app.close()

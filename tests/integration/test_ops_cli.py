@@ -219,7 +219,7 @@ def test_inspect_pending_and_purge_with_confirmation(stack: Stack, cli: Any) -> 
         assert code == 1 and out == ""
         assert f"Purge 3 messages from {q}? [y/N]" in err and "not purged" in err
     assert _json(cli("status", "--json"))["queues"][0]["messages"] == 3
-    code, out, err = cli("purge", q, stdin="y\n")
+    code, out, err = cli("purge", q, "-A", "tests.integration.test_ops_cli:app", stdin="y\n")
     assert code == 0 and out == f"purged 3 message(s) from {q}\n"
     for b in bodies:
         stack.push(q, b)
@@ -391,3 +391,17 @@ def test_status_lists_a_live_python_worker_until_it_stops(stack: Stack, cli: Any
     w.stop(timeout=10)
     stack.workers.remove(w)
     assert live() == []
+
+
+def test_app_or_config_is_required_and_errors_are_one_line(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("machinery-compat: error: give the app (-A module:app) and/or the config "
+                   "file (--config FILE)\n")
+    # a Redis nobody listens on: one line, exit 1
+    cfg = tmp_path / "down.yml"
+    cfg.write_text("broker: redis://127.0.0.1:1/0\nredis:\n  connect_timeout: 1\n")
+    assert main(["inspect", "pending", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("machinery-compat: ")
