@@ -160,12 +160,11 @@ def load(ns: argparse.Namespace) -> Machinery:
 
     if ns.app is None and ns.config is None:
         raise ConfigError("give the app (-A module:app) and/or the config file (--config FILE)")
-    if ns.app is not None:
-        app = load_app(ns.app)
-        if ns.config:
-            app.config = Config.from_yaml(ns.config)
-        return app
-    return Machinery(config=Config.from_yaml(ns.config))
+    app = load_app(ns.app) if ns.app is not None else None
+    if ns.config:  # replaces the app's config: an app of its own (the loaded one is left as is)
+        return Machinery(config=Config.from_yaml(ns.config))
+    assert app is not None
+    return app
 
 
 def run(ns: argparse.Namespace) -> int:

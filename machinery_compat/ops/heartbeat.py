@@ -15,9 +15,9 @@ killed without a shutdown disappears once its record expires.  The record::
 to the work of a task.  Where it is kept:
 
 * a **Redis** broker, else a Redis result backend: the key
-  ``machinery_compat:worker:<host>:<pid>:<n>`` (``SET … PX``) in that database;
+  ``machinery_compat.worker.<host>.<pid>.<n>`` (``SET … PX``) in that database;
 * a **DynamoDB** result backend (with a non-Redis broker, e.g. SQS): an item of the
-  ``task_states`` table whose ``TaskUUID`` is ``machinery_compat:worker:<host>:<pid>:<n>``,
+  ``task_states`` table whose ``TaskUUID`` is ``machinery_compat.worker.<host>.<pid>.<n>``,
   with the record in the attribute ``Worker`` and its expiry in ``TTL`` (DynamoDB's TTL
   removes it eventually; readers ignore expired ones).  No Machinery client ever asks for
   such a UUID;
@@ -53,7 +53,7 @@ INTERVAL = 5.0
 #: a record expires after this many intervals without a beat
 TTL_FACTOR = 3
 #: every heartbeat key/item starts with this
-PREFIX = "machinery_compat:worker:"
+PREFIX = "machinery_compat.worker."
 #: the DynamoDB attribute holding the record
 DYNAMODB_ATTRIBUTE = "Worker"
 
@@ -247,7 +247,7 @@ class _Beater:
         self.store = store
         self.interval = interval
         host = socket.gethostname()
-        self.key = f"{PREFIX}{host}:{os.getpid()}:{next(_ids)}"
+        self.key = f"{PREFIX}{host}.{os.getpid()}.{next(_ids)}"
         self.started = _now_iso()
         self.host = host
         self._stop = threading.Event()

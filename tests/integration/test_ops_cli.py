@@ -405,3 +405,20 @@ def test_app_or_config_is_required_and_errors_are_one_line(
     assert main(["inspect", "pending", "--config", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("machinery-compat: ")
+
+
+def test_status_forgets_a_worker_whose_heartbeat_expired(stack: Stack, cli: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a = stack.app()
+    w = stack.worker(a)
+
+    def live() -> list[dict[str, Any]]:
+        return [x for x in _json(cli("status", "--json"))["workers"] or ()
+                if x["pid"] == os.getpid() and x["queues"] == [stack.queue]]
+
+    wait_for(live, timeout=10, what="the worker's heartbeat")
+    # the worker "dies": its heartbeat thread stops without deleting its record
+    beater = heartbeat._beaters[id(w)]
+    monkeypatch.setattr(beater.store, "delete", lambda key: None)
+    heartbeat._on_shutdown(w)
+    wait_for(lambda: not live(), timeout=10, what="the record's expiry")
