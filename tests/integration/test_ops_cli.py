@@ -313,7 +313,8 @@ def test_inspect_state_and_group(stack: Stack, cli: Any) -> None:
 def _subprocess_worker(stack: Stack) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "machinery_compat", "worker", "-A",
-         "tests.integration.test_ops_cli:app", "--config", str(stack.config), "-c", "1"],
+         "tests.integration.test_ops_cli:app", "--config", str(stack.config), "-c", "1",
+         "-n", "ops-killed@%h"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, text=True)
 
@@ -325,12 +326,15 @@ def test_stuck_finds_a_killed_workers_task_and_resends_it(stack: Stack, cli: Any
         assert code == 1 and out == "" and len(err.splitlines()) == 1
         assert "Redis or DynamoDB result backend" in err
         return
-    r = a.send_task("slow", args=[0.5])
+    r = a.send_task("slow", args=[2.0])
     if stack.kind == "redis":
         # a worker that pops the message (crash_safe: false, as Go) and is killed mid-task
         proc = _subprocess_worker(stack)
         try:
             wait_for(lambda: a.AsyncResult(r.id).state == STARTED, timeout=20, what="STARTED")
+            wait_for(lambda: any(w["hostname"].startswith("ops-killed@") and w["pid"] == proc.pid
+                                 for w in _json(cli("status", "--json"))["workers"]),
+                     timeout=10, what="the worker's heartbeat with its -n name")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -365,7 +369,7 @@ def test_stuck_finds_a_killed_workers_task_and_resends_it(stack: Stack, cli: Any
     assert lines[r.id].endswith("re-sent")
     assert lines[other.id].endswith("cannot re-send: signature not stored")
     stack.worker(a)
-    assert r.get(timeout=30) == 0.5
+    assert r.get(timeout=30) == 2.0
     assert [row["uuid"] for row in _json(cli("stuck", "--older-than", "0", "--json"))] == [other.id]
 
 
