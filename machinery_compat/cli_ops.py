@@ -81,7 +81,8 @@ def add_commands(sub: Any) -> None:
     p = ins_sub.add_parser("pending", help="messages waiting in a queue (left there)",
                            description="List the messages waiting in QUEUE (default: the "
                                        "config's default_queue), head first, without taking them.")
-    p.add_argument("queue", nargs="?", default=None, metavar="QUEUE")
+    p.add_argument("queue", nargs="?", default=None, metavar="QUEUE",
+                   help="default: the config's default_queue")
     _common(p)
     _limit(p)
     p = ins_sub.add_parser("delayed", help="messages waiting for their ETA (left there)",
@@ -93,17 +94,17 @@ def add_commands(sub: Any) -> None:
     p = ins_sub.add_parser("state", help="a task's stored state",
                            description="Print a task's state as the result backend holds it "
                                        "(on an AMQP backend, browsed: left for its reader).")
-    p.add_argument("task_id", metavar="TASK_ID")
+    p.add_argument("task_id", metavar="TASK_ID", help="the task's UUID")
     _common(p)
     p = ins_sub.add_parser("group", help="a group's members and their states",
                            description="Print a group's members and each one's state.")
-    p.add_argument("group_id", metavar="GROUP_ID")
+    p.add_argument("group_id", metavar="GROUP_ID", help="the group's UUID")
     _common(p)
 
     p = sub.add_parser("purge", help="delete every message waiting in a queue",
                        description="Delete every message waiting in QUEUE, after asking "
                                    "'Purge N messages from QUEUE? [y/N]' (--force: no question).")
-    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("queue", metavar="QUEUE", help="the queue to empty")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     _common(p)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -141,6 +142,23 @@ def test_every_option_has_help_text() -> None:
         for action in p._actions:
             if action.option_strings:
                 assert action.help and action.help.strip(), action.option_strings
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _subparsers(child)
+
+
+def test_every_operator_command_argument_has_help_text() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in ("inspect", "purge", "dead", "stuck", "status"):
+        for p in _subparsers(sub.choices[name]):  # type: ignore[index]
+            for action in p._actions:
+                if not isinstance(action, argparse._SubParsersAction):
+                    assert action.help and action.help.strip(), (p.prog, action.dest)
 
 
 def test_queues_comma_separated_repeated_and_mixed() -> None:
