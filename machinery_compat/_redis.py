@@ -40,7 +40,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import ssl
+import struct
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -196,10 +198,16 @@ def _context_ssl_connection() -> Any:
 _RLOCK_TYPE = type(threading.RLock())
 
 
+#: the pid of this process, updated in a forked child (FastPath checks it on every call,
+#: where an ``os.getpid()`` system call each time was measurable)
+_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
     """Re-create locks another thread of the parent may have held when it forked."""
-    global _lock
+    global _lock, _pid
     _lock = threading.Lock()
+    _pid = os.getpid()
     for pool in _pools.values():
         # redis-py resets a pool in a child (pid check), but under the pool's own locks:
         # fresh ones, or a lock held by a parent thread at fork time would block forever.
@@ -533,7 +541,7 @@ class FastPath:
 
     def _conn(self) -> Any:
         held: _Held | None = getattr(self._local, "held", None)
-        if held is None or held.pid != os.getpid():
+        if held is None or held.pid != _pid:
             if held is not None:  # inherited through fork: the parent's socket, forget it
                 held.forget()
             held = _Held(self.pool, self.pool.get_connection())
@@ -565,12 +573,17 @@ class FastPath:
         """The commands in Redis's protocol: hiredis's packer straight away when it is
         installed (what redis-py uses too, minus its per-command Python overhead)."""
         if hiredis is not None:
+            if len(commands) == 1:
+                return [hiredis.pack_command(commands[0])]
             return [b"".join([hiredis.pack_command(c) for c in commands])]
         return conn.pack_commands(commands)
 
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         conn = self._conn()
         try:
+            sock = conn._sock
+            if sock is not None and _direct_io(conn, sock):
+                return _send_and_read(conn, sock, self._pack(conn, commands)[0], len(commands))
             conn.send_packed_command(self._pack(conn, commands), check_health=False)
             replies = [conn.read_response(disconnect_on_error=False) for _ in commands]
         except BaseException:
@@ -622,12 +635,13 @@ class FastPath:
             sock = conn._sock
             if normal is None or sock is None:
                 return conn.read_response(disconnect_on_error=False)
+            direct = sock.gettimeout() is None  # see _direct_io: put back after the wait
             sock.settimeout(wait + normal)
             try:
                 return conn.read_response(disconnect_on_error=False)
             finally:
                 if conn._sock is sock:
-                    sock.settimeout(normal)
+                    sock.settimeout(None if direct else normal)
         except BaseException:
             self._drop(conn)
             raise
@@ -676,6 +690,7 @@ class _Held:
     def release(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None and self.pid == os.getpid():
+            _pool_mode(conn)
             self.pool.release(conn)
 
     def forget(self) -> None:
@@ -684,3 +699,92 @@ class _Held:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown
             self.release()
+
+
+# --------------------------------------------------------------------------------------
+# direct socket I/O of a FastPath connection
+# --------------------------------------------------------------------------------------
+
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _hiredis_sentinel() -> Any:
+    """What redis-py's hiredis reader returns while a reply is incomplete (None: unknown,
+    then the direct I/O is not used)."""
+    try:
+        from redis._parsers import hiredis as parsers
+    except ImportError:
+        return None
+    return getattr(parsers, "NOT_ENOUGH_DATA", None)
+
+
+_NOT_ENOUGH_DATA: Any = _hiredis_sentinel() if redis is not None else None
+
+
+def _direct_io(conn: Any, sock: Any) -> bool:
+    """Whether :func:`_send_and_read` may use ``sock`` (plain TCP or unix socket, hiredis
+    parser); switches it to blocking mode with the connection's timeout as the kernel's
+    ``SO_RCVTIMEO``/``SO_SNDTIMEO`` the first time.
+
+    A Python socket with a timeout polls before every ``send``/``recv`` (a second system
+    call, and a second release of the GIL, which a worker's busy threads make expensive);
+    a blocking socket with the kernel's timeouts waits the same at most, in one call.  The
+    socket goes back to redis-py's mode when the connection returns to the pool
+    (:func:`_pool_mode`)."""
+    if hiredis is None or isinstance(sock, ssl.SSLSocket):
+        return False
+    parser = getattr(conn, "_parser", None)
+    if (_NOT_ENOUGH_DATA is None or type(parser).__module__ != "redis._parsers.hiredis"
+            or getattr(parser, "_reader", None) is None
+            or getattr(parser, "_buffer", None) is None):
+        return False
+    if sock.gettimeout() is not None:
+        timeout = conn.socket_timeout
+        sec = float(timeout) if timeout else 0.0
+        tv = _TIMEVAL.pack(int(sec), int((sec - int(sec)) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        sock.settimeout(None)
+    return True
+
+
+def _pool_mode(conn: Any) -> None:
+    """Put a connection's socket back into redis-py's timeout mode (see :func:`_direct_io`)."""
+    sock = getattr(conn, "_sock", None)
+    timeout = getattr(conn, "socket_timeout", None)
+    if sock is not None and timeout is not None and sock.gettimeout() is None:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+def _send_and_read(conn: Any, sock: Any, data: bytes, count: int) -> list[Any]:
+    """Write ``data`` and read ``count`` replies straight through the socket and the
+    connection's hiredis reader (what ``send_packed_command`` + ``read_response`` do, minus
+    their layers); errors as redis-py raises them (a timeout: ``redis.TimeoutError``)."""
+    r = require_redis()
+    parser = conn._parser
+    reader = parser._reader
+    buf = parser._buffer
+    missing = _NOT_ENOUGH_DATA
+    try:
+        sock.sendall(data)
+        replies = []
+        for _ in range(count):
+            reply = reader.gets()
+            while reply is missing:
+                n = sock.recv_into(buf)
+                if n == 0:
+                    raise r.ConnectionError("Connection closed by server.")
+                reader.feed(buf, 0, n)
+                reply = reader.gets()
+            replies.append(reply)
+    except (TimeoutError, BlockingIOError) as e:
+        raise r.TimeoutError("Timeout reading from or writing to socket") from e
+    except OSError as e:
+        raise r.ConnectionError(f"Error while reading from or writing to socket: {e}") from e
+    for reply in replies:
+        if isinstance(reply, r.ResponseError):
+            raise reply
+        if isinstance(reply, r.ConnectionError):
+            raise reply
+    return replies
