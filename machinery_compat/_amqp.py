@@ -268,6 +268,25 @@ def _kombu_transports() -> tuple[type[Any], type[Any]]:
                 if now >= deadline or not self._readable(deadline - now):
                     raise TimeoutError("timed out")
 
+        def read_available(self) -> bool:
+            """Append what the socket holds now to the buffer, in one non-blocking ``recv``;
+            False when nothing was there or only less than a full chunk came (the socket is
+            then most likely drained: a caller waits for it to be readable again)."""
+            try:
+                chunk = self.sock.recv(READ_CHUNK, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                if exc.errno not in _UNAVAIL:
+                    self.connected = False
+                raise
+            if not chunk:
+                self.connected = False
+                raise OSError("Server unexpectedly closed connection")
+            buf = self._buffer()
+            buf += chunk
+            return len(chunk) >= READ_CHUNK
+
         def _readable(self, seconds: float) -> bool:
             poller = self._poller
             if poller is None:

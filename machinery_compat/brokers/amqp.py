@@ -43,6 +43,7 @@ A retried publish whose first confirm was lost may deliver the task twice (at-le
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -281,6 +282,13 @@ class AMQPBroker(Broker):
 
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         return self._get_consumer().fetch(queues, max_messages, timeout)
+
+    def wait_for_messages(self, timeout: float) -> None:
+        """Until the consumer has deliveries buffered or bytes waiting on its connection (at
+        most ``timeout`` s); at once when not consuming yet."""
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.wait_for_messages(timeout)
 
     def ack(self, delivery: Delivery) -> None:
         self._get_consumer().settle(delivery, "ack")
@@ -620,6 +628,22 @@ class _Consumer:
         conn = self._conn
         assert conn is not None
         amqp_conn = conn.connection
+        transport = amqp_conn.transport
+        read_available = getattr(transport, "read_available", None)
+        if read_available is not None and transport.can_wait_itself():
+            # plain TCP (machinery_compat._amqp): one non-blocking recv brings what has
+            # arrived; the frames are handled from the buffer without further system calls
+            on_frame = amqp_conn.on_inbound_frame
+            take = transport._buffered_frame
+            for _ in range(10_000):
+                while (frame := take()) is not None:
+                    on_frame(frame)
+                if not read_available():
+                    while (frame := take()) is not None:
+                        on_frame(frame)
+                    break
+            conn.heartbeat_check()
+            return
         sock = self._sock()
         for _ in range(10_000):
             if not self._pending_bytes():
@@ -687,6 +711,16 @@ class _Consumer:
                 select.select([sock], [], [], min(left, CONSUMER_HEARTBEAT / 4))
             except (OSError, ValueError):  # closed under us by a reconnection: look again
                 time.sleep(0.01)
+
+    def wait_for_messages(self, timeout: float) -> None:
+        """Until deliveries are buffered or the socket has bytes, at most ``timeout`` s."""
+        if self._buffer or self._closed.is_set() or self._pid != _pid:
+            return
+        sock = self._sock()
+        if sock is None or self._pending_bytes():
+            return
+        with contextlib.suppress(OSError, ValueError):  # closed under us by a reconnection
+            select.select([sock], [], [], timeout)
 
     def _first_burst(self) -> None:
         """Wait (briefly) for what new consumers were about to receive, going by the ready

@@ -75,6 +75,11 @@ class Broker(abc.ABC):
         queues in a rotating order (see :func:`rotate`), so a broker serves them fairly by
         taking from the first non-empty one."""
 
+    def wait_for_messages(self, timeout: float) -> None:  # noqa: B027 - optional hook
+        """Return once a :meth:`fetch` would find messages without waiting, or after about
+        ``timeout`` seconds, taking nothing (a worker whose threads are all busy calls it
+        before waiting for one to free up).  This default returns at once."""
+
     def ack(self, delivery: Delivery) -> None:  # noqa: B027 - optional hook
         """The message was processed (whatever the task's outcome)."""
 

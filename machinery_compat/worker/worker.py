@@ -203,7 +203,8 @@ class Worker:
         self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else float(
             (rcfg or app.config.effective_redis).effective_heartbeat_ttl)
         self._consumer: Broker | None = None
-        self._work: queue_mod.Queue[Delivery | None] = queue_mod.Queue()
+        # SimpleQueue: C, one lock; Queue's Condition allocates a lock per wait in Python
+        self._work: queue_mod.SimpleQueue[Delivery | None] = queue_mod.SimpleQueue()
         self._slots = threading.Semaphore(self.prefetch)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -436,8 +437,18 @@ class Worker:
             if self._pre_consume_handler is not None and not self._may_consume():
                 self._stopping.wait(min(max(self.poll_timeout, 0.05), 1.0))
                 continue
-            if not self._slots.acquire(timeout=0.2):
-                continue
+            if not self._slots.acquire(blocking=False):
+                # every thread busy: wait for the broker to have messages first, then for a
+                # thread (one wake-up per message instead of two when a thread frees up
+                # just before the next message arrives, as with AMQP's prefetch)
+                wait = getattr(broker, "wait_for_messages", None)
+                if wait is not None:
+                    try:
+                        wait(0.1)
+                    except Exception:
+                        logger.debug("waiting for messages failed", exc_info=True)
+                if not self._slots.acquire(timeout=0.2):
+                    continue
             n = 1
             while n < self.prefetch and self._slots.acquire(blocking=False):
                 n += 1
