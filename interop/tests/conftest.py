@@ -625,6 +625,9 @@ def _render(st: _State, old: str | None = None) -> str:
     aws = (f"; {st.aws_version} (Go v1: aws-sdk-go `{v['aws-sdk-go']}`, Go v2: aws-sdk-go-v2 "
            f"`{v['aws-sdk-go-v2']}`, sqs `{v['aws-sdk-go-v2 sqs']}`, dynamodb "
            f"`{v['aws-sdk-go-v2 dynamodb']}`)" if st.aws_version else "")
+    if not aws and old is not None:  # (this run did not start moto)
+        m = re.search(r"; moto [^;]*?, dynamodb `[^`]*`\)", old_head)
+        aws = m.group(0) if m else ""
     if st.only_kinds is None:
         ex = list(st.extra.values())
         extra = (f"{len(ex)} other test(s) in interop/tests (regressions): "
