@@ -1,7 +1,8 @@
 # Single entry point for humans, README and CI (.ci/run calls `make test`).
 #
 #   make bootstrap   install services, `pip install -e .[dev]`, build Go interop programs
-#   make test        bootstrap + lint + typecheck + full pytest (tests/ and interop/tests/)
+#   make test        bootstrap + lint + typecheck + full pytest (tests/ and interop/tests/; the
+#                    extra backend combinations run a representative subset of echo types)
 #   make unit        pytest tests/unit only (no bootstrap)
 #   make lint        ruff check on the source/test dirs that exist
 #   make typecheck   mypy --strict machinery_compat
