@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import itertools
 import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -116,6 +118,8 @@ IDLE_CANCEL = 1.0
 _FIRST_BURST = 1.0
 #: How often the consumer's housekeeping thread beats, drains and checks idleness.
 _TICK = 0.5
+#: one ``basic.ack`` frame: type 1, channel, size 13, class 60, method 80, tag, multiple, end
+_ACK_FRAME = struct.Struct(">BHIHHQBB")
 
 
 class AMQPBroker(Broker):
@@ -533,12 +537,21 @@ class _Consumer:
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._errors = connection_errors()
         self._channel_errors = channel_errors()
+        self._ack_errors: tuple[type[BaseException], ...] = (
+            *self._errors, *self._channel_errors, AttributeError)
         self._fetching = False
         self._last_fetch = time.monotonic()
         self._closed = threading.Event()
         self._tag_prefix = f"machinery_compat-{socket.gethostname()}-{os.getpid()}-{next(_consumer_ids)}"
         self._heartbeat: threading.Thread | None = None
         self._pid = os.getpid()
+        #: finished deliveries to ack: (generation, tag), appended by any thread, sent by
+        #: whichever thread holds ``_io`` (see :meth:`_flush_acks`)
+        self._acks: collections.deque[tuple[Any, int]] = collections.deque()
+        #: delivery tags of this generation not settled yet (a heap; tags in ``_gone`` are
+        #: settled and dropped lazily)
+        self._unsettled: list[int] = []
+        self._gone: set[int] = set()
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -554,6 +567,7 @@ class _Consumer:
         self._conn, self._channel = conn, channel
         self._generation += 1
         self._consumers = {}
+        self._unsettled, self._gone = [], set()
         logger.info("AMQP consumer connected to %s", describe(conn))
         if self._heartbeat is None:
             self._heartbeat = threading.Thread(target=self._heartbeat_loop,
@@ -572,6 +586,7 @@ class _Consumer:
         generation = self._generation
 
         def on_message(msg: Any) -> None:
+            heapq.heappush(self._unsettled, msg.delivery_tag)
             self._buffer.append(Delivery(
                 _body_bytes(msg.body), queue, msg.delivery_tag,
                 {"delivery_tag": msg.delivery_tag, "generation": generation,
@@ -589,6 +604,7 @@ class _Consumer:
         dropped = len(self._buffer)
         self._buffer.clear()
         self._consumers = {}
+        self._unsettled, self._gone = [], set()
         close_quietly(conn)
         if dropped:
             logger.info("AMQP consumer: %d prefetched message(s) left to RabbitMQ to redeliver",
@@ -667,6 +683,8 @@ class _Consumer:
         self._buffer = collections.deque()
         self._consumers = {}
         self._expect = {}
+        self._acks = collections.deque()
+        self._unsettled, self._gone = [], set()
         self._generation += 1
         self._heartbeat = None
         self._tag_prefix = f"machinery_compat-{socket.gethostname()}-{os.getpid()}-{next(_consumer_ids)}"
@@ -682,10 +700,12 @@ class _Consumer:
     def _fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
-            with self._io:
+            with self._holding_io():
                 if self._closed.is_set():
                     return []
                 self._fetching = True
+                if self._acks and self._channel is not None:
+                    self._flush_acks()
                 try:
                     if self._ready(queues):
                         self._first_burst()
@@ -754,24 +774,119 @@ class _Consumer:
 
     # -- settling -----------------------------------------------------------------------
     def settle(self, delivery: Delivery, how: str) -> None:
+        """Ack, requeue (nack with requeue) or drop (nack) one delivery.
+
+        An ack is queued and sent by whichever thread holds the connection next, this one
+        if it is free (at once, then): acks that meet there go out in one write, and a run
+        of consecutive delivery tags as one ``basic.ack(multiple)`` (only tags whose tasks
+        finished: the acks still follow the final states).  A nack first sends the acks
+        queued before it."""
         tag = delivery.extra.get("delivery_tag")
         if tag is None:
             return
         self._check_fork()
-        with self._io:
-            if self._channel is None or delivery.extra.get("generation") != self._generation:
+        generation = delivery.extra.get("generation")
+        if how == "ack":
+            self._acks.append((generation, tag))
+            if self._io.acquire(blocking=False):
+                try:
+                    if self._channel is not None:
+                        self._flush_acks()
+                finally:
+                    self._release_io()
+            return
+        with self._holding_io():
+            if self._channel is None or generation != self._generation:
                 logger.info("AMQP: cannot %s message %s from %s: its connection was lost; "
                             "RabbitMQ redelivers it", how, tag, delivery.queue)
                 return
             try:
-                if how == "ack":
-                    self._channel.basic_ack(tag, multiple=False)
-                else:  # Go: delivery.Nack(multiple=false, requeue)
-                    basic_nack(self._channel, tag, multiple=False, requeue=how == "requeue")
+                self._flush_acks()
+                if self._channel is None:
+                    return
+                # Go: delivery.Nack(multiple=false, requeue)
+                basic_nack(self._channel, tag, multiple=False, requeue=how == "requeue")
+                self._gone.add(tag)
             except (*self._errors, *self._channel_errors) as e:
                 logger.warning("AMQP: %s of message %s from %s failed (%s); RabbitMQ "
                                "redelivers it", how, tag, delivery.queue, e)
                 self._broken(e)
+
+    @contextlib.contextmanager
+    def _holding_io(self) -> Any:
+        """``with self._io``, sending the acks queued meanwhile after letting go."""
+        self._io.acquire()
+        try:
+            yield
+        finally:
+            self._release_io()
+
+    def _release_io(self) -> None:
+        """Release ``_io``; then, while acks are queued and ``_io`` is free, send them (an
+        ack queued while another thread held ``_io`` is sent by that thread here)."""
+        self._io.release()
+        while self._acks and self._io.acquire(blocking=False):
+            try:
+                if self._channel is not None:
+                    self._flush_acks()
+                else:
+                    self._drop_acks()
+            finally:
+                self._io.release()
+
+    def _drop_acks(self) -> None:
+        while self._acks:
+            _, tag = self._acks.popleft()
+            logger.info("AMQP: cannot ack message %s: its connection was lost; RabbitMQ "
+                        "redelivers it", tag)
+
+    def _flush_acks(self) -> None:
+        """Send the queued acks (holding ``_io``, connected) in one write: the lowest
+        unsettled tags that are all finished as one ``basic.ack(multiple)``, the others one
+        by one.  Acks of an earlier connection are skipped (RabbitMQ requeued those)."""
+        if not self._acks:
+            return
+        generation = self._generation
+        tags: list[int] = []
+        while self._acks:
+            gen, tag = self._acks.popleft()
+            if gen == generation:
+                tags.append(tag)
+            else:
+                logger.info("AMQP: cannot ack message %s: its connection was lost; RabbitMQ "
+                            "redelivers it", tag)
+        if not tags:
+            return
+        tags.sort()
+        heap, gone = self._unsettled, self._gone
+        last = 0
+        run = 0
+        for tag in tags:
+            while heap and heap[0] in gone:
+                gone.discard(heapq.heappop(heap))
+            if not heap or heap[0] != tag:
+                break
+            heapq.heappop(heap)
+            last = tag
+            run += 1
+        methods = []
+        if run:
+            methods.append((last, run > 1))
+        for tag in tags[run:]:
+            gone.add(tag)
+            methods.append((tag, False))
+        ch = self._channel
+        try:
+            conn = ch.connection
+            ch_id = ch.channel_id
+            conn.transport.write(b"".join(
+                _ACK_FRAME.pack(1, ch_id, 13, 60, 80, tag, multiple, 0xCE)
+                for tag, multiple in methods))
+            conn.bytes_sent += 1
+        except self._ack_errors as e:
+            logger.warning("AMQP: acking %d message(s) failed (%s); RabbitMQ redelivers them",
+                           len(tags), e)
+            self._broken(e)
 
     # -- heartbeats and shutdown --------------------------------------------------------
     def _pause(self) -> None:
@@ -786,12 +901,16 @@ class _Consumer:
             d = self._buffer.popleft()
             if d.extra.get("generation") == generation:
                 basic_nack(ch, d.extra["delivery_tag"], multiple=False, requeue=True)
+                self._gone.add(d.extra["delivery_tag"])
 
     def pause(self) -> None:
-        with self._io:
+        with self._holding_io():
             if self._conn is None or not self._consumers:
                 return
             try:
+                self._flush_acks()
+                if self._channel is None:
+                    return
                 self._pause()
             except (*self._errors, *self._channel_errors) as e:
                 logger.warning("AMQP consumer: cancelling failed (%s); RabbitMQ redelivers "
@@ -805,6 +924,8 @@ class _Consumer:
                 continue
             try:
                 if self._conn is not None:
+                    self._flush_acks()
+                if self._conn is not None:
                     self._pump()
                     if (self._consumers and not self._fetching
                             and time.monotonic() - self._last_fetch > IDLE_CANCEL):
@@ -815,13 +936,16 @@ class _Consumer:
             except Exception:
                 logger.exception("AMQP consumer heartbeat failed")
             finally:
-                self._io.release()
+                self._release_io()
 
     def close(self) -> None:
         self._check_fork()
         self._closed.set()
         with self._io:
+            if self._channel is not None:
+                self._flush_acks()  # finished tasks: acked before the connection goes
             conn, self._conn, self._channel = self._conn, None, None
+            self._acks.clear()
             self._buffer.clear()
             if conn is not None:
                 # unacked deliveries go back to their queues when the connection closes
