@@ -157,8 +157,8 @@ DYNAMODB_LIMITS: dict[str, str] = {
     "test_failure_state_and_error_text": _DYNAMODB_TTL,
     "test_failure_state_bytes_stay_go_exact_and_record_beside_them": _DYNAMODB_TTL,
     "test_received_without_prior_state": (
-        _DYNAMODB_TTL + "; and a task without results leaves Results null (Go's UpdateItem "
-        "sets Results only when there are some), not []"),
+        _DYNAMODB_TTL + "; and the item of a task without results holds no Results (Go's "
+        "UpdateItem sets Results only when there are some; AsyncResult reads that as [])"),
     "test_results_typed_for_go_readers": (
         "Go's DynamoDB backend stores result values as %v strings: a map comes back as the "
         "string 'map[k:[1 2]]' (see machinery_compat/protocol/gofmt.py)"),
