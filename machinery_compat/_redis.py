@@ -635,13 +635,14 @@ class FastPath:
             sock = conn._sock
             if normal is None or sock is None:
                 return conn.read_response(disconnect_on_error=False)
-            direct = sock.gettimeout() is None  # see _direct_io: put back after the wait
+            # back in redis-py's mode afterwards (the next execute switches to direct I/O
+            # again, see _direct_io)
             sock.settimeout(wait + normal)
             try:
                 return conn.read_response(disconnect_on_error=False)
             finally:
                 if conn._sock is sock:
-                    sock.settimeout(None if direct else normal)
+                    sock.settimeout(normal)
         except BaseException:
             self._drop(conn)
             raise
