@@ -18,6 +18,7 @@ import pytest
 
 from machinery_compat import GoTime, Machinery, PublishError, Signature
 from machinery_compat.backends.amqp import AMQPBackend
+from machinery_compat.brokers import amqp as amqp_broker_module
 from machinery_compat.config import AMQPConfig, Config
 from machinery_compat.protocol import TaskState
 from tests.helpers import GOLDEN_BODY, UUID, state_bytes, wait_for
@@ -111,8 +112,10 @@ def test_default_config_producer_topology_and_message(
 
 def test_worker_topology_copies_default_routed_tasks_into_both_queues(
     make_app: Callable[..., Machinery], rabbitmq_server: RabbitMQServer, vhost: str,
-    peek: Callable[[str], list[Any]],
+    peek: Callable[[str], list[Any]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # an idle consumer is cancelled after IDLE_CANCEL s: keep it while a slow rabbitmqctl lists it
+    monkeypatch.setattr(amqp_broker_module, "IDLE_CANCEL", 120.0)
     app = make_app(default_queue="machinery_tasks")
     app.broker.fetch(["machinery_tasks"], 1, 0.05)  # declares, binds and consumes, as Go's worker
     consumers = json.loads(rabbitmq_server.ctl("list_consumers", "-p", vhost, "--formatter",
