@@ -136,6 +136,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "skip_on(*kinds, reason): skip this interop cell on these kinds, by design"
     )
     config.addinivalue_line(
+        "markers", "full_only: on the extra backend combinations (harness.SUBSET_KINDS) this "
+        "test runs only with --interop-full (its kind's own broker and backend run it always)")
+    config.addinivalue_line(
         "markers", "xfail_on(*kinds, reason): a known machinery_compat bug on these kinds "
         "(strict xfail: the cell fails once the bug is fixed, so the marker gets removed)"
     )
@@ -435,9 +438,9 @@ def _missing_python(kind: str) -> str | None:
 
 
 def _cut_to_subset(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without ``--interop-full``: deselect the echo cells of the types outside
-    SUBSET_ECHO_TYPES on SUBSET_KINDS (reported as deselected; RESULTS.md keeps those kinds'
-    sections of the last run that had them all)."""
+    """Without ``--interop-full``: deselect, on SUBSET_KINDS, the echo cells of the types
+    outside SUBSET_ECHO_TYPES and the cells of tests marked ``full_only`` (reported as
+    deselected; RESULTS.md keeps those kinds' sections of the last run that had them all)."""
     st = _STATE
     keep, cut = [], []
     for item in items:
@@ -445,8 +448,9 @@ def _cut_to_subset(config: pytest.Config, items: list[pytest.Item]) -> None:
         spec = params.get("stack_spec")
         m = item.get_closest_marker("matrix")
         if (_is_ours(item) and m is not None and isinstance(spec, StackSpec)
-                and spec.kind in SUBSET_KINDS and "echo_type" in params
-                and params["echo_type"] not in SUBSET_ECHO_TYPES):
+                and spec.kind in SUBSET_KINDS
+                and (("echo_type" in params and params["echo_type"] not in SUBSET_ECHO_TYPES)
+                     or item.get_closest_marker("full_only") is not None)):
             cut.append(item)
             st.subset_cut.setdefault(spec.kind, set()).add((m.args[0], m.args[1].format(**params)))
             st.subset_nodeids.add(item.nodeid)

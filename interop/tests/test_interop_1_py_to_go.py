@@ -368,10 +368,6 @@ def test_multi_return(d1: D1) -> None:
 
 
 @pytest.mark.matrix(PY_TO_GO, "only_error: no results")
-@pytest.mark.xfail_on("sqs+dynamodb", reason="Python's AsyncResult.results is None, not [], for "
-                                            "a SUCCESS whose Results Go left NULL (DynamoDB: Go "
-                                            "writes no Results when there are none; Go's Get "
-                                            "returns an empty slice)")
 def test_only_error(d1: D1) -> None:
     res = d1.sent["only_error"]
     assert d1.outcome[res.id] is None
@@ -669,8 +665,12 @@ def test_unregistered_handoff(flavour: str, go_bins: Path, new_stack: Callable[[
         wait_for(lambda: handed_back("multiply") and handed_back("echo_int16"),
                  what="the Python worker to hand both Go-only tasks back")
         go = st.go_worker(log_dir=tmp_path).start()
-        assert [e["results"] for e in go.wait_tasks(r1.id, timeout=20)] == [[42]]
-        assert [e["results"] for e in go.wait_tasks(r2.id, timeout=20)] == [[-32768]]
+        # on SQS each hand-back makes the message visible again after a 1-2 s visibility
+        # change, and a poll (moto's long polls see only messages visible when they start) by
+        # either worker may take it: Go wins one such race in a few on a loaded machine
+        wait = 60 if st.sqs_broker else 20
+        assert [e["results"] for e in go.wait_tasks(r1.id, timeout=wait)] == [[42]]
+        assert [e["results"] for e in go.wait_tasks(r2.id, timeout=wait)] == [[-32768]]
         assert py.executions.snapshot() == []
         assert r1.get(timeout=20) == 42
         assert r2.get(timeout=20) == -32768

@@ -845,17 +845,9 @@ def test_fifo(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack]) ->
     assert [r.retry_count for r in py.executions.for_uuid(retry)] == [3, 2, 1]
 
 
-FIFO_ORDER_BUG = (
-    "a Python worker with concurrency > 1 receives several messages of one FIFO message group "
-    "in one ReceiveMessage and runs them at the same time: the group's order is lost (Go "
-    "receives one message at a time: SQS hands out the next of a group only once it is "
-    "deleted)")
-
-
 @pytest.mark.kinds("sqs+dynamodb")
 @pytest.mark.matrix(GO_TO_PY, "SQS FIFO queue: a message group's tasks run one after the "
                               "other, in order, on a Python worker with concurrency 4")
-@pytest.mark.xfail_on("sqs+dynamodb", reason=FIFO_ORDER_BUG)
 def test_fifo_order(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack]) -> None:
     """Go's producer sends ten tasks of one group to a ``.fifo`` queue; a Python worker with
     concurrency 4 must run them as a Go worker does (Py→Go FIFO cell): each after the
