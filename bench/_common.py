@@ -1,14 +1,22 @@
-"""What the side-by-side benchmarks (``bench.redis_bench``, ``bench.amqp_bench``) share.
+"""What the side-by-side benchmarks (``bench.redis_bench``, ``bench.amqp_bench``,
+``bench.sqs_bench``) share.
 
 * processes: children started under ``setpriv --pdeathsig KILL`` in their own process group
   (:func:`spawn`), stopped gracefully then killed (:func:`stop_process`, :func:`running`), their
   CPU time from ``/proc`` (:func:`proc_cpu`);
 * a private ``redis-server`` on a free loopback port (:class:`RedisServer`) and the
   :class:`DoneWatcher` that times a drain by the SUCCESS states stored in it;
-* the Go interop programs (:func:`ensure_go_binaries`, :func:`run_go_producer`);
-* the machinery_compat worker subprocess (:func:`run_mc_worker`) with its optional
-  per-thread profiler;
-* the report: :class:`Cell`/:class:`Row`, :func:`ratio_row`, versions, :func:`print_top`.
+* the Go interop programs (:func:`ensure_go_binaries`, :func:`run_go_producer`,
+  :func:`time_go_producer`, :func:`start_go_worker`) and Celery's (:func:`time_celery_producer`,
+  :func:`start_celery_worker`);
+* the machinery_compat producer loop (:func:`send_adds`) and worker subprocess
+  (:func:`start_mc_worker`, :func:`mc_worker_main`) with its optional per-thread profiler;
+  ``--profile`` (:func:`run_profile`, :func:`profile_handle`);
+* the runs: every implementation's producer and drain, ``--repeat`` times interleaved
+  (:func:`run_impls`, :class:`Runs`);
+* the report: :class:`Cell`/:class:`Row`, :func:`ratio_row`, versions, :func:`print_top`,
+  :func:`publish`;
+* the frame of each benchmark's ``main()`` (:func:`bench_main`).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import cProfile
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import platform
 import pstats
@@ -26,14 +35,17 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import redis
 
@@ -47,6 +59,10 @@ MC_DONE = '"State":"SUCCESS"'  # in a stored Machinery TaskState (machinery_comp
 CELERY_DONE = '"status": "SUCCESS"'  # in a stored Celery result
 TIMES = "\u00d7"  # the multiplication sign
 DASH = "\u2013"  # the en dash of a range
+QUEUE = "machinery_tasks"  # Machinery's default queue (machinery_compat and Go)
+CELERY_QUEUE = "celery"
+WARMUP_QUEUE = "bench_warmup"  # the untimed first sends (connecting) go here
+IDS_KEY = "bench:ids"  # the task ids of the current run, in send order
 
 #: How many of the ids in KEYS[1], from index ARGV[1], have a stored result (key ARGV[3]..id)
 #: containing ARGV[4], counting from the start and stopping at the first that has not
@@ -83,14 +99,15 @@ def die_with_bench() -> list[str]:
 
 
 def spawn(cmd: list[str], *, stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.STDOUT,
-          stdin: Any = subprocess.DEVNULL, env: dict[str, str] | None = None) -> subprocess.Popen:
+          stdin: Any = subprocess.DEVNULL,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*die_with_bench(), *cmd], cwd=ROOT, stdin=stdin, stdout=stdout, stderr=stderr,
         env=env, start_new_session=True,
     )
 
 
-def stop_process(proc: subprocess.Popen, *, grace: float = 15.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> None:
     """SIGTERM the process group (graceful), SIGKILL it after ``grace`` seconds."""
     if proc.poll() is not None:
         return
@@ -105,7 +122,8 @@ def stop_process(proc: subprocess.Popen, *, grace: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def running(proc: subprocess.Popen, grace: float = 15.0) -> Iterator[subprocess.Popen]:
+def running(proc: subprocess.Popen[bytes],
+            grace: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
@@ -171,7 +189,7 @@ class RedisServer:
         self.binary = binary
         self.workdir = workdir
         self.port = 0
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -216,6 +234,29 @@ def push_ids(r: redis.Redis, key: str, ids: list[str]) -> None:
         r.rpush(key, *ids[i : i + 5000])
 
 
+def delta(a: float | None, b: float | None) -> float | None:
+    """``b - a``, None when either is not known (CPU seconds before and after)."""
+    return None if a is None or b is None else b - a
+
+
+#: CPU seconds so far of each server a benchmark runs (None: not known), e.g. ``Bench.cpu``
+ServersCpu = Callable[[], tuple[float | None, ...]]
+
+
+def wait_worker(proc: subprocess.Popen[bytes], logfile: Path, ready: Callable[[], bool],
+                stuck: str, timeout: float = 90) -> None:
+    """Until ``ready()``, polled every 20 ms.  BenchError if the worker ``proc`` exits first, or
+    after ``timeout`` seconds: ``worker <stuck> <timeout>s``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc.poll() is not None:
+            raise BenchError(f"worker exited with {proc.returncode}:\n{tail(logfile)}")
+        time.sleep(0.02)
+    raise BenchError(f"worker {stuck} {timeout:.0f}s:\n{tail(logfile)}")
+
+
 class DoneWatcher:
     """Waits until all N task ids in a Redis list have a SUCCESS result stored in Redis.
 
@@ -230,7 +271,7 @@ class DoneWatcher:
         self._frontier = r.register_script(FRONTIER)
 
     def wait(self, n: int, prefix: str, done: str, t0: float, timeout: float,
-             proc: subprocess.Popen, logfile: Path) -> tuple[int, float]:
+             proc: subprocess.Popen[bytes], logfile: Path) -> tuple[int, float]:
         """(tasks seen done, ``perf_counter`` when the last was seen); fewer than ``n`` when
         ``timeout`` seconds after ``t0`` passed first.  BenchError if ``proc`` exits."""
         count, t1 = 0, t0
@@ -249,6 +290,22 @@ class DoneWatcher:
                 raise BenchError(f"worker died after {count} tasks:\n{tail(logfile)}")
             time.sleep(0.005)
         return count, t1
+
+    def time_drain(self, n: int, release: Callable[[], object], proc: subprocess.Popen[bytes],
+                   logfile: Path, servers_cpu: ServersCpu, timeout: float, prefix: str = "",
+                   done: str = MC_DONE) -> Cell:
+        """With the worker ``proc`` started and idle: the clock starts, ``release()`` gives it
+        the n queued messages, the clock stops when all n are done (:meth:`wait`).  CPU: the
+        worker's, then each of ``servers_cpu()``.  On timeout, a cell with only a note."""
+        cpu0, servers0 = proc_cpu(proc.pid), servers_cpu()
+        t0 = time.perf_counter()
+        release()
+        count, t1 = self.wait(n, prefix, done, t0, timeout, proc, logfile)
+        if count < n:
+            return Cell(note=f"timeout: {count}/{n} done in {t1 - t0:.0f}s")
+        cpu1, servers1 = proc_cpu(proc.pid), servers_cpu()
+        return Cell(rate=n / (t1 - t0), seconds=t1 - t0, n=n,
+                    cpu=(delta(cpu0, cpu1), *map(delta, servers0, servers1)))
 
 
 # --------------------------------------------------------------------------------------
@@ -306,8 +363,72 @@ def go_sent_ids(outfile: Path, n: int) -> list[str]:
     return [o["uuid"] for o in rows]
 
 
+def go_startup_seconds(flags: list[str], workdir: Path) -> float:
+    """Wall seconds of a one-task ``mcproducer`` run to :data:`WARMUP_QUEUE` (start-up,
+    connecting, one send), best of three: what :func:`time_go_producer` subtracts."""
+    return min(run_go_producer([*flags, "-queue", WARMUP_QUEUE], 1, workdir, f"base{i}")[0]
+               for i in range(3))
+
+
+def time_go_producer(flags: list[str], n: int, workdir: Path, servers_cpu: ServersCpu,
+                     startup: float) -> tuple[list[str], Cell]:
+    """``mcproducer <flags>`` sending ``n`` times ``add(1)`` to :data:`QUEUE`, timed by its wall
+    time minus ``startup`` (:func:`go_startup_seconds`): the task ids and the cell (CPU: the
+    ``mcproducer`` process, then each of ``servers_cpu()``)."""
+    servers0 = servers_cpu()
+    elapsed, outfile, cpu = run_go_producer([*flags, "-queue", QUEUE], n, workdir, "main")
+    servers1 = servers_cpu()
+    ids = go_sent_ids(outfile, n)
+    net = elapsed - startup
+    return ids, Cell(rate=(n - 1) / net, seconds=net, n=n,
+                     cpu=(cpu, *map(delta, servers0, servers1)))
+
+
+def start_go_worker(flags: list[str], logfile: Path,
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``mcworker <flags>``, its log in ``logfile``; its stdout (one JSON line per task, the
+    interop harness's record) is kept next to it (``.out``) for debugging."""
+    return spawn([str(INTEROP / "bin" / "mcworker"), *flags],
+                 stdout=logfile.with_suffix(".out").open("wb"), stderr=logfile.open("wb"),
+                 env=env)
+
+
 # --------------------------------------------------------------------------------------
-# the machinery_compat worker subprocess
+# Celery (bench.celery_app)
+# --------------------------------------------------------------------------------------
+
+
+def time_celery_producer(n: int, env: dict[str, str], logfile: Path, servers_cpu: ServersCpu,
+                         timeout: float) -> Cell:
+    """``python -m bench.celery_app produce n`` (it pushes the task ids itself): its send loop's
+    rate and CPU, then each of ``servers_cpu()`` over the whole subprocess (start-up, warm-up,
+    pushing the ids: small)."""
+    servers0 = servers_cpu()
+    out = subprocess.run(
+        [*die_with_bench(), sys.executable, "-m", "bench.celery_app", "produce", str(n)],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=logfile.open("wb"), timeout=timeout, start_new_session=True, check=False,
+    )
+    if out.returncode != 0:
+        raise BenchError(f"celery producer failed ({out.returncode}):\n{tail(logfile)}")
+    servers1 = servers_cpu()
+    res = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return Cell(rate=n / res["elapsed"], seconds=res["elapsed"], n=n,
+                cpu=(res["cpu"], *map(delta, servers0, servers1)))
+
+
+def start_celery_worker(concurrency: int, env: dict[str, str],
+                        logfile: Path) -> subprocess.Popen[bytes]:
+    """``celery worker`` of ``bench.celery_app``, threads pool, output to ``logfile``."""
+    celery = shutil.which("celery") or "celery"
+    cmd = [celery, "-A", "bench.celery_app", "worker", "--pool", "threads",
+           "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
+           "--without-heartbeat", "-l", "warning", "-n", "bench@%h"]
+    return spawn(cmd, stdout=logfile.open("wb"), env=env)
+
+
+# --------------------------------------------------------------------------------------
+# the machinery_compat producer and worker subprocess
 # --------------------------------------------------------------------------------------
 
 
@@ -317,6 +438,64 @@ def register_add(app: Machinery) -> None:
     @app.task(name="add")
     def add(*nums: int) -> int:
         return sum(nums)
+
+
+def send_adds(make_app: Callable[[], Machinery], n: int, servers_cpu: ServersCpu,
+              warmup_queue: str | None = None,
+              profile: cProfile.Profile | None = None) -> tuple[list[str], Cell]:
+    """``app.send_task("add", args=[1])`` n times from this thread, timed around the loop
+    (after one untimed send to ``warmup_queue``, if given: connecting, as Go's start-up run),
+    under ``profile`` if given: the task ids and the cell (CPU: this process, then each of
+    ``servers_cpu()``)."""
+    app = make_app()
+    try:
+        send = app.send_task
+        if warmup_queue is not None:
+            send("add", args=[1], queue=warmup_queue)
+        ids: list[str] = []
+        append = ids.append
+        servers0 = servers_cpu()
+        if profile is not None:
+            profile.enable()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            append(send("add", args=[1]).id)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        if profile is not None:
+            profile.disable()
+        servers1 = servers_cpu()
+    finally:
+        app.close()
+    return ids, Cell(rate=n / elapsed, seconds=elapsed, n=n,
+                     cpu=(cpu, *map(delta, servers0, servers1)))
+
+
+def start_mc_worker(module: str, flags: list[str], logfile: Path, profile: Path | None = None,
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python -m <module> _mc-worker <flags> [--profile <profile>]`` (the benchmark's own
+    :func:`mc_worker_main`), output to ``logfile``."""
+    cmd = [sys.executable, "-m", module, "_mc-worker", *flags]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    return spawn(cmd, stdout=logfile.open("wb"), env=env or child_env())
+
+
+def mc_worker_main(module: str, argv: list[str],
+                   make_app: Callable[[argparse.Namespace], Machinery],
+                   add_args: Callable[[argparse.ArgumentParser], object] | None = None) -> int:
+    """``python -m <module> _mc-worker --broker URL --backend URL [--concurrency C]
+    [--profile FILE]`` and the flags ``add_args`` adds: :func:`run_mc_worker` with the app
+    ``make_app(args)``."""
+    p = argparse.ArgumentParser(prog=f"{module} _mc-worker")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--backend", required=True)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--profile", type=Path, help="write cProfile stats of all threads here")
+    if add_args is not None:
+        add_args(p)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return run_mc_worker(make_app(a), a.concurrency, a.profile)
 
 
 def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None) -> int:
@@ -349,6 +528,64 @@ def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None) -> int
         stats.dump_stats(str(profile))
     print(json.dumps({"processed": worker.processed}), flush=True)
     return 0
+
+
+def profile_handle(app: Machinery, bodies: list[bytes], how: str = "") -> None:
+    """``Worker.handle`` of a worker of ``app`` (not started: only its per-message path is
+    used) on ``bodies``, messages of :data:`QUEUE`, one after the other in this thread under
+    cProfile: prints the rate and CPU per task (``under cProfile<how>``) and the top
+    functions."""
+    from machinery_compat.brokers.base import Delivery
+
+    register_add(app)
+    worker = app.worker(concurrency=1)
+    deliveries = [Delivery(body, QUEUE) for body in bodies]
+    prof = cProfile.Profile()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    prof.enable()
+    for d in deliveries:
+        worker.handle(d)
+    prof.disable()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    n = len(deliveries)
+    print(f"\nmachinery_compat Worker.handle(), one thread, under cProfile{how}: "
+          f"{n / elapsed:,.0f} tasks/s, {cpu / n * 1e6:,.0f} µs CPU/task")
+    print_top("machinery_compat Worker.handle() (top by tottime)", pstats.Stats(prof))
+
+
+class ProfiledBench(Protocol):
+    """What :func:`run_profile` uses of a benchmark's ``Bench``."""
+
+    workdir: Path
+
+    def reset(self) -> None: ...
+
+    def mc_producer(self, profile: cProfile.Profile | None = None) -> Cell: ...
+
+    def mc_drain(self, profile_out: Path | None = None) -> Cell: ...
+
+
+def run_profile(bench: ProfiledBench, handle: Callable[[], None], worker_top: int = 15) -> None:
+    """``--profile``: the machinery_compat producer under cProfile, then ``handle()`` (e.g.
+    :func:`profile_handle` on the messages it queued), then a worker drain with every thread
+    under cProfile; prints the top functions of each."""
+    bench.reset()
+    prof = cProfile.Profile()
+    cell = bench.mc_producer(prof)
+    print(f"machinery_compat producer under cProfile: {cell.rate:,.0f} tasks/s")
+    print_top("machinery_compat producer (top by tottime)", pstats.Stats(prof))
+    handle()
+    bench.reset()
+    bench.mc_producer()
+    out = bench.workdir / "mc-worker.prof"
+    cell = bench.mc_drain(out)
+    print(f"\nmachinery_compat worker drain under cProfile (timer: per-thread CPU time, which "
+          f"inflates functions called very often): {cell.show()} tasks/s")
+    if out.exists():
+        print_top("machinery_compat worker, all threads (top by tottime)",
+                  pstats.Stats(str(out)), top=worker_top)
+    else:
+        print(f"no worker profile written:\n{tail(bench.workdir / 'mc-worker.log')}")
 
 
 # --------------------------------------------------------------------------------------
@@ -413,10 +650,43 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as in ``/proc/loadavg``."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def machine() -> str:
     """``N CPUs (model), Linux x.y; Python 3.x``."""
     return (f"{os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}")
+
+
+def run_stamp(repeat: int) -> str:
+    """``Run <date> UTC, each measurement …``: when and how, for a table's header."""
+    each = ("each measurement once" if repeat == 1 else
+            f"each measurement {repeat} times, interleaved: median (min{DASH}max) of the rates, "
+            "median CPU")
+    return f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {each}"
+
+
+def impl_lines(rows: dict[str, Row]) -> list[str]:
+    """The table's lines, one per implementation: producer and drain, rate and CPU."""
+    return [f"| {row.name} | {row.producer.show()} | {row.producer.show_cpu()} "
+            f"| {row.drain.show()} | {row.drain.show_cpu()} |" for row in rows.values()]
+
+
+#: The head of the ratio table (after a blank line); :func:`ratio_row` makes its lines.
+RATIO_HEAD = ["", "| Ratio (tasks/s) | Value | Target | Met |", "|---|---:|---:|:---:|"]
+
+
+def notes_lines(rows: dict[str, Row]) -> list[str]:
+    """The notes of all cells (failures, timeouts) as a last paragraph; none: no lines."""
+    notes = [f"{row.name}: {c.note}" for row in rows.values() for c in (row.producer, row.drain)
+             if c.note]
+    return ["", "Notes: " + "; ".join(notes) + "."] if notes else []
 
 
 def ratio(a: Cell, b: Cell) -> float | None:
@@ -457,6 +727,80 @@ def print_top(title: str, stats: pstats.Stats, top: int = 15) -> None:
     print("\n".join(lines[max(0, start - 3):]))
 
 
+# --------------------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runs:
+    """The cells of one implementation and measurement over ``--repeat`` runs."""
+
+    cells: list[Cell] = field(default_factory=list)
+
+    def summary(self) -> Cell:
+        """The median run (its rate and CPU), with the spread of the rates in its note."""
+        ok = sorted((c for c in self.cells if c.rate is not None), key=lambda c: c.rate or 0)
+        failed = [c.note for c in self.cells if c.rate is None]
+        if not ok:
+            return Cell(note="; ".join(failed))
+        rates = [c.rate or 0.0 for c in ok]
+        mid = ok[(len(ok) - 1) // 2]
+        cpu = tuple(_median([c.cpu[i] for c in ok]) for i in range(len(mid.cpu)))
+        out = Cell(rate=statistics.median(rates), seconds=mid.seconds, n=mid.n, cpu=cpu,
+                   spread=(min(rates), max(rates)) if len(ok) > 1 else None)
+        if failed:
+            out.note = f"{len(failed)} of {len(self.cells)} runs failed: {failed[0]}"
+        return out
+
+
+def _median(xs: list[float | None]) -> float | None:
+    known = [x for x in xs if x is not None]
+    return statistics.median(known) if known else None
+
+
+class Impl(NamedTuple):
+    """One implementation measured by :func:`run_impls`."""
+
+    key: str  # of its row: "mc", "celery", "go"
+    name: str  # its row's name in the table
+    producer: Callable[[], Cell]
+    drain: Callable[[], Cell]  # measured only after a producer run that worked
+    label: str = ""  # in the progress lines on stderr (default: the name)
+
+
+def run_impls(impls: list[Impl], go: Impl | None, reset: Callable[[], None],
+              repeat: int = 1) -> dict[str, Row]:
+    """Every implementation's producer and then worker drain, each implementation after a
+    ``reset()``, ``repeat`` times interleaved; ``reset()`` again at the end.  ``go`` comes last
+    when the Go interop programs are there (built if need be), else its row says why not.  A
+    row's cells are the median runs (:meth:`Runs.summary`)."""
+    why = ensure_go_binaries() if go is not None else None
+    measured = [*impls, go] if go is not None and why is None else impls
+    runs = {impl.key: (Runs(), Runs()) for impl in measured}
+    for i in range(repeat):
+        if repeat > 1:
+            print(f"run {i + 1}/{repeat} (load average {loadavg()})", file=sys.stderr)
+        for impl in measured:
+            reset()
+            label = impl.label or impl.name
+            p = measure(f"{label} producer", impl.producer)
+            runs[impl.key][0].cells.append(p)
+            if p.rate is not None:
+                runs[impl.key][1].cells.append(measure(f"{label} worker drain", impl.drain))
+    reset()
+    rows = {impl.key: Row(impl.name, runs[impl.key][0].summary(), runs[impl.key][1].summary())
+            for impl in measured}
+    if go is not None and why is not None:
+        rows[go.key] = Row(go.name, Cell(note=why), Cell(note=why))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# command line and main()
+# --------------------------------------------------------------------------------------
+
+
 def add_common_args(p: argparse.ArgumentParser, output: Path) -> None:
     """The flags every side-by-side benchmark takes."""
     p.add_argument("--n", type=int, default=20_000, help="tasks per measurement (20000)")
@@ -470,3 +814,47 @@ def add_common_args(p: argparse.ArgumentParser, output: Path) -> None:
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server")
     p.add_argument("--output", type=Path, default=output,
                    help=f"where to write the Markdown table ({output.relative_to(ROOT)})")
+
+
+def add_repeat_arg(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--repeat", type=int, default=default,
+                   help="measure everything this many times, interleaved; the table shows the "
+                        f"median and the range ({default})")
+
+
+def publish(table: str, output: Path, summary: list[str] | None = None) -> None:
+    """The table on stdout, then the ``summary`` lines on stderr; the table written to
+    ``output``."""
+    print(table)
+    for line in summary or []:
+        print(line, file=sys.stderr)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table)
+    print(f"(written to {output})", file=sys.stderr)
+
+
+def bench_main(workdir_prefix: str, run: Callable[[Path, contextlib.ExitStack], None],
+               errors: tuple[type[Exception], ...] = ()) -> int:
+    """The frame of a benchmark's ``main()``: ``run(workdir, stack)`` in a new temporary
+    directory starts the services, pushing what stops them on ``stack``, and measures.
+
+    SIGINT, SIGTERM and SIGHUP interrupt it: 130; BenchError or one of ``errors`` (the
+    services'): 1, with the error on stderr; else 0.  Either way, signals are then ignored
+    while ``stack`` stops everything (last pushed first).
+    """
+    failures: tuple[type[Exception], ...] = (BenchError, *errors)
+    interrupt_on_signals()
+    with tempfile.TemporaryDirectory(prefix=workdir_prefix) as tmp:
+        stack = contextlib.ExitStack()
+        try:
+            run(Path(tmp), stack)
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping everything", file=sys.stderr)
+            return 130
+        except failures as e:
+            print(f"benchmark failed: {e}", file=sys.stderr)
+            return 1
+        finally:
+            ignore_signals()
+            stack.close()
+    return 0

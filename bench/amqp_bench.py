@@ -40,18 +40,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import json
 import logging
-import pstats
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,40 +52,50 @@ import redis
 
 from bench._common import (
     CELERY_DONE,
-    DASH,
-    INTEROP,
+    CELERY_QUEUE,
+    IDS_KEY,
     MC_DONE,
+    QUEUE,
+    RATIO_HEAD,
     RESULTS_DIR,
-    ROOT,
     TIMES,
+    WARMUP_QUEUE,
     BenchError,
     Cell,
     DoneWatcher,
+    Impl,
     RedisServer,
     Row,
     add_common_args,
+    add_repeat_arg,
+    bench_main,
     child_env,
-    die_with_bench,
-    ensure_go_binaries,
     go_machinery_version,
-    go_sent_ids,
-    ignore_signals,
-    interrupt_on_signals,
+    go_startup_seconds,
+    impl_lines,
+    loadavg,
     machine,
-    measure,
-    print_top,
+    mc_worker_main,
+    notes_lines,
     proc_cpu,
+    profile_handle,
+    publish,
     push_ids,
     ratio,
     ratio_row,
     redis_cpu,
-    register_add,
-    run_go_producer,
-    run_mc_worker,
+    run_impls,
+    run_profile,
+    run_stamp,
     running,
-    spawn,
-    tail,
+    send_adds,
+    start_celery_worker,
+    start_go_worker,
+    start_mc_worker,
+    time_celery_producer,
+    time_go_producer,
     version,
+    wait_worker,
 )
 
 if TYPE_CHECKING:
@@ -100,11 +103,6 @@ if TYPE_CHECKING:
 
     from machinery_compat import Machinery
     from tests.services import RabbitMQServer
-
-QUEUE = "machinery_tasks"  # Machinery's default queue (machinery_compat and Go)
-CELERY_QUEUE = "celery"
-WARMUP_QUEUE = "bench_warmup"  # the untimed first send (connecting) goes here
-IDS_KEY = "bench:ids"  # the task ids of the current run, in send order
 
 log = logging.getLogger("bench")
 
@@ -247,82 +245,45 @@ class Bench:
                                  f"{ids}")
             time.sleep(0.05)
 
-    def wait_consuming(self, queue: str, proc: subprocess.Popen, logfile: Path,
-                       timeout: float = 90) -> None:
+    def wait_consuming(self, queue: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
         """Until RabbitMQ counts a consumer on ``queue`` (the worker: nobody else consumes)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.queue_state(queue)[1] >= 1:
-                return
-            if proc.poll() is not None:
-                raise BenchError(f"worker exited with {proc.returncode}:\n{tail(logfile)}")
-            time.sleep(0.02)
-        raise BenchError(f"worker not consuming after {timeout:.0f}s:\n{tail(logfile)}")
+        wait_worker(proc, logfile, lambda: self.queue_state(queue)[1] >= 1, "not consuming after")
 
-    def drain(self, queue: str, prefix: str, done: str, start_worker: Callable[[], Any],
-              logfile: Path) -> Cell:
+    def drain(self, queue: str, start_worker: Callable[[], subprocess.Popen[bytes]],
+              logfile: Path, prefix: str = "", done: str = MC_DONE) -> Cell:
         """Time a started, idle worker through the N queued messages (see module doc)."""
         held = Held(self.node, queue, self.n)
         try:
             proc = start_worker()
             with running(proc):
                 self.wait_consuming(queue, proc, logfile)
-                cpu0, (bcpu0, rcpu0) = proc_cpu(proc.pid), self.cpu()
-                t0 = time.perf_counter()
-                held.release()
-                count, t1 = self.watcher.wait(self.n, prefix, done, t0, self.drain_timeout,
-                                              proc, logfile)
-                if count < self.n:
-                    return Cell(note=f"timeout: {count}/{self.n} done in {t1 - t0:.0f}s")
-                cpu1, (bcpu1, rcpu1) = proc_cpu(proc.pid), self.cpu()
+                cell = self.watcher.time_drain(self.n, held.release, proc, logfile, self.cpu,
+                                               self.drain_timeout, prefix, done)
         finally:
             held.close()
+        if cell.rate is None:
+            return cell
         left = self.queue_state(queue)[0]
         if left:
             raise BenchError(f"{left} messages left in {queue} after all results were stored")
-        return Cell(rate=self.n / (t1 - t0), seconds=t1 - t0, n=self.n,
-                    cpu=(_diff(cpu0, cpu1), _diff(bcpu0, bcpu1), rcpu1 - rcpu0))
+        return cell
 
     # -- machinery_compat ---------------------------------------------------------------
     def mc_app(self) -> Machinery:
         return mc_app(self.broker_url, self.backend_url, self.prefetch)
 
     def mc_producer(self, profile: cProfile.Profile | None = None) -> Cell:
-        app = self.mc_app()
-        try:
-            send = app.send_task
-            send("add", args=[1], queue=WARMUP_QUEUE)  # connects (untimed), as Go's base run
-            ids: list[str] = []
-            append = ids.append
-            bcpu0, rcpu0 = self.cpu()
-            if profile is not None:
-                profile.enable()
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(self.n):
-                append(send("add", args=[1]).id)
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            if profile is not None:
-                profile.disable()
-            bcpu1, rcpu1 = self.cpu()
-        finally:
-            app.close()
+        ids, cell = send_adds(self.mc_app, self.n, self.cpu, WARMUP_QUEUE, profile)
         push_ids(self.r, IDS_KEY, ids)
         self.check_queued(QUEUE)
-        return Cell(rate=self.n / elapsed, seconds=elapsed, n=self.n,
-                    cpu=(cpu, _diff(bcpu0, bcpu1), rcpu1 - rcpu0))
+        return cell
 
     def mc_drain(self, profile_out: Path | None = None) -> Cell:
         logfile = self.workdir / "mc-worker.log"
-        cmd = [sys.executable, "-m", "bench.amqp_bench", "_mc-worker", "--broker",
-               self.broker_url, "--backend", self.backend_url, "--concurrency", str(self.c),
-               "--prefetch", str(self.prefetch)]
-        if profile_out is not None:
-            cmd += ["--profile", str(profile_out)]
-
-        def start() -> subprocess.Popen:
-            return spawn(cmd, stdout=logfile.open("wb"), env=child_env())
-
-        return self.drain(QUEUE, "", MC_DONE, start, logfile)
+        flags = ["--broker", self.broker_url, "--backend", self.backend_url, "--concurrency",
+                 str(self.c), "--prefetch", str(self.prefetch)]
+        return self.drain(QUEUE, lambda: start_mc_worker("bench.amqp_bench", flags, logfile,
+                                                         profile_out), logfile)
 
     # -- Celery ---------------------------------------------------------------------------
     def celery_env(self) -> dict[str, str]:
@@ -331,63 +292,31 @@ class Bench:
                          BENCH_IDS_KEY=IDS_KEY, BENCH_WARMUP_QUEUE=WARMUP_QUEUE)
 
     def celery_producer(self) -> Cell:
-        logfile = self.workdir / "celery-producer.log"
-        bcpu0, rcpu0 = self.cpu()
-        out = subprocess.run(
-            [*die_with_bench(), sys.executable, "-m", "bench.celery_app", "produce", str(self.n)],
-            cwd=ROOT, env=self.celery_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=logfile.open("wb"), timeout=900, start_new_session=True, check=False,
-        )
-        if out.returncode != 0:
-            raise BenchError(f"celery producer failed ({out.returncode}):\n{tail(logfile)}")
-        # the servers' CPU over the whole subprocess (start-up, warm-up, pushing the ids: small)
-        bcpu1, rcpu1 = self.cpu()
-        res = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        cell = time_celery_producer(self.n, self.celery_env(),
+                                    self.workdir / "celery-producer.log", self.cpu, timeout=900)
         self.check_queued(CELERY_QUEUE)
-        return Cell(rate=self.n / res["elapsed"], seconds=res["elapsed"], n=self.n,
-                    cpu=(res["cpu"], _diff(bcpu0, bcpu1), rcpu1 - rcpu0))
+        return cell
 
     def celery_drain(self) -> Cell:
         logfile = self.workdir / "celery-worker.log"
-        celery = shutil.which("celery") or "celery"
-        cmd = [celery, "-A", "bench.celery_app", "worker", "--pool", "threads",
-               "--concurrency", str(self.c), "--without-gossip", "--without-mingle",
-               "--without-heartbeat", "-l", "warning", "-n", "bench@%h"]
-
-        def start() -> subprocess.Popen:
-            return spawn(cmd, stdout=logfile.open("wb"), env=self.celery_env())
-
-        return self.drain(CELERY_QUEUE, "celery-task-meta-", CELERY_DONE, start, logfile)
+        return self.drain(CELERY_QUEUE,
+                          lambda: start_celery_worker(self.c, self.celery_env(), logfile),
+                          logfile, "celery-task-meta-", CELERY_DONE)
 
     # -- Go Machinery -------------------------------------------------------------------
-    def _run_go_producer(self, lines: int, queue: str, tag: str) -> tuple[float, Path, float]:
-        return run_go_producer(["-broker", self.broker_url, "-backend", self.backend_url,
-                                "-queue", queue], lines, self.workdir, tag)
-
     def go_producer(self) -> Cell:
-        # start-up + connect + one send, best of three, subtracted from the N-task run
-        base = min(self._run_go_producer(1, WARMUP_QUEUE, f"base{i}")[0] for i in range(3))
-        bcpu0, rcpu0 = self.cpu()
-        elapsed, outfile, cpu = self._run_go_producer(self.n, QUEUE, "main")
-        bcpu1, rcpu1 = self.cpu()
-        push_ids(self.r, IDS_KEY, go_sent_ids(outfile, self.n))
+        flags = ["-broker", self.broker_url, "-backend", self.backend_url]
+        startup = go_startup_seconds(flags, self.workdir)
+        ids, cell = time_go_producer(flags, self.n, self.workdir, self.cpu, startup)
+        push_ids(self.r, IDS_KEY, ids)
         self.check_queued(QUEUE)
-        net = elapsed - base
-        return Cell(rate=(self.n - 1) / net, seconds=net, n=self.n,
-                    cpu=(cpu, _diff(bcpu0, bcpu1), rcpu1 - rcpu0))
+        return cell
 
     def go_drain(self) -> Cell:
         logfile = self.workdir / "go-worker.log"
-        cmd = [str(INTEROP / "bin" / "mcworker"), "-broker", self.broker_url, "-backend",
-               self.backend_url, "-queue", QUEUE, "-concurrency", str(self.c),
-               "-amqp-prefetch", str(self.prefetch)]
-
-        def start() -> subprocess.Popen:
-            # stdout: one JSON line per task (the interop harness's record), kept for debugging
-            return spawn(cmd, stdout=(self.workdir / "go-worker.out").open("wb"),
-                         stderr=logfile.open("wb"))
-
-        return self.drain(QUEUE, "", MC_DONE, start, logfile)
+        flags = ["-broker", self.broker_url, "-backend", self.backend_url, "-queue", QUEUE,
+                 "-concurrency", str(self.c), "-amqp-prefetch", str(self.prefetch)]
+        return self.drain(QUEUE, lambda: start_go_worker(flags, logfile), logfile)
 
     def close(self) -> None:
         try:
@@ -395,10 +324,6 @@ class Bench:
         except Exception:
             log.debug("closing the admin connection", exc_info=True)
         self.r.close()
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
 
 
 def _text(v: Any) -> str:
@@ -418,89 +343,22 @@ def mc_app(broker: str, backend: str, prefetch: int) -> Machinery:
 
 
 # --------------------------------------------------------------------------------------
-# the machinery_compat worker subprocess
+# runs
 # --------------------------------------------------------------------------------------
-
-
-def mc_worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench.amqp_bench _mc-worker")
-    p.add_argument("--broker", required=True)
-    p.add_argument("--backend", required=True)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--prefetch", type=int, default=8)
-    p.add_argument("--profile", type=Path, help="write cProfile stats of all threads here")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    return run_mc_worker(mc_app(a.broker, a.backend, a.prefetch), a.concurrency, a.profile)
-
-
-# --------------------------------------------------------------------------------------
-# several runs
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Runs:
-    """The cells of one implementation and measurement over ``--repeat`` runs."""
-
-    cells: list[Cell] = field(default_factory=list)
-
-    def summary(self) -> Cell:
-        """The median run (its rate and CPU), with the spread of the rates in its note."""
-        ok = sorted((c for c in self.cells if c.rate is not None), key=lambda c: c.rate or 0)
-        failed = [c.note for c in self.cells if c.rate is None]
-        if not ok:
-            return Cell(note="; ".join(failed))
-        rates = [c.rate or 0.0 for c in ok]
-        mid = ok[(len(ok) - 1) // 2]
-        cpu = tuple(_median([c.cpu[i] for c in ok]) for i in range(len(mid.cpu)))
-        out = Cell(rate=statistics.median(rates), seconds=mid.seconds, n=mid.n, cpu=cpu,
-                   spread=(min(rates), max(rates)) if len(ok) > 1 else None)
-        if failed:
-            out.note = f"{len(failed)} of {len(self.cells)} runs failed: {failed[0]}"
-        return out
-
-
-def _median(xs: list[float | None]) -> float | None:
-    known = [x for x in xs if x is not None]
-    return statistics.median(known) if known else None
 
 
 def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
-    impls: list[tuple[str, str, Callable[[], Cell], Callable[[], Cell]]] = [
-        ("mc", f"machinery_compat {version('machinery-compat')}", bench.mc_producer,
-         bench.mc_drain)]
+    impls = [Impl("mc", f"machinery_compat {version('machinery-compat')}", bench.mc_producer,
+                  bench.mc_drain)]
     if not args.skip_celery:
-        impls.append(("celery", f"Celery {version('celery')} (threads pool, py-amqp)",
-                      bench.celery_producer, bench.celery_drain))
-    names = {key: name for key, name, _, _ in impls}
-    go_skipped = None
-    if not args.skip_go:
-        go_name = f"Go Machinery {go_machinery_version()} (amqp091-go, redigo)"
-        names["go"] = go_name
-        go_skipped = ensure_go_binaries()
-        if go_skipped is None:
-            impls.append(("go", go_name, bench.go_producer, bench.go_drain))
-    runs: dict[str, tuple[Runs, Runs]] = {key: (Runs(), Runs()) for key in names}
+        impls.append(Impl("celery", f"Celery {version('celery')} (threads pool, py-amqp)",
+                          bench.celery_producer, bench.celery_drain))
+    go = None if args.skip_go else Impl(
+        "go", f"Go Machinery {go_machinery_version()} (amqp091-go, redigo)", bench.go_producer,
+        bench.go_drain)
     print(f"N={bench.n} C={bench.c} prefetch={bench.prefetch} rabbitmq={bench.broker_url} "
           f"redis={bench.backend_url}", file=sys.stderr)
-    for i in range(args.repeat):
-        if args.repeat > 1:
-            print(f"run {i + 1}/{args.repeat} (load average {loadavg()})", file=sys.stderr)
-        for key, name, producer, drain in impls:
-            bench.reset()
-            p = measure(f"{name} producer", producer)
-            runs[key][0].cells.append(p)
-            if p.rate is not None:
-                runs[key][1].cells.append(measure(f"{name} worker drain", drain))
-    bench.reset()
-    rows: dict[str, Row] = {}
-    for key, name in names.items():
-        if key == "go" and go_skipped:
-            rows[key] = Row(name, Cell(note=go_skipped), Cell(note=go_skipped))
-        else:
-            rows[key] = Row(name, runs[key][0].summary(), runs[key][1].summary())
-    return rows
+    return run_impls(impls, go, bench.reset, args.repeat)
 
 
 # --------------------------------------------------------------------------------------
@@ -508,19 +366,9 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
 # --------------------------------------------------------------------------------------
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_version: str,
            load: tuple[str, str]) -> str:
     mc = rows["mc"]
-    each = ("each measurement once" if args.repeat == 1 else
-            f"each measurement {args.repeat} times, interleaved: median (min{DASH}max) of the rates, "
-            "median CPU")
     out = [
         "# AMQP throughput: machinery_compat vs Celery vs Go Machinery "
         "(RabbitMQ broker, Redis results backend)",
@@ -537,17 +385,15 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
         f"TCP); Redis {redis_version} (loopback TCP, `--save '' --appendonly no`); py-amqp "
         f"{version('amqp')}, kombu {version('kombu')}, redis-py {version('redis')}, hiredis "
         f"{version('hiredis')}; Celery {version('celery')}; Go Machinery "
-        f"{go_machinery_version()} (amqp091-go, redigo). Run {datetime.now(UTC):%Y-%m-%d %H:%M} "
-        f"UTC, {each}; load average {load[0]} at the start, {load[1]} at the end.",
+        f"{go_machinery_version()} (amqp091-go, redigo). {run_stamp(args.repeat)}; load "
+        f"average {load[0]} at the start, {load[1]} at the end.",
         "",
         "| Implementation | Producer (tasks/s) | Producer CPU µs/task (client + RabbitMQ + "
         "Redis) | Worker drain (tasks/s) | Drain CPU µs/task (worker + RabbitMQ + Redis) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for row in rows.values():
-        out.append(f"| {row.name} | {row.producer.show()} | {row.producer.show_cpu()} "
-                   f"| {row.drain.show()} | {row.drain.show_cpu()} |")
-    out += ["", "| Ratio (tasks/s) | Value | Target | Met |", "|---|---:|---:|:---:|"]
+    out += impl_lines(rows)
+    out += RATIO_HEAD
     if "go" in rows:
         go = rows["go"]
         out.append(ratio_row("machinery_compat / Go Machinery, producer", mc.producer,
@@ -585,10 +431,7 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
         "`/proc`), of RabbitMQ's Erlang VM (`/proc`) and of `redis-server` (`INFO cpu`), over "
         "the timed interval, divided by N.",
     ]
-    notes = [f"{row.name}: {c.note}" for row in rows.values() for c in (row.producer, row.drain)
-             if c.note]
-    if notes:
-        out += ["", "Notes: " + "; ".join(notes) + "."]
+    out += notes_lines(rows)
     return "\n".join(out) + "\n"
 
 
@@ -612,52 +455,17 @@ def targets_summary(rows: dict[str, Row]) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def profile_handle(bench: Bench) -> None:
-    """``Worker.handle`` on the N queued messages, one after the other in this thread (the
-    broker's acks are skipped: the benchmark holds the deliveries and acks them at the end)."""
-    from machinery_compat.brokers.base import Delivery
-
+def profile_queued(bench: Bench) -> None:
+    """:func:`profile_handle` on the N queued messages (the broker's acks are skipped: the
+    benchmark holds the deliveries and acks them at the end)."""
     held = Held(bench.node, QUEUE, bench.n, keep_bodies=True)
     app = bench.mc_app()
-    register_add(app)
     try:
-        worker = app.worker(concurrency=1)  # not started: only its per-message path is used
-        deliveries = [Delivery(body, QUEUE) for body in held.bodies]
-        prof = cProfile.Profile()
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        prof.enable()
-        for d in deliveries:
-            worker.handle(d)
-        prof.disable()
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        profile_handle(app, held.bodies, " (no broker round trips: acks skipped)")
         held.ack_all()
     finally:
         held.close()
         app.close()
-    n = len(deliveries)
-    print(f"\nmachinery_compat Worker.handle(), one thread, under cProfile (no broker round "
-          f"trips: acks skipped): {n / elapsed:,.0f} tasks/s, {cpu / n * 1e6:,.0f} µs CPU/task")
-    print_top("machinery_compat Worker.handle() (top by tottime)", pstats.Stats(prof))
-
-
-def run_profile(bench: Bench) -> None:
-    bench.reset()
-    prof = cProfile.Profile()
-    cell = bench.mc_producer(prof)
-    print(f"machinery_compat producer under cProfile: {cell.rate:,.0f} tasks/s")
-    print_top("machinery_compat producer (top by tottime)", pstats.Stats(prof))
-    profile_handle(bench)
-    bench.reset()
-    bench.mc_producer()
-    out = bench.workdir / "mc-worker.prof"
-    cell = bench.mc_drain(out)
-    print(f"\nmachinery_compat worker drain under cProfile (timer: per-thread CPU time, which "
-          f"inflates functions called very often): {cell.show()} tasks/s")
-    if out.exists():
-        print_top("machinery_compat worker, all threads (top by tottime)",
-                  pstats.Stats(str(out)), top=25)
-    else:
-        print(f"no worker profile written:\n{tail(bench.workdir / 'mc-worker.log')}")
 
 
 # --------------------------------------------------------------------------------------
@@ -672,9 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=0,
                    help="RabbitMQ prefetch count of every worker (default: the concurrency; "
                         "with Celery, a multiple of it)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="measure everything this many times, interleaved; the table shows the "
-                        "median and the range (1)")
+    add_repeat_arg(p, 1)
     a = p.parse_args(argv)
     if a.n < 2 or a.concurrency < 1 or a.repeat < 1:
         p.error("--n must be ≥ 2, --concurrency and --repeat ≥ 1")
@@ -688,53 +494,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_mc-worker":
-        return mc_worker_main(argv[1:])
+        return mc_worker_main(
+            "bench.amqp_bench", argv[1:], lambda a: mc_app(a.broker, a.backend, a.prefetch),
+            lambda p: p.add_argument("--prefetch", type=int, default=8))
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    interrupt_on_signals()
     try:
         from tests.services import RabbitMQServer, ServiceError, ServiceUnavailable
     except ImportError as e:  # pytest missing: the dev extra
         print(f"benchmark failed: tests.services is not importable ({e}); "
               "pip install -e '.[dev]'", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="amqp-bench-") as tmp:
-        workdir = Path(tmp)
+
+    def run(workdir: Path, stack: contextlib.ExitStack) -> None:
+        load0 = loadavg()
+        print("starting a private RabbitMQ node and redis-server…", file=sys.stderr)
+        node = RabbitMQServer()
+        stack.callback(node.close)
         server = RedisServer(args.redis_server, workdir)
-        node: RabbitMQServer | None = None
-        bench: Bench | None = None
-        try:
-            load0 = loadavg()
-            print("starting a private RabbitMQ node and redis-server…", file=sys.stderr)
-            node = RabbitMQServer()
-            node.start()
-            server.start()
-            bench = Bench(node, server, args, workdir)
-            if args.profile:
-                run_profile(bench)
-                return 0
-            redis_version = bench.r.info("server")["redis_version"]
-            rows = run_all(bench, args)
-            table = render(rows, args, bench, redis_version, (load0, loadavg()))
-            print(table)
-            print("\n".join(targets_summary(rows)), file=sys.stderr)
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(table)
-            print(f"(written to {args.output})", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping everything", file=sys.stderr)
-            return 130
-        except (BenchError, ServiceError, ServiceUnavailable) as e:
-            print(f"benchmark failed: {e}", file=sys.stderr)
-            return 1
-        finally:
-            ignore_signals()
-            if bench is not None:
-                bench.close()
-            server.stop()
-            if node is not None:
-                node.close()
-    return 0
+        stack.callback(server.stop)
+        node.start()
+        server.start()
+        bench = Bench(node, server, args, workdir)
+        stack.callback(bench.close)
+        if args.profile:
+            run_profile(bench, lambda: profile_queued(bench), worker_top=25)
+            return
+        redis_version = bench.r.info("server")["redis_version"]
+        rows = run_all(bench, args)
+        publish(render(rows, args, bench, redis_version, (load0, loadavg())), args.output,
+                targets_summary(rows))
+
+    return bench_main("amqp-bench-", run, (ServiceError, ServiceUnavailable))
 
 
 if __name__ == "__main__":

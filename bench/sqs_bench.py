@@ -43,64 +43,63 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from bench._common import (
-    DASH,
-    INTEROP,
+    IDS_KEY,
     MC_DONE,
+    QUEUE,
+    RATIO_HEAD,
     RESULTS_DIR,
     TIMES,
+    WARMUP_QUEUE,
     BenchError,
     Cell,
     DoneWatcher,
+    Impl,
     RedisServer,
     Row,
     add_common_args,
+    add_repeat_arg,
+    bench_main,
     child_env,
-    ensure_go_binaries,
     go_machinery_version,
-    go_sent_ids,
-    ignore_signals,
-    interrupt_on_signals,
+    go_startup_seconds,
+    impl_lines,
+    loadavg,
     machine,
-    measure,
+    mc_worker_main,
+    notes_lines,
     proc_cpu,
+    publish,
     push_ids,
     ratio,
     ratio_row,
     redis_cpu,
-    run_go_producer,
-    run_mc_worker,
+    run_impls,
+    run_stamp,
     running,
-    spawn,
-    tail,
+    send_adds,
+    start_go_worker,
+    start_mc_worker,
+    time_go_producer,
     version,
+    wait_worker,
 )
-from bench.amqp_bench import Runs, loadavg
 
 if TYPE_CHECKING:
     from machinery_compat import Machinery
     from tests.services import MotoServer
 
-QUEUE = "machinery_tasks"  # Machinery's default queue (machinery_compat and Go)
-WARMUP_QUEUE = "bench_warmup"  # the untimed first send (connecting) goes here
-IDS_KEY = "bench:ids"  # the task ids of the current run, in send order
 ACCOUNT = "123456789012"  # moto's default account: queue URLs are <endpoint>/<account>/<queue>
 HOLD_VISIBILITY = 600  # seconds the benchmark keeps the queued messages in flight
 
 log = logging.getLogger("bench")
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
 
 
 def mc_app(broker: str, backend: str, region: str) -> Machinery:
@@ -189,77 +188,54 @@ class Bench:
             if reply.get("Failed"):
                 raise BenchError(f"could not release held messages: {reply['Failed'][:2]}")
 
-    def wait_warm(self, proc: subprocess.Popen, logfile: Path, timeout: float = 90) -> None:
+    def wait_warm(self, proc: subprocess.Popen[bytes], logfile: Path) -> None:
         """Send one task and wait for its SUCCESS: the worker is up and consuming."""
-        app = mc_app(self.broker_url, self.backend_url, self.region)
+        app = self.mc_app()
         try:
             task_id = app.send_task("add", args=[1]).id
         finally:
             app.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.r.get(task_id)
-            if value is not None and MC_DONE.encode() in value:
-                return
-            if proc.poll() is not None:
-                raise BenchError(f"worker exited with {proc.returncode}:\n{tail(logfile)}")
-            time.sleep(0.02)
-        raise BenchError(f"worker did not run a task within {timeout:.0f}s:\n{tail(logfile)}")
 
-    def drain(self, start_worker: Callable[[], subprocess.Popen], logfile: Path) -> Cell:
+        def done() -> bool:
+            value = self.r.get(task_id)
+            return value is not None and MC_DONE.encode() in value
+
+        wait_worker(proc, logfile, done, "did not run a task within")
+
+    def drain(self, start_worker: Callable[[], subprocess.Popen[bytes]], logfile: Path) -> Cell:
         """Time a started, warm worker through the N queued messages (see module doc)."""
         handles = self.hold()
         proc = start_worker()
         with running(proc):
             self.wait_warm(proc, logfile)
-            cpu0, (mcpu0, rcpu0) = proc_cpu(proc.pid), self.cpu()
-            t0 = time.perf_counter()
-            self.release(handles)
-            count, t1 = self.watcher.wait(self.n, "", MC_DONE, t0, self.drain_timeout, proc,
-                                          logfile)
-            if count < self.n:
-                return Cell(note=f"timeout: {count}/{self.n} done in {t1 - t0:.0f}s")
-            cpu1, (mcpu1, rcpu1) = proc_cpu(proc.pid), self.cpu()
+            cell = self.watcher.time_drain(self.n, lambda: self.release(handles), proc, logfile,
+                                           self.cpu, self.drain_timeout)
+        if cell.rate is None:
+            return cell
         deadline = time.monotonic() + 30
         while self.depth() != (0, 0):  # every message deleted (the last deletes may lag)
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.depth()} (visible, in flight) messages left in "
                                  f"{QUEUE} after all results were stored")
             time.sleep(0.1)
-        return Cell(rate=self.n / (t1 - t0), seconds=t1 - t0, n=self.n,
-                    cpu=(_diff(cpu0, cpu1), _diff(mcpu0, mcpu1), rcpu1 - rcpu0))
+        return cell
 
     # -- machinery_compat ---------------------------------------------------------------
+    def mc_app(self) -> Machinery:
+        return mc_app(self.broker_url, self.backend_url, self.region)
+
     def mc_producer(self) -> Cell:
-        app = mc_app(self.broker_url, self.backend_url, self.region)
-        try:
-            send = app.send_task
-            send("add", args=[1], queue=WARMUP_QUEUE)  # connects (untimed), as Go's base run
-            ids: list[str] = []
-            append = ids.append
-            mcpu0, rcpu0 = self.cpu()
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(self.n):
-                append(send("add", args=[1]).id)
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            mcpu1, rcpu1 = self.cpu()
-        finally:
-            app.close()
+        ids, cell = send_adds(self.mc_app, self.n, self.cpu, WARMUP_QUEUE)
         push_ids(self.r, IDS_KEY, ids)
         self.check_queued()
-        return Cell(rate=self.n / elapsed, seconds=elapsed, n=self.n,
-                    cpu=(cpu, _diff(mcpu0, mcpu1), rcpu1 - rcpu0))
+        return cell
 
     def mc_drain(self) -> Cell:
         logfile = self.workdir / "mc-worker.log"
-        cmd = [sys.executable, "-m", "bench.sqs_bench", "_mc-worker", "--broker",
-               self.broker_url, "--backend", self.backend_url, "--region", self.region,
-               "--concurrency", str(self.c)]
-
-        def start() -> subprocess.Popen:
-            return spawn(cmd, stdout=logfile.open("wb"), env=self.env())
-
-        return self.drain(start, logfile)
+        flags = ["--broker", self.broker_url, "--backend", self.backend_url, "--region",
+                 self.region, "--concurrency", str(self.c)]
+        return self.drain(lambda: start_mc_worker("bench.sqs_bench", flags, logfile,
+                                                  env=self.env()), logfile)
 
     def env(self) -> dict[str, str]:
         from tests.services import AWS_TEST_ENV
@@ -267,35 +243,21 @@ class Bench:
         return child_env(**AWS_TEST_ENV)
 
     # -- Go Machinery -------------------------------------------------------------------
-    def go_flags(self, queue: str) -> list[str]:
-        return ["-broker", self.broker_url, "-backend", self.backend_url, "-queue", queue,
+    def go_flags(self) -> list[str]:
+        return ["-broker", self.broker_url, "-backend", self.backend_url,
                 "-sqs-endpoint", self.endpoint, "-aws-region", self.region]
 
     def go_producer(self) -> Cell:
-        # start-up + connect + one send, best of three, subtracted from the N-task run
-        base = min(run_go_producer(self.go_flags(WARMUP_QUEUE), 1, self.workdir,
-                                   f"base{i}")[0] for i in range(3))
-        mcpu0, rcpu0 = self.cpu()
-        elapsed, outfile, cpu = run_go_producer(self.go_flags(QUEUE), self.n, self.workdir,
-                                                "main")
-        mcpu1, rcpu1 = self.cpu()
-        push_ids(self.r, IDS_KEY, go_sent_ids(outfile, self.n))
+        startup = go_startup_seconds(self.go_flags(), self.workdir)
+        ids, cell = time_go_producer(self.go_flags(), self.n, self.workdir, self.cpu, startup)
+        push_ids(self.r, IDS_KEY, ids)
         self.check_queued()
-        net = elapsed - base
-        return Cell(rate=(self.n - 1) / net, seconds=net, n=self.n,
-                    cpu=(cpu, _diff(mcpu0, mcpu1), rcpu1 - rcpu0))
+        return cell
 
     def go_drain(self) -> Cell:
         logfile = self.workdir / "go-worker.log"
-        cmd = [str(INTEROP / "bin" / "mcworker"), *self.go_flags(QUEUE),
-               "-concurrency", str(self.c)]
-
-        def start() -> subprocess.Popen:
-            # stdout: one JSON line per task (the interop harness's record), kept for debugging
-            return spawn(cmd, stdout=(self.workdir / "go-worker.out").open("wb"),
-                         stderr=logfile.open("wb"), env=self.env())
-
-        return self.drain(start, logfile)
+        flags = [*self.go_flags(), "-queue", QUEUE, "-concurrency", str(self.c)]
+        return self.drain(lambda: start_go_worker(flags, logfile, self.env()), logfile)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -304,66 +266,24 @@ class Bench:
 
 
 # --------------------------------------------------------------------------------------
-# the machinery_compat worker subprocess
-# --------------------------------------------------------------------------------------
-
-
-def mc_worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench.sqs_bench _mc-worker")
-    p.add_argument("--broker", required=True)
-    p.add_argument("--backend", required=True)
-    p.add_argument("--region", required=True)
-    p.add_argument("--concurrency", type=int, default=8)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    return run_mc_worker(mc_app(a.broker, a.backend, a.region), a.concurrency, None)
-
-
-# --------------------------------------------------------------------------------------
 # runs and report
 # --------------------------------------------------------------------------------------
 
 
 def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
-    impls: list[tuple[str, str, Callable[[], Cell], Callable[[], Cell]]] = [
-        ("mc", f"machinery_compat {version('machinery-compat')} (boto3 {version('boto3')})",
-         bench.mc_producer, bench.mc_drain)]
-    names = {key: name for key, name, _, _ in impls}
-    go_skipped = None
-    if not args.skip_go:
-        go_name = f"Go Machinery {go_machinery_version()} (aws-sdk-go-v2, redigo)"
-        names["go"] = go_name
-        go_skipped = ensure_go_binaries()
-        if go_skipped is None:
-            impls.append(("go", go_name, bench.go_producer, bench.go_drain))
-    runs: dict[str, tuple[Runs, Runs]] = {key: (Runs(), Runs()) for key in names}
+    impls = [Impl("mc", f"machinery_compat {version('machinery-compat')} (boto3 "
+                        f"{version('boto3')})", bench.mc_producer, bench.mc_drain)]
+    go = None if args.skip_go else Impl(
+        "go", f"Go Machinery {go_machinery_version()} (aws-sdk-go-v2, redigo)",
+        bench.go_producer, bench.go_drain)
     print(f"N={bench.n} C={bench.c} sqs={bench.broker_url} redis={bench.backend_url}",
           file=sys.stderr)
-    for i in range(args.repeat):
-        if args.repeat > 1:
-            print(f"run {i + 1}/{args.repeat} (load average {loadavg()})", file=sys.stderr)
-        for key, name, producer, drain in impls:
-            bench.reset()
-            p = measure(f"{name} producer", producer)
-            runs[key][0].cells.append(p)
-            if p.rate is not None:
-                runs[key][1].cells.append(measure(f"{name} worker drain", drain))
-    bench.reset()
-    rows: dict[str, Row] = {}
-    for key, name in names.items():
-        if key == "go" and go_skipped:
-            rows[key] = Row(name, Cell(note=go_skipped), Cell(note=go_skipped))
-        else:
-            rows[key] = Row(name, runs[key][0].summary(), runs[key][1].summary())
-    return rows
+    return run_impls(impls, go, bench.reset, args.repeat)
 
 
 def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str,
            load: tuple[str, str]) -> str:
     mc = rows["mc"]
-    each = ("each measurement once" if args.repeat == 1 else
-            f"each measurement {args.repeat} times, interleaved: median (min{DASH}max) of the "
-            "rates, median CPU")
     out = [
         "# SQS throughput: machinery_compat vs Go Machinery (SQS broker on a moto server, "
         "Redis results backend)",
@@ -375,20 +295,17 @@ def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str,
         "",
         f"Machine: {machine()}; Redis {redis_version} (loopback TCP); boto3 "
         f"{version('boto3')}, redis-py {version('redis')}; Go Machinery "
-        f"{go_machinery_version()} (aws-sdk-go-v2, redigo). Run "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {each}; load average {load[0]} at the start, "
-        f"{load[1]} at the end.",
+        f"{go_machinery_version()} (aws-sdk-go-v2, redigo). {run_stamp(args.repeat)}; load "
+        f"average {load[0]} at the start, {load[1]} at the end.",
         "",
         "| Implementation | Producer (tasks/s) | Producer CPU µs/task (client + moto + Redis) "
         "| Worker drain (tasks/s) | Drain CPU µs/task (worker + moto + Redis) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for row in rows.values():
-        out.append(f"| {row.name} | {row.producer.show()} | {row.producer.show_cpu()} "
-                   f"| {row.drain.show()} | {row.drain.show_cpu()} |")
+    out += impl_lines(rows)
     if "go" in rows:
         go = rows["go"]
-        out += ["", "| Ratio (tasks/s) | Value | Target | Met |", "|---|---:|---:|:---:|",
+        out += [*RATIO_HEAD,
                 ratio_row("machinery_compat / Go Machinery, producer", mc.producer,
                           go.producer, None),
                 ratio_row("machinery_compat / Go Machinery, worker drain", mc.drain,
@@ -414,10 +331,7 @@ def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str,
         "the two clients against the same server; they do not predict AWS latency (on AWS "
         "every call is a network round trip of milliseconds, which dominates).",
     ]
-    notes = [f"{row.name}: {c.note}" for row in rows.values() for c in (row.producer, row.drain)
-             if c.note]
-    if notes:
-        out += ["", "Notes: " + "; ".join(notes) + "."]
+    out += notes_lines(rows)
     return "\n".join(out) + "\n"
 
 
@@ -426,9 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 conflict_handler="resolve")  # --n: another default
     add_common_args(p, RESULTS_DIR / "latest-sqs.md")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="measure everything this many times, interleaved; the table shows the "
-                        "median and the range (3)")
+    add_repeat_arg(p, 3)
     p.add_argument("--n", type=int, default=500,
                    help="tasks per measurement (500: moto slows down as its queue grows)")
     p.set_defaults(skip_celery=True)
@@ -440,13 +352,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def ratios_summary(rows: dict[str, Row]) -> list[str]:
+    """machinery_compat / Go, producer and drain, one line each for stderr."""
+    if "go" not in rows:
+        return []
+    out = []
+    for which in ("producer", "drain"):
+        value = ratio(getattr(rows["mc"], which), getattr(rows["go"], which))
+        shown = "—" if value is None else f"{value:.2f}{TIMES}"
+        out.append(f"  {which} vs Go: {shown}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_mc-worker":
-        return mc_worker_main(argv[1:])
+        return mc_worker_main(
+            "bench.sqs_bench", argv[1:], lambda a: mc_app(a.broker, a.backend, a.region),
+            lambda p: p.add_argument("--region", required=True))
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    interrupt_on_signals()
     try:
         from tests.services import AWS_TEST_ENV, MotoServer, ServiceError, ServiceUnavailable
     except ImportError as e:  # pytest missing: the dev extra
@@ -454,44 +379,24 @@ def main(argv: list[str] | None = None) -> int:
               "pip install -e '.[dev]'", file=sys.stderr)
         return 1
     os.environ.update(AWS_TEST_ENV)  # dummy credentials: never the caller's real ones
-    with tempfile.TemporaryDirectory(prefix="sqs-bench-") as tmp:
-        workdir = Path(tmp)
+
+    def run(workdir: Path, stack: contextlib.ExitStack) -> None:
+        load0 = loadavg()
+        print("starting a private moto server and redis-server…", file=sys.stderr)
+        moto = MotoServer()
+        stack.callback(moto.close)
         server = RedisServer(args.redis_server, workdir)
-        moto: MotoServer | None = None
-        bench: Bench | None = None
-        try:
-            load0 = loadavg()
-            print("starting a private moto server and redis-server…", file=sys.stderr)
-            moto = MotoServer()
-            moto.start()
-            server.start()
-            bench = Bench(moto, server, args, workdir)
-            redis_version = bench.r.info("server")["redis_version"]
-            rows = run_all(bench, args)
-            table = render(rows, args, redis_version, (load0, loadavg()))
-            print(table)
-            if "go" in rows:
-                for which in ("producer", "drain"):
-                    value = ratio(getattr(rows["mc"], which), getattr(rows["go"], which))
-                    shown = "—" if value is None else f"{value:.2f}{TIMES}"
-                    print(f"  {which} vs Go: {shown}", file=sys.stderr)
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(table)
-            print(f"(written to {args.output})", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping everything", file=sys.stderr)
-            return 130
-        except (BenchError, ServiceError, ServiceUnavailable) as e:
-            print(f"benchmark failed: {e}", file=sys.stderr)
-            return 1
-        finally:
-            ignore_signals()
-            if bench is not None:
-                bench.close()
-            server.stop()
-            if moto is not None:
-                moto.close()
-    return 0
+        stack.callback(server.stop)
+        moto.start()
+        server.start()
+        bench = Bench(moto, server, args, workdir)
+        stack.callback(bench.close)
+        redis_version = bench.r.info("server")["redis_version"]
+        rows = run_all(bench, args)
+        publish(render(rows, args, redis_version, (load0, loadavg())), args.output,
+                ratios_summary(rows))
+
+    return bench_main("sqs-bench-", run, (ServiceError, ServiceUnavailable))
 
 
 if __name__ == "__main__":
