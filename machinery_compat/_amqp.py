@@ -136,6 +136,15 @@ def _go_value(v: Any) -> Any:
     return v
 
 
+def body_bytes(body: Any) -> bytes:
+    """A received message body as bytes (py-amqp hands out bytes, or str for some content)."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    return str(body).encode("utf-8", "surrogateescape")
+
+
 def split_urls(url: str, separator: str) -> list[str]:
     """``broker`` split on ``multiple_broker_separator`` (Go: ``strings.Split``), blanks dropped."""
     parts = url.split(separator) if separator else [url]

@@ -49,6 +49,7 @@ from .._amqp import (
     amqp_config,
     basic_nack,
     bind_queue,
+    body_bytes,
     channel_errors,
     declare_exchange,
     declare_queue,
@@ -276,7 +277,7 @@ class AMQPBackend(Backend):
                 if msg is None:
                     break
                 last = msg.delivery_tag
-                bodies.append(_bytes(msg.body))
+                bodies.append(body_bytes(msg.body))
         finally:
             if last:
                 basic_nack(ch, last, multiple=True, requeue=True)
@@ -296,7 +297,7 @@ class AMQPBackend(Backend):
                 if msg is None:
                     break
                 ch.basic_ack(msg.delivery_tag, multiple=False)
-                out.append(_bytes(msg.body))
+                out.append(body_bytes(msg.body))
             return out
 
         bodies: list[bytes] = self._run(op, f"state of {task_uuid}")
@@ -380,7 +381,7 @@ class AMQPBackend(Backend):
             for msg in got[:n]:
                 ch.basic_ack(msg.delivery_tag, multiple=False)
             ch.basic_cancel(tag)
-            return [_bytes(m.body) for m in got[:n]]
+            return [body_bytes(m.body) for m in got[:n]]
         finally:
             try:
                 ch.close()  # unacked messages (on failure) go back to the queue
@@ -410,9 +411,3 @@ class AMQPBackend(Backend):
         self._pool.close()
 
 
-def _bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, (bytearray, memoryview)):
-        return bytes(body)
-    return str(body).encode("utf-8", "surrogateescape")

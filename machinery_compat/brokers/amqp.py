@@ -67,6 +67,7 @@ from .._amqp import (
     amqp_config,
     basic_nack,
     bind_queue,
+    body_bytes,
     channel_errors,
     close_quietly,
     connect,
@@ -436,7 +437,7 @@ class AMQPBroker(Broker):
                     if msg is None:
                         break
                     last = msg.delivery_tag
-                    body = _body_bytes(msg.body)
+                    body = body_bytes(msg.body)
                     try:
                         out.append(Signature.from_json(body))
                     except DecodeError as e:
@@ -497,21 +498,13 @@ def _browse(link: Link, queue: str) -> list[bytes]:
         last = 0
         while (msg := ch.basic_get(queue, no_ack=False)) is not None:
             last = msg.delivery_tag
-            out.append(_body_bytes(msg.body))
+            out.append(body_bytes(msg.body))
         if last:
             basic_nack(ch, last, multiple=True, requeue=True)
         return out
     finally:
         if ch.is_open:
             ch.close()
-
-
-def _body_bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, (bytearray, memoryview)):
-        return bytes(body)
-    return str(body).encode("utf-8", "surrogateescape")
 
 
 class _Consumer:
@@ -588,7 +581,7 @@ class _Consumer:
         def on_message(msg: Any) -> None:
             heapq.heappush(self._unsettled, msg.delivery_tag)
             self._buffer.append(Delivery(
-                _body_bytes(msg.body), queue, msg.delivery_tag,
+                body_bytes(msg.body), queue, msg.delivery_tag,
                 {"delivery_tag": msg.delivery_tag, "generation": generation,
                  "redelivered": bool(msg.delivery_info.get("redelivered")),
                  "properties": dict(msg.properties)},

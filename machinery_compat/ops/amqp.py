@@ -31,6 +31,7 @@ from .._amqp import (
     UnroutableError,
     basic_nack,
     bind_queue,
+    body_bytes,
     channel_errors,
     declare_exchange,
     declare_queue,
@@ -43,14 +44,6 @@ T = TypeVar("T")
 #: seconds an operation retries on new connections before it fails
 BUDGET = 10.0
 REASON_HEADER = "x-machinery-compat-reason"
-
-
-def _bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, (bytearray, memoryview)):
-        return bytes(body)
-    return str(body).encode("utf-8", "surrogateescape")
 
 
 def _reason(msg: Any) -> str:
@@ -88,7 +81,7 @@ def _browse(link: _Link, queue: str, limit: int) -> list[Message]:
             if msg is None:
                 break
             last = msg.delivery_tag
-            out.append(Message(_bytes(msg.body), queue, reason=_reason(msg)))
+            out.append(Message(body_bytes(msg.body), queue, reason=_reason(msg)))
     finally:
         try:
             if last:
@@ -225,7 +218,7 @@ class AMQPOps(BrokerOps):
                     props.setdefault("content_type", "application/json")
                     props.setdefault("delivery_mode", 2)
                     try:
-                        publish(link, _bytes(msg.body), props)
+                        publish(link, body_bytes(msg.body), props)
                     except BaseException:
                         with contextlib.suppress(Exception):  # else closing the channel does it
                             basic_nack(ch, msg.delivery_tag, multiple=False, requeue=True)
