@@ -524,6 +524,25 @@ def basic_nack(channel: Any, delivery_tag: int, *, multiple: bool, requeue: bool
     channel.send_method(spec.Basic.Nack, "Lbb", (delivery_tag, multiple, requeue))
 
 
+def browse(channel: Any, queue: str, limit: int | None = None) -> list[Any]:
+    """The messages ready in ``queue`` (at most ``limit``), head first, left where they
+    were: each taken with ``basic.get`` without ack, then all given back in order by one
+    ``basic.nack(multiple, requeue)``, also when a get fails midway."""
+    msgs: list[Any] = []
+    last = 0
+    try:
+        while limit is None or len(msgs) < limit:
+            msg = channel.basic_get(queue, no_ack=False)
+            if msg is None:
+                break
+            last = msg.delivery_tag
+            msgs.append(msg)
+    finally:
+        if last:
+            basic_nack(channel, last, multiple=True, requeue=True)
+    return msgs
+
+
 # -- links --------------------------------------------------------------------------------
 
 class Link:

@@ -47,9 +47,9 @@ from .._amqp import (
     LinkPool,
     UnroutableError,
     amqp_config,
-    basic_nack,
     bind_queue,
     body_bytes,
+    browse,
     channel_errors,
     declare_exchange,
     declare_queue,
@@ -268,20 +268,7 @@ class AMQPBackend(Backend):
     def _peek(self, link: Link, name: str) -> list[bytes]:
         if self._inspect(link, name) is None:
             return []
-        ch = link.channel
-        bodies: list[bytes] = []
-        last = 0
-        try:
-            while True:
-                msg = ch.basic_get(name, no_ack=False)
-                if msg is None:
-                    break
-                last = msg.delivery_tag
-                bodies.append(body_bytes(msg.body))
-        finally:
-            if last:
-                basic_nack(ch, last, multiple=True, requeue=True)
-        return bodies
+        return [body_bytes(m.body) for m in browse(link.channel, name)]
 
     # -- reads --------------------------------------------------------------------------
     def get_state(self, task_uuid: str) -> TaskState | None:

@@ -68,6 +68,7 @@ from .._amqp import (
     basic_nack,
     bind_queue,
     body_bytes,
+    browse,
     channel_errors,
     close_quietly,
     connect,
@@ -428,23 +429,13 @@ class AMQPBroker(Broker):
 
         def op(link: Link) -> list[Signature]:
             self._declare_task_queue(link, q, key)
-            ch = link.channel
             out: list[Signature] = []
-            last = 0
-            try:
-                while True:
-                    msg = ch.basic_get(q, no_ack=False)
-                    if msg is None:
-                        break
-                    last = msg.delivery_tag
-                    body = body_bytes(msg.body)
-                    try:
-                        out.append(Signature.from_json(body))
-                    except DecodeError as e:
-                        logger.warning("undecodable message in %s: %s; raw=%r", q, e, body[:200])
-            finally:
-                if last:
-                    basic_nack(ch, last, multiple=True, requeue=True)
+            for msg in browse(link.channel, q):
+                body = body_bytes(msg.body)
+                try:
+                    out.append(Signature.from_json(body))
+                except DecodeError as e:
+                    logger.warning("undecodable message in %s: %s; raw=%r", q, e, body[:200])
             return out
 
         result: list[Signature] = self._pool.run(op, describe=f"pending tasks of {q}")
@@ -494,14 +485,7 @@ def _browse(link: Link, queue: str) -> list[bytes]:
             if getattr(e, "code", None) == 404:
                 return []
             raise
-        out: list[bytes] = []
-        last = 0
-        while (msg := ch.basic_get(queue, no_ack=False)) is not None:
-            last = msg.delivery_tag
-            out.append(body_bytes(msg.body))
-        if last:
-            basic_nack(ch, last, multiple=True, requeue=True)
-        return out
+        return [body_bytes(m.body) for m in browse(ch, queue)]
     finally:
         if ch.is_open:
             ch.close()

@@ -32,6 +32,7 @@ from .._amqp import (
     basic_nack,
     bind_queue,
     body_bytes,
+    browse,
     channel_errors,
     declare_exchange,
     declare_queue,
@@ -73,23 +74,12 @@ def _browse(link: _Link, queue: str, limit: int) -> list[Message]:
     if _passive_count(link, queue) is None:
         return []
     ch = link.conn.connection.channel()
-    out: list[Message] = []
-    last = 0
     try:
-        while len(out) < limit:
-            msg = ch.basic_get(queue, no_ack=False)
-            if msg is None:
-                break
-            last = msg.delivery_tag
-            out.append(Message(body_bytes(msg.body), queue, reason=_reason(msg)))
+        return [Message(body_bytes(m.body), queue, reason=_reason(m))
+                for m in browse(ch, queue, limit)]
     finally:
-        try:
-            if last:
-                basic_nack(ch, last, multiple=True, requeue=True)
-        finally:
-            if ch.is_open:
-                ch.close()
-    return out
+        if ch.is_open:
+            ch.close()
 
 
 def backend_state_messages(backend: Any, task_uuid: str, limit: int = 1000) -> list[bytes]:
