@@ -18,4 +18,6 @@ _ROOT = str(Path(__file__).resolve().parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-pytest_plugins = ("tests.services",)
+from tests.services import PLUGINS  # noqa: E402  (imports no service module itself)
+
+pytest_plugins = PLUGINS

@@ -13,7 +13,7 @@ import pytest
 
 from interop.tests.conftest import INTEROP_DBS, INTEROP_VHOST, InteropAWS, InteropRabbit
 from tests import services
-from tests.services import MotoServer, RabbitMQServer, RedisServer
+from tests.services import MotoServer, RabbitMQServer, RedisServer, redis_svc
 
 pytestmark = [pytest.mark.interop]
 
@@ -55,7 +55,7 @@ def test_interop_keeps_to_its_own_dbs_and_vhost(
     with redis_server.client(db=probe) as client:
         client.set("interop:probe", "1")
         with redis_server.client() as shared:
-            shared.eval(services._FLUSH_SHARED_DBS, 0)
+            shared.eval(redis_svc._FLUSH_SHARED_DBS, 0)
         assert client.get("interop:probe") == b"1"
         client.delete("interop:probe")
     # interop's vhost is traced and is not one tests/' fresh-vhost pool would delete
