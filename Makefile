@@ -46,11 +46,12 @@ test: bootstrap
 	if [ -n "$$failed" ]; then echo "== make test: FAILED:$$failed (passed: bootstrap$$(for s in lint typecheck pytest; do case " $$failed " in *" $$s "*) ;; *) printf ' %s' $$s;; esac; done))"; exit 1; \
 	else echo "== make test: all passed (bootstrap lint typecheck pytest)"; fi
 
-# The full pytest run (what `make test` runs after lint and typecheck).
+# The full pytest run (what `make test` runs after lint and typecheck): two pytest processes
+# at once (scripts/pytest-parallel.sh; PYTEST_JOBS=1 for one, PYTEST_B_KINDS to rebalance).
 # A missing interop/tests is an error under CI (after running tests/), a
 # warning locally.
 pytest:
-	@echo "$(PYTEST) $(TEST_DIRS) $(PYTEST_ARGS)"; rc=0; $(PYTEST) $(TEST_DIRS) $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; PYTEST="$(PYTEST)" bash scripts/pytest-parallel.sh $(PYTEST_ARGS) || rc=$$?; \
 	if [ ! -d interop/tests ]; then \
 	  if [ "$${CI:-}" = "true" ]; then echo "ERROR: interop/tests/ is missing; the full suite needs it" >&2; rc=1; \
 	  else echo "warning: interop/tests/ not found; ran tests/ only" >&2; fi; \

@@ -46,11 +46,15 @@ the subset went (a section from a subset run is replaced by the next run's).
 them: the parametrization is restricted, nothing is deselected; the tests outside the
 matrix do not run): RESULTS.md then gets those kinds' sections replaced (or added), keeps
 the other kinds' sections of the last run, and the header's totals are summed over every
-section.
+section.  The name ``other`` in that list adds the tests outside the matrix, so that two
+processes can share a whole run (``scripts/pytest-parallel.sh``: each names its kinds, one
+of them ``other``); the matrix cells without a stack column are Redis cells and run with
+``redis``.  Each process rewrites RESULTS.md under a lock (``RESULTS.md.lock``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import platform
 import re
@@ -106,7 +110,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--interop-kinds", default="",
         help="run the interop matrix on these broker/backend kinds only (comma-separated, of "
-             f"{', '.join(KINDS)}); RESULTS.md gets their sections replaced")
+             f"{', '.join(KINDS)}; `{OTHER}`: the tests outside the matrix); RESULTS.md gets "
+             "their sections replaced")
     parser.addoption(
         "--interop-full", action="store_true", default=False,
         help="run every echo type on the extra backend combinations "
@@ -114,12 +119,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              f"{', '.join(SUBSET_ECHO_TYPES)} only (`make interop-full`)")
 
 
+#: ``--interop-kinds`` name for the tests outside the matrix.
+OTHER = "other"
+
+
 def _selected_kinds(config: pytest.Config) -> tuple[str, ...] | None:
     text = str(config.getoption("--interop-kinds", default="") or "")
     if not text:
         return None
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(KINDS) - {OTHER}
     if unknown:
         raise pytest.UsageError(f"--interop-kinds: unknown {sorted(unknown)}; known: {KINDS}")
     return kinds
@@ -369,12 +378,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     st = _STATE
     st.modules |= {Path(str(i.path)).resolve() for i in items if _is_ours(i)}
     if st.only_kinds is not None:
-        # only the matrix on those kinds: tests outside the matrix, and matrix tests left
-        # without a column (pytest's "empty parameter set"), are not part of this run
-        items[:] = [i for i in items if not _is_ours(i) or (
-            i.get_closest_marker("matrix") is not None
-            and isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("stack_spec"),
-                           StackSpec))]
+        # only the matrix on those kinds (and with `other`, the tests outside the matrix);
+        # matrix tests left without a column (pytest's "empty parameter set") do not run
+        items[:] = [i for i in items if not _is_ours(i) or _selected(i, st.only_kinds)]
     if not st.full:
         _cut_to_subset(config, items)
     ours = [i for i in items if _is_ours(i)]
@@ -423,6 +429,17 @@ _PY_MODULES = {
     "backend": {"amqp": "machinery_compat.backends.amqp",
                 "dynamodb": "machinery_compat.backends.dynamodb"},
 }
+
+
+def _selected(item: pytest.Item, kinds: tuple[str, ...]) -> bool:
+    """Whether an interop item belongs to an ``--interop-kinds`` run of ``kinds``."""
+    if item.get_closest_marker("matrix") is None:
+        return OTHER in kinds
+    spec = getattr(getattr(item, "callspec", None), "params", {}).get("stack_spec")
+    if isinstance(spec, StackSpec):
+        return True  # (the parametrization has only the selected kinds' columns)
+    # a matrix test without a stack column: a Redis cell, unless its column set was empty
+    return "stack_spec" not in getattr(item, "fixturenames", ()) and "redis" in kinds
 
 
 def _missing_python(kind: str) -> str | None:
@@ -498,15 +515,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if {p.resolve() for p in HERE.glob("test_*.py")} - st.modules:
         return  # only some modules ran: a partial table must not replace the full one
-    try:
-        old = (RESULTS_PATH.read_text(encoding="utf-8")
-               if st.only_kinds is not None or st.subset_cut else None)
-    except OSError:
-        old = None
-    try:
-        RESULTS_PATH.write_text(_render(st, old), encoding="utf-8")
-    except OSError as e:  # pragma: no cover
-        sys.stderr.write(f"could not write {RESULTS_PATH}: {e}\n")
+    # two processes sharing a run (scripts/pytest-parallel.sh) each replace their kinds'
+    # sections: one at a time
+    with open(RESULTS_PATH.with_name("RESULTS.md.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = (RESULTS_PATH.read_text(encoding="utf-8")
+                   if st.only_kinds is not None or st.subset_cut else None)
+        except OSError:
+            old = None
+        try:
+            RESULTS_PATH.write_text(_render(st, old), encoding="utf-8")
+        except OSError as e:  # pragma: no cover
+            sys.stderr.write(f"could not write {RESULTS_PATH}: {e}\n")
 
 
 _ICON = {"passed": "✅", "failed": "❌", "skipped": "skipped", "xfailed": "❌ known bug",
@@ -632,7 +653,7 @@ def _render(st: _State, old: str | None = None) -> str:
     if not aws and old is not None:  # (this run did not start moto)
         m = re.search(r"; moto [^;]*?, dynamodb `[^`]*`\)", old_head)
         aws = m.group(0) if m else ""
-    if st.only_kinds is None:
+    if st.only_kinds is None or OTHER in st.only_kinds:
         ex = list(st.extra.values())
         extra = (f"{len(ex)} other test(s) in interop/tests (regressions): "
                  f"{ex.count('passed')} passed, {ex.count('failed')} failed, "
@@ -640,7 +661,7 @@ def _render(st: _State, old: str | None = None) -> str:
         date = f"* Date: {now}; {elapsed:.0f} s"
     else:
         m = re.search(r"\d+ other test\(s\) in interop/tests[^;\n]*?skipped", old_head)
-        extra = f"{m.group(0)} (last full run)" if m else "other tests: not run"
+        extra = f"{m.group(0)} (the last run that had them)" if m else "other tests: not run"
         m = (re.search(r"the last full run: ([^)\n]*)", old_head)
              or re.search(r"^\* Date: ([^;(\n]*)", old_head, re.M))
         date = (f"* Date: {now} ({', '.join(st.only_kinds)} only"
