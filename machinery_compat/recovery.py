@@ -263,33 +263,17 @@ def find_stuck_tasks(app: Machinery, older_than: float = 300.0, *,
 
 def _dynamodb_candidates(backend: Any, states: Sequence[str], older_than: float,
                          now: float) -> list[StuckTask]:
-    """A ``Scan`` of the task states table for items in ``states`` sent ``older_than`` ago."""
-    from .backends.dynamodb import task_state_from_item
-
-    values = {f":s{i}": {"S": st} for i, st in enumerate(states)}
-    kwargs: dict[str, Any] = {
-        "TableName": backend.task_table, "ConsistentRead": True,
-        "FilterExpression": f"#S IN ({', '.join(values)})",
-        "ExpressionAttributeNames": {"#S": "State"}, "ExpressionAttributeValues": values}
+    """The task states in ``states`` (a ``Scan`` of the task table) sent ``older_than`` ago."""
     out: list[StuckTask] = []
-    while True:
-        with backend._aws("scanning for stuck tasks", backend.task_table):
-            reply = backend.client.scan(**kwargs)
-        for item in reply.get("Items", ()):
-            try:
-                st = task_state_from_item(item)
-            except (DecodeError, ValueError, KeyError):
-                continue
-            created = st.created_at
-            age = None
-            if created is not None and created.unix_ns > 0:
-                age = now - created.unix_ns / 1e9
-            if age is None or age < older_than:
-                continue
-            out.append(StuckTask(st.task_uuid, st.task_name, st.state, None, age, st))
-        if "LastEvaluatedKey" not in reply:
-            return out
-        kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+    for st in backend.scan_states(states):
+        created = st.created_at
+        age = None
+        if created is not None and created.unix_ns > 0:
+            age = now - created.unix_ns / 1e9
+        if age is None or age < older_than:
+            continue
+        out.append(StuckTask(st.task_uuid, st.task_name, st.state, None, age, st))
+    return out
 
 
 def stored_signature(app: Machinery, task_uuid: str) -> Signature | None:

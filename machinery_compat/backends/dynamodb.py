@@ -641,6 +641,27 @@ class DynamoDBBackend(Backend):
                                    "calls (throttled?)")
         return [found.get(u) for u in task_uuids]
 
+    def scan_states(self, states: Sequence[str]) -> Iterator[TaskState]:
+        """Every task state whose ``State`` is one of ``states``: a consistent ``Scan`` of the
+        task table, page by page (for operators: ``recovery.find_stuck_tasks``).  Items that
+        do not decode as a TaskState are left out."""
+        values = {f":s{i}": _s(st) for i, st in enumerate(states)}
+        kwargs: dict[str, Any] = {
+            "TableName": self.task_table, "ConsistentRead": True,
+            "FilterExpression": f"#S IN ({', '.join(values)})",
+            "ExpressionAttributeNames": {"#S": "State"}, "ExpressionAttributeValues": values}
+        while True:
+            with self._aws("scanning the task states", self.task_table):
+                reply = self.client.scan(**kwargs)
+            for item in reply.get("Items", ()):
+                try:
+                    yield task_state_from_item(item)
+                except (DecodeError, ValueError, KeyError):
+                    continue
+            if "LastEvaluatedKey" not in reply:
+                return
+            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
     def get_exception_record(self, task_uuid: str) -> ExceptionRecord | None:
         with self._aws(f"reading the exception record of {task_uuid}", self.task_table):
             reply = self.client.get_item(
