@@ -12,11 +12,15 @@ without a port gets 11211, but Go Machinery refuses such a URL, so a warning say
   modulo the number of servers, in the URL's order: :mod:`._memcache_nodes`), so Go and Python
   share keys; list the servers in the same order on both sides;
 * the chord trigger: Go reads the meta, waits while its ``Lock`` is true, writes ``Lock:true``,
-  then ``ChordTriggered:true`` and ``Lock:false`` — not atomic, two Go workers may both trigger.
-  Here the meta is read with ``gets`` and ``ChordTriggered:true`` written with ``cas`` (waiting
-  while a Go worker holds ``Lock``): two Python workers never both trigger, and a Python worker
-  loses to any write made since its read; a Go worker that read the meta before that ``cas``
-  can still trigger too (Go's own race, which no client can close);
+  then ``ChordTriggered:true`` and ``Lock:false`` — not atomic: two Go workers may both trigger
+  (a Go worker that waited on ``Lock`` triggers too, without looking at ``ChordTriggered``
+  again).  Here the meta is read with ``gets`` and ``ChordTriggered:true`` written with ``cas``
+  (after waiting while a Go worker holds ``Lock``): two Python workers never both trigger, and
+  a Python worker loses to any write made since its read.  A Go worker that read the meta just
+  before that ``cas`` still triggers (it writes without looking again): so the Python worker
+  then watches the meta for :data:`CHORD_SETTLE` (50 ms) and leaves the chord to the Go
+  worker if anyone wrote it in that time (only such a Go worker does).  Go workers racing each
+  other can still both trigger (their own race, which no client can close);
 * a Python worker's FAILURE also stores the exception record under ``<task UUID>.exc`` (same
   expiry, on that key's own server); ``purge_state`` deletes both.
 
@@ -55,6 +59,9 @@ TIMEOUT = 5.0
 #: how long trigger_chord waits for a Go worker's ``Lock:true`` to go (Go waits forever)
 LOCK_WAIT = 30.0
 LOCK_POLL = 0.005
+#: how long a Python worker that set ChordTriggered watches for a Go worker that read the meta
+#: before it and will trigger anyway (Go's read-to-write gap is one round trip)
+CHORD_SETTLE = 0.05
 
 
 class MemcacheBackend(Backend):
@@ -167,10 +174,29 @@ class MemcacheBackend(Backend):
                 stored = client.cas(group_uuid, meta.to_json(), cas, expire=self._expiry(),
                                     noreply=False)
             if stored:
-                return True
+                return self._still_ours(client, group_uuid)
             if stored is None:
                 raise BackendError(f"group {group_uuid}: meta gone while triggering the chord")
             # changed since our read: read it again
+
+    def _still_ours(self, client: Any, group_uuid: str) -> bool:
+        """After our ``cas``: False when a Go worker that read the meta before it is writing
+        ``Lock:true`` (it triggers whatever it finds next), else True."""
+        with _talking("reading", group_uuid):
+            raw, cas = client.gets(group_uuid)
+        meta = None if raw is None else GroupMeta.from_json(raw)
+        if meta is not None and (meta.lock or not meta.chord_triggered):
+            logger.info("group %s: a Go worker is triggering the chord too: leaving it to it",
+                        group_uuid)
+            return False
+        time.sleep(CHORD_SETTLE)
+        with _talking("reading", group_uuid):
+            _, cas_after = client.gets(group_uuid)
+        if cas_after != cas:
+            logger.info("group %s: a Go worker wrote the meta after us: leaving the chord "
+                        "to it", group_uuid)
+            return False
+        return True
 
     # -- raw access (tests, tools) -------------------------------------------------------
     def raw(self, key: str) -> bytes | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -145,6 +145,34 @@ def test_chord_trigger_waits_while_a_go_worker_holds_lock(backend: MemcacheBacke
     assert got == [False]
 
 
+def test_chord_left_to_a_go_worker_that_read_before_us(backend: MemcacheBackend,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Go's TriggerChord read the meta (not triggered) just before our cas; its Lock:true write
+    (its stale copy, ChordTriggered false) comes after: it will trigger, so we must not."""
+    from machinery_compat.backends import memcache
+
+    monkeypatch.setattr(memcache, "CHORD_SETTLE", 1.0)
+    backend.init_group("group_r", ["task_a"])
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(backend.trigger_chord("group_r")))
+    t.start()
+    assert wait_until(lambda: b'"ChordTriggered":true' in (backend.raw("group_r") or b""))
+    go_copy = GroupMeta.from_json(backend.raw("group_r") or b"")
+    go_copy.chord_triggered, go_copy.lock = False, True
+    backend.store_raw("group_r", go_copy.to_json())  # Go's lockGroupMeta
+    t.join(5)
+    assert got == [False]
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def test_exception_record_beside_the_state_and_purge(backend: MemcacheBackend) -> None:
     sig = Signature(uuid="task_f", name="div")
     token = backend.mark_received_started(sig)
@@ -190,3 +218,20 @@ def test_address_without_port_warns(caplog: pytest.LogCaptureFixture) -> None:
     b = MemcacheBackend("memcache://127.0.0.1")
     b.close()
     assert "Go Machinery refuses an address without a port" in caplog.text
+
+
+def test_store_signatures_beside_the_states(redis_url: str, memcache_url: str) -> None:
+    from machinery_compat import Machinery
+    from machinery_compat.ops import signatures
+
+    app = Machinery(broker=redis_url, result_backend=memcache_url, store_signatures=True,
+                    default_queue="machinery_tasks")
+    try:
+        res = app.send_task("add", args=[1, 2])
+        assert isinstance(app.backend, MemcacheBackend)
+        sig = signatures.load(app.backend, res.id)
+        assert sig is not None and (sig.uuid, sig.name) == (res.id, "add")
+        assert app.backend.raw(res.id + ".sig") == sig.to_json()
+        assert signatures.supported(app.backend)
+    finally:
+        app.close()
