@@ -362,3 +362,33 @@ def test_missing_library_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "google.cloud", None)
     with pytest.raises(ConfigError, match=r"pip install machinery-compat\[pubsub\]"):
         PubSubBroker("gcppubsub://p/s")
+
+
+# -- the emulator fixture ----------------------------------------------------------------
+
+
+def test_emulator_fixture_marks_and_isolates(request: pytest.FixtureRequest,
+                                             pubsub_emulator: PubSubEmulator,
+                                             pubsub_project: str) -> None:
+    import os
+
+    assert request.node.get_closest_marker("pubsub") is not None
+    assert os.environ["PUBSUB_EMULATOR_HOST"] == pubsub_emulator.emulator_host
+    assert pubsub_project.startswith("mc-") and pubsub_emulator.depth(pubsub_project, SUB) is None
+
+
+def test_private_emulator_restarts_on_the_same_port_with_no_state(
+        pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.api_core import exceptions as gx
+
+    with PubSubEmulator() as private:
+        port = private.port
+        assert port != pubsub_emulator.port
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", private.emulator_host)
+        private.create_topic("p", "t")
+        private.stop()
+        assert not private.running
+        private.start()
+        assert private.port == port and private.running
+        with pytest.raises(gx.NotFound):
+            private.publisher().get_topic(topic="projects/p/topics/t", timeout=10)
