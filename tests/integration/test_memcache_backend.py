@@ -235,3 +235,30 @@ def test_store_signatures_beside_the_states(redis_url: str, memcache_url: str) -
         assert signatures.supported(app.backend)
     finally:
         app.close()
+
+
+# -- the test service itself (tests/services/memcached_svc.py) ------------------------------
+def test_memcached_restarts_on_its_port_and_flushes() -> None:
+    from tests.services.memcached_svc import MemcachedServer as Server
+
+    with Server() as node:
+        port = node.port
+        assert node.command("set k 0 0 1\r\nv") == b"STORED\r\n"
+        node.stop()
+        assert not node.running
+        node.start()
+        assert node.port == port and node.running
+        assert node.command("get k") == b"END\r\n"  # nothing persists across a restart
+        node.command("set k 0 0 1\r\nv")
+        node.flush()
+        assert node.command("get k") == b"END\r\n"
+    assert not node.running
+
+
+def test_missing_memcached_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.services import ServiceUnavailable
+
+    monkeypatch.setenv("MEMCACHED_BIN", "no-such-memcached")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ServiceUnavailable, match="apt-get install -y memcached"):
+        MemcachedServer()
