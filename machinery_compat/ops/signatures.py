@@ -10,6 +10,8 @@ exact bytes published, next to the task's state:
   (``results_expire_in``);
 * DynamoDB backend: the attribute ``Signature`` (S) of the task's item in ``task_states``
   (written after the PENDING ``PutItem``; it goes when the item goes);
+* Memcache backend: the key ``<task UUID>.sig`` (on the server that key hashes to), with the
+  states' expiry;
 * other backends (AMQP, memory): nothing is stored (logged once).
 
 Go never reads these (Go reads a state by its UUID key, and only the attributes it knows), and
@@ -41,14 +43,14 @@ def signature_key(task_uuid: str) -> str:
 
 def _kind(backend: Any) -> str:
     names = {c.__name__ for c in type(backend).__mro__}
-    for kind in ("RedisBackend", "DynamoDBBackend"):
+    for kind in ("RedisBackend", "DynamoDBBackend", "MemcacheBackend"):
         if kind in names:
             return kind
     return type(backend).__name__
 
 
 def supported(backend: Any) -> bool:
-    return _kind(backend) in ("RedisBackend", "DynamoDBBackend")
+    return _kind(backend) in ("RedisBackend", "DynamoDBBackend", "MemcacheBackend")
 
 
 def store(backend: Any, sig: Signature) -> None:
@@ -62,10 +64,12 @@ def store(backend: Any, sig: Signature) -> None:
             TableName=backend.task_table, Key={"TaskUUID": {"S": sig.uuid}},
             UpdateExpression="SET #S = :s", ExpressionAttributeNames={"#S": SIGNATURE_ATTRIBUTE},
             ExpressionAttributeValues={":s": {"S": body.decode("utf-8", "surrogateescape")}})
+    elif kind == "MemcacheBackend":
+        backend.store_raw(signature_key(sig.uuid), body)
     elif kind not in _warned:
         _warned.add(kind)
         logger.warning("store_signatures: the %s result backend cannot keep signatures; "
-                       "nothing stored (Redis and DynamoDB can)", kind)
+                       "nothing stored (Redis, DynamoDB and Memcache can)", kind)
 
 
 def store_quietly(backend: Any, sig: Signature) -> None:
@@ -89,6 +93,9 @@ def load_raw(backend: Any, task_uuid: str) -> bytes | None:
         av = (reply.get("Item") or {}).get(SIGNATURE_ATTRIBUTE) or {}
         text = av.get("S")
         return text.encode("utf-8", "surrogateescape") if isinstance(text, str) else None
+    if kind == "MemcacheBackend":
+        got: bytes | None = backend.raw(signature_key(task_uuid))
+        return got
     return None
 
 
