@@ -33,9 +33,12 @@ Consuming
 
 * A worker's queue is a subscription: the URL's for ``default_queue``, a subscription named
   after the queue for any other (Go consumes only the URL's).  Messages are taken with unary
-  ``Pull`` calls of at most as many messages as the worker has free threads; the emulator
-  answers an empty pull after 0.5 s, Pub/Sub after a while of its own (the call is given up,
-  as empty, after the worker's poll period or a second, whichever is longer).  A
+  ``Pull`` calls of at most as many messages as the worker has free threads; Pub/Sub answers
+  as soon as messages arrive (the call is given up, as empty, after the worker's poll period
+  or a second, whichever is longer).  With ``PUBSUB_EMULATOR_HOST`` set, an empty pull is
+  given up after :data:`EMULATOR_PULL_WAIT` (0.1 s) and made again: the emulator holds it
+  0.5 s without answering when a message arrives meanwhile, while it feeds streaming pulls
+  (Go's) every 10 ms.  A
   :class:`Delivery`'s ``tag`` is the ack id; ``extra`` holds the subscription path, message id,
   attributes, delivery attempt (0 without a dead-letter policy) and publish time.
 * Ack-deadline extension: while a worker holds a message (from its receipt until it is
@@ -121,6 +124,8 @@ MAX_EARLY = 10_000
 MAX_PUBLISH_BATCH = 1000
 #: Seconds each call may take, transient errors retried within.
 CALL_DEADLINE = 20.0
+#: Seconds an empty ``Pull`` waits at most against an emulator (``PUBSUB_EMULATOR_HOST``).
+EMULATOR_PULL_WAIT = 0.1
 #: Suffix of the dead-letter topic (and subscription) of a queue.
 DEAD_SUFFIX = ".dead"
 
@@ -332,13 +337,21 @@ class PubSubBroker(Broker):
         from google.api_core import exceptions as gx
 
         path = self.subscription_path(queue)
+        # the emulator holds an empty pull 0.5 s and does not return early when a message
+        # arrives meanwhile (Pub/Sub does): pull again every EMULATOR_PULL_WAIT seconds there
+        wait = (EMULATOR_PULL_WAIT if os.environ.get("PUBSUB_EMULATOR_HOST")
+                else max(1.0, min(wait, CALL_DEADLINE)))
         try:
             with self._translated(f"pull from {path}"):
                 reply = self.subscriber.pull(
                     subscription=path, max_messages=max(1, min(max_messages, 1000)),
-                    retry=_retry(), timeout=max(1.0, min(wait, CALL_DEADLINE)))
+                    retry=_retry(), timeout=wait)
         except BrokerConnectionError as e:
             if isinstance(e.__cause__, gx.DeadlineExceeded):
+                return []
+            raise
+        except BrokerError as e:  # the emulator's server-side expiry comes back as UNKNOWN
+            if isinstance(e.__cause__, gx.Unknown) and "deadline exceeded" in str(e.__cause__):
                 return []
             raise
         return list(reply.received_messages)
