@@ -36,7 +36,7 @@ Consuming
   ``Pull`` calls of at most as many messages as the worker has free threads; Pub/Sub answers
   as soon as messages arrive (the call is given up, as empty, after the worker's poll period
   or a second, whichever is longer).  With ``PUBSUB_EMULATOR_HOST`` set, an empty pull is
-  given up after :data:`EMULATOR_PULL_WAIT` (0.1 s) and made again: the emulator holds it
+  given up after :data:`EMULATOR_PULL_WAIT` (0.05 s) and made again: the emulator holds it
   0.5 s without answering when a message arrives meanwhile, while it feeds streaming pulls
   (Go's) every 10 ms.  A
   :class:`Delivery`'s ``tag`` is the ack id; ``extra`` holds the subscription path, message id,
@@ -125,7 +125,7 @@ MAX_PUBLISH_BATCH = 1000
 #: Seconds each call may take, transient errors retried within.
 CALL_DEADLINE = 20.0
 #: Seconds an empty ``Pull`` waits at most against an emulator (``PUBSUB_EMULATOR_HOST``).
-EMULATOR_PULL_WAIT = 0.1
+EMULATOR_PULL_WAIT = 0.05
 #: Suffix of the dead-letter topic (and subscription) of a queue.
 DEAD_SUFFIX = ".dead"
 
