@@ -196,7 +196,9 @@ def test_version() -> None:
     want = f"machinery-compat {machinery_compat.__version__}"
     proc = _run_cli("--version")
     assert (proc.returncode, proc.stdout.strip()) == (0, want), proc.stderr
-    script = shutil.which("machinery-compat")
+    # the script of this interpreter's installation (a venv's bin/ need not be on PATH)
+    beside = Path(sys.executable).with_name("machinery-compat")
+    script = str(beside) if beside.exists() else shutil.which("machinery-compat")
     assert script is not None, "console script not installed (pip install -e '.[dev]')"
     proc = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
     assert (proc.returncode, proc.stdout.strip()) == (0, want), proc.stderr
