@@ -35,10 +35,13 @@ Consuming
   after the queue for any other (Go consumes only the URL's).  Messages are taken with unary
   ``Pull`` calls of at most as many messages as the worker has free threads; Pub/Sub answers
   as soon as messages arrive (the call is given up, as empty, after the worker's poll period
-  or a second, whichever is longer).  With ``PUBSUB_EMULATOR_HOST`` set, an empty pull is
-  given up after :data:`EMULATOR_PULL_WAIT` (0.05 s) and made again: the emulator holds it
-  0.5 s without answering when a message arrives meanwhile, while it feeds streaming pulls
-  (Go's) every 10 ms.  A
+  or a second, whichever is longer).  With ``PUBSUB_EMULATOR_HOST`` set, a consumer keeps up
+  to :data:`EMULATOR_PULLS` pulls in flight, started :data:`PULL_STAGGER` (0.05 s) apart, in
+  background threads (what they get waits in the consumer, held, for the worker's next
+  fetch): the emulator holds an empty pull 0.5 s without answering when a message arrives
+  meanwhile, while it feeds streaming pulls (Go's) every 10 ms.  No pull is cancelled while
+  the server may be answering it (a cancelled pull's messages stay leased, unseen, until
+  their ack deadline).  A
   :class:`Delivery`'s ``tag`` is the ack id; ``extra`` holds the subscription path, message id,
   attributes, delivery attempt (0 without a dead-letter policy) and publish time.
 * Ack-deadline extension: while a worker holds a message (from its receipt until it is
@@ -81,7 +84,9 @@ clients are thread-safe but do not survive a fork: a forked child makes its own)
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -124,8 +129,11 @@ MAX_EARLY = 10_000
 MAX_PUBLISH_BATCH = 1000
 #: Seconds each call may take, transient errors retried within.
 CALL_DEADLINE = 20.0
-#: Seconds an empty ``Pull`` waits at most against an emulator (``PUBSUB_EMULATOR_HOST``).
-EMULATOR_PULL_WAIT = 0.05
+#: Against an emulator (``PUBSUB_EMULATOR_HOST``): pulls a consumer keeps in flight per queue,
+#: started this many seconds apart, each given up after PULL_DEADLINE_EMULATOR seconds.
+EMULATOR_PULLS = 10
+PULL_STAGGER = 0.05
+PULL_DEADLINE_EMULATOR = 5.0
 #: Suffix of the dead-letter topic (and subscription) of a queue.
 DEAD_SUFFIX = ".dead"
 
@@ -337,10 +345,7 @@ class PubSubBroker(Broker):
         from google.api_core import exceptions as gx
 
         path = self.subscription_path(queue)
-        # the emulator holds an empty pull 0.5 s and does not return early when a message
-        # arrives meanwhile (Pub/Sub does): pull again every EMULATOR_PULL_WAIT seconds there
-        wait = (EMULATOR_PULL_WAIT if os.environ.get("PUBSUB_EMULATOR_HOST")
-                else max(1.0, min(wait, CALL_DEADLINE)))
+        wait = max(1.0, min(wait, CALL_DEADLINE))
         try:
             with self._translated(f"pull from {path}"):
                 reply = self.subscriber.pull(
@@ -507,7 +512,11 @@ class PubSubConsumer(PubSubBroker):
         self._ready: dict[str, collections.deque[Delivery]] = {}
         self._early: list[tuple[int, int, Delivery]] = []
         self._seq = itertools.count()
-        self._cond = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        #: emulator: pulls in flight in background threads, per queue (their start times)
+        self._inflight: dict[str, list[float]] = {}
+        self._poll_error: BaseException | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _both(self) -> tuple[Any, Any]:
         return self.broker._both()
@@ -541,14 +550,62 @@ class PubSubConsumer(PubSubBroker):
             if soon is not None and soon < min(1.0, max(left, 0.0)):
                 self._stop.wait(soon)  # a held task is due before a pull would return
                 continue
-            for q in queues:
-                wait = max(left, 0.0) if soon is None else min(max(left, 0.0), soon)
-                messages = self.pull(q, max_messages, wait)
-                if messages:
-                    self._taken(q, messages)
-                    break
+            if os.environ.get("PUBSUB_EMULATOR_HOST"):
+                self._pull_in_background(queues, max_messages, max(left, 0.0), soon)
+            else:
+                for q in queues:
+                    wait = max(left, 0.0) if soon is None else min(max(left, 0.0), soon)
+                    messages = self.pull(q, max_messages, wait)
+                    if messages:
+                        self._taken(q, messages)
+                        break
             if self._stop.is_set():
                 return []
+
+    def _pull_in_background(self, queues: Sequence[str], n: int, left: float,
+                            soon: float | None) -> None:
+        """Emulator: start a pull of each queue if fewer than :data:`EMULATOR_PULLS` are in
+        flight and none started in the last :data:`PULL_STAGGER` seconds, then wait for an
+        arrival (at most ``left``, the stagger, or until a held task is due)."""
+        error, self._poll_error = self._poll_error, None
+        if error is not None:
+            raise error
+        now = time.monotonic()
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(EMULATOR_PULLS * len(queues), 32),
+                thread_name_prefix="mc-pubsub-pull")
+        start = []
+        with self._cond:
+            for q in queues:
+                started = self._inflight.setdefault(q, [])
+                if len(started) < EMULATOR_PULLS and (not started
+                                                       or now - started[-1] >= PULL_STAGGER):
+                    started.append(now)
+                    start.append(q)
+        for q in start:  # (a callback may run at once, in this thread: not under the lock)
+            try:
+                future = pool.submit(self.pull, q, n, PULL_DEADLINE_EMULATOR)
+            except RuntimeError:  # stop_consuming shut the pool down meanwhile
+                return
+            future.add_done_callback(functools.partial(self._pulled, q, now))
+        with self._cond:
+            if not any(self._ready.get(q) for q in queues):
+                self._cond.wait(min(left, PULL_STAGGER, PULL_STAGGER if soon is None else soon))
+
+    def _pulled(self, queue: str, started: float,
+                future: concurrent.futures.Future[list[Any]]) -> None:
+        try:
+            messages = future.result()
+        except BaseException as e:  # raised by the next fetch
+            self._poll_error, messages = e, []
+        if messages:
+            self._taken(queue, messages)
+        with self._cond:
+            with contextlib.suppress(ValueError):
+                self._inflight.get(queue, []).remove(started)
+            self._cond.notify_all()
 
     def _take(self, queues: Sequence[str], n: int) -> list[Delivery]:
         with self._cond:
@@ -614,6 +671,7 @@ class PubSubConsumer(PubSubBroker):
             self._ready.setdefault(queue, collections.deque()).extend(ready)
             for due_ns, d in early:
                 heapq.heappush(self._early, (due_ns, next(self._seq), d))
+            self._cond.notify_all()
 
     def _give_back(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -709,6 +767,9 @@ class PubSubConsumer(PubSubBroker):
             left = [d for q in self._ready.values() for d in q] + [d for _, _, d in self._early]
             self._ready, self._early = {}, []
         self._give_back(left)
+        pool, self._pool = self._pool, None
+        if pool is not None:  # what pulls in flight still get is given back (_taken)
+            pool.shutdown(wait=False, cancel_futures=True)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
