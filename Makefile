@@ -13,20 +13,21 @@
 #   make soak        bootstrap + python -m bench.soak (kill -9 loops on Redis and AMQP, Redis restarts, ~4 min)
 #   make demo        bootstrap + python examples/demo.py
 #   make golden      interop/golden.sh (regenerate golden wire fixtures)
+#   make readme-table  README's broker x backend table from interop/RESULTS.md (the last interop run)
 
 PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest -q
 PYTEST_ARGS ?=
 
 # Directories that may not exist yet are dropped rather than failing.
-LINT_DIRS := $(wildcard machinery_compat tests interop/tests bench examples)
+LINT_DIRS := $(wildcard machinery_compat tests interop/tests bench examples scripts)
 TEST_DIRS := $(wildcard tests interop/tests)
 
 export PYTHON
 
 .DEFAULT_GOAL := help
 .NOTPARALLEL:
-.PHONY: help bootstrap test pytest unit lint typecheck interop interop-full bench soak demo golden clean
+.PHONY: help bootstrap test pytest unit lint typecheck interop interop-full bench soak demo golden readme-table clean
 
 help:
 	@sed -n 's/^#   /  /p' $(firstword $(MAKEFILE_LIST))
@@ -86,6 +87,9 @@ soak: bootstrap
 
 demo: bootstrap
 	$(PYTHON) examples/demo.py
+
+readme-table:
+	$(PYTHON) scripts/broker_backend_table.py --write
 
 golden:
 	bash interop/golden.sh
