@@ -185,6 +185,28 @@ class PubSubEmulator(_ServerProcess):
             sub.acknowledge(subscription=path, ack_ids=[m.ack_id for m in got], timeout=10)
         return got
 
+    def depth(self, project: str, subscription: str) -> int | None:
+        """How many messages wait in a subscription (pulled, then given back at once);
+        ``None`` when it does not exist."""
+        from google.api_core import exceptions as gx
+
+        sub = self.subscriber()
+        path = f"projects/{project}/subscriptions/{subscription}"
+        got: list[Any] = []
+        try:
+            while True:
+                batch = list(sub.pull(subscription=path, max_messages=1000, timeout=10)
+                             .received_messages)
+                if not batch:
+                    break
+                got += batch
+        except gx.NotFound:
+            return None
+        if got:
+            sub.modify_ack_deadline(subscription=path, ack_ids=[m.ack_id for m in got],
+                                    ack_deadline_seconds=0, timeout=10)
+        return len(got)
+
 
 PUBSUB_FIXTURES = frozenset({"pubsub_emulator", "pubsub_project"})
 
