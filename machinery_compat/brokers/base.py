@@ -80,13 +80,6 @@ class Broker(abc.ABC):
         ``timeout`` seconds, taking nothing (a worker whose threads are all busy calls it
         before waiting for one to free up).  This default returns at once."""
 
-    def take_ready(self, queues: Sequence[str], max_messages: int) -> list[Delivery]:
-        """Up to ``max_messages`` messages this consumer already holds (received, not handed
-        out), never waiting: a worker thread that just finished a task takes its next one
-        here before going back to the consumer thread.  Same contract as :meth:`fetch`
-        otherwise.  This default takes nothing."""
-        return []
-
     def ack(self, delivery: Delivery) -> None:  # noqa: B027 - optional hook
         """The message was processed (whatever the task's outcome)."""
 
