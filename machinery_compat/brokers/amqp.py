@@ -289,13 +289,6 @@ class AMQPBroker(Broker):
     def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         return self._get_consumer().fetch(queues, max_messages, timeout)
 
-    def take_ready(self, queues: Sequence[str], max_messages: int) -> list[Delivery]:
-        """Deliveries the consumer holds already (buffered, or on the socket: one
-        non-blocking read), without waiting; ``[]`` when none, when not consuming, or when
-        another thread is using the connection (see ``Broker.take_ready``)."""
-        consumer = self._consumer
-        return consumer.take_ready(queues, max_messages) if consumer is not None else []
-
     def wait_for_messages(self, timeout: float) -> None:
         """Until the consumer has deliveries buffered or bytes waiting on its connection (at
         most ``timeout`` s); at once when not consuming yet."""
@@ -622,13 +615,6 @@ class _Consumer:
         pending = getattr(transport.sock, "pending", None)
         return bool(pending and pending())
 
-    def _reads_quickly(self) -> bool:
-        """The connection's transport reads what has arrived in one non-blocking ``recv``
-        (plain TCP), so that :meth:`_pump` never waits on a partial frame (TLS may)."""
-        transport = getattr(self._conn.connection, "transport", None) if self._conn else None
-        return (getattr(transport, "read_available", None) is not None
-                and bool(transport.can_wait_itself()))  # type: ignore[union-attr]
-
     def _pump(self) -> None:
         """Read every frame that has arrived (deliveries land in ``_buffer``) and keep the
         heartbeats going.  Holds ``_io``; never blocks for long."""
@@ -722,33 +708,6 @@ class _Consumer:
                 select.select([sock], [], [], min(left, CONSUMER_HEARTBEAT / 4))
             except (OSError, ValueError):  # closed under us by a reconnection: look again
                 time.sleep(0.01)
-
-    def take_ready(self, queues: Sequence[str], n: int) -> list[Delivery]:
-        """Up to ``n`` deliveries already here (buffered, else what one non-blocking read
-        brings), in :meth:`_take` order, if ``_io`` is free at once; never waits.  A
-        connection error forgets the connection (the consumer thread's next fetch reconnects)
-        and returns ``[]``."""
-        if self._pid != _pid or self._closed.is_set() or not self._consumers:
-            return []
-        if not self._io.acquire(blocking=False):
-            return []
-        try:
-            if self._channel is None or not self._consumers:
-                return []
-            try:
-                if self._acks:
-                    self._flush_acks()
-                if not self._buffer and self._channel is not None and self._reads_quickly():
-                    self._pump()
-            except (*self._errors, *self._channel_errors) as e:
-                logger.warning("AMQP consumer: %s", self._broken(e))
-                return []
-            if not self._buffer:
-                return []
-            self._last_fetch = time.monotonic()  # a fetch: the consumers are in use
-            return self._take(queues, n)
-        finally:
-            self._release_io()
 
     def wait_for_messages(self, timeout: float) -> None:
         """Until deliveries are buffered or the socket has bytes, at most ``timeout`` s."""

@@ -536,56 +536,24 @@ class Worker:
             return True
 
     def _run_pool(self) -> None:
-        """A pool thread: run what the consumer thread hands on; after each message, take the
-        next one the broker already holds (``take_ready``), if any, and run it under the same
-        slot: no hand-off through the consumer thread and the queue (two thread wake-ups)."""
-        take_ready = getattr(self.broker, "take_ready", None)
         while True:
-            d: Delivery | None = self._work.get()
+            d = self._work.get()
             if d is None:
                 return
-            while d is not None:
-                following: Delivery | None = None
-                try:
+            try:
+                self.handle(d)
+            except Exception as e:
+                logger.exception("unexpected worker error; message raw=%s", excerpt(d.body))
+                if not d.settled:  # never leave it taken and unaccounted for
                     try:
-                        self.handle(d)
-                    except Exception as e:
-                        logger.exception("unexpected worker error; message raw=%s",
-                                         excerpt(d.body))
-                        if not d.settled:  # never leave it taken and unaccounted for
-                            try:
-                                self._dead_letter(d, f"unexpected worker error: {error_text(e)}")
-                            except Exception:
-                                logger.exception("could not dead-letter it either; %s",
-                                                 self._left_where())
-                    if self.max_memory is not None:
-                        self._check_memory()
-                    following = self._take_ready(take_ready)
-                finally:
-                    if following is None:
-                        self._slots.release()
-                d = following
-
-    def _take_ready(self, take_ready: Callable[[Sequence[str], int], list[Delivery]] | None
-                    ) -> Delivery | None:
-        """The next message for the thread that just finished one, if the broker holds one
-        already (``Broker.take_ready``: never waits); None when stopping, while pacing
-        (unregistered messages kept aside, backing off) or with a pre-consume handler (the
-        consumer thread asks it)."""
-        if (take_ready is None or self._stopping.is_set() or self._parked
-                or self._unregistered_backoff or self._pre_consume_handler is not None):
-            return None
-        try:
-            taken = take_ready(self.queues, 1)
-        except Exception:
-            logger.debug("taking a ready message failed; the consumer thread fetches it",
-                         exc_info=True)
-            return None
-        if not taken:
-            return None
-        if len(taken) > 1:  # asked for one: the others go back (never happens with AMQP)
-            self._give_back(taken[1:])
-        return taken[0]
+                        self._dead_letter(d, f"unexpected worker error: {error_text(e)}")
+                    except Exception:
+                        logger.exception("could not dead-letter it either; %s",
+                                         self._left_where())
+            finally:
+                self._slots.release()
+            if self.max_memory is not None:
+                self._check_memory()
 
     def _check_memory(self) -> None:
         """Stop this worker (in the background) once its resident memory is past
