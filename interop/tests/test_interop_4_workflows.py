@@ -39,6 +39,10 @@ callback with every member's results in group order), whichever language wrote i
   loop and can no longer quit (interop/README.md).  The Python worker consumes the main
   queue too only when it shares ``add`` with the Go worker (then it hands Go-only tasks
   back).  The body's ``RoutingKey`` of a step sent without one is ``""`` (§5.3).
+* Pub/Sub: the same queue of their own (a topic, and a subscription of the same name), because
+  a Go worker nacks a task it lacks (§5.4) and its streaming pull takes it back within the
+  emulator's 10 ms delivery tick, again and again: a Python worker pulling the same
+  subscription seldom finds it free.
 * DynamoDB: results are Go's ``%v`` text, which Go's ``AsyncResult`` reads for strings only
   (its reflection error otherwise, checked), and which a Go worker appends *as strings* to
   the chord callbacks it sends (``{"Type":"int64","Value":"3"}``): a callback sent by the Go
@@ -136,6 +140,9 @@ class Pool:
         # SQS: the Python-only tasks' own queue (see the module documentation)
         self.py_queue = stack.create_queue(f"{stack.queue}_py").rsplit("/", 1)[-1] \
             if stack.sqs_broker else None
+        if stack.pubsub_broker:  # (its topic, and the subscription Python pulls for it)
+            stack.create_topic(f"{stack.queue}_py")
+            self.py_queue = f"{stack.queue}_py"
         self.go = stack.go_worker(concurrency=go_concurrency, log_dir=log_dir)
         self.py: PyApp = stack_app(stack, only=self.shared)
         self.app = self.py.app
@@ -514,19 +521,41 @@ def _chord_test(pool: Pool, callback: str) -> None:
     # the callback got its own arg, then every member's result in group order (§3.7; on
     # the AMQP backend in completion order, §6.4)
     time.sleep(SETTLE)
-    if callback.startswith("py_"):
+    if pool.stack.memcache is not None and len(pool.runs(cb)) != 1:
+        _memcache_copies(pool, res.group.id, cb, callback, [1000], values)  # Go's race
+    elif callback.startswith("py_"):
         got = pool.py_args(cb)
+        assert got == pool.chord_args([1000], values, got), got
     else:
         ev = pool.go_run(cb)
         assert (ev["name"], ev["results"]) == (callback, [1000 + sum(values)])
         assert ev["group_uuid"] == ""
         got = ev["raw_args"]
-    assert got == pool.chord_args([1000], values, got), got
+        assert got == pool.chord_args([1000], values, got), got
     if not pool.consuming:  # (the AMQP backend has no group meta, §6.4)
         meta = pool.app.backend.get_group_meta(res.group.id)
         assert meta is not None and meta.chord_triggered is True and meta.task_uuids == members
         pool.go_is(pool.stack.read_one(cb), [("int64", Num(str(1000 + sum(values))))])
     assert pool.go_errors() == []
+
+
+def _memcache_copies(pool: Pool, gid: str, cb: str, callback: str, own: list[int],
+                     values: list[int]) -> tuple[int, int]:
+    """Memcache backend (§6.2: Go's TriggerChord is not atomic): chord callback ``cb`` ran once
+    per trigger — the Go worker's ``replace`` writes with ChordTriggered:true (mcrelay's
+    recording), the Python worker's wins (at most one) —, each time with the right args;
+    (Go triggers, Python triggers)."""
+    assert pool.stack.memcache is not None
+    go = sum(1 for w in pool.stack.memcache.writes(gid)
+             if w.cmd == "replace" and b'"ChordTriggered":true' in w.data)
+    py = pool.py_triggered.count(gid)
+    side = "py" if callback.startswith("py_") else "go"
+    assert pool.runs(cb) == [side] * (go + py) and go + py >= 1 and py <= 1, (
+        cb, pool.runs(cb), f"Go triggered {go}, Python {py}")
+    for got in (pool.received.get(cb, []) if side == "py"
+                else [t["raw_args"] for t in pool.go.tasks(cb)]):
+        assert got == pool.chord_args(own, values, got), (cb, got)
+    return go, py
 
 
 def _callback_senders(obs: Observer, cb: str) -> list[str]:
@@ -626,7 +655,14 @@ def _callback_sender(pool: Pool, obs: Observer, cb: str, go_ports: set[int]) -> 
     if obs.aws is not None:  # SQS: who sent it, from moto's recording
         (sender,) = _callback_senders(obs, cb)
         return sender
-    if obs.tap is not None:
+    if obs.memcache is not None:  # Memcache backend: whose connection wrote its PENDING
+        ports = [w.client_port for w in obs.memcache.writes(cb)
+                 if b'"State":"PENDING"' in w.data]
+    elif obs.mongodb is not None:  # MongoDB backend: whose connection $set its PENDING
+        ports = [c.client_port for c in obs.mongodb.snapshot() if c.name == "update"
+                 for u in c.body.get("updates", ()) if u.get("q", {}).get("_id") == cb
+                 and u.get("u", {}).get("$set", {}).get("state") == "PENDING"]
+    elif obs.tap is not None:
         ports = [p.client_port for p in obs.tap.task_messages(cb)]
     else:
         assert obs.monitor is not None
@@ -646,7 +682,16 @@ def _last_completed(obs: Observer, uuids: list[str]) -> str:
                         if w.state == "SUCCESS")
         assert sorted({u for _, u in writes}) == sorted(uuids), writes
         return writes[-1][1]
-    if obs.monitor is not None and obs.backend_kind == "redis":
+    if obs.memcache is not None:  # (mcrelay's order)
+        order = [w.key.encode() for w in obs.memcache.all_writes()
+                 if w.key.encode() in done and b'"State":"SUCCESS"' in w.data]
+    elif obs.mongodb is not None:  # (the relay's order)
+        order = [str(u["q"]["_id"]).encode() for c in obs.mongodb.snapshot()
+                 if c.name == "update" and c.collection == "tasks"
+                 for u in c.body.get("updates", ())
+                 if str(u.get("q", {}).get("_id")).encode() in done
+                 and u.get("u", {}).get("$set", {}).get("state") == "SUCCESS"]
+    elif obs.monitor is not None and obs.backend_kind == "redis":
         order = [c.args[1] for c in obs.monitor.calls("SET")
                  if c.args[1:2] and c.args[1] in done and b'"State":"SUCCESS"' in c.args[2]]
     else:
@@ -660,7 +705,7 @@ def _last_completed(obs: Observer, uuids: list[str]) -> str:
 
 # the slow member's sleep: on AMQP the Python worker may hold a Go-only task aside for up
 # to 2 s first (unacked, its back-off for unregistered tasks); on Redis it pushes it back
-SLOW_MS = {"redis": 400, "amqp": 2000, "sqs": 2000}
+SLOW_MS = {"redis": 400, "amqp": 2000, "sqs": 2000, "pubsub": 2000}
 
 
 @pytest.mark.matrix(WORKFLOWS, "chord completed on the other side: the worker that runs the "
@@ -866,6 +911,9 @@ def _racing_chords(pool: Pool, callback: str,
     if st.dynamodb_backend:
         _racing_chords_dynamodb(pool, obs, sent, members, callback, record_property)
         return
+    if obs.memcache is not None:
+        _racing_chords_memcache(pool, obs, sent, members, callback, record_property)
+        return
     pool.wait_runs(callbacks + members)
     runs = pool.all_runs()
     # every member ran exactly once (on either worker), every callback exactly once, on the
@@ -925,6 +973,39 @@ def _racing_chords_dynamodb(pool: Pool, obs: Observer, sent: list[tuple[ChordRes
     print(f"\n[{pool.stack.spec.id}] racing chords, {callback} callback: {note}")
     record_property("note", note)
     assert by["py"] + by["both"] > 0, note
+    assert pool.go_errors() == []
+
+
+def _racing_chords_memcache(pool: Pool, obs: Observer,
+                            sent: list[tuple[ChordResult, list[int]]], members: list[str],
+                            callback: str, record_property: Callable[[str, object], None]) -> None:
+    """Racing chords on the Memcache backend (§6.2: Go's TriggerChord is not atomic): every
+    member ran once; every callback ran once per trigger and at least once — the Python worker
+    triggered a group at most once (gets/cas), the Go worker possibly more (its goroutines race,
+    and one that waited on the meta's Lock triggers without looking again).  A Go trigger is
+    its ``replace`` with ChordTriggered:true (mcrelay's recording; Python writes with ``cas``)."""
+    assert obs.memcache is not None
+    pool.wait_runs([r.id for res, _ in sent for r in res.results]
+                   + [res.callback.id for res, _ in sent])
+    runs = pool.all_runs()
+    assert [u for u in members if len(runs[u]) != 1] == []
+    member_runs = Counter(runs[u][0] for u in members)
+    py_won = Counter(pool.py_triggered)
+    assert set(py_won.values()) <= {1}, py_won
+    by: Counter[str] = Counter()
+    for res, values in sent:
+        go, py = _memcache_copies(pool, res.group.id, res.callback.id, callback, [], values)
+        by["py" if py and not go else "go" if go == 1 and not py else
+           "go twice or more" if not py else "both"] += 1
+    note = (f"{len(sent)} chords, {len(members)} add members (Go ran {member_runs['go']}, "
+            f"Python {member_runs['py']}); {callback} callbacks sent by the Python worker "
+            f"alone {by['py']}, by the Go worker once {by['go']}, by the Go worker twice or "
+            f"more {by['go twice or more']} (Go's race), by both {by['both']}; the Python "
+            f"worker also found {len(set(pool.py_lost) - set(py_won))} complete groups "
+            f"triggered or being triggered by Go")
+    print(f"\n[{pool.stack.spec.id}] racing chords, {callback} callback: {note}")
+    record_property("note", note)
+    assert by["py"] > 0, note
     assert pool.go_errors() == []
 
 
@@ -1070,7 +1151,7 @@ def test_chord_failing_member(make_pool: Callable[..., Pool]) -> None:
     obs.stop()
     for cb in (callback.uuid, go_cb):
         assert pool.runs(cb) == []
-        if pool.stack.merged_states:
+        if pool.stack.merged_states and pool.stack.mongodb is None:
             assert pool.py.counters.exists(cb) == 0
         else:
             assert obs.state_writes(cb) == []

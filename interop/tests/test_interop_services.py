@@ -12,8 +12,13 @@ from __future__ import annotations
 import pytest
 
 from interop.tests.conftest import INTEROP_DBS, INTEROP_VHOST, InteropAWS, InteropRabbit
+from interop.tests.memcache_tap import MemcacheRecorder
+from interop.tests.mongodb_tap import MongoRecorder
 from tests import services
 from tests.services import MotoServer, RabbitMQServer, RedisServer, redis_svc
+from tests.services.ferretdb_svc import FerretDBServer
+from tests.services.memcached_svc import MemcachedNodes
+from tests.services.pstest_svc import PubSubEmulator
 
 pytestmark = [pytest.mark.interop]
 
@@ -21,20 +26,28 @@ pytestmark = [pytest.mark.interop]
 def test_one_server_of_each_kind_per_session(
     redis_server: RedisServer, rabbitmq_server: RabbitMQServer, moto_server: MotoServer,
     interop_redis: RedisServer, interop_rabbitmq: InteropRabbit, interop_aws: InteropAWS,
+    memcached_nodes: MemcachedNodes, interop_memcache: MemcacheRecorder,
+    ferretdb_server: FerretDBServer, interop_mongodb: MongoRecorder,
+    pubsub_emulator: PubSubEmulator,
 ) -> None:
     # interop's fixtures are derived from the session fixtures, not servers of their own
     assert interop_redis is redis_server
     assert interop_rabbitmq.server is rabbitmq_server
     assert interop_aws.server is moto_server
+    assert interop_memcache.nodes == [n.address for n in memcached_nodes.nodes]
+    assert interop_mongodb.address == f"{ferretdb_server.host}:{ferretdb_server.port}"
     # ... and each session fixture started its server once in this session, whichever trees
     # (tests/, interop/tests/) used it before
     assert services.session_starts == {
-        "redis_server": 1, "rabbitmq_server": 1, "moto_server": 1}, services.session_starts
+        "redis_server": 1, "rabbitmq_server": 1, "moto_server": 1,
+        "memcached_nodes": 1, "ferretdb_server": 1, "pubsub_emulator": 1}, services.session_starts
     assert services.session_servers == {
         "redis_server": redis_server, "rabbitmq_server": rabbitmq_server,
-        "moto_server": moto_server}
+        "moto_server": moto_server, "memcached_nodes": memcached_nodes,
+        "ferretdb_server": ferretdb_server, "pubsub_emulator": pubsub_emulator}
     # the same processes: one node, one pid, one port each
-    for server in (redis_server, rabbitmq_server, moto_server):
+    for server in (redis_server, rabbitmq_server, moto_server, *memcached_nodes.nodes,
+                   ferretdb_server, pubsub_emulator):
         assert server.running and server.pid is not None
     assert interop_rabbitmq.url == rabbitmq_server.url_for(INTEROP_VHOST)
     assert f":{rabbitmq_server.port}/" in interop_rabbitmq.url

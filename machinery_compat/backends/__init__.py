@@ -14,13 +14,20 @@ scheme              module                                   extra
 ``amqps://``
 ``https://``,       :mod:`machinery_compat.backends.dynamodb` ``machinery-compat[aws]``
 ``http://``
+``memcache://``     :mod:`machinery_compat.backends.memcache` ``machinery-compat[memcache]``
+``mongodb://``,     :mod:`machinery_compat.backends.mongodb` ``machinery-compat[mongodb]``
+``mongodb+srv://``
 ==================  =======================================  =========================
 
 DynamoDB: Go v1's factory picks it for URLs starting with ``https://dynamodb``; here any
 ``https://`` or ``http://`` URL does.  The URL only selects the backend (as in Go): the
 endpoint, region and table names come from the ``dynamodb`` config section.
 
-Memcache and MongoDB backends are not implemented yet (see README).
+Memcache: ``memcache://host1:port1[,host2:port2,...]`` as Go's (keys spread over the servers
+the way Go's gomemcache spreads them).
+
+MongoDB: ``mongodb://`` and ``mongodb+srv://`` URLs as Go's driver takes them; the database is
+``mongodb.database`` (code only, default ``machinery``), not the URL's path.
 """
 
 from __future__ import annotations
@@ -37,10 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_NOT_YET = {
-    "memcache": "Memcache", "mongodb": "MongoDB",
-    "mongodb+srv": "MongoDB",
-}
+_NOT_YET: dict[str, str] = {}
 
 
 def create_backend(config: Config) -> Backend:
@@ -64,6 +68,14 @@ def create_backend(config: Config) -> Backend:
         from .dynamodb import DynamoDBBackend
 
         return DynamoDBBackend.from_config(config)
+    if scheme in ("mongodb", "mongodb+srv"):
+        from .mongodb import MongoDBBackend
+
+        return MongoDBBackend.from_config(config)
+    if scheme == "memcache":
+        from .memcache import MemcacheBackend
+
+        return MemcacheBackend.from_config(config)
     if scheme in ("memory", "eager"):
         from .memory import MemoryBackend
 

@@ -16,9 +16,10 @@ scheme              module                                  extra
 ``http://``         (AWS SQS: the URL is the queue URL
                     prefix, ``https://sqs.<region>.
                     amazonaws.com/<account id>``)
+``gcppubsub://``    :mod:`machinery_compat.brokers.pubsub`  ``machinery-compat[pubsub]``
+                    (``gcppubsub://<project>/
+                    <subscription>``, as Go)
 ==================  ======================================  =========================
-
-The GCP Pub/Sub broker is not implemented yet (see README).
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_NOT_YET = {
-    "gcppubsub": "GCP Pub/Sub",
-}
+_NOT_YET: dict[str, str] = {}
 
 
 def scheme_of(url: str) -> str:
@@ -79,6 +78,10 @@ def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
         from .sqs import SQSBroker
 
         return SQSBroker.from_config(config)
+    if scheme == "gcppubsub":
+        from .pubsub import PubSubBroker
+
+        return PubSubBroker.from_config(config)
     if scheme == "memory":
         from .memory import MemoryBroker
 

@@ -7,8 +7,10 @@ Fixtures (names are stable; write new behaviour tests against them):
   ``"redis"`` (Redis broker + Redis backend, same server), ``"memory"`` (memory broker +
   memory backend), ``"redis+memory"`` (Redis broker + memory backend), ``"amqp"`` (AMQP
   broker + AMQP backend, one RabbitMQ vhost), ``"amqp+redis"`` (AMQP broker + Redis
-  backend, the common production setup) and ``"sqs+redis"`` (SQS broker on the session moto
-  server + Redis backend).  A test runs over :data:`DEFAULT_KINDS` (``redis``, ``memory``,
+  backend, the common production setup), ``"sqs+redis"`` (SQS broker on the session moto
+  server + Redis backend) and ``"redis+memcache"`` (Redis broker + Memcache backend on the
+  session's three memcached nodes, ``memcache_url``: flushed per test; marker ``memcache``).
+  A test runs over :data:`DEFAULT_KINDS` (``redis``, ``memory``,
   ``amqp``, ``sqs+redis``); mark it ``@pytest.mark.mixed`` to run it on ``redis+memory`` and
   ``amqp+redis`` too, or ``@pytest.mark.kinds("memory", …)`` to choose the kinds exactly
   (both work on a module via ``pytestmark``).  Redis kinds use the session redis-server
@@ -67,9 +69,12 @@ from machinery_compat import Machinery, Signature
 from machinery_compat.backends import memory as memory_backend
 from machinery_compat.backends.amqp import AMQPBackend
 from machinery_compat.backends.dynamodb import DynamoDBBackend
+from machinery_compat.backends.memcache import MemcacheBackend
+from machinery_compat.backends.mongodb import MongoDBBackend
 from machinery_compat.brokers import memory as memory_broker
 from machinery_compat.brokers.amqp import MIN_DELAY_MS, AMQPBroker
 from machinery_compat.brokers.base import Delivery
+from machinery_compat.brokers.pubsub import PubSubBroker
 from machinery_compat.brokers.sqs import SQSBroker, dead_letter_queue
 from machinery_compat.config import AMQPConfig, Config, SQSConfig
 from machinery_compat.worker import Worker
@@ -79,9 +84,9 @@ __all__ = ["DEFAULT_KINDS", "KINDS", "Probe", "StartWorker", "wait_for"]
 
 #: Every broker+backend combination the behaviour suite knows.
 KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis", "sqs+redis", "sqs+dynamodb",
-         "memory+dynamodb")
+         "memory+dynamodb", "redis+memcache", "pubsub+redis", "redis+mongodb")
 #: What a test runs over unless marked ``mixed`` or ``kinds(...)``.
-DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis", "sqs+dynamodb")
+DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis", "sqs+dynamodb", "pubsub+redis")
 
 #: SQS kinds: the moto region their queues live in (nothing else uses it: the queues there are
 #: deleted before each test), the account of the broker URL, and the queues the behaviour
@@ -168,6 +173,57 @@ DYNAMODB_LIMITS: dict[str, str] = {
 }
 
 
+_MEMCACHE_NO_MERGE = ("Go's Memcache result backend never merges: each state replaces the stored "
+                      "one, so RECEIVED..SUCCESS carry TaskName \"\" and a zero CreatedAt (see "
+                      "tests/integration/test_memcache_backend.py)")
+#: Behaviour tests that check what the Memcache backend does differently, by Go's design:
+#: test name -> why.  Their ``*+memcache`` params are reported as skipped with the reason.
+MEMCACHE_LIMITS: dict[str, str] = {
+    "test_merge_keeps_task_name_and_created_at": _MEMCACHE_NO_MERGE,
+    "test_go_produced_message_final_state_byte_for_byte": _MEMCACHE_NO_MERGE,
+    "test_failure_state_and_error_text": _MEMCACHE_NO_MERGE,
+    "test_failure_state_bytes_stay_go_exact_and_record_beside_them": _MEMCACHE_NO_MERGE,
+}
+
+
+_PUBSUB_NO_PEEK = ("Pub/Sub cannot list a subscription without pulling it: pending_tasks/"
+                   "delayed_tasks raise NotImplementedError (tests/integration/"
+                   "test_pubsub_broker.py)")
+#: Behaviour tests that check what Pub/Sub cannot do, by its design or Go's: test name -> why.
+#: Their ``pubsub+*`` params are reported as skipped with the reason.
+PUBSUB_LIMITS: dict[str, str] = {
+    "test_requeue_front_and_back_keep_the_bytes_and_order": (
+        "Pub/Sub has no queue head or tail, nor an order: a message given back is redelivered "
+        "(ModifyAckDeadline 0), bytes not received from it are published anew"),
+    "test_move_due_delayed_routes_by_routing_key": (
+        "Pub/Sub has no delayed messages: a task is published at once with its ETA and a "
+        "Python worker's consumer holds it until due (tests/integration/test_pubsub_broker.py)"),
+    "test_fetch_is_fifo_and_takes_from_the_first_non_empty_queue": (
+        "Pub/Sub delivers a subscription's messages in no set order (Go publishes no ordering "
+        "key); taking from the first non-empty queue is checked by the other fetch tests"),
+    "test_countdown_and_datetime_eta": (
+        "Pub/Sub has no delay: tasks with an ETA wait in the subscription with the others "
+        "(a Python consumer holds them until due), so the queue holds all three; ETAs: "
+        "tests/integration/test_pubsub_broker.py"),
+    "test_make_app_shares_broker_and_backend": _PUBSUB_NO_PEEK,
+    "test_pending_tasks_inspection": _PUBSUB_NO_PEEK,
+    "test_eta_goes_to_delayed_tasks_due_in_nanoseconds": _PUBSUB_NO_PEEK,
+}
+#: Pub/Sub kinds: the topics (each with a subscription of the same name) made in the test's
+#: own project (a Pub/Sub broker creates none, as Go's); the URL names ``machinery_tasks``.
+PUBSUB_TOPICS = SQS_QUEUES
+
+
+_MONGODB_MS = ("Go's MongoDB backend stores created_at as a BSON date (milliseconds), so a "
+               "state read back carries CreatedAt to the millisecond, not the nanosecond of the "
+               "JSON written here (see tests/integration/test_mongodb_backend.py)")
+#: Behaviour tests that check what the MongoDB backend does differently, by Go's design:
+#: test name -> why.  Their ``*+mongodb`` params are reported as skipped with the reason.
+MONGODB_LIMITS: dict[str, str] = {
+    "test_go_produced_message_final_state_byte_for_byte": _MONGODB_MS,
+}
+
+
 def _kind_param(kind: str, test_name: str) -> Any:
     limit = AMQP_LIMITS.get(test_name)
     if limit is not None:
@@ -177,6 +233,15 @@ def _kind_param(kind: str, test_name: str) -> Any:
             return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {why}"))
     if kind.split("+")[0] == "sqs" and test_name in SQS_LIMITS:
         return pytest.param(kind, marks=pytest.mark.skip(reason=f"{kind}: {SQS_LIMITS[test_name]}"))
+    if kind.split("+")[0] == "pubsub" and test_name in PUBSUB_LIMITS:
+        return pytest.param(kind, marks=pytest.mark.skip(
+            reason=f"{kind}: {PUBSUB_LIMITS[test_name]}"))
+    if kind.split("+")[-1] == "mongodb" and test_name in MONGODB_LIMITS:
+        return pytest.param(kind, marks=pytest.mark.skip(
+            reason=f"{kind}: {MONGODB_LIMITS[test_name]}"))
+    if kind.split("+")[-1] == "memcache" and test_name in MEMCACHE_LIMITS:
+        return pytest.param(kind, marks=pytest.mark.skip(
+            reason=f"{kind}: {MEMCACHE_LIMITS[test_name]}"))
     if kind.split("+")[-1] == "dynamodb" and test_name in DYNAMODB_LIMITS:
         return pytest.param(kind, marks=pytest.mark.skip(
             reason=f"{kind}: {DYNAMODB_LIMITS[test_name]}"))
@@ -215,6 +280,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.rabbitmq)
         if "sqs" in kind or "dynamodb" in kind:
             item.add_marker(pytest.mark.aws)
+        if "memcache" in kind:
+            item.add_marker(pytest.mark.memcache)
+        if "mongodb" in kind:
+            item.add_marker(pytest.mark.mongodb)
+        if "pubsub" in kind:
+            item.add_marker(pytest.mark.pubsub)
 
 
 @pytest.fixture
@@ -241,6 +312,12 @@ def _url_for(side: str, request: pytest.FixtureRequest, memory_name: str) -> str
         url = request.getfixturevalue("rabbitmq_vhost_url")  # one vhost per test
     elif side == "dynamodb":
         url = "https://dynamodb.us-east-1.amazonaws.com"  # selects the backend, as Go v1's factory
+    elif side == "pubsub":
+        url = request.getfixturevalue("_pubsub_topics")
+    elif side == "memcache":
+        url = request.getfixturevalue("memcache_url")  # three nodes, flushed
+    elif side == "mongodb":
+        url = request.getfixturevalue("mongodb_url")  # the database: mongodb_config
     else:
         url = f"memory://{memory_name}"
     return url
@@ -273,6 +350,16 @@ def _sqs_queues(moto_server: Any, moto_endpoint: str) -> str:
 
 
 @pytest.fixture
+def _pubsub_topics(pubsub_emulator: Any, pubsub_project: str) -> str:
+    """The Pub/Sub broker URL of this test: a fresh project with :data:`PUBSUB_TOPICS`, each
+    with a subscription of the same name (the URL's is ``machinery_tasks``)."""
+    for name in PUBSUB_TOPICS:
+        pubsub_emulator.create_topic(pubsub_project, name)
+        pubsub_emulator.create_subscription(pubsub_project, name, name)
+    return f"gcppubsub://{pubsub_project}/machinery_tasks"
+
+
+@pytest.fixture
 def _sqs_sent() -> list[tuple[bytes, int]]:
     """SQS kinds: (body, due ns) of every task this test's apps sent with an ETA."""
     return []
@@ -299,6 +386,23 @@ def _record_sqs_sends(app: Machinery, sent: list[tuple[bytes, int]]) -> None:
     events.register("provide-client-params.sqs.SendMessageBatch", record)
 
 
+def _record_pubsub_sends(app: Machinery, sent: list[tuple[bytes, int]]) -> None:
+    """Note the ETA of every message ``app``'s Pub/Sub broker publishes (nothing lists them)."""
+    broker = app.broker
+    assert isinstance(broker, PubSubBroker)
+    publish = broker._gapic_publish
+
+    def record(**request: Any) -> Any:
+        for message in request.get("messages") or ():
+            raw = bytes(message["data"])
+            due = _eta_ns(raw)
+            if due and all(b != raw for b, _ in sent):
+                sent.append((raw, due))
+        return publish(**request)
+
+    broker._gapic_publish = record  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def dynamodb_config(app_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """dynamodb kinds: a DynamoDB section on the session moto server with tables of this test's
@@ -322,7 +426,18 @@ def dynamodb_config(app_kind: str, request: pytest.FixtureRequest) -> Iterator[A
 
 
 @pytest.fixture
-def make_app(broker_url: str, backend_url: str, dynamodb_config: Any,
+def mongodb_config(app_kind: str, request: pytest.FixtureRequest) -> Any:
+    """mongodb kinds: a ``mongodb`` section naming a database of this test's own on the session
+    FerretDB (dropped afterwards); ``None`` for other kinds."""
+    if app_kind.split("+")[-1] != "mongodb":
+        return None
+    from machinery_compat.config import MongoDBConfig
+
+    return MongoDBConfig(database=request.getfixturevalue("mongodb_database"))
+
+
+@pytest.fixture
+def make_app(broker_url: str, backend_url: str, dynamodb_config: Any, mongodb_config: Any,
              _sqs_sent: list[tuple[bytes, int]]) -> Iterator[Callable[..., Machinery]]:
     apps: list[Machinery] = []
 
@@ -336,9 +451,13 @@ def make_app(broker_url: str, backend_url: str, dynamodb_config: Any,
             kwargs["config"] = Config(sqs=SQSConfig(region=SQS_REGION))
         if dynamodb_config is not None:
             kwargs.setdefault("config", Config()).dynamodb = dynamodb_config
+        if mongodb_config is not None:
+            kwargs.setdefault("config", Config()).mongodb = mongodb_config
         a = Machinery(broker=broker_url, result_backend=backend_url, **kwargs)
         if sqs:
             _record_sqs_sends(a, _sqs_sent)
+        if broker_url.startswith("gcppubsub"):
+            _record_pubsub_sends(a, _sqs_sent)
         apps.append(a)
         return a
 
@@ -392,6 +511,8 @@ class Probe:
             return amqp_peek(self.broker.url, queue)
         if isinstance(self.broker, SQSBroker):
             return sqs_peek(self.broker, queue)
+        if isinstance(self.broker, PubSubBroker):
+            return pubsub_peek(self.broker, queue)
         client = self._redis(self.broker)
         if client is not None:
             return list(client.lrange(queue, 0, -1))
@@ -414,6 +535,9 @@ class Probe:
                 self.broker.client.send_message(QueueUrl=self.broker.queue_url(queue),
                                                 MessageBody=body.decode("utf-8", "surrogateescape"))
             return
+        if isinstance(self.broker, PubSubBroker):
+            self.broker._publish(queue, list(bodies), "raw test bytes")
+            return
         client = self._redis(self.broker)
         if client is not None:
             client.rpush(queue, *bodies)
@@ -423,7 +547,7 @@ class Probe:
 
     def delayed(self) -> list[tuple[bytes, int]]:
         """Raw delayed bodies with their due time (Unix ns), soonest first."""
-        if isinstance(self.broker, SQSBroker):
+        if isinstance(self.broker, SQSBroker | PubSubBroker):
             now = time.time_ns()
             return sorted(((b, due) for b, due in self._sqs_sent if due > now),
                           key=lambda pair: pair[1])
@@ -442,6 +566,12 @@ class Probe:
             self._sqs_sent.append((body, due_ns))
             sqs_push_delayed(self.broker, body, due_ns)
             return
+        if isinstance(self.broker, PubSubBroker):  # the ETA is in the body: published at once
+            self._sqs_sent.append((body, due_ns))
+            sig = _routed(body)
+            self.broker.adjust_routing_key(sig)
+            self.broker._publish(sig.routing_key, [body], "a raw delayed test message")
+            return
         if isinstance(self.broker, AMQPBroker):
             self._amqp_due[body] = due_ns
             amqp_push_delayed(self.broker, body, due_ns)
@@ -454,12 +584,12 @@ class Probe:
         self.broker.push_delayed(body, due_ns)
 
     def pending(self, queue: str | None = None) -> list[Signature]:
-        if isinstance(self.broker, SQSBroker):
+        if isinstance(self.broker, SQSBroker | PubSubBroker):
             return _decodable(self.messages(queue or self.broker.default_queue))
         return self.broker.pending_tasks(queue)
 
     def delayed_tasks(self) -> list[Signature]:
-        if isinstance(self.broker, SQSBroker):
+        if isinstance(self.broker, SQSBroker | PubSubBroker):
             return _decodable([body for body, _ in self.delayed()])
         return self.broker.delayed_tasks()
 
@@ -472,7 +602,7 @@ class Probe:
                 return bodies[-1]
             seen = self.backend.last_consumed(uuid)
             return seen.to_json() if seen is not None else None
-        if isinstance(self.backend, DynamoDBBackend):
+        if isinstance(self.backend, DynamoDBBackend | MemcacheBackend | MongoDBBackend):
             return self.backend.raw(uuid)
         client = self._redis(self.backend)
         if client is not None:
@@ -486,7 +616,7 @@ class Probe:
         if isinstance(self.backend, AMQPBackend):
             self.backend._publish(uuid, body, f"test state of {uuid}")
             return
-        if isinstance(self.backend, DynamoDBBackend):
+        if isinstance(self.backend, DynamoDBBackend | MemcacheBackend | MongoDBBackend):
             self.backend.store_raw(uuid, body)
             return
         client = self._redis(self.backend)
@@ -608,6 +738,37 @@ def sqs_peek(broker: SQSBroker, queue: str) -> list[bytes]:
             for j, m in enumerate(got[i:i + 10])])
     got.sort(key=lambda m: int(m.get("Attributes", {}).get("SentTimestamp", 0)))
     return [m["Body"].encode("utf-8", "surrogateescape") for m in got]
+
+
+def _routed(body: bytes) -> Signature:
+    try:
+        return Signature.from_json(body)
+    except ValueError:
+        return Signature()
+
+
+def pubsub_peek(broker: PubSubBroker, queue: str) -> list[bytes]:
+    """The data of the messages waiting in ``queue``'s subscription (pulled, then given back at
+    once: nothing is consumed), in publish order; ``[]`` when the subscription is missing."""
+    from google.api_core import exceptions as gx
+
+    subscriber = broker.subscriber
+    path = broker.subscription_path(queue)
+    got: list[Any] = []
+    try:
+        while True:
+            batch = list(subscriber.pull(subscription=path, max_messages=100,
+                                         timeout=10).received_messages)
+            if not batch:
+                break
+            got += batch
+    except gx.NotFound:
+        return []
+    if got:
+        subscriber.modify_ack_deadline(subscription=path, ack_ids=[m.ack_id for m in got],
+                                       ack_deadline_seconds=0, timeout=10)
+    got.sort(key=lambda m: (m.message.publish_time, m.message.message_id))
+    return [bytes(m.message.data) for m in got]
 
 
 def sqs_push_delayed(broker: SQSBroker, body: bytes, due_ns: int) -> None:

@@ -131,11 +131,11 @@ func New(o Options) (Server, error) {
 	if o.ResultsExpireIn <= 0 {
 		o.ResultsExpireIn = 3600
 	}
-	if s := Scheme(o.Broker); s == "" || s == "dynamodb" {
+	if s := Scheme(o.Broker); s == "" || s == "dynamodb" || s == "memcache" || s == "mongodb" {
 		return nil, fmt.Errorf("broker: want a redis://, amqp:// or SQS (http(s)://host/<account>) URL, got %q", o.Broker)
 	}
-	if s := Scheme(o.Backend); s == "" || s == "sqs" {
-		return nil, fmt.Errorf("backend: want a redis://, amqp:// or https://dynamodb… URL, got %q", o.Backend)
+	if s := Scheme(o.Backend); s == "" || s == "sqs" || s == "pubsub" {
+		return nil, fmt.Errorf("backend: want a redis://, amqp://, memcache:// or https://dynamodb… URL, got %q", o.Backend)
 	}
 	if err := o.AWS.fill(o.Broker); err != nil {
 		return nil, err
@@ -153,13 +153,19 @@ func New(o Options) (Server, error) {
 	return nil, fmt.Errorf("unknown flavour %q (want one of %v)", o.Flavour, Flavours)
 }
 
-// Scheme classifies a broker/backend URL: "redis", "amqp", "sqs", "dynamodb" or "".
+// Scheme classifies a broker/backend URL: "redis", "amqp", "sqs", "dynamodb", "memcache", "pubsub", "mongodb" or "".
 func Scheme(url string) string {
 	switch {
 	case strings.HasPrefix(url, "redis://"), strings.HasPrefix(url, "rediss://"):
 		return "redis"
 	case strings.HasPrefix(url, "amqp://"), strings.HasPrefix(url, "amqps://"):
 		return "amqp"
+	case strings.HasPrefix(url, "memcache://"):
+		return "memcache"
+	case strings.HasPrefix(url, "mongodb://"), strings.HasPrefix(url, "mongodb+srv://"):
+		return "mongodb"
+	case strings.HasPrefix(url, "gcppubsub://"):
+		return "pubsub"
 	case IsDynamoDBURL(url):
 		return "dynamodb"
 	case IsSQSURL(url):

@@ -63,6 +63,9 @@ func newV1(o Options) (Server, error) {
 		_, berr := machinery.BackendFactory(cnf)
 		return nil, fmt.Errorf("v1 backend factory failed: %v", berr)
 	}
+	if Scheme(o.Backend) == "memcache" {
+		setMemcacheClient(s.GetBackend(), o.Backend) // -memcache-timeout (memcache.go)
+	}
 	return &v1Server{srv: s, amqp: Scheme(o.Broker) == "amqp"}, nil
 }
 

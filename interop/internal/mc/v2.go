@@ -74,6 +74,11 @@ func newV2(o Options) (Server, error) {
 		if br, err = newV2SQSBroker(cnf); err != nil {
 			return nil, fmt.Errorf("broker: %v", err)
 		}
+	case "pubsub":
+		var err error
+		if br, err = newV2PubSubBroker(cnf, o.Broker); err != nil {
+			return nil, fmt.Errorf("broker: %v", err)
+		}
 	case "redis":
 		if err := redisClient("broker"); err != nil {
 			return nil, err
@@ -97,6 +102,10 @@ func newV2(o Options) (Server, error) {
 		if be, err = newV2DynamoDBBackend(cnf); err != nil {
 			return nil, fmt.Errorf("backend: %v", err)
 		}
+	case "memcache":
+		be = newV2MemcacheBackend(cnf, o.Backend)
+	case "mongodb":
+		be = newV2MongoBackend(cnf)
 	case "redis":
 		if err := redisClient("backend"); err != nil {
 			return nil, err
