@@ -34,9 +34,9 @@ _RUN = re.compile(r"^(?:Run|Representative-subset run)\W+(\d{4}-\d\d-\d\d \d\d:\
 
 
 def _kind_titles() -> dict[str, str]:
-    sys.path.insert(0, str(ROOT / "interop" / "tests"))
+    sys.path.insert(0, str(ROOT))
     try:
-        import harness  # type: ignore[import-not-found]
+        from interop.tests import harness
     finally:
         sys.path.pop(0)
     titles: dict[str, str] = harness.KIND_TITLES

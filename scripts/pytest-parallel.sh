@@ -26,7 +26,7 @@ if [[ $JOBS == 1 || ! -d interop/tests ]]; then
     exec "${PYTEST[@]}" "${dirs[@]}" "$@"
 fi
 
-all=$("$PYTHON" -c 'import sys; sys.path.insert(0, "interop/tests"); import harness; print(",".join(harness.KINDS))') \
+all=$("$PYTHON" -c 'from interop.tests.harness import KINDS; print(",".join(KINDS))') \
     || { echo "pytest-parallel: cannot read interop/tests/harness.py KINDS" >&2; exit 2; }
 a_kinds=other
 IFS=, read -r -a every <<< "$all"
