@@ -2,8 +2,8 @@
 # The full pytest run (`make pytest`, so `make test` and CI) as two pytest processes at once:
 #
 #   A: tests/ + the interop tests outside the matrix + the matrix on the kinds not given to B
-#   B: the interop matrix on $PYTEST_B_KINDS (the slowest kinds, mostly waiting on moto and
-#      RabbitMQ)
+#   B: the interop matrix on $PYTEST_B_KINDS (AMQP, AWS and the #12 kinds: mostly waiting on
+#      brokers, moto and emulators)
 #
 # Each process starts its own services on free ports (tests/services/), and each rewrites
 # its kinds' sections of interop/RESULTS.md (interop/tests/conftest.py, under a lock), so the
@@ -18,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 read -r -a PYTEST <<< "${PYTEST:-$PYTHON -m pytest -q}"
 JOBS=${PYTEST_JOBS:-2}
-B_KINDS=${PYTEST_B_KINDS:-sqs+dynamodb,sqs+redis,amqp}
+B_KINDS=${PYTEST_B_KINDS:-amqp,sqs+dynamodb,sqs+redis,pubsub+redis,redis+memcache,redis+mongodb,amqp+mongodb}
 
 if [[ $JOBS == 1 || ! -d interop/tests ]]; then
     dirs=(tests); [[ -d interop/tests ]] && dirs+=(interop/tests)
