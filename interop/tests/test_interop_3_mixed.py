@@ -60,6 +60,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
 N_EACH = 500
 N_EACH_AMQP_BACKEND = 250  # the AMQP backend: a connection per state write and per read
 N_EACH_SQS = 200  # SQS: every call of both sides goes to one moto server
+N_EACH_MONGODB = 100  # MongoDB: the test server (FerretDB on SQLite) takes ~0.2 s per task
 SQS_EARLY = 1.05  # SQS: DelaySeconds is whole seconds, truncated: up to 1 s early
 GO_BASE, PY_BASE = 1_000_000, 2_000_000
 AMQP_EARLY = 0.005  # AMQP delays are whole ms, truncated: a task may start ≤ 1 ms early
@@ -240,7 +241,8 @@ def _dynamodb_items(st: Stack, uuids: list[str]) -> dict[str, dict[str, Any]]:
 def test_mixed_pool(pool: Pool, record_property: Callable[[str, object], None]) -> None:
     obs = pool.stack.observer() if pool.stack.consuming_reads else None
     n = (N_EACH_SQS if pool.stack.sqs_broker else N_EACH_AMQP_BACKEND
-         if pool.stack.consuming_reads else N_EACH)
+         if pool.stack.consuming_reads else N_EACH_MONGODB
+         if pool.stack.mongodb is not None else N_EACH)
     try:
         join = _send_from_go_in_background(pool, _go_lines(n, GO_BASE))
         app = pool.py.app

@@ -87,7 +87,9 @@ def test_mixed_pool_with_go_worker_keeps_working(redis_url: str, client: redis.R
         pytest.skip("interop/bin/mcworker is not built (interop/build.sh)")
     go = GoWorker(redis_url, tmp_path).start()
     rng = random.Random(5)
-    producer = Producer(redis_url, TASKS, seconds=6.0, task="add").start()
+    # 12 s of sending: a Python worker restart takes seconds on a loaded machine (CI runs two
+    # pytest processes), and once the producer is done the Go worker drains the rest alone
+    producer = Producer(redis_url, TASKS, seconds=12.0, task="add").start()
     worker = PyWorker(redis_url, tmp_path)
     try:
         last, kills = kill_loop(worker.start, client, KILLS, rng, min_runs=5,
