@@ -9,11 +9,14 @@
 #   make interop     bootstrap + pytest interop/tests -m interop
 #   make interop-full  bootstrap + pytest interop/tests --interop-full (every echo type on the extra
 #                    backend combinations amqp+redis, sqs+redis too; `make test` runs a subset there)
-#   make bench       bootstrap + python -m bench.redis_bench, then bench.amqp_bench (RabbitMQ broker, Redis results), then bench.sqs_bench (SQS on moto, Redis results)
+#   make bench       bootstrap + python -m bench.redis_bench, then bench.amqp_bench (RabbitMQ broker, Redis results), then bench.sqs_bench (SQS on moto, Redis results), then bench.latency_bench (enqueue -> start/result, Python vs Go)
 #   make soak        bootstrap + python -m bench.soak (kill -9 loops on Redis and AMQP, Redis restarts, ~4 min)
 #   make demo        bootstrap + python examples/demo.py
 #   make golden      interop/golden.sh (regenerate golden wire fixtures)
 #   make readme-table  README's broker x backend table from interop/RESULTS.md (the last interop run)
+#   make conformance-versions  `machinery-compat conformance` for each MACHINERY_VERSIONS (probes built
+#                    per version, cached in ~/.cache/machinery_compat) on CONFORMANCE_BROKER (a Redis
+#                    you started); reports in build/conformance.md and build/conformance.xml
 
 PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest -q
@@ -27,7 +30,7 @@ export PYTHON
 
 .DEFAULT_GOAL := help
 .NOTPARALLEL:
-.PHONY: help bootstrap test pytest unit lint typecheck interop interop-full bench soak demo golden readme-table clean
+.PHONY: help bootstrap test pytest unit lint typecheck interop interop-full bench soak demo golden readme-table clean conformance-versions
 
 help:
 	@sed -n 's/^#   /  /p' $(firstword $(MAKEFILE_LIST))
@@ -81,6 +84,7 @@ bench: bootstrap
 	$(PYTHON) -m bench.redis_bench
 	$(PYTHON) -m bench.amqp_bench
 	$(PYTHON) -m bench.sqs_bench
+	$(PYTHON) -m bench.latency_bench
 
 soak: bootstrap
 	$(PYTHON) -m bench.soak
@@ -93,6 +97,14 @@ readme-table:
 
 golden:
 	bash interop/golden.sh
+
+MACHINERY_VERSIONS ?= v2.0.16 v2.0.15 v1.10.8
+CONFORMANCE_BROKER ?= redis://127.0.0.1:6379/15
+conformance-versions:
+	@mkdir -p build
+	$(PYTHON) -m machinery_compat conformance --broker "$(CONFORMANCE_BROKER)" \
+	  $(foreach v,$(MACHINERY_VERSIONS),--machinery $(v)) \
+	  --markdown build/conformance.md --junit-xml build/conformance.xml
 
 clean:
 	rm -rf build/.bootstrap .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -139,6 +139,26 @@ def proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(pid: int) -> float | None:
+    """:func:`proc_cpu` of ``pid`` plus that of its descendants alive now (a worker started
+    with ``--processes``: the supervisor and its forked workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry))
+    total = proc_cpu(pid)
+    if total is None:
+        return None
+    todo = list(parents.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        total += proc_cpu(child) or 0.0
+        todo += parents.get(child, ())
+    return total
+
+
 def children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -297,13 +317,13 @@ class DoneWatcher:
         """With the worker ``proc`` started and idle: the clock starts, ``release()`` gives it
         the n queued messages, the clock stops when all n are done (:meth:`wait`).  CPU: the
         worker's, then each of ``servers_cpu()``.  On timeout, a cell with only a note."""
-        cpu0, servers0 = proc_cpu(proc.pid), servers_cpu()
+        cpu0, servers0 = tree_cpu(proc.pid), servers_cpu()
         t0 = time.perf_counter()
         release()
         count, t1 = self.wait(n, prefix, done, t0, timeout, proc, logfile)
         if count < n:
             return Cell(note=f"timeout: {count}/{n} done in {t1 - t0:.0f}s")
-        cpu1, servers1 = proc_cpu(proc.pid), servers_cpu()
+        cpu1, servers1 = tree_cpu(proc.pid), servers_cpu()
         return Cell(rate=n / (t1 - t0), seconds=t1 - t0, n=n,
                     cpu=(delta(cpu0, cpu1), *map(delta, servers0, servers1)))
 
@@ -490,18 +510,29 @@ def mc_worker_main(module: str, argv: list[str],
     p.add_argument("--broker", required=True)
     p.add_argument("--backend", required=True)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--processes", type=int, default=1,
+                   help="worker processes sharing --concurrency (app.worker(processes=N))")
     p.add_argument("--profile", type=Path, help="write cProfile stats of all threads here")
     if add_args is not None:
         add_args(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    return run_mc_worker(make_app(a), a.concurrency, a.profile)
+    return run_mc_worker(make_app(a), a.concurrency, a.profile, a.processes)
 
 
-def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None) -> int:
+def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None,
+                  processes: int = 1) -> int:
     """Run ``app.worker(concurrency)`` with ``add`` registered until SIGTERM; with ``profile``,
     every thread runs under cProfile (timer: the thread's CPU time) and the merged stats are
-    written there.  Prints ``{"processed": n}`` at the end."""
+    written there.  Prints ``{"processed": n}`` at the end.  ``processes`` > 1:
+    ``app.worker(concurrency, processes=N)`` (N forked workers sharing ``concurrency``; no
+    profile, nothing printed)."""
+    if processes > 1:
+        if profile is not None:
+            raise SystemExit("--profile profiles one worker process: drop --processes")
+        register_add(app)
+        app.worker(concurrency=concurrency, processes=processes).run()
+        return 0
     profiles: list[cProfile.Profile] = []
     if profile is not None:
         original = threading.Thread.run
@@ -518,7 +549,11 @@ def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None) -> int
         threading.Thread.run = profiled_run  # type: ignore[method-assign]
 
     register_add(app)
-    worker = app.worker(concurrency=concurrency)
+    # MC_BENCH_PREFETCH: the worker's prefetch (messages taken ahead of the threads), for
+    # experiments; unset: the worker's default
+    prefetch = int(os.environ.get("MC_BENCH_PREFETCH", "0") or 0)
+    worker = (app.worker(concurrency=concurrency, prefetch=prefetch) if prefetch
+              else app.worker(concurrency=concurrency))
     worker.run()  # until SIGTERM: stops fetching, finishes running tasks
     app.close()
     if profiles and profile is not None:
@@ -702,6 +737,15 @@ def ratio_row(label: str, a: Cell, b: Cell, target: float | None) -> str:
     return f"| {label} | {shown} | ≥ {target:g}{TIMES} | {met} |"
 
 
+def cpu_row(label: str, cell: Cell, limit_us: float) -> str:
+    """A ratio-table line for a CPU target: the first CPU figure (the worker's) in µs/task."""
+    if cell.rate is None or not cell.n or not cell.cpu or cell.cpu[0] is None:
+        return f"| {label} | — | ≤ {limit_us:g} µs | — |"
+    us = cell.cpu[0] / cell.n * 1e6
+    return (f"| {label} | {us:,.0f} µs | ≤ {limit_us:g} µs | "
+            f"{'yes' if us <= limit_us else '**no**'} |")
+
+
 def measure(label: str, fn: Callable[[], Cell]) -> Cell:
     """``fn()``, its rate printed to stderr; a BenchError becomes a cell with a note."""
     print(f"  {label}…", end="", file=sys.stderr, flush=True)
@@ -805,6 +849,10 @@ def add_common_args(p: argparse.ArgumentParser, output: Path) -> None:
     """The flags every side-by-side benchmark takes."""
     p.add_argument("--n", type=int, default=20_000, help="tasks per measurement (20000)")
     p.add_argument("--concurrency", type=int, default=8, help="worker concurrency C (8)")
+    p.add_argument("--processes", type=int, default=2,
+                   help="also measure the machinery_compat worker as this many processes "
+                        "sharing C (`--processes N`: a second row; 1: the one-process row only; "
+                        "default 2)")
     p.add_argument("--skip-celery", action="store_true", help="do not measure Celery")
     p.add_argument("--skip-go", action="store_true", help="do not measure Go Machinery")
     p.add_argument("--profile", action="store_true",

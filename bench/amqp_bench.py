@@ -70,6 +70,7 @@ from bench._common import (
     add_repeat_arg,
     bench_main,
     child_env,
+    cpu_row,
     go_machinery_version,
     go_startup_seconds,
     impl_lines,
@@ -195,6 +196,7 @@ class Bench:
         self.n: int = args.n
         self.c: int = args.concurrency
         self.prefetch: int = args.prefetch
+        self.processes: int = args.processes
         self.workdir = workdir
         self.drain_timeout: float = args.drain_timeout
         self.broker_url = node.url
@@ -245,18 +247,21 @@ class Bench:
                                  f"{ids}")
             time.sleep(0.05)
 
-    def wait_consuming(self, queue: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
-        """Until RabbitMQ counts a consumer on ``queue`` (the worker: nobody else consumes)."""
-        wait_worker(proc, logfile, lambda: self.queue_state(queue)[1] >= 1, "not consuming after")
+    def wait_consuming(self, queue: str, proc: subprocess.Popen[bytes], logfile: Path,
+                       consumers: int = 1) -> None:
+        """Until RabbitMQ counts ``consumers`` consumers on ``queue`` (the worker's processes:
+        nobody else consumes)."""
+        wait_worker(proc, logfile, lambda: self.queue_state(queue)[1] >= consumers,
+                    "not consuming after")
 
     def drain(self, queue: str, start_worker: Callable[[], subprocess.Popen[bytes]],
-              logfile: Path, prefix: str = "", done: str = MC_DONE) -> Cell:
+              logfile: Path, prefix: str = "", done: str = MC_DONE, processes: int = 1) -> Cell:
         """Time a started, idle worker through the N queued messages (see module doc)."""
         held = Held(self.node, queue, self.n)
         try:
             proc = start_worker()
             with running(proc):
-                self.wait_consuming(queue, proc, logfile)
+                self.wait_consuming(queue, proc, logfile, processes)
                 cell = self.watcher.time_drain(self.n, held.release, proc, logfile, self.cpu,
                                                self.drain_timeout, prefix, done)
         finally:
@@ -278,12 +283,19 @@ class Bench:
         self.check_queued(QUEUE)
         return cell
 
-    def mc_drain(self, profile_out: Path | None = None) -> Cell:
-        logfile = self.workdir / "mc-worker.log"
+    def mc_drain(self, profile_out: Path | None = None, processes: int = 1) -> Cell:
+        """``processes`` > 1: each process gets its share of the prefetch count too (the
+        same total as one worker)."""
+        logfile = self.workdir / f"mc-worker-{processes}.log"
         flags = ["--broker", self.broker_url, "--backend", self.backend_url, "--concurrency",
-                 str(self.c), "--prefetch", str(self.prefetch)]
+                 str(self.c), "--prefetch", str(max(1, self.prefetch // processes)),
+                 "--processes", str(processes)]
         return self.drain(QUEUE, lambda: start_mc_worker("bench.amqp_bench", flags, logfile,
-                                                         profile_out), logfile)
+                                                         profile_out), logfile,
+                          processes=processes)
+
+    def mc_drain_processes(self) -> Cell:
+        return self.mc_drain(processes=self.processes)
 
     # -- Celery ---------------------------------------------------------------------------
     def celery_env(self) -> dict[str, str]:
@@ -350,6 +362,11 @@ def mc_app(broker: str, backend: str, prefetch: int) -> Machinery:
 def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
     impls = [Impl("mc", f"machinery_compat {version('machinery-compat')}", bench.mc_producer,
                   bench.mc_drain)]
+    if args.processes > 1:
+        impls.append(Impl("mcp", f"machinery_compat {version('machinery-compat')}, "
+                                 f"--processes {args.processes}", bench.mc_producer,
+                          bench.mc_drain_processes,
+                          label=f"machinery_compat --processes {args.processes}"))
     if not args.skip_celery:
         impls.append(Impl("celery", f"Celery {version('celery')} (threads pool, py-amqp)",
                           bench.celery_producer, bench.celery_drain))
@@ -369,12 +386,14 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
 def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_version: str,
            load: tuple[str, str]) -> str:
     mc = rows["mc"]
+    mcp = rows.get("mcp")
     out = [
         "# AMQP throughput: machinery_compat vs Celery vs Go Machinery "
         "(RabbitMQ broker, Redis results backend)",
         "",
         f"N = {args.n:,} tasks, C = {args.concurrency} (worker threads / goroutines), RabbitMQ "
-        f"prefetch count {args.prefetch} for every worker; task `add(1)` everywhere. Broker: a "
+        f"prefetch count {args.prefetch} for every worker (with `--processes {args.processes}`: C and "
+        "the prefetch count split across the processes); task `add(1)` everywhere. Broker: a "
         "private RabbitMQ node (durable queue, persistent messages); results backend: a "
         "private Redis, the same for all three (AMQP broker + Redis backend, the common "
         "production setup). Publisher confirms on for all three producers: every send waits "
@@ -398,13 +417,21 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
         go = rows["go"]
         out.append(ratio_row("machinery_compat / Go Machinery, producer", mc.producer,
                              go.producer, 1))
-        out.append(ratio_row("machinery_compat / Go Machinery, worker drain", mc.drain,
-                             go.drain, 1))
+        out.append(ratio_row("machinery_compat (1 process) / Go Machinery, worker drain",
+                             mc.drain, go.drain, 1))
+        if mcp is not None:
+            out.append(ratio_row(f"machinery_compat --processes {args.processes} / Go "
+                                 "Machinery, worker drain (#13)", mcp.drain, go.drain,
+                                 1.5))
     if "celery" in rows:
         cel = rows["celery"]
         out.append(ratio_row("machinery_compat / Celery, worker drain", mc.drain, cel.drain, 3))
+        if mcp is not None:
+            out.append(ratio_row(f"machinery_compat --processes {args.processes} / Celery, "
+                                 "worker drain", mcp.drain, cel.drain, 3))
         out.append(ratio_row("machinery_compat / Celery, producer", mc.producer, cel.producer,
                              None))
+    out.append(cpu_row("machinery_compat worker CPU per task, 1 process (#13)", mc.drain, 200))
     out += [
         "",
         "Producer: N sends from one thread, publisher confirms on (machinery_compat "
@@ -417,7 +444,8 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
         "",
         "Worker drain: the benchmark takes the N queued messages on a consumer of its own "
         "without acknowledging them and cancels it; the worker process is started "
-        "(machinery_compat `app.worker(concurrency=C)` with `amqp.prefetch_count`, log level "
+        "(machinery_compat `app.worker(concurrency=C)` with `amqp.prefetch_count`, or "
+        "`app.worker(concurrency=C, processes=P)` with `amqp.prefetch_count` / P each, log level "
         "WARNING; `celery worker --pool threads --concurrency C --without-gossip "
         "--without-mingle --without-heartbeat -l warning` with `worker_prefetch_multiplier` "
         f"{args.prefetch // args.concurrency}; `interop/bin/mcworker -concurrency C "
@@ -428,7 +456,7 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
         "",
         "CPU µs/task: user + system CPU of the producer (Python: the sending process during the "
         "loop; Go: the whole `mcproducer` process) or of the worker process (all threads, from "
-        "`/proc`), of RabbitMQ's Erlang VM (`/proc`) and of `redis-server` (`INFO cpu`), over "
+        "`/proc`; with processes, the supervisor and its workers), of RabbitMQ's Erlang VM (`/proc`) and of `redis-server` (`INFO cpu`), over "
         "the timed interval, divided by N.",
     ]
     out += notes_lines(rows)
@@ -437,16 +465,16 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
 
 def targets_summary(rows: dict[str, Row]) -> list[str]:
     """One line per target for stderr."""
-    mc = rows["mc"]
     out = []
-    for key, which, target in (("go", "producer", 1.0), ("go", "drain", 1.0),
-                               ("celery", "drain", 3.0)):
-        if key not in rows:
+    for row, key, which, target in (("mc", "go", "producer", 1.0), ("mc", "go", "drain", 1.0),
+                                    ("mcp", "go", "drain", 1.5), ("mc", "celery", "drain", 3.0),
+                                    ("mcp", "celery", "drain", 3.0)):
+        if key not in rows or row not in rows:
             continue
-        value = ratio(getattr(mc, which), getattr(rows[key], which))
+        value = ratio(getattr(rows[row], which), getattr(rows[key], which))
         shown = "—" if value is None else f"{value:.2f}{TIMES}"
         met = "?" if value is None else ("met" if value >= target else "MISSED")
-        out.append(f"  {which} vs {key}: {shown} (target ≥ {target:g}{TIMES}): {met}")
+        out.append(f"  {row} {which} vs {key}: {shown} (target ≥ {target:g}{TIMES}): {met}")
     return out
 
 
@@ -482,8 +510,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with Celery, a multiple of it)")
     add_repeat_arg(p, 1)
     a = p.parse_args(argv)
-    if a.n < 2 or a.concurrency < 1 or a.repeat < 1:
-        p.error("--n must be ≥ 2, --concurrency and --repeat ≥ 1")
+    if a.n < 2 or a.concurrency < 1 or a.repeat < 1 or not 1 <= a.processes <= a.concurrency:
+        p.error("--n must be ≥ 2, --concurrency and --repeat ≥ 1, --processes 1 to C")
     a.prefetch = a.prefetch or a.concurrency
     if not a.skip_celery and a.prefetch % a.concurrency:
         p.error("Celery's prefetch count is a multiple of the concurrency "

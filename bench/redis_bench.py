@@ -23,6 +23,11 @@ between implementations.  How each number is measured:
   read about once, so polling every 5 ms costs Redis next to nothing).  Start-up time of the
   worker is not counted, for any implementation.
 
+``--events on|off|compare`` (default ``compare``): the machinery_compat worker with task events
+on (``MACHINERY_COMPAT_WORKER_EVENTS=1``), off (the default), or both: the main row with
+events off and a row "task events on", and the ratio of the two drains (#16: events on must
+keep ≥ 0.95 of the drain).
+
 ``--profile`` instead runs the machinery_compat producer and worker under cProfile and
 prints the top functions by own time.
 """
@@ -55,11 +60,14 @@ from bench._common import (
     RedisServer,
     Row,
     add_common_args,
+    add_repeat_arg,
     bench_main,
     child_env,
+    cpu_row,
     go_machinery_version,
     go_startup_seconds,
     impl_lines,
+    loadavg,
     machine,
     mc_worker_main,
     notes_lines,
@@ -106,7 +114,9 @@ def mc_app(broker: str, backend: str) -> Machinery:
 
 class Bench:
     def __init__(self, server: RedisServer, n: int, concurrency: int, workdir: Path,
-                 drain_timeout: float) -> None:
+                 drain_timeout: float, processes: int = 1, events: str = "compare") -> None:
+        self.processes = processes
+        self.events = events
         self.server = server
         self.n = n
         self.c = concurrency
@@ -128,22 +138,23 @@ class Bench:
         if queued != self.n or ids != self.n:
             raise BenchError(f"expected {self.n} queued messages and ids, found {queued} / {ids}")
 
-    def wait_blocked(self, proc: subprocess.Popen[bytes], logfile: Path) -> None:
-        """Until some client (the worker: nobody else blocks here) waits in BLPOP/BRPOP/BLMOVE."""
+    def wait_blocked(self, proc: subprocess.Popen[bytes], logfile: Path, clients: int = 1) -> None:
+        """Until ``clients`` clients (the worker's processes: nobody else blocks here) wait in
+        BLPOP/BRPOP/BLMOVE."""
 
         def blocked() -> bool:
-            return any(c.get("cmd") in ("blpop", "brpop", "blmove") and "b" in c.get("flags", "")
-                       for c in self.r.client_list())
+            return sum(c.get("cmd") in ("blpop", "brpop", "blmove") and "b" in c.get("flags", "")
+                       for c in self.r.client_list()) >= clients
 
         wait_worker(proc, logfile, blocked, "not consuming after")
 
     def drain(self, queue: str, start_worker: Callable[[], subprocess.Popen[bytes]],
-              logfile: Path, prefix: str = "", done: str = MC_DONE) -> Cell:
+              logfile: Path, prefix: str = "", done: str = MC_DONE, processes: int = 1) -> Cell:
         """Time a started, idle worker through the N queued messages (see module doc)."""
         self.r.rename(queue, STAGING_KEY)
         proc = start_worker()
         with running(proc):
-            self.wait_blocked(proc, logfile)
+            self.wait_blocked(proc, logfile, processes)
             cell = self.watcher.time_drain(self.n, lambda: self.r.rename(STAGING_KEY, queue),
                                            proc, logfile, self.cpu, self.drain_timeout, prefix,
                                            done)
@@ -162,12 +173,24 @@ class Bench:
         self.check_queued(QUEUE)
         return cell
 
-    def mc_drain(self, profile_out: Path | None = None) -> Cell:
-        logfile = self.workdir / "mc-worker.log"
+    def mc_drain(self, profile_out: Path | None = None, processes: int = 1,
+                 events: bool | None = None, extra_env: dict[str, str] | None = None) -> Cell:
+        on = self.events == "on" if events is None else events
+        variant = "-" + "-".join(f"{k}={v}" for k, v in extra_env.items()) if extra_env else ""
+        logfile = self.workdir / f"mc-worker-{processes}{'-events' if on else ''}{variant}.log"
         url = self.server.url
-        flags = ["--broker", url, "--backend", url, "--concurrency", str(self.c)]
+        flags = ["--broker", url, "--backend", url, "--concurrency", str(self.c),
+                 "--processes", str(processes)]
+        env = child_env(MACHINERY_COMPAT_WORKER_EVENTS="1" if on else "0", **(extra_env or {}))
         return self.drain(QUEUE, lambda: start_mc_worker("bench.redis_bench", flags, logfile,
-                                                         profile_out), logfile)
+                                                         profile_out, env=env), logfile,
+                          processes=processes)
+
+    def mc_drain_events(self) -> Cell:
+        return self.mc_drain(events=True)
+
+    def mc_drain_processes(self) -> Cell:
+        return self.mc_drain(processes=self.processes)
 
     # -- Celery ---------------------------------------------------------------------------
     def celery_env(self) -> dict[str, str]:
@@ -206,19 +229,22 @@ class Bench:
 # --------------------------------------------------------------------------------------
 
 
-def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str) -> str:
+def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str,
+           load: tuple[str, str] = ("?", "?")) -> str:
     mc = rows["mc"]
+    mcp = rows.get("mcp")
     out = [
         "# Redis throughput: machinery_compat vs Celery vs Go Machinery",
         "",
-        f"N = {args.n:,} tasks, C = {args.concurrency} (worker threads / goroutines); "
+        f"N = {args.n:,} tasks, C = {args.concurrency} (worker threads / goroutines; "
+        f"with `--processes {args.processes}`, C split across the processes); "
         "task `add(1)` everywhere, results backend on the same Redis.",
         "",
         f"Machine: {machine()}; Redis {redis_version} "
         "(local, loopback TCP, `--save '' --appendonly no`); redis-py "
         f"{version('redis')}, hiredis {version('hiredis')}; Celery {version('celery')}, "
         f"kombu {version('kombu')}; Go Machinery {go_machinery_version()} (redigo). "
-        f"{run_stamp(1)}.",
+        f"{run_stamp(args.repeat)}; load average {load[0]} at the start, {load[1]} at the end.",
         "",
         "| Implementation | Producer (tasks/s) | Producer CPU µs/task (client + Redis) "
         "| Worker drain (tasks/s) | Drain CPU µs/task (worker + Redis) |",
@@ -226,16 +252,30 @@ def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str) -
     ]
     out += impl_lines(rows)
     out += RATIO_HEAD
+    for key, row in rows.items():
+        if key.startswith("var"):
+            out.append(ratio_row(f"{row.name.split(', ', 1)[1]} / default, worker drain",
+                                 row.drain, mc.drain, None))
+    if "mcev" in rows:
+        out.append(ratio_row("machinery_compat worker drain, task events on / off (#16)",
+                             rows["mcev"].drain, mc.drain, 0.95))
     if "celery" in rows:
         cel = rows["celery"]
         out.append(ratio_row("machinery_compat / Celery, producer", mc.producer, cel.producer, 4))
         out.append(ratio_row("machinery_compat / Celery, worker drain", mc.drain, cel.drain, 3))
+        if mcp is not None:
+            out.append(ratio_row(f"machinery_compat --processes {args.processes} / Celery, "
+                                 "worker drain", mcp.drain, cel.drain, 3))
     if "go" in rows:
         go = rows["go"]
-        out.append(ratio_row("machinery_compat / Go Machinery, producer", mc.producer,
-                             go.producer, None))
-        out.append(ratio_row("machinery_compat / Go Machinery, worker drain", mc.drain,
-                             go.drain, None))
+        out.append(ratio_row("machinery_compat / Go Machinery, producer (#13)", mc.producer,
+                             go.producer, 1.2))
+        out.append(ratio_row("machinery_compat (1 process) / Go Machinery, worker drain (#13)",
+                             mc.drain, go.drain, 1.0))
+        if mcp is not None:
+            out.append(ratio_row(f"machinery_compat --processes {args.processes} / Go "
+                                 "Machinery, worker drain (#13)", mcp.drain, go.drain, 1.5))
+    out.append(cpu_row("machinery_compat worker CPU per task, 1 process (#13)", mc.drain, 200))
     out += [
         "",
         "Producer: N sends from one thread (machinery_compat `app.send_task(\"add\", args=[1])`, "
@@ -245,16 +285,18 @@ def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str) -
         "wall time minus a one-task run's (start-up).",
         "",
         "Worker drain: the N queued messages are set aside, the worker process is started "
-        "(machinery_compat `app.worker(concurrency=C)`, log level WARNING; `celery worker --pool "
+        "(machinery_compat `app.worker(concurrency=C)`, or `app.worker(concurrency=C, "
+        "processes=P)`: P forked worker processes of C/P threads each, log level WARNING; "
+        "`celery worker --pool "
         "threads --concurrency C --without-gossip --without-mingle --without-heartbeat -l "
         "warning`; `interop/bin/mcworker -concurrency C`), and once it waits in BLPOP/BRPOP/BLMOVE on the "
-        "empty queue the messages are put back in one `RENAME` and the clock starts; it stops "
+        "empty queue (every process of it) the messages are put back in one `RENAME` and the clock starts; it stops "
         "when every task's result is stored as SUCCESS (a Lua script checks the ids in send "
         "order, every 5 ms). Worker start-up is not counted.",
         "",
         "CPU µs/task: user + system CPU of the producer (Python: the sending process during the "
         "loop; Go: the whole `mcproducer` process) or of the worker process (all threads, from "
-        "`/proc`), and of `redis-server` (`INFO cpu`), over the timed interval, divided by N.",
+        "`/proc`; with processes, the supervisor and its workers), and of `redis-server` (`INFO cpu`), over the timed interval, divided by N.",
     ]
     out += notes_lines(rows)
     return "\n".join(out) + "\n"
@@ -269,13 +311,27 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
     print(f"N={bench.n} C={bench.c} redis={bench.server.url}", file=sys.stderr)
     impls = [Impl("mc", f"machinery_compat {version('machinery-compat')}", bench.mc_producer,
                   bench.mc_drain, label="machinery_compat")]
+    if args.processes > 1:
+        impls.append(Impl("mcp", f"machinery_compat {version('machinery-compat')}, "
+                                 f"--processes {args.processes}", bench.mc_producer,
+                          bench.mc_drain_processes,
+                          label=f"machinery_compat --processes {args.processes}"))
+    if args.events == "compare":
+        impls.append(Impl("mcev", f"machinery_compat {version('machinery-compat')}, task "
+                                  "events on", bench.mc_producer, bench.mc_drain_events,
+                          label="machinery_compat, events on"))
+    for i, (label, env) in enumerate(args.variant or ()):
+        impls.append(Impl(f"var{i}", f"machinery_compat {version('machinery-compat')}, {label}",
+                          bench.mc_producer,
+                          lambda env=env: bench.mc_drain(extra_env=env),  # type: ignore[misc]
+                          label=f"machinery_compat, {label}"))
     if not args.skip_celery:
         impls.append(Impl("celery", f"Celery {version('celery')} (threads pool)",
                           bench.celery_producer, bench.celery_drain, label="Celery"))
     go = None if args.skip_go else Impl(
         "go", f"Go Machinery {go_machinery_version()} (redigo)", bench.go_producer,
         bench.go_drain, label="Go Machinery")
-    return run_impls(impls, go, bench.reset)
+    return run_impls(impls, go, bench.reset, args.repeat)
 
 
 def profile_queued(bench: Bench) -> None:
@@ -287,13 +343,29 @@ def profile_queued(bench: Bench) -> None:
         app.close()
 
 
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    label, sep, assignments = text.rpartition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not sep or not label or not env:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL:NAME=VALUE[,NAME=VALUE]")
+    return label, env
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.redis_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, RESULTS_DIR / "latest.md")
+    add_repeat_arg(p, 1)
+    p.add_argument("--events", choices=("on", "off", "compare"), default="compare",
+                   help="the machinery_compat worker's task events: on, off, or compare (both: "
+                        "a row with events off and the on/off drain ratio; default)")
+    p.add_argument("--variant", action="append", type=_variant, metavar="LABEL:K=V[,K=V]",
+                   help="one more machinery_compat worker drain row, with these environment "
+                        "variables (e.g. 'exact decoder:MACHINERY_COMPAT_FAST_JSON=0'), and "
+                        "its ratio to the default row; repeatable")
     a = p.parse_args(argv)
-    if a.n < 2 or a.concurrency < 1:
-        p.error("--n must be ≥ 2 and --concurrency ≥ 1")
+    if a.n < 2 or a.concurrency < 1 or a.repeat < 1 or not 1 <= a.processes <= a.concurrency:
+        p.error("--n must be ≥ 2, --concurrency and --repeat ≥ 1, --processes 1 to C")
     return a
 
 
@@ -308,12 +380,15 @@ def main(argv: list[str] | None = None) -> int:
         server = RedisServer(args.redis_server, workdir)
         stack.callback(server.stop)
         server.start()
-        bench = Bench(server, args.n, args.concurrency, workdir, args.drain_timeout)
+        bench = Bench(server, args.n, args.concurrency, workdir, args.drain_timeout,
+                      args.processes, args.events)
         if args.profile:
             run_profile(bench, lambda: profile_queued(bench))
             return
         redis_version = bench.r.info("server")["redis_version"]
-        publish(render(run_all(bench, args), args, redis_version), args.output)
+        load0 = loadavg()
+        rows = run_all(bench, args)
+        publish(render(rows, args, redis_version, (load0, loadavg())), args.output)
 
     return bench_main("redis-bench-", run)
 

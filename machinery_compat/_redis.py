@@ -40,15 +40,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import select
 import socket
 import ssl
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._redis_topology import plan, sentinel_pool
 from .config import parse_redis_url
 from .exceptions import ConfigError
 
@@ -119,10 +122,17 @@ def connection_key(url: str) -> tuple[Any, ...]:
 
 
 def client_for(url: str, timeouts: Timeouts | None = None, *,
-               ssl_context: ssl.SSLContext | None = None) -> Any:
+               ssl_context: ssl.SSLContext | None = None,
+               redis: RedisConfig | None = None) -> Any:
     """A ``redis.Redis`` on a process-wide pool for ``url`` and ``timeouts`` (bytes replies).
 
     ``timeouts=None`` means Machinery's defaults (15 s each).
+
+    ``redis``: the ``redis`` settings choosing the topology as Go v2 does
+    (:mod:`machinery_compat._redis_topology`): with ``master_name`` the URL's addresses are
+    Sentinels and the pool follows their master; a cluster (``cluster_enabled``, or several
+    addresses without ``master_name``) gives the process-wide ``redis.RedisCluster`` of
+    :func:`machinery_compat._redis_cluster.cluster_client` (use it through :func:`fast_path`).
 
     TLS (``rediss://`` URLs only): the certificate and the host name are verified, against
     the system's CAs unless the URL's ``ssl_*`` options say otherwise
@@ -132,6 +142,15 @@ def client_for(url: str, timeouts: Timeouts | None = None, *,
     """
     r = require_redis()
     t = timeouts if timeouts is not None else Timeouts()
+    topology = plan(url, redis).kind
+    if topology == "cluster":  # a redis.RedisCluster (machinery_compat._redis_cluster)
+        from ._redis_cluster import cluster_client
+        from .config.model import RedisConfig
+
+        return cluster_client(url, redis or RedisConfig(), t, ssl_context)
+    if topology == "sentinel":
+        assert redis is not None
+        return r.Redis(connection_pool=_sentinel_pool(url, redis, t))
     tls_context = ssl_context if ssl_context is not None and parse_redis_url(url).tls else None
     if tls_context is not None and parse_redis_url(url).tls_options is not None:
         raise ConfigError("give Redis TLS options either as ssl_* URL parameters or as an "
@@ -141,9 +160,6 @@ def client_for(url: str, timeouts: Timeouts | None = None, *,
     with _lock:
         pool = _pools.get(key)
         if pool is None:
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
             kw = parse_redis_url(url).to_redis_py_kwargs()
             if kw.get("unix_socket_path"):
                 kw["connection_class"] = r.UnixDomainSocketConnection
@@ -158,14 +174,57 @@ def client_for(url: str, timeouts: Timeouts | None = None, *,
                     kw["connection_class"] = r.SSLConnection
                     kw.setdefault("ssl_cert_reqs", "required")  # redis-py 5 checks no host name
                     kw.setdefault("ssl_check_hostname", True)
-            kw.setdefault("health_check_interval", 30)
-            kw["socket_timeout"] = t.socket
-            kw["socket_connect_timeout"] = t.connect
-            kw["retry"] = Retry(NoBackoff(), 0)  # one attempt per call: the timeouts are bounds
-            kw["max_connections"] = 512
+            kw.update(_pool_options(t))
             pool = r.ConnectionPool(**kw)
             _pools[key] = pool
     return r.Redis(connection_pool=pool)
+
+
+def fast_path(client: Any, *, wait_replicas: int = 0, wait_timeout_ms: int = 0) -> Any:
+    """The hot path for ``client``: a :class:`FastPath`, or on a ``redis.RedisCluster`` a
+    :class:`machinery_compat._redis_cluster.ClusterPath` (same interface)."""
+    if hasattr(client, "nodes_manager"):
+        from ._redis_cluster import ClusterPath
+
+        return ClusterPath(client, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
+    return FastPath(client, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
+
+
+def mget_all(client: Any, keys: Sequence[Any]) -> list[Any]:
+    """``MGET`` of ``keys``; on a Redis Cluster (which refuses one across slots) split per
+    node by redis-py's ``mget_nonatomic``, as go-redis' cluster client does."""
+    mget = getattr(client, "mget_nonatomic", None) or client.mget
+    return list(mget(list(keys)))
+
+
+def _pool_options(t: Timeouts) -> dict[str, Any]:
+    """What every pool's connections get: the timeouts, one attempt per call (the timeouts
+    are the bounds), a health check after 30 s idle, room for 512 connections."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"health_check_interval": 30, "socket_timeout": t.socket,
+            "socket_connect_timeout": t.connect, "retry": Retry(NoBackoff(), 0),
+            "max_connections": 512}
+
+
+def _sentinel_pool(url: str, redis: RedisConfig, t: Timeouts) -> Any:
+    """The process-wide Sentinel pool for ``url``, the master name, its password and ``t``."""
+    key = ("sentinel", *connection_key_hosts(url), redis.master_name, redis.sentinel_password,
+           ("timeouts", t.connect, t.read, t.write))
+    with _lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = sentinel_pool(url, redis, _pool_options(t))
+            _pools[key] = pool
+    return pool
+
+
+def connection_key_hosts(url: str) -> tuple[Any, ...]:
+    """A pool key for a URL of one or several addresses (credentials, db, TLS included)."""
+    parsed = parse_redis_url(url)
+    return (parsed.hosts, parsed.username, parsed.password, parsed.db, parsed.tls,
+            parsed.tls_options)
 
 
 _context_ssl_class: Any = None
@@ -523,7 +582,36 @@ class Piggyback:
         self.replies: list[Any] | None = None
 
 
-class FastPath:
+class _ThreadCalls:
+    """What :class:`FastPath` and the cluster's ``ClusterPath`` share: one piggyback slot per
+    thread (``_local``) and ``call``, on top of their own ``execute``."""
+
+    _local: threading.local
+
+    def execute(self, *commands: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def piggyback(self, *commands: tuple[Any, ...]) -> Iterator[Piggyback]:
+        """Within the block, the next :meth:`execute` this thread makes on this pool (through
+        any path on it) also runs ``commands``, after its own: on one Redis in one atomic call
+        of the :data:`EXEC_ALL` script (one command, one reply; plain commands only, no
+        scripts); on a cluster as another write on each node, only if the first succeeded.
+        A failed execute leaves them for the next one (a retry).  After the block,
+        ``replies`` tells whether they ran; blocking calls and ``evalsha`` never take them."""
+        pb = Piggyback(commands)
+        previous = getattr(self._local, "piggyback", None)
+        self._local.piggyback = pb
+        try:
+            yield pb
+        finally:
+            self._local.piggyback = previous
+
+    def call(self, *args: Any) -> Any:
+        return self.execute(args)[0]
+
+
+class FastPath(_ThreadCalls):
     """Hot-path commands written straight onto a per-thread connection.
 
     redis-py's ``Redis``/``Pipeline`` objects cost more Python time per command than the
@@ -535,17 +623,40 @@ class FastPath:
     never touches the connection its parent held: it takes its own.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.pool = client.connection_pool
         self._local = _thread_state(self.pool)
+        #: ``WAIT`` appended to every batch (``redis.wait_replicas``), or None
+        self.wait: tuple[str, int, int] | None = (
+            ("WAIT", wait_replicas, wait_timeout_ms if wait_timeout_ms > 0 else 1000)
+            if wait_replicas > 0 else None)
+
+    def _check_wait(self, conn: Any, reply: Any) -> None:
+        """The reply of the appended ``WAIT``: fewer replicas than asked is a lost write."""
+        assert self.wait is not None
+        if isinstance(reply, BaseException):
+            raise reply
+        if int(reply) < self.wait[1]:
+            self._drop(conn)
+            raise require_redis().ConnectionError(
+                f"WAIT: {reply} of {self.wait[1]} replica(s) acknowledged the write within "
+                f"{self.wait[2]} ms (the master may be changing); retry it")
 
     def _conn(self) -> Any:
         held: _Held | None = getattr(self._local, "held", None)
+        now = time.monotonic()
+        if held is not None and held.pid == _pid and now - held.used > IDLE_CHECK \
+                and _peer_closed(held.conn):
+            # idle a while and closed by the server meanwhile (a restart, its timeout, CLIENT
+            # KILL): nothing was sent on it, so a new connection is safe
+            self._drop(held.conn)
+            held = None
         if held is None or held.pid != _pid:
             if held is not None:  # inherited through fork: the parent's socket, forget it
                 held.forget()
             held = _Held(self.pool, self.pool.get_connection())
             self._local.held = held  # released to the pool when the thread ends
+        held.used = now
         return held.conn
 
     def _drop(self, conn: Any) -> None:
@@ -568,6 +679,60 @@ class FastPath:
             return self._execute_with(commands, pb)
         return self._execute(commands)
 
+    def execute_then(self, commands: Sequence[tuple[Any, ...]],
+                     after: Sequence[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
+        """:meth:`execute` of ``commands`` (with this thread's piggybacked commands, if any),
+        and ``after`` sent behind them in the same write (after them; not atomically with
+        them; scripts allowed).  Returns both lists of replies; an error reply of ``after`` is
+        returned (the exception object), not raised, so that the outcome of ``commands`` is
+        known whatever happened to ``after``."""
+        pb: Piggyback | None = getattr(self._local, "piggyback", None)
+        with_pb = pb is not None and pb.replies is None
+        first: list[tuple[Any, ...]] = list(commands)
+        if with_pb:
+            assert pb is not None
+            words: list[Any] = []
+            for c in (*commands, *pb.commands):
+                words.append(len(c))
+                words.extend(c)
+            first = [("EVALSHA", EXEC_ALL_SHA, 0, *words)]
+        r = require_redis()
+        conn = self._conn()
+        batch = [*first, *after, *([self.wait] if self.wait is not None else [])]
+        try:
+            sock = conn._sock
+            if sock is not None and _direct_io(conn, sock):
+                replies = _send_and_read(conn, sock, self._pack(conn, batch)[0], len(batch),
+                                         raise_errors=False)
+            else:
+                conn.send_packed_command(self._pack(conn, batch), check_health=False)
+                replies = []
+                for _ in range(len(batch)):
+                    try:
+                        replies.append(conn.read_response(disconnect_on_error=False))
+                    except r.ResponseError as e:
+                        replies.append(e)
+        except BaseException:
+            self._drop(conn)
+            raise
+        if self.wait is not None:
+            self._check_wait(conn, replies.pop())
+        head, tail = replies[:len(first)], replies[len(first):]
+        for reply in head:
+            if isinstance(reply, r.exceptions.NoScriptError) and with_pb:  # Redis restarted: load it
+                self._execute([("SCRIPT", "LOAD", EXEC_ALL)])  # (nothing of ``first`` ran)
+                # ``after`` did run (behind the failed call): its own replies, so that a
+                # caller does not write again what it wrote (a second RECEIVED/STARTED)
+                return self.execute(*commands), tail
+            if isinstance(reply, (r.ResponseError, r.ConnectionError)):
+                raise reply
+        if with_pb:
+            assert pb is not None
+            results = head[0]
+            pb.replies = results[len(commands):]
+            return list(results[:len(commands)]), tail
+        return head, tail
+
     @staticmethod
     def _pack(conn: Any, commands: Sequence[tuple[Any, ...]]) -> Any:
         """The commands in Redis's protocol: hiredis's packer straight away when it is
@@ -579,16 +744,22 @@ class FastPath:
         return conn.pack_commands(commands)
 
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        if self.wait is not None:
+            commands = [*commands, self.wait]
         conn = self._conn()
         try:
             sock = conn._sock
             if sock is not None and _direct_io(conn, sock):
-                return _send_and_read(conn, sock, self._pack(conn, commands)[0], len(commands))
-            conn.send_packed_command(self._pack(conn, commands), check_health=False)
-            replies = [conn.read_response(disconnect_on_error=False) for _ in commands]
+                replies = _send_and_read(conn, sock, self._pack(conn, commands)[0],
+                                         len(commands))
+            else:
+                conn.send_packed_command(self._pack(conn, commands), check_health=False)
+                replies = [conn.read_response(disconnect_on_error=False) for _ in commands]
         except BaseException:
             self._drop(conn)
             raise
+        if self.wait is not None:
+            self._check_wait(conn, replies.pop())
         return replies
 
     def _execute_with(self, commands: Sequence[tuple[Any, ...]], pb: Piggyback) -> list[Any]:
@@ -606,24 +777,6 @@ class FastPath:
             results = self._execute([call])[0]
         pb.replies = results[len(commands):]
         return list(results[:len(commands)])
-
-    @contextlib.contextmanager
-    def piggyback(self, *commands: tuple[Any, ...]) -> Iterator[Piggyback]:
-        """Within the block, the next :meth:`execute` this thread makes on this pool (through
-        any FastPath) also runs ``commands``, after its own, all in one atomic call of the
-        :data:`EXEC_ALL` script (one command, one reply; plain commands only, no scripts).
-        A failed execute leaves them for the next one (a retry).  After the block, ``replies`` tells whether they ran; blocking
-        calls and :meth:`evalsha` never take them."""
-        pb = Piggyback(commands)
-        previous = getattr(self._local, "piggyback", None)
-        self._local.piggyback = pb
-        try:
-            yield pb
-        finally:
-            self._local.piggyback = previous
-
-    def call(self, *args: Any) -> Any:
-        return self.execute(args)[0]
 
     def call_blocking(self, wait: float, *args: Any) -> Any:
         """A blocking command (``BLPOP … wait``): its reply may take ``wait`` seconds, so the
@@ -672,6 +825,24 @@ class FastPath:
             held.release()
 
 
+#: seconds a thread's connection may sit unused before its next use checks that the server
+#: has not closed it
+IDLE_CHECK = 1.0
+
+
+def _peer_closed(conn: Any) -> bool:
+    """Whether the server closed ``conn``'s socket (or sent something nobody asked for): it is
+    readable between commands.  No socket yet: False (redis-py connects on use)."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Held:
     """One thread's checked-out connection; returned to the pool when the thread ends.
 
@@ -681,12 +852,13 @@ class _Held:
     parent's socket.
     """
 
-    __slots__ = ("conn", "pid", "pool")
+    __slots__ = ("conn", "pid", "pool", "used")
 
     def __init__(self, pool: Any, conn: Any) -> None:
         self.pool = pool
         self.conn = conn
         self.pid = os.getpid()
+        self.used = time.monotonic()
 
     def release(self) -> None:
         conn, self.conn = self.conn, None
@@ -758,7 +930,8 @@ def _pool_mode(conn: Any) -> None:
             sock.settimeout(timeout)
 
 
-def _send_and_read(conn: Any, sock: Any, data: bytes, count: int) -> list[Any]:
+def _send_and_read(conn: Any, sock: Any, data: bytes, count: int, *,
+                   raise_errors: bool = True) -> list[Any]:
     """Write ``data`` and read ``count`` replies straight through the socket and the
     connection's hiredis reader (what ``send_packed_command`` + ``read_response`` do, minus
     their layers); errors as redis-py raises them (a timeout: ``redis.TimeoutError``)."""
@@ -783,6 +956,8 @@ def _send_and_read(conn: Any, sock: Any, data: bytes, count: int) -> list[Any]:
         raise r.TimeoutError("Timeout reading from or writing to socket") from e
     except OSError as e:
         raise r.ConnectionError(f"Error while reading from or writing to socket: {e}") from e
+    if not raise_errors:
+        return replies
     for reply in replies:
         if isinstance(reply, r.ResponseError):
             raise reply

@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from .canvas import Sig
 from .config import Config, mask_url
 from .exceptions import (
     BackendError,
+    ConfigError,
     EncodeError,
     PublishError,
     TaskNotRegistered,
@@ -46,13 +48,16 @@ from .exceptions import (
 )
 from .options import translate
 from .protocol import Arg, GoTime, Signature, task_id
+from .protocol.sublime import check_dialect, prepare_publish
 from .result import AsyncResult, ChainResult, GroupResult
 from .task import RetryBackoff, Task
 
 if TYPE_CHECKING:
+    from .aio import AsyncMachinery
     from .periodic import PeriodicRegistry, PeriodicTask
     from .tracing import Tracing
     from .worker import Worker
+    from .worker.processes import WorkerProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,12 @@ class Machinery:
       0 means 3600);
     * ``store_signatures``: also keep every Signature this app publishes next to its state
       (Redis, DynamoDB), for ``machinery-compat stuck --resend``
-      (:mod:`machinery_compat.ops.signatures`).
+      (:mod:`machinery_compat.ops.signatures`);
+    * ``wire_dialect``: the task-message layout written, ``"upstream"`` (Go Machinery,
+      default) or ``"sublime"`` (the sublime-security fork: relative ``Delay``, 29 keys; on
+      Redis the member carries ``"Delay":0`` and the due time is the ZSET score); overrides
+      the config's ``wire_dialect``. Both layouts are read either way
+      (:mod:`machinery_compat.protocol.sublime`).
 
     With no ``broker`` nor ``config`` the URLs are Machinery's defaults (a local RabbitMQ).
     Connections are made on first use; the app is safe to use from many threads and after
@@ -125,6 +135,7 @@ class Machinery:
         config: Config | None = None,
         results_expire_in: int | None = None,
         store_signatures: bool = False,
+        wire_dialect: str | None = None,
     ) -> None:
         cfg = config if config is not None else Config.default()
         if broker is not None:
@@ -137,6 +148,12 @@ class Machinery:
             cfg.default_queue = default_queue
         if results_expire_in is not None:
             cfg.results_expire_in = results_expire_in
+        if wire_dialect is not None:
+            cfg.wire_dialect = wire_dialect
+        try:
+            check_dialect(cfg.wire_dialect)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.config = cfg
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
@@ -145,8 +162,16 @@ class Machinery:
         #: OpenTelemetry spans and context propagation, once :func:`machinery_compat.tracing.instrument` set it
         self.tracing: Tracing | None = None
         self._pre_publish_handler: Callable[[Signature], object] | None = None
+        self._unknown_task_hook: Callable[[Signature], object] | None = None
         #: keep every published Signature next to its state (see :mod:`machinery_compat.ops.signatures`)
         self.store_signatures = store_signatures
+        #: task events (machinery_compat.events): this process's emitter, its settings
+        self._events: Any = None
+        self._events_config: Any = None
+        if os.environ.get("MACHINERY_COMPAT_SEND_EVENTS", "").strip():
+            from .events.emitter import configure
+
+            configure(self, None)  # reads the environment (a bad value: ConfigError)
         _apps.add(self)
 
     # -- construction -------------------------------------------------------------------
@@ -179,6 +204,18 @@ class Machinery:
                 if self._backend is None:
                     self._backend = create_backend(self.config)
         return self._backend
+
+    _aio: AsyncMachinery | None = None
+
+    @property
+    def aio(self) -> AsyncMachinery:
+        """This app's asyncio API (``await app.aio.send_task(...)``), see
+        :mod:`machinery_compat.aio`."""
+        if self._aio is None:
+            from .aio import AsyncMachinery
+
+            self._aio = AsyncMachinery(self)
+        return self._aio
 
     # -- tasks --------------------------------------------------------------------------
     @overload
@@ -315,6 +352,11 @@ class Machinery:
         ``redis.connect_timeout`` + ``max(redis.read_timeout, redis.write_timeout)`` seconds
         (15 + 15 by default), even when the server stalls; see the README's "Timeouts".
         """
+        return self.send_signature(self._task_signature(name, args, kwargs, options))
+
+    def _task_signature(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
+                        options: dict[str, Any]) -> Signature:
+        """The Signature :meth:`send_task` sends (also what ``app.aio.send_task`` sends)."""
         if kwargs:
             task = self.tasks.get(name)
             if task is None:
@@ -323,7 +365,7 @@ class Machinery:
                     f"and {name!r} is not registered in this app, so the order of its parameters "
                     "is unknown; pass args=[...] in order")
             args = task._typed_args(args, kwargs)
-        return self.send_signature(self.build_signature(name, args, where="send_task", **options))
+        return self.build_signature(name, args, where="send_task", **options)
 
     def signature(self, name: str, args: Sequence[Any] = (), *, immutable: bool = False,
                   **options: Any) -> Sig:
@@ -344,13 +386,7 @@ class Machinery:
         otherwise members are published by up to ``send_concurrency`` threads (0 = one per
         member).  Bounded as :meth:`send_task` is.
         """
-        if not members:
-            raise ValueError("an empty group cannot be sent")
-        group_uuid = members[0].group_uuid
-        for m in members:
-            m.validate()
-            if m.headers is None:
-                m.headers = {}
+        group_uuid = _stamp_group(members)
         chord = members[0].chord_callback is not None
         with self._producer_span(members, "SendChord" if chord else "SendGroup"):
             self._send_group(members, group_uuid, send_concurrency)
@@ -393,6 +429,18 @@ class Machinery:
         for m in members:
             self._after_publish(m)
 
+    def send_many(self, tasks: Iterable[Any], *, chunk: int = 1000,
+                  send_concurrency: int = 8) -> list[AsyncResult]:
+        """``send_task`` for many tasks in bulk: each item a :class:`Signature`, a canvas
+        ``Sig`` (``add.s(1, 2)``) or ``(name, args[, options])``; each task's PENDING state
+        is written before its message, the hooks and signals run for each, but a whole
+        ``chunk`` goes in one write on Redis (else: PENDINGs, then the messages in batches or
+        from ``send_concurrency`` threads).  Returns one :class:`AsyncResult` per task, in
+        order.  See :mod:`machinery_compat.bulk`."""
+        from .bulk import send_many
+
+        return send_many(self, tasks, chunk=chunk, send_concurrency=send_concurrency)
+
     def send_signature(self, sig: Signature) -> AsyncResult:
         """Go's ``SendTask``: id, headers, PENDING state, then publish."""
         sig.validate()
@@ -401,10 +449,7 @@ class Machinery:
     def _forward_signature(self, sig: Signature) -> AsyncResult:
         """``send_signature`` without the send-time checks, for signatures received from the
         wire (callbacks, chord callbacks) whose values are forwarded as they came."""
-        if not sig.uuid:
-            sig.uuid = task_id()
-        if sig.headers is None:
-            sig.headers = {}
+        _stamp(sig)
         self._publish_with_pending(sig)
         return AsyncResult(sig.uuid, self.backend, sig.name)
 
@@ -460,6 +505,26 @@ class Machinery:
     #: Go's name for it (``Server.SetPreTaskHandler``), for code ported from Go.
     set_pre_task_handler = set_pre_publish_handler
 
+    def on_unknown_task(self, hook: Callable[[Signature], object] | None
+                        ) -> Callable[[Signature], object] | None:
+        """The sublime fork's ``Server.SetUnknownTaskHandler`` (``wire_dialect="sublime"``
+        only, else :class:`ConfigError`): this app's workers call ``hook(signature)`` for a
+        message naming a task they do not have, instead of the ordinary rules.  It returns
+        ``keep`` (a bool) or ``(keep, retry_in)`` (seconds ≥ 0, or a ``timedelta``): not kept
+        = dropped (logged); kept = handed back, at once, or on SQS/Azure made visible again
+        in ``retry_in`` (the fork ignores ``retry_in`` on Redis too).  A hook that raises or
+        returns anything else is logged and the message handed back.  ``None`` removes it;
+        returns ``hook``, so it works as a decorator."""
+        if hook is not None and self.config.wire_dialect != "sublime":
+            raise ConfigError("on_unknown_task is the sublime fork's hook: it needs "
+                              "wire_dialect='sublime' (this app is "
+                              f"{self.config.wire_dialect!r})")
+        self._unknown_task_hook = hook
+        return hook
+
+    #: the fork's Go name, for code ported from Go.
+    set_unknown_task_handler = on_unknown_task
+
     def _pre_publish(self, sig: Signature) -> None:
         handler = self._pre_publish_handler
         if handler is None:
@@ -471,6 +536,9 @@ class Machinery:
                              handler, sig.name, sig.uuid)
 
     def _before_publish(self, sig: Signature) -> None:
+        if self.config.wire_dialect == "sublime" or sig.wire_dialect == "sublime":
+            # the fork's relative Delay (Redis: "Delay":0 in the member, due time in the score)
+            prepare_publish(sig, time.time_ns(), zero_delay=self.config.broker.startswith("redis"))
         if self.store_signatures:
             from .ops.signatures import store_quietly
 
@@ -484,6 +552,8 @@ class Machinery:
             headers=sig.headers, properties={}, declare=[], retry_policy=None)
 
     def _after_publish(self, sig: Signature) -> None:
+        if self._events is not None:  # task-sent (after_task_publish carries no app)
+            self._events.sent(sig, self._routing_key(sig))
         if not signals.after_task_publish.has_listeners(sig.name):
             return
         signals.after_task_publish.send(sig.name, body=sig, exchange=self._exchange(),
@@ -507,6 +577,34 @@ class Machinery:
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """The result of the task with this id (sent by anyone, Go or Python)."""
         return AsyncResult(task_id, self.backend)
+
+    # -- events and stats (machinery_compat.events) ---------------------------------------
+    @property
+    def events_config(self) -> Any:
+        """The :class:`machinery_compat.events.EventsConfig` (``None``: from the environment);
+        assigning one with ``send_events=True`` makes this app emit task-sent events."""
+        return self._events_config
+
+    @events_config.setter
+    def events_config(self, value: Any) -> None:
+        from .events.emitter import configure
+
+        configure(self, value)
+
+    def events(self, *, since: float | None = None, timeout: float | None = None) -> Any:
+        """Iterate over task and worker events as they come (a blocking tail); ``since``: first
+        the events kept from that Unix time on; ``timeout``: stop after that many seconds
+        without one.  See :func:`machinery_compat.events.events`."""
+        from .events import events
+
+        return events(self, since=since, timeout=timeout)
+
+    def stats(self) -> Any:
+        """Counts per queue and task name, queue depths, runtime percentiles, workers: see
+        :func:`machinery_compat.events.stats`."""
+        from .events import stats
+
+        return stats(self)
 
     # -- periodic tasks (machinery_compat.periodic) -------------------------------------
     _periodic: PeriodicRegistry | None = None
@@ -561,16 +659,52 @@ class Machinery:
         return self.periodic_tasks.unregister(name)
 
     # -- workers ------------------------------------------------------------------------
+    @overload
     def worker(self, concurrency: int = 0, queue: str | None = None, *,
-               queues: Sequence[str] | str | None = None, **options: Any) -> Worker:
+               queues: Sequence[str] | str | None = None, processes: Literal[1] = 1,
+               **options: Any) -> Worker: ...
+
+    @overload
+    def worker(self, concurrency: int = 0, queue: str | None = None, *,
+               queues: Sequence[str] | str | None = None, processes: int,
+               **options: Any) -> Worker | WorkerProcesses: ...
+
+    def worker(self, concurrency: int = 0, queue: str | None = None, *,
+               queues: Sequence[str] | str | None = None, processes: int = 1,
+               **options: Any) -> Worker | WorkerProcesses:
         """A worker with ``concurrency`` threads consuming ``queue``, or several ``queues``
-        (a list or ``"a,b"``, served round-robin), or the default queue if neither is given."""
+        (a list or ``"a,b"``, served round-robin), or the default queue if neither is given.
+
+        ``pool="asyncio"``: an :class:`~machinery_compat.aio.worker.AsyncioWorker`, running
+        ``async def`` tasks on one event loop, ``concurrency`` (default 64) at once.
+
+        ``processes`` > 1: a :class:`~machinery_compat.worker.processes.WorkerProcesses`
+        (``run``, ``stop``, ``queues``, ``concurrency``): that many forked worker processes
+        sharing ``concurrency`` (the total, split across them), each a Worker with the other
+        options, supervised by this process (see :mod:`machinery_compat.worker.processes`)."""
         from .worker import Worker
 
+        if options.get("pool", "threads") == "asyncio":  # async def tasks on one event loop
+            if processes != 1:
+                raise ConfigError("pool='asyncio' runs in one process (processes=1)")
+            from .aio.worker import AsyncioWorker
+
+            del options["pool"]
+            return AsyncioWorker(self, concurrency=concurrency, queue=queue, queues=queues,
+                                 **options)
+        if options.pop("pool", "threads") != "threads":
+            raise ConfigError("app.worker(pool=...): 'threads' or 'asyncio'")
+        if processes != 1:
+            from .worker.processes import WorkerProcesses
+
+            return WorkerProcesses(self, processes, concurrency=concurrency, queue=queue,
+                                   queues=queues, **options)
         return Worker(self, concurrency=concurrency, queue=queue, queues=queues, **options)
 
     def close(self) -> None:
         """Release the broker's and the backend's connections."""
+        if self._events is not None:
+            self._events.close()  # the last events are written first
         if self._broker is not None:
             self._broker.close()
         if self._backend is not None:
@@ -614,6 +748,26 @@ def _callbacks(value: Any) -> list[Signature] | None:
             raise EncodeError(f"a callback must be a signature (task.s(...)), not {cb!r}")
         out.append(cb)
     return out
+
+
+def _stamp(sig: Signature) -> None:
+    """What Go's ``SendTask`` sets before sending: a ``task_<uuid4>`` id when there is none,
+    a non-nil ``Headers`` map (shared with :mod:`machinery_compat.aio`)."""
+    if not sig.uuid:
+        sig.uuid = task_id()
+    if sig.headers is None and not sig.split_span:  # (the fork's SplitSpan keeps null)
+        sig.headers = {}
+
+
+def _stamp_group(members: Sequence[Signature]) -> str:
+    """Go's ``SendGroup`` checks: members validated, non-nil ``Headers``; the group UUID."""
+    if not members:
+        raise ValueError("an empty group cannot be sent")
+    for m in members:
+        m.validate()
+        if m.headers is None:
+            m.headers = {}
+    return members[0].group_uuid
 
 
 def _shared_fast_path(broker: Broker, backend: Backend) -> Any:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("machinery_compat.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-POOLS = ("threads", "solo", "processes")
+POOLS = ("threads", "solo", "processes", "asyncio")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(threadName)s] %(message)s"
 
 
@@ -68,6 +68,9 @@ class WorkerArgs:
     beat: bool = False  # -B: fire the app's periodic tasks too
     lock: str | None = None
     lock_program: str | None = None
+    processes: int = 1  # worker processes sharing -c (--processes; -P processes: one per -c)
+    metrics_port: int | None = None  # Prometheus /metrics (process i of --processes: port + i)
+    metrics_address: str = "0.0.0.0"
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> WorkerArgs:
@@ -75,7 +78,9 @@ class WorkerArgs:
                    queues=tuple(q for group in ns.queues or () for q in group),
                    config=ns.config, loglevel=ns.loglevel, hostname=ns.hostname,
                    logfile=ns.logfile, pool=ns.pool, max_message_size=ns.max_message_size,
-                   max_memory=ns.max_memory, beat=ns.beat, lock=ns.lock, lock_program=ns.lock_program)
+                   max_memory=ns.max_memory, beat=ns.beat, lock=ns.lock, lock_program=ns.lock_program,
+                   processes=ns.processes, metrics_port=ns.metrics_port,
+                   metrics_address=ns.metrics_address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this worker's name in logs; %%h expands to the host name, %%n to its "
                         "first label, %%d to the domain (default: <pid>@<host>)")
     w.add_argument("-P", "--pool", default="threads", type=str.lower, choices=POOLS,
-                   help="threads (default): -c tasks at once in threads; solo: one task at a "
-                        "time; processes: not implemented yet")
+                   help="threads (default): -c tasks at once in threads (split across "
+                        "--processes); solo: one task at a time; processes: -c worker "
+                        "processes of one task at a time each (Celery's prefork: the same as "
+                        "--processes N -c N); asyncio: async def tasks on one event loop, "
+                        "-c (default 64) at once (machinery_compat.aio.worker)")
+    w.add_argument("--processes", type=_concurrency, default=1, metavar="N",
+                   help="N worker processes (default 1), forked and supervised by this one, "
+                        "each running a thread pool: -c is the total number of tasks at once, "
+                        "split across them (-c 8 --processes 2: 4 threads each), as Go's "
+                        "concurrency is for one worker. The first SIGINT/SIGTERM stops every "
+                        "process gracefully, a second at once; a process that dies is logged "
+                        "and started again (with back-off); --max-memory applies to each")
     w.add_argument("--max-message-size", type=_size, default=None, metavar="BYTES",
                    help="dead-letter larger messages without parsing them (e.g. 4M, 512k; "
                         "default 4M)")
@@ -207,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-B", "--beat", action="store_true",
                    help="also fire the app's periodic tasks in this process, as a Go worker does")
     _lock_options(w)
+    w.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://ADDRESS:PORT/metrics (needs "
+                        "machinery-compat[metrics]); with --processes N, process i serves "
+                        "PORT+i")
+    w.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDRESS",
+                   help="the address --metrics-port listens on (default 0.0.0.0)")
 
     b = sub.add_parser("beat", help="fire the app's periodic tasks",
                        description="Send the app's periodic tasks on their schedules (what "
@@ -247,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_ops import add_commands
 
     add_commands(sub)
+    from .cli_events import add_commands as add_event_commands
+
+    add_event_commands(sub)
+    from .conformance.command import add_command as add_conformance
+
+    add_conformance(sub)
+    from .cli_dashboard import add_command as add_dashboard
+
+    add_dashboard(sub)
     return p
 
 
@@ -307,6 +337,14 @@ def banner(args: WorkerArgs, app: Machinery, hostname: str, queues: Sequence[str
     """The startup summary (passwords in URLs masked)."""
     pool = f"{concurrency} (solo: one task at a time)" if args.pool == "solo" else \
         f"{concurrency} ({args.pool})"
+    if args.processes > 1 or args.pool == "processes":
+        from .worker.processes import split
+
+        shares = split(concurrency, max(args.processes, 1) if args.pool != "processes"
+                       else concurrency)
+        pool = (f"{concurrency} in {len(shares)} processes "
+                f"({' + '.join(map(str, shares))} threads)")
+
     tasks = sorted(app.tasks)
     rows = [
         ("app", args.app),
@@ -329,14 +367,29 @@ def banner(args: WorkerArgs, app: Machinery, hostname: str, queues: Sequence[str
 
 def run_worker(args: WorkerArgs) -> int:
     """Load the app and run a worker until SIGINT/SIGTERM; returns the exit status."""
-    if args.pool == "processes":
-        raise UsageError("-P processes is not implemented yet; use -P threads (the default) "
-                         "or -P solo")
     concurrency = args.concurrency
+    processes = args.processes
     if args.pool == "solo":
         if concurrency > 1:
             raise UsageError(f"-P solo runs one task at a time; drop -c {concurrency}")
+        if processes > 1:
+            raise UsageError("-P solo is one process running one task at a time; use "
+                             f"--processes {processes} -c {processes} for {processes} "
+                             "processes of one task each")
         concurrency = 1
+    if args.pool == "processes":  # Celery's prefork: -c processes, one task at a time each
+        if processes > 1:
+            raise UsageError("-P processes starts one process per -c; give -c (or use "
+                             "--processes N with -P threads), not both")
+        concurrency = concurrency or 2 * (os.cpu_count() or 1)
+        processes = concurrency
+    if args.pool == "asyncio" and processes > 1:
+        raise UsageError("-P asyncio runs one event loop in one process; drop --processes")
+    if processes > 1:
+        concurrency = concurrency or 2 * (os.cpu_count() or 1)
+        if concurrency < processes:
+            raise UsageError(f"-c {concurrency} is less than --processes {processes}: -c is "
+                             "the total number of tasks at once, split across the processes")
     configure_logging(args.loglevel, args.logfile)
     app = load_app(args.app)
     if args.config:
@@ -349,6 +402,10 @@ def run_worker(args: WorkerArgs) -> int:
         options["max_message_size"] = args.max_message_size
     if args.max_memory is not None:
         options["max_memory"] = args.max_memory
+    if args.pool == "asyncio":
+        options["pool"] = "asyncio"
+    if processes > 1:
+        return _run_processes(args, app, processes, concurrency, hostname, options)
     try:
         worker = app.worker(concurrency=concurrency, queues=list(args.queues) or None, **options)
     except ValueError as e:  # e.g. an empty queue name in the config's default_queue
@@ -356,6 +413,10 @@ def run_worker(args: WorkerArgs) -> int:
     if hostname is not None and getattr(worker, "hostname", None) is None:
         setattr(worker, "hostname", hostname)  # noqa: B010 - its heartbeat shows the name
     _ = app.broker, app.backend  # a bad URL fails here, before the banner
+    if args.metrics_port is not None:
+        from .events.metrics import serve_metrics
+
+        serve_metrics(app, args.metrics_port, args.metrics_address)
     scheduler = _scheduler(app, args.lock, args.lock_program) if args.beat else None
     shown = getattr(worker, "hostname", None) or hostname or f"{os.getpid()}@{socket.gethostname()}"
     logger.info("%s", banner(args, app, shown, worker.queues, worker.concurrency))
@@ -369,6 +430,45 @@ def run_worker(args: WorkerArgs) -> int:
             scheduler.stop()
     if getattr(worker, "memory_exceeded", False):
         _restart(args.max_memory)
+    return 0
+
+
+def _run_processes(args: WorkerArgs, app: Machinery, processes: int, concurrency: int,
+                   hostname: str | None, options: dict[str, Any]) -> int:
+    """``--processes N``: N forked workers sharing ``concurrency``, supervised here (-B fires
+    the periodic tasks in the first one only)."""
+    from .worker.processes import EXIT_MEMORY, WorkerProcesses
+
+    queues = list(args.queues) or None
+    _ = app.broker, app.backend  # a bad URL fails here, before the banner
+    scheduler = _scheduler(app, args.lock, args.lock_program) if args.beat else None
+
+    def child_main(index: int, share: int) -> int:
+        if args.metrics_port is not None:
+            from .events.metrics import serve_metrics
+
+            serve_metrics(app, args.metrics_port + index, args.metrics_address)
+        worker = app.worker(concurrency=share, queues=queues, **options)
+        if hostname is not None and getattr(worker, "hostname", None) is None:
+            setattr(worker, "hostname", hostname)  # noqa: B010 - its heartbeat shows the name
+        if scheduler is None or index != 0:
+            worker.run()
+        else:
+            scheduler.start()
+            try:
+                worker.run()
+            finally:
+                scheduler.stop()
+        return EXIT_MEMORY if worker.memory_exceeded else 0
+
+    try:
+        supervisor = WorkerProcesses(app, processes, concurrency=concurrency, queues=queues,
+                                     child_main=child_main, **options)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    shown = hostname or f"{os.getpid()}@{socket.gethostname()}"
+    logger.info("%s", banner(args, app, shown, supervisor.queues, supervisor.concurrency))
+    supervisor.run()
     return 0
 
 
@@ -459,11 +559,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_periodic_list(PeriodicListArgs.from_namespace(ns))
         if ns.command == "create-dynamodb-tables":
             return create_dynamodb_tables(ns)
+        if ns.command == "conformance":
+            from .conformance.command import run as run_conformance
+
+            logging.basicConfig(level="WARNING", stream=sys.stderr, format=LOG_FORMAT)
+            return run_conformance(ns)
         from .cli_ops import COMMANDS, run
 
         if ns.command in COMMANDS:
             logging.basicConfig(level="WARNING", stream=sys.stderr, format=LOG_FORMAT)
             return run(ns)
+        if ns.command == "dashboard":
+            from . import cli_dashboard
+
+            logging.basicConfig(level="WARNING", stream=sys.stderr, format=LOG_FORMAT)
+            return cli_dashboard.run(ns)
+        from . import cli_events
+
+        if ns.command in cli_events.COMMANDS:
+            logging.basicConfig(level="WARNING", stream=sys.stderr, format=LOG_FORMAT)
+            return cli_events.run(ns)
     except (ConfigError, UsageError, BackendError) as e:
         print(f"machinery-compat: error: {_one_line(str(e))}", file=sys.stderr)
         return 2

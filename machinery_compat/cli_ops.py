@@ -356,7 +356,7 @@ def _purge(ops: BrokerOps, place: str, ns: argparse.Namespace,
            do: Callable[[], int]) -> int:
     if not ns.force:
         n = ops.depth(place).messages
-        if not confirm(f"Purge {n} messages from {place}? [y/N]"):
+        if not confirm(f"Purge {'all' if n is None else n} messages from {place}? [y/N]"):
             raise Refused(f"{place} not purged (answer y, or give --force)")
     removed = do()
     if ns.json:
@@ -487,7 +487,9 @@ def status(app: Machinery, ns: argparse.Namespace) -> int:
     print(table(["queue", "messages", *extra, "dead"],
                 [[r["queue"], r["messages"], *(r.get(k) for k in extra),
                   f"{r['dead']} ({r['dead_place']})"] for r in rows]))
-    print(f"\ndelayed: {delayed if delayed is not None else 'unknown (AMQP: --delay-queue NAME)'}")
+    unknown = {"amqp": "unknown (AMQP: --delay-queue NAME)",
+               "pubsub": "unknown (Pub/Sub: early tasks wait in the subscription or a Python worker)"}
+    print(f"\ndelayed: {delayed if delayed is not None else unknown.get(ops.kind, 'unknown')}")
     print()
     if workers is None:
         print("workers: unknown (no heartbeat store: Python workers publish heartbeats to Redis "

@@ -42,6 +42,10 @@ task_failure           the Task             ``task_id``, ``exception``, ``args``
                                             billiard ExceptionInfo here)
 task_retry             the Task             ``request``, ``reason`` (the exception),
                                             ``einfo`` (``None``)
+task_rejected          the worker           ``queue``, ``body`` (the message's bytes),
+                                            ``reason``: a message dead-lettered (too large,
+                                            undecodable, no task name, an unexpected worker
+                                            error); Celery's has ``message``, ``exc``
 worker_ready           the worker           —
 worker_shutdown        the worker           —
 =====================  ===================  ===================================================
@@ -80,6 +84,7 @@ __all__ = [
     "task_postrun",
     "task_prerun",
     "task_received",
+    "task_rejected",
     "task_retry",
     "task_success",
     "worker_ready",
@@ -248,5 +253,6 @@ task_success = _signal("task_success", "result")
 task_failure = _signal("task_failure", "task_id", "exception", "args", "kwargs", "traceback",
                        "einfo")
 task_retry = _signal("task_retry", "request", "reason", "einfo")
+task_rejected = _signal("task_rejected", "queue", "body", "reason")
 worker_ready = _signal("worker_ready")
 worker_shutdown = _signal("worker_shutdown")

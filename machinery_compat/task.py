@@ -74,6 +74,22 @@ def exponential_backoff(factor: float = 1.0, maximum: float = 600.0,
     return backoff
 
 
+class KeepAndRetry(Retry):
+    """The sublime fork's ``ErrKeepAndRetryTaskLater`` (``raise task.retry(countdown=d,
+    keep_message=True)``, or raise it directly): RETRY, ``RetryCount`` untouched.  In an app
+    with ``wire_dialect="sublime"`` on a broker whose messages have a visibility (SQS,
+    Azure) the message being processed is kept and made visible again in ``countdown``
+    seconds (no new message, no PENDING write; ``AttemptCount`` then counts its receipts);
+    elsewhere (Redis, upstream dialect) it is re-sent like :class:`Retry`, with
+    ``AttemptCount`` + 1 in the sublime dialect."""
+
+    keep_message = True
+
+    def __init__(self, message: str = "", countdown: float = 1.0,
+                 exc: BaseException | None = None) -> None:
+        super().__init__(message, countdown, exc=exc)
+
+
 def retry_delay(backoff: RetryBackoff | None, retry_timeout: int, retries: int) -> tuple[float, int]:
     """``(delay in seconds, RetryTimeout to write)`` for the next retry.  A back-off that
     raises or returns something unusable (not a finite number ≥ 0) falls back to Fibonacci,
@@ -219,12 +235,19 @@ class Task(Generic[P, R]):
         return req
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None,
-              max_retries: int | None = None) -> typing.NoReturn:
+              max_retries: int | None = None, *, keep_message: bool = False) -> typing.NoReturn:
         """Celery's ``self.retry``: use up one of the message's retries (``RetryCount``).
 
         Without ``countdown`` the delay is Machinery's next Fibonacci step.  ``max_retries``
         caps the retries left.  With none left the task fails with ``exc``'s text.
+        ``keep_message=True``: the sublime fork's ``ErrKeepAndRetryTaskLater`` instead (see
+        :class:`KeepAndRetry`; ``countdown`` required, ``RetryCount`` untouched).
         """
+        if keep_message:
+            if countdown is None:
+                raise ValueError("retry(keep_message=True) needs a countdown (the fork's "
+                                 "ErrKeepAndRetryTaskLater always has one)")
+            raise KeepAndRetry(str(exc) if exc else "", countdown, exc=exc)
         raise Retry(str(exc) if exc else "", countdown, exc=exc, consume=True,
                     max_retries=max_retries)
 

@@ -18,8 +18,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_SERVICES=(
     "redis-server:redis-server"
+    "redis-cli:redis-tools"  # redis-cli --cluster create (tests/services/redis_cluster_svc.py)
     "rabbitmq-server:rabbitmq-server"
     "memcached:memcached"
+    "chromium:chromium"  # the dashboard's browser test (tests/integration/test_dashboard_browser.py)
+    "chromedriver:chromium-driver"
 )
 GO_SERVICES=(
     # "ferretdb:github.com/FerretDB/FerretDB/cmd/ferretdb@<version>"
@@ -102,3 +105,15 @@ install_go
 install_pip
 # FerretDB (MongoDB wire protocol, SQLite backend) for the MongoDB backend tests: cached build
 bash "$(dirname "${BASH_SOURCE[0]}")/build-ferretdb.sh" >/dev/null
+# Azurite (Azure Storage emulator, npm) for the Azure Storage Queues broker tests: pinned,
+# installed into a cache directory keyed by version (tests/services/azurite_svc.py finds it)
+AZURITE_VERSION=3.37.0  # keep in step with tests/services/azurite_svc.py
+azurite_dir=${MC_CACHE_DIR:-$HOME/.cache/machinery_compat}/azurite-$AZURITE_VERSION
+if [[ -x $azurite_dir/node_modules/.bin/azurite-queue ]]; then
+    log "azurite $AZURITE_VERSION present: $azurite_dir"
+else
+    command -v npm >/dev/null 2>&1 || die "npm not found (needed to install azurite $AZURITE_VERSION)"
+    mkdir -p "$azurite_dir"
+    run "npm install azurite@$AZURITE_VERSION" npm install --prefix "$azurite_dir" --no-audit \
+        --no-fund --silent "azurite@$AZURITE_VERSION"
+fi

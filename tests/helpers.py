@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,3 +41,25 @@ def state_bytes(uuid: str, name: str, state: str, created: str, results: str = "
     """A TaskState as Go's encoding/json writes it."""
     return (f'{{"TaskUUID":"{uuid}","TaskName":"{name}","State":"{state}","Results":{results},'
             f'"Error":"{error}","CreatedAt":"{created}","TTL":0}}').encode()
+
+
+def retrying_sender(app: Any, ids: list[str], errors: list[str], *,
+                    name: str = "retrying-producer") -> threading.Thread:
+    """A started thread sending ``add(1)`` under each id of ``ids``, one by one, each send
+    retried (up to 200 times, 50 ms apart) as a caller would while a broker fails over; the
+    errors' type names go to ``errors``."""
+
+    def produce() -> None:
+        for task_id in ids:
+            for _ in range(200):
+                try:
+                    app.send_task("add", args=[1], task_id=task_id)
+                    break
+                except Exception as e:  # the master moving
+                    errors.append(type(e).__name__)
+                    time.sleep(0.05)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=produce, name=name)
+    thread.start()
+    return thread

@@ -77,11 +77,11 @@ from interop.tests.harness import (  # noqa: E402
     BIN,
     DIRECTIONS,
     DYNAMODB_URL,
-    GO_TO_PY,
     GROUP_METAS_TABLE,
     INTEROP,
     KIND_TITLES,
     KINDS,
+    PY_TO_GO,
     STACKS,
     SUBSET_ECHO_TYPES,
     SUBSET_KINDS,
@@ -93,7 +93,7 @@ from interop.tests.harness import (  # noqa: E402
     build_go_programs,
 )
 from interop.tests.memcache_tap import MemcacheRecorder  # noqa: E402
-from interop.tests.mongodb_tap import MongoRecorder  # noqa: E402
+from interop.tests.mongodb_tap import GO_CANNOT_STORE, MongoRecorder  # noqa: E402
 from tests.services import (  # noqa: E402
     SESSION_REDIS_DATABASES,
     SHARED_REDIS_DBS,
@@ -294,6 +294,7 @@ def interop_mongodb(ferretdb_server: FerretDBServer) -> Iterator[MongoRecorder]:
     """A recording relay in front of the session's FerretDB (shared with tests/): the
     ``*+mongodb`` stacks' backend URL is the relay's (interop/tests/mongodb_tap.py); both sides
     use Machinery's default database ``machinery`` (task and group UUIDs are unique)."""
+    _STATE.ferretdb_version = ferretdb_server.version()
     recorder = MongoRecorder(f"{ferretdb_server.host}:{ferretdb_server.port}").start()
     yield recorder
     recorder.close()
@@ -402,6 +403,7 @@ class _State:
         self.bug_reasons: dict[tuple[str, str], str] = {}  # (kind, case) -> xfail_on reason
         self.rabbitmq_version: str | None = None
         self.aws_version: str | None = None
+        self.ferretdb_version: str | None = None
         self.order: list[str] = []  # cases, first-seen order
         self.last_case: dict[str, str] = {}
         self.extra: dict[str, str | None] = {}
@@ -482,62 +484,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         st.last_case[item.module.__name__ if item.module else ""] = case
 
 
-#: The machinery_compat module each broker/backend kind needs.
-#: The MongoDB columns (``*+mongodb``): matrix cells skipped there, by module (every cell of
-#: it) or by case, with why.  What crosses between Go and Python on MongoDB is pinned by
-#: interop/tests/test_interop_mongodb.py.
-_MONGODB_PENDING_MODULES = {
-    "test_interop_1_py_to_go": (
-        "pending on MongoDB: this module's Go worker stores every echo value, and Go cannot store "
-        "a uint64 above int64's range there (`… overflows int64`, after which its Redis "
-        "consumer loses messages), and mcproducer's read of a Go-written []uint8 result panics "
-        "in Go's reflection (BSON binary): the cases need MongoDB-specific expectations"),
-}
-_MONGODB_CASES = {
-    "echo uint64": (
-        "Go's AsyncResult refuses unsigned Types read from MongoDB whatever is stored (`0 is not "
-        "uint64`: BSON has no unsigned integers; Go's own writes included)"),
-    "echo float64": (
-        "the test server, FerretDB 1.24 on SQLite, stores -0.0 as 0 (MongoDB keeps the sign), "
-        "so the -0 edge value cannot round-trip here"),
-}
-
-_MONGODB_GO_ETA = (
-    "pending on MongoDB: Go's producer writes PENDING to MongoDB before publishing, and its "
-    "delayed ZADD was not seen in 3 of 4 runs of these cells (likely the first write of a new "
-    "mcproducer, connect + a createIndexes FerretDB refuses, outlasting the 1.2 s ETA, so Go "
-    "publishes at once); not yet investigated further")
-
-_MONGODB_TESTS = {
-    "test_racing_chords_python_callback": (
-        "pending on MongoDB: who triggered each chord is not attributed from the relay's "
-        "recording yet (Redis reads it from MONITOR, AMQP from the firehose)"),
-    "test_racing_chords_go_callback": (
-        "pending on MongoDB: who triggered each chord is not attributed from the relay's "
-        "recording yet (Redis reads it from MONITOR, AMQP from the firehose)"),
-    "test_chord_last_member_triggers": (
-        "pending on MongoDB: passed alone (2 of 2), failed in the full run under load (2 of 2): "
-        "Go's TriggerChord on MongoDB returns true whatever its update matched (§6.3), so when "
-        "both workers see the group complete the Go worker sends the callback even if the "
-        "Python worker's SUCCESS was last"),
-    "test_chord_go_producer": (
-        "pending on MongoDB: failed once on v1 (the Go-produced chord's callback still PENDING "
-        "after 20 s), not investigated yet"),
+#: The MongoDB columns (``*+mongodb``): the matrix cells skipped there by design, with why
+#: (Py->Go cells with no value left: every one is above int64's range, which a Go worker
+#: cannot store there).  What crosses between Go and Python on MongoDB, and what Go does with
+#: those values, is pinned by interop/tests/test_interop_mongodb.py.
+_MONGODB_PY_TO_GO_CASES = {
+    "echo []uint": GO_CANNOT_STORE,
+    "echo []uint64": GO_CANNOT_STORE,
 }
 
 
 def _mongodb_skip(kind: str, direction: str, case: str, item: pytest.Item) -> str | None:
-    if not kind.endswith("+mongodb"):
-        return None
-    module = Path(str(item.path)).stem
-    if direction == GO_TO_PY and case.startswith("ETA"):
-        return _MONGODB_GO_ETA
-    name = getattr(item, "originalname", item.name)
-    if name in _MONGODB_TESTS:
-        return _MONGODB_TESTS[name]
-    return _MONGODB_PENDING_MODULES.get(module) or _MONGODB_CASES.get(case)
+    if kind.endswith("+mongodb") and direction == PY_TO_GO:
+        return _MONGODB_PY_TO_GO_CASES.get(case)
+    return None
 
 
+#: The machinery_compat module each broker/backend kind needs.
 _PY_MODULES = {
     "broker": {"amqp": "machinery_compat.brokers.amqp", "sqs": "machinery_compat.brokers.sqs"},
     "backend": {"amqp": "machinery_compat.backends.amqp",
@@ -666,7 +629,8 @@ def _versions() -> dict[str, str]:
                        ("aws-sdk-go-v2", r"github\.com/aws/aws-sdk-go-v2"),
                        ("aws-sdk-go-v2 sqs", r"github\.com/aws/aws-sdk-go-v2/service/sqs"),
                        ("aws-sdk-go-v2 dynamodb",
-                        r"github\.com/aws/aws-sdk-go-v2/service/dynamodb")):
+                        r"github\.com/aws/aws-sdk-go-v2/service/dynamodb"),
+                       ("mongo-driver", r"go\.mongodb\.org/mongo-driver")):
         m = re.search(rf"^\s*(?:require\s+)?{mod}\s+(v\S+)", gomod, re.M)
         out[label] = m.group(1) if m else "?"
     for label, cmd in (("Go", ["go", "version"]), ("redis-server", ["redis-server", "--version"])):
@@ -677,6 +641,12 @@ def _versions() -> dict[str, str]:
             text = "?"
         out[label] = text
     out["Python"] = platform.python_version()
+    try:
+        import pymongo
+
+        out["pymongo"] = pymongo.version
+    except ImportError:
+        out["pymongo"] = "?"
     try:
         import amqp
         import kombu
@@ -769,6 +739,12 @@ def _render(st: _State, old: str | None = None) -> str:
     if not aws and old is not None:  # (this run did not start moto)
         m = re.search(r"; moto [^;]*?, dynamodb `[^`]*`\)", old_head)
         aws = m.group(0) if m else ""
+    mongo = (f"; FerretDB {st.ferretdb_version} with its SQLite backend for MongoDB (pymongo "
+             f"{v['pymongo']} on the Python side, mongo-driver `{v['mongo-driver']}` on the Go "
+             f"side)" if st.ferretdb_version else "")
+    if not mongo and old is not None:  # (this run did not start FerretDB)
+        m = re.search(r"; FerretDB [^;]*?mongo-driver `[^`]*` on the Go side\)", old_head)
+        mongo = m.group(0) if m else ""
     if st.only_kinds is None or OTHER in st.only_kinds:
         ex = list(st.extra.values())
         extra = (f"{len(ex)} other test(s) in interop/tests (regressions): "
@@ -796,7 +772,7 @@ def _render(st: _State, old: str | None = None) -> str:
         f"* Machinery: v1 `{v['Machinery v1']}` (flavour `v1`), v2 `{v['Machinery v2']}` "
         f"(flavours `v2-redigo`, `v2-goredis` with go-redis `{v['go-redis']}`, and `v2` "
         "= no Redis client involved)",
-        f"* {v['Go']}; {v['redis-server'].split(' sha=')[0]}{rabbit}{aws}; "
+        f"* {v['Go']}; {v['redis-server'].split(' sha=')[0]}{rabbit}{aws}{mongo}; "
         f"Python {v['Python']}",
         f"* Outcome: {total['passed']} passed, {total['failed']} failed, {total['skipped']} "
         f"skipped, {total['xfailed']} known machinery_compat bug(s) (strict xfail) of "
@@ -832,8 +808,15 @@ def _note_subset_rerun(section: list[str], kind: str,
     note = (f"{_RERUN_NOTE} ({now}, without `--interop-full`): {n['passed']} passed, "
             f"{n['failed']} failed, {n['skipped']} skipped, {n['xfailed']} known bug(s) of "
             f"the {len(outcomes)} cells it runs; the table below is the last run of every cell.")
-    out = [line for line in section if not line.startswith(_RERUN_NOTE)]
-    at = next((i + 1 for i, line in enumerate(out) if line.startswith("Run: ")), 1)
+    out: list[str] = []
+    for line in section:  # drop the earlier note with the blank line after it
+        if line.startswith(_RERUN_NOTE) or (not line.strip() and out and not out[-1].strip()):
+            continue
+        out.append(line)
+    at = next((i + 1 for i, line in enumerate(out) if line.startswith("Run: ")), None)
+    if at is None:  # a section kept from before Run: lines were written
+        out[1:1] = ["", "Run: the last full run (its date was not recorded)."]
+        at = 3
     while at < len(out) and not out[at].strip():
         at += 1
     return [*out[:at], note, "", *out[at:]]

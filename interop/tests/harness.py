@@ -37,7 +37,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -229,6 +229,33 @@ def _die_with_parent() -> list[str]:
 # --------------------------------------------------------------------------------------
 # mcworker
 # --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def yamlworker(config_file: Path, flavour: str, log: Path, *, concurrency: int | None = None,
+               go_bins: Path = BIN) -> Iterator[subprocess.Popen[str]]:
+    """``bin/yamlworker -config FILE -flavour v1|v2`` (Go Machinery configured only by the YAML
+    file) running until the block ends (SIGTERM, then SIGKILL after 30 s); its stderr in
+    ``log``.  Yields once it printed ``ready``."""
+    args = [str(go_bins / "yamlworker"), "-config", str(config_file), "-flavour", flavour]
+    if concurrency is not None:
+        args += ["-concurrency", str(concurrency)]
+    with log.open("w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "ready", (line, log.read_text())
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 class GoWorker:

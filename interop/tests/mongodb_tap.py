@@ -392,3 +392,92 @@ class MongoTap:
 
 def state_json_of(docs: Sequence[Mapping[str, Any]]) -> list[bytes]:
     return [task_state_json(d) for d in docs]
+
+
+# --------------------------------------------------------------------------------------
+# what Go Machinery cannot do on MongoDB (the matrix modules' MongoDB expectations)
+# --------------------------------------------------------------------------------------
+
+I64_MAX = (1 << 63) - 1
+
+#: Why echo values with an unsigned integer above int64's range are not sent to a Go worker on
+#: MongoDB in the matrix (test_interop_mongodb.py pins what Go does with them instead).
+GO_CANNOT_STORE = (
+    "a Go worker cannot store an unsigned integer above int64's range on MongoDB: its "
+    "SetStateSuccess fails (`cannot marshal type primitive.M to a BSON Document: "
+    "18446744073709551615 overflows int64`), the task stays STARTED, and the error ends the "
+    "consume loop: Machinery restarts it, and on a Redis broker the old loop's BLPOP goroutine "
+    "is left running and swallows the next messages (test_interop_mongodb.py)")
+
+
+def go_cannot_store(value: Any) -> bool:
+    """Whether a Go worker's result ``value`` has an integer above int64's range."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > I64_MAX
+    if isinstance(value, (list, tuple)):
+        return any(go_cannot_store(v) for v in value)
+    return False
+
+
+_GO_BINARY_PANIC = "panic: reflect: call of reflect.Value.Len on struct Value"
+
+
+def _go_writes_int64(el: str, x: Any) -> bool:
+    """Whether Go's BSON driver stores a Go ``el`` value ``x`` as the BSON int64 its reader
+    wants: int8/int16/int32 (and uint8/uint16) become int32, an ``int`` int32 when it fits."""
+    if el in ("int8", "int16", "int32"):
+        return False
+    if el == "int":
+        return not -(1 << 31) <= x < 1 << 31
+    return True
+
+
+def go_read_error(go_type: str, value: Any) -> str | None:
+    """The error Go's ``AsyncResult`` (mcproducer) reports reading a Go worker's ``go_type``
+    result ``value`` from MongoDB (state SUCCESS, no values); None: it reads the value.
+    Machinery's reflection takes only a BSON int64 for a signed integer Type, which Go's own
+    writer does not always store (:func:`_go_writes_int64`), and no BSON integer for an
+    unsigned one (BSON has none): the error names the first element it refused
+    (``-128 is not int8``, ``0 is not uint64``).  A ``[]uint8`` result is stored as a BSON
+    binary, on which Machinery's reflection panics (mcproducer reports the panic)."""
+    if go_type == "[]uint8":
+        return _GO_BINARY_PANIC
+    el, items = (go_type[2:], value) if go_type.startswith("[]") else (go_type, [value])
+    for x in items or ():
+        if isinstance(x, bool) or not isinstance(x, int):
+            continue
+        if el in _UNSIGNED or not _go_writes_int64(el, x):
+            return f"{x} is not {el}"
+    return None
+
+
+#: Why the -0 float edge values are left out on the MongoDB columns (the test server's
+#: limitation, not Go's: MongoDB keeps the sign; Go writes and reads -0 as a BSON double).
+FERRETDB_NEGATIVE_ZERO = (
+    "the test server, FerretDB 1.24 on SQLite, stores -0.0 as 0 (MongoDB keeps the sign), so "
+    "values with a -0 are left out on the MongoDB columns; the other float edge values run")
+
+
+def negative_zero(value: Any) -> bool:
+    """Whether ``value`` is, or has, a -0.0 (FerretDB loses its sign)."""
+    if isinstance(value, float):
+        return value == 0 and str(value).startswith("-")
+    if isinstance(value, (list, tuple)):
+        return any(negative_zero(v) for v in value)
+    return False
+
+
+def go_read_error_of_python(go_type: str, value: Any) -> str | None:
+    """The error Go's ``AsyncResult`` reports reading a *Python* worker's ``go_type`` result
+    ``value`` from MongoDB; None: it reads the value.  Python stores every integer as a BSON
+    int64 (an unsigned one above int64's range as its two's complement, which Python reads
+    back), which Go reads for signed Types only: for an unsigned Type it names the first
+    element as stored (``-1 is not uint64`` for 18446744073709551615)."""
+    el, items = (go_type[2:], value) if go_type.startswith("[]") else (go_type, [value])
+    if el not in _UNSIGNED or go_type == "[]uint8":
+        return None
+    for x in items or ():
+        return f"{x - (1 << 64) if x > I64_MAX else x} is not {el}"
+    return None

@@ -141,16 +141,22 @@ def make_app(broker: str, queue: str = "machinery_tasks", *,
              only: Iterable[str] | None = None, backend: str | None = None,
              counters: str | None = None, amqp: dict[str, Any] | None = None,
              sqs: dict[str, Any] | None = None, dynamodb: dict[str, Any] | None = None,
-             queues: dict[str, str] | None = None) -> PyApp:
+             queues: dict[str, str] | None = None,
+             redis_settings: dict[str, Any] | None = None) -> PyApp:
     """A Machinery app on ``broker`` and ``backend`` (default: the broker) with the tasks
     named in ``only`` (default: all of :data:`ALL_TASKS`); ``counters`` is the Redis of the
     fail_n_times/retry_later counters (default: the broker); ``amqp`` / ``sqs`` /
     ``dynamodb`` the keyword arguments of those config sections (``Config.amqp``, Go's
     ``AMQPConfig``; ``Config.sqs``, ``Config.dynamodb``); ``queues`` a queue per task name
-    (the task's default routing key)."""
+    (the task's default routing key); ``redis_settings`` those of ``Config.redis`` (Sentinel:
+    ``master_name``, ``sentinel_password``)."""
     config = None
-    if amqp is not None or sqs is not None or dynamodb is not None:
+    if amqp is not None or sqs is not None or dynamodb is not None or redis_settings:
         config = Config.default()
+    if redis_settings:
+        from machinery_compat.config import RedisConfig
+
+        config.redis = RedisConfig(**redis_settings)  # type: ignore[union-attr]
     if amqp is not None:
         from machinery_compat.config import AMQPConfig
 

@@ -69,6 +69,7 @@ from interop.tests.harness import (
     task_properties,
     wait_for,
 )
+from interop.tests.mongodb_tap import go_cannot_store, go_read_error, negative_zero
 from interop.tests.pyapp import PyApp, stack_app
 from machinery_compat import Arg, AsyncResult, Signature, TaskFailed
 
@@ -87,7 +88,7 @@ MOVE_SLACK = 4 * GO_DELAYED_POLL + 0.5
 # AMQP: RabbitMQ dead-letters a delayed message when its TTL expires; the delay is whole
 # milliseconds measured when publishing (truncated), so a task may start a few ms *before*
 # the ETA written in its JSON.
-AMQP_SLACK = 0.5
+AMQP_SLACK = 1.5  # RabbitMQ dead-letters an expired delay message at its queue's head; ~1 s late seen under CI load
 AMQP_EARLY = 0.005
 # SQS: DelaySeconds is the whole seconds left when sending (truncated), so a task may start
 # up to 1 s before its ETA; it is received by the next long poll (SQS_WAIT 1 s).
@@ -189,9 +190,13 @@ def d1(flavour: str, go_bins: Path, new_stack: Callable[[str], Stack],
         # -- send everything ------------------------------------------------------------
         # (the echo types this column checks: a representative subset on the extra backend
         # combinations unless --interop-full, harness.SUBSET_KINDS)
+        # (MongoDB: no value a Go worker cannot store there, nor a -0 FerretDB loses:
+        # mongodb_tap.GO_CANNOT_STORE, FERRETDB_NEGATIVE_ZERO)
         for t in echo_types(st.spec.kind, interop_full, ECHO_VALUES):
             run.echo[t] = [(v, app.send_task(v.task, args=[Arg(v.type, v.value)]))
-                           for v in ECHO_VALUES[t]]
+                           for v in ECHO_VALUES[t]
+                           if st.mongodb is None or not (go_cannot_store(v.value)
+                                                         or negative_zero(v.value))]
         s = run.sent
 
         def send(key: str, name: str, *args: Any, **options: Any) -> None:
@@ -312,7 +317,9 @@ def test_echo(d1: D1, echo_type: str) -> None:
         ev = d1.one_go_task(res.id)
         ev_exact = exact(ev["_exact"])
         dyn = d1.stack.dynamodb_backend
-        go = None if dyn else _go_read_ok(d1, res.id)
+        # MongoDB: Go's AsyncResult refuses some types (mongodb_tap.go_read_error)
+        mongo_err = None if d1.stack.mongodb is None else go_read_error(v.go_type, v.value)
+        go = None if dyn or mongo_err is not None else _go_read_ok(d1, res.id)
         checks: dict[str, tuple[Any, Any]] = {
             # what the Go task function received, and returned
             "go arg type": (ev["arg_types"], [v.go_type]),
@@ -335,6 +342,10 @@ def test_echo(d1: D1, echo_type: str) -> None:
             if err is None:
                 checks["go read value"] = ([r["value"] for r in line["results"]],
                                            [v.dynamo_text()])
+        if mongo_err is not None:
+            line = d1.go_read[res.id]
+            checks["go read (MongoDB)"] = ((line["state"], line["error"], "results" in line),
+                                           ("SUCCESS", mongo_err, False))
         if go is not None:  # Go's AsyncResult
             checks["go read type"] = ([r["go_type"] for r in go], [v.go_type])
             checks["go read value"] = ([r["exact"] for r in go], [v.expected_go_value()])
@@ -501,9 +512,12 @@ def _check_delays(run: D1, uuid: str, expected_ms: list[int]) -> list[Published]
     got = [delay_queue(p.routing_key) for p in pubs]
     assert len(got) == len(expected_ms) and all(g is not None for g in got), \
         [p.routing_key for p in pubs]
+    # (MongoDB: the PENDING/RETRY writes before the publish queue on FerretDB behind the
+    # module's burst: 222 ms once, under load)
+    lag = 500 if run.stack.mongodb is not None else 100
     for p, (ms, rk), want in zip(pubs, got, expected_ms, strict=True):  # type: ignore[misc]
         assert rk == run.stack.queue, p.routing_key
-        assert want - 100 <= ms <= want, (p.routing_key, want)
+        assert want - lag <= ms <= want, (p.routing_key, want)
         assert p.routed_queues == (p.routing_key,), p
         assert p.properties == task_properties(p.body, delayed=True), p
     return pubs

@@ -92,6 +92,9 @@ SETTLE = 0.5  # after everything finished: time for a duplicate/unwanted run to 
 N_RACING = 200
 N_RACING_AMQP = 100  # AMQP broker: each chord costs many more round trips (§6.4)
 N_RACING_SQS = 100  # SQS: every call of both sides goes to one moto server
+# MongoDB backend: every state write and completion check of both sides goes to the one
+# FerretDB (SQLite: writes serialized); 200 chords did not finish in 90 s
+N_RACING_MONGODB = 40
 # AMQP prefetch of both workers in these tests: Machinery's default.  (The Python worker
 # hands an unregistered task it meets again back through a delay queue and acks it, so the
 # Go-only tasks of a workflow do not hold its prefetch slots; before it did, a chord of 3
@@ -144,6 +147,7 @@ class Pool:
             stack.create_topic(f"{stack.queue}_py")
             self.py_queue = f"{stack.queue}_py"
         self.go = stack.go_worker(concurrency=go_concurrency, log_dir=log_dir)
+        self.go_concurrency = go_concurrency
         self.py: PyApp = stack_app(stack, only=self.shared)
         self.app = self.py.app
         self.read: dict[str, Any] = {}  # uuid -> value read (Pool.values)
@@ -523,6 +527,8 @@ def _chord_test(pool: Pool, callback: str) -> None:
     time.sleep(SETTLE)
     if pool.stack.memcache is not None and len(pool.runs(cb)) != 1:
         _memcache_copies(pool, res.group.id, cb, callback, [1000], values)  # Go's race
+    elif pool.stack.mongodb is not None and (len(pool.runs(cb)) != 1 or pool.go_errors()):
+        _mongodb_copies(pool, res.group.id, cb, callback, [1000], values)  # Go's race
     elif callback.startswith("py_"):
         got = pool.py_args(cb)
         assert got == pool.chord_args([1000], values, got), got
@@ -536,7 +542,10 @@ def _chord_test(pool: Pool, callback: str) -> None:
         meta = pool.app.backend.get_group_meta(res.group.id)
         assert meta is not None and meta.chord_triggered is True and meta.task_uuids == members
         pool.go_is(pool.stack.read_one(cb), [("int64", Num(str(1000 + sum(values))))])
-    assert pool.go_errors() == []
+    if pool.stack.mongodb is not None:
+        _mongodb_upsert_races(pool)
+    else:
+        assert pool.go_errors() == []
 
 
 def _memcache_copies(pool: Pool, gid: str, cb: str, callback: str, own: list[int],
@@ -555,6 +564,55 @@ def _memcache_copies(pool: Pool, gid: str, cb: str, callback: str, own: list[int
     for got in (pool.received.get(cb, []) if side == "py"
                 else [t["raw_args"] for t in pool.go.tasks(cb)]):
         assert got == pool.chord_args(own, values, got), (cb, got)
+    return go, py
+
+
+def _mongodb_triggers(pool: Pool, gid: str) -> tuple[int, int]:
+    """MongoDB backend (§6.3): (the Go worker's TriggerChord calls, the Python worker's wins)
+    for group ``gid``.  Both sides send the same conditional update (``chord_triggered:
+    false`` -> true; the relay's recording); the Python worker's calls are the ones it
+    counted (won or lost), every other one is Go's — and Go's returns true whether it
+    matched or not, so each one sent a callback."""
+    assert pool.stack.mongodb is not None
+    updates = sum(1 for c in pool.stack.mongodb.commands()
+                  if c.collection == "group_metas" and c.name == "update"
+                  for u in c.body.get("updates", ()) if u.get("q", {}).get("_id") == gid
+                  and u.get("q", {}).get("chord_triggered") is False)
+    py_calls = pool.py_triggered.count(gid) + pool.py_lost.count(gid)
+    assert updates >= py_calls, (gid, updates, py_calls)
+    return updates - py_calls, pool.py_triggered.count(gid)
+
+
+def _mongodb_upsert_races(pool: Pool) -> list[str]:
+    """MongoDB backend: the Go worker's errors, each of which must be its SendTask of a
+    duplicate chord callback losing the race for the callback's first PENDING upsert to the
+    other copy's: FerretDB (unlike MongoDB 4.2+, which retries such an upsert) answers
+    E11000, so that copy is not sent, and the error ends Go's consume loop, which Machinery
+    restarts (on a Redis broker losing messages: test_interop_mongodb.py)."""
+    errors = pool.go_errors()
+    assert all(e.startswith("Set state pending error: ") and "E11000 duplicate key error" in e
+               for e in errors), errors
+    return errors
+
+
+def _mongodb_copies(pool: Pool, gid: str, cb: str, callback: str, own: list[int],
+                    values: list[int], *,
+                    immutable: list[dict[str, Any]] | None = None) -> tuple[int, int]:
+    """MongoDB backend: chord callback ``cb`` ran once per trigger — every TriggerChord call
+    of the Go worker (it never looks at what its update matched, §6.3), the Python worker's
+    at most once (only when its update matched) —, each time with the right args, except a
+    Go copy whose send failed (:func:`_mongodb_upsert_races`); (Go triggers, Python
+    triggers).  ``immutable``: the Args of an immutable callback, every run's."""
+    go, py = _mongodb_triggers(pool, gid)
+    side = "py" if callback.startswith("py_") else "go"
+    runs = pool.runs(cb)
+    failed = len(_mongodb_upsert_races(pool))
+    assert runs == [side] * len(runs) and 1 <= len(runs) <= go + py <= len(runs) + failed \
+        and py <= 1, (cb, runs, f"Go triggered {go}, Python {py}, Go sends failed {failed}")
+    for got in (pool.received.get(cb, []) if side == "py"
+                else [t["raw_args"] for t in pool.go.tasks(cb)]):
+        assert got == (immutable if immutable is not None
+                       else pool.chord_args(own, values, got)), (cb, got)
     return go, py
 
 
@@ -748,6 +806,10 @@ def test_chord_last_member_triggers(make_pool: Callable[..., Pool]) -> None:
         cb = res.callback.id
         if st.dynamodb_backend and cb_side == "py":  # sent by Go: strings, a FAILURE
             assert _check_dynamodb_callback(pool, obs, cb, [1000], values) == ["go"]
+        elif st.mongodb is not None:  # one run per trigger (Go's may be extra copies, §6.3)
+            pool.wait_runs([cb])
+            go, py = _mongodb_copies(pool, res.group.id, cb, "py_add" if cb_side == "py"
+                                     else "add", [1000], values)
         else:
             pool.wait_runs([cb])
             assert pool.runs(cb) == [cb_side]
@@ -755,12 +817,27 @@ def test_chord_last_member_triggers(make_pool: Callable[..., Pool]) -> None:
             assert got == pool.chord_args([1000], values, got), got
         last = _last_completed(obs, [r.id for r in res.results])
         (last_side,) = pool.runs(last)
+        if st.mongodb is not None:
+            # the worker that wrote the last SUCCESS triggered: Go's TriggerChord always
+            # sends; the Python worker tried, and sent unless Go's update (from a Go member
+            # whose check also saw the group complete) had set chord_triggered first
+            gid = res.group.id
+            if last_side == "go":
+                assert go >= 1, (cb, go, py)
+            else:
+                assert gid in pool.py_triggered + pool.py_lost and (py == 1 or go >= 1), (
+                    cb, go, py)
+            senders.append(last_side)
+            continue
         sender = _callback_sender(pool, obs, cb, go_ports)
         assert sender == last_side, (cb, sender, last, last_side)
         senders.append(sender)
     # normally the slow member is the last one, so each side triggered once
     assert senders == ["py", "go"], senders
-    assert pool.go_errors() == []
+    if st.mongodb is not None:
+        _mongodb_upsert_races(pool)
+    else:
+        assert pool.go_errors() == []
 
 
 def _init_group_like_send_group(pool: Pool, gid: str,
@@ -782,8 +859,10 @@ def test_chord_go_producer(make_pool: Callable[..., Pool]) -> None:
     values = [3, 12, 30, 9]
     lines: list[dict[str, Any]] = []
     chords: dict[str, tuple[str, list[str]]] = {}  # callback name -> (callback uuid, members)
+    gids: dict[str, str] = {}
     for cb_name in ("add", "py_add"):
         gid, cb = group_id(), chord_id()
+        gids[cb_name] = gid
         members = [(task_id(), n, a) for n, a in spec]
         _init_group_like_send_group(pool, gid, members)
         chords[cb_name] = (cb, [u for u, _, _ in members])
@@ -807,6 +886,10 @@ def test_chord_go_producer(make_pool: Callable[..., Pool]) -> None:
         for uuid, (name, _) in zip(members, spec, strict=True):
             assert pool.runs(uuid) == (["py"] if name.startswith("py_") else ["go"]), name
     time.sleep(SETTLE)
+    if pool.stack.mongodb is not None:  # one run per trigger: Go's may be extra copies (§6.3)
+        for cb_name, (cb, _) in chords.items():
+            _mongodb_copies(pool, gids[cb_name], cb, cb_name, [100], values)
+        return
     ev = pool.go_run(chords["add"][0])
     assert ev["results"] == [total]
     assert ev["raw_args"] == pool.chord_args([100], values, ev["raw_args"])
@@ -870,8 +953,8 @@ def _racing_chords(pool: Pool, callback: str,
     finish the group); the callback gets the members' results appended in group order."""
     app = pool.app
     st = pool.stack
-    n_chords = (N_RACING_SQS if st.sqs_broker else N_RACING_AMQP if st.amqp_broker
-                else N_RACING)
+    n_chords = (N_RACING_MONGODB if st.mongodb is not None else N_RACING_SQS if st.sqs_broker
+                else N_RACING_AMQP if st.amqp_broker else N_RACING)
     obs: Observer = st.observer()
     add = app.get_task("add")
     assert pool.go.pid is not None
@@ -885,7 +968,12 @@ def _racing_chords(pool: Pool, callback: str,
             header = [add.s(i, j + 1) for j in range(len(values))]
             sent.append((chord(header, body).apply_async(), values))
         deadline = time.monotonic() + 90 + (pool.shared_timeout if st.sqs_broker else 0)
+        while st.mongodb is not None and time.monotonic() < deadline and not all(
+                pool.runs(r.callback.id) for r, _ in sent):  # (Go may lose some there)
+            time.sleep(0.2)
         for res, values in sent:
+            if st.mongodb is not None:  # (checked by _racing_chords_mongodb)
+                break
             want = 1
             for v in values:
                 want *= v
@@ -913,6 +1001,9 @@ def _racing_chords(pool: Pool, callback: str,
         return
     if obs.memcache is not None:
         _racing_chords_memcache(pool, obs, sent, members, callback, record_property)
+        return
+    if obs.mongodb is not None:
+        _racing_chords_mongodb(pool, sent, members, callback, record_property)
         return
     pool.wait_runs(callbacks + members)
     runs = pool.all_runs()
@@ -1007,6 +1098,67 @@ def _racing_chords_memcache(pool: Pool, obs: Observer,
     record_property("note", note)
     assert by["py"] > 0, note
     assert pool.go_errors() == []
+
+
+def _racing_chords_mongodb(pool: Pool, sent: list[tuple[ChordResult, list[int]]],
+                           members: list[str], callback: str,
+                           record_property: Callable[[str, object], None]) -> None:
+    """Racing chords on the MongoDB backend.  Go's TriggerChord says yes whatever its update
+    matched (§6.3), so a group may get a callback from the Python worker (at most once: its
+    update matched) and from the Go worker once per member whose completion check saw the
+    group complete (:func:`_mongodb_triggers`, the relay's recording).  A Go copy can then
+    race the other copy's first PENDING upsert of the callback document: FerretDB (unlike
+    MongoDB 4.2+, which retries such an upsert) answers E11000, Go's SendTask fails, so that
+    copy is never sent, and the error ends Go's consume loop: on AMQP what it held is
+    redelivered; on Redis the abandoned loop's BLPOP goroutine swallows up to concurrency + 1
+    messages (members or callbacks, never run: test_interop_mongodb.py shows it).  So: every
+    callback ran once per copy sent, with the right args; Python never triggered a group
+    twice; each copy or member missing is accounted for by one of Go's failed upserts."""
+    runs = pool.all_runs()
+    errors = pool.go_errors()
+    races = [e for e in errors if e.startswith("Set state pending error: ")
+             and "E11000 duplicate key error" in e]
+    assert errors == races, errors
+    assert pool.go.stderr().count("[*] Waiting for messages") == 1 + len(races)
+    # a Go consume loop ended by a race re-runs, on AMQP, what it had run but not yet acked
+    # (RabbitMQ redelivers it: seen after one race, 2 members run twice by Go)
+    again = {u: runs[u] for u in members if len(runs.get(u, ())) > 1}
+    assert not again or (races and pool.stack.amqp_broker and all(
+        r.count("py") <= 1 for r in again.values())), again
+    member_runs = Counter(runs[u][0] for u in members if runs.get(u))
+    unrun = [u for u in members if not runs.get(u)]
+    py_won = Counter(pool.py_triggered)
+    assert set(py_won.values()) <= {1}, py_won
+    side = "py" if callback.startswith("py_") else "go"
+    by: Counter[str] = Counter()
+    missing = 0  # copies triggered but never run
+    for res, values in sent:
+        cb = res.callback.id
+        go, py = _mongodb_triggers(pool, res.group.id)
+        got_runs = pool.runs(cb)
+        assert got_runs == [side] * len(got_runs) and len(got_runs) <= go + py and py <= 1, (
+            cb, got_runs, f"Go triggered {go}, Python {py}")
+        for got in (pool.received.get(cb, []) if side == "py"
+                    else [t["raw_args"] for t in pool.go.tasks(cb)]):
+            assert got == pool.chord_args([], values, got), (cb, got)
+        missing += go + py - len(got_runs)
+        by["not triggered" if go + py == 0 else "py" if py and not go else "go" if not py
+           else "both"] += 1
+        by["go copies"] += go
+    note = (f"{len(sent)} chords, {len(members)} add members (Go ran {member_runs['go']}, "
+            f"Python {member_runs['py']}, never run {len(unrun)}); {callback} callbacks "
+            f"triggered by the Python worker alone {by['py']}, by the Go worker alone "
+            f"{by['go']}, by both {by['both']}, not at all {by['not triggered']}; "
+            f"{by['go copies']} Go copies; {missing} copies never run; Go's E11000 on a "
+            f"callback's PENDING: {len(races)}; members run again after it: {len(again)}")
+    print(f"\n[{pool.stack.spec.id}] racing chords, {callback} callback: {note}")
+    record_property("note", note)
+    if pool.stack.amqp_broker:  # (redelivered: only Go's failed sends are missing)
+        assert unrun == [] and by["not triggered"] == 0 and missing <= len(races), note
+    else:  # each race: Go's failed send, then up to concurrency + 1 messages swallowed
+        assert missing + len(unrun) <= len(races) * (1 + pool.go_concurrency + 1), note
+        assert races or (unrun == [] and missing == 0), note
+    assert by["py"] + by["both"] > 0 and by["go"] + by["both"] > 0, note
 
 
 def _chord_triggers_redis(pool: Pool, mon: RedisMonitor | None, gids: list[str],
@@ -1194,6 +1346,10 @@ def test_immutable(make_pool: Callable[..., Pool]) -> None:
         assert go_res.group.get(timeout=1) == py_res.group.get(timeout=1) == [3, 6, 4]
     pool.wait_runs([go_res.callback.id, py_res.callback.id])
     time.sleep(SETTLE)
+    if pool.stack.mongodb is not None:  # one run per trigger: Go's may be extra copies (§6.3)
+        for res2, name, args in ((go_res, "multiply", i64s(6, 7)), (py_res, "py_add", i64s(40, 2))):
+            _mongodb_copies(pool, res2.group.id, res2.callback.id, name, [], [], immutable=args)
+        return
     ev = pool.go_run(go_res.callback.id)
     assert (ev["raw_args"], ev["results"]) == (i64s(6, 7), [42])
     assert pool.py_args(py_res.callback.id) == i64s(40, 2)

@@ -12,14 +12,20 @@
 * The chord trigger: Python initialises a group, Go's ``TriggerChord`` is not consulted; a
   Python worker triggers once and never after the meta says triggered.
 
-The generic matrix modules skip the ``*+mongodb`` columns (conftest.py ``_MONGODB_PENDING``):
-Go's own reader panics on the BSON binary Go writes for ``[]uint8`` results (mcproducer
-crashes), and a Go worker cannot store a ``uint64`` above int64's range (``… overflows int64``,
-after which its consumer loses messages), so those cases need MongoDB-specific expectations.
+* A Go worker cannot store an unsigned integer above int64's range: the task stays STARTED,
+  and the error restarts Machinery's consume loop, whose abandoned BLPOP goroutine (Redis
+  broker) swallows the next concurrency + 1 messages.
+
+The generic matrix modules run on the ``*+mongodb`` columns with MongoDB expectations
+(interop/tests/mongodb_tap.py): Go's reader errors (``-128 is not int8``, ``0 is not uint64``;
+a panic in its reflection on the BSON binary Go writes for ``[]uint8``, which mcproducer
+reports), values above int64's range not sent to a Go worker, -0 floats left out (FerretDB
+drops the sign), and Go's duplicate chord callbacks counted per trigger.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +202,62 @@ def test_chord_members_on_go_callback_triggered_once(
             "$set": {"chord_triggered": True}}
     meta = backend.get_group_meta(group_uuid)
     assert meta is not None and meta.chord_triggered and len(meta.task_uuids) == 5
+
+
+U64_MAX = (1 << 64) - 1
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_go_worker_cannot_store_uint64_above_int64(
+        flavour: str, go_bins: Path, new_db: Callable[[], str], interop_mongodb: MongoRecorder,
+        tmp_path: Path) -> None:
+    """Go's behaviour with a result above int64's range (why the matrix leaves those values
+    out on MongoDB, mongodb_tap.GO_CANNOT_STORE): the task runs, SetStateSuccess fails in
+    Go's BSON encoder, the state stays STARTED (no FAILURE is written), and the error ends
+    Machinery's consume loop, which its worker restarts.  On the Redis broker the old loop's
+    BLPOP goroutine is never stopped: it keeps popping messages into a channel nobody reads
+    until its buffer (the concurrency) is full and one more is held, so that many of the next
+    messages are taken off the queue and never run."""
+    import redis
+
+    broker = new_db()
+    queue = f"q_mongo_u64_{flavour}_{next(_serial)}"
+    concurrency = 2
+    tap = MongoTap(interop_mongodb).start()
+    worker = GoWorker(flavour, broker, queue, concurrency=concurrency, log_dir=tmp_path,
+                      extra=["-backend", interop_mongodb.url, "-counters", broker]).start()
+    app = Machinery(broker=broker, result_backend=interop_mongodb.url, default_queue=queue)
+    client = redis.Redis.from_url(broker)
+    n_after = 12
+    try:
+        big = app.send_task("echo_uint64", args=[Arg("uint64", U64_MAX)])
+        wait_for(lambda: any(big.id in e.get("error", "") for e in worker.snapshot()
+                             if e.get("event") == "error_handler"), 20, "Go's error handler")
+        time.sleep(0.5)
+        after = [app.send_task("add", args=[Arg("int64", i), Arg("int64", 1)])
+                 for i in range(n_after)]
+        wait_for(lambda: client.llen(queue) == 0, 20, "the queue to be emptied")
+        time.sleep(3)  # whatever was popped and can run has run by now
+        ran = {r.id for r in after if worker.tasks(r.id)}
+        states = {r.id: r.state for r in after}
+        big_state = big.state
+    finally:
+        worker.stop()
+        app.close()
+        client.close()
+    tap.stop()
+    (ev,) = worker.tasks(big.id)
+    assert ev["arg_types"] == ["uint64"] and ev["result_types"] == ["uint64"], ev
+    errors = [e["error"] for e in worker.snapshot() if e.get("event") == "error_handler"]
+    assert errors == [f"Set state to 'success' for task {big.id} returned error: cannot "
+                      f"marshal type primitive.M to a BSON Document: {U64_MAX} overflows "
+                      f"int64"], errors
+    assert tap.states(big.id) == ["PENDING", "RECEIVED", "STARTED"]
+    assert big_state == "STARTED"
+    # the consume loop was started again
+    assert worker.stderr().count("[*] Waiting for messages") == 2, worker.stderr()[-2000:]
+    # the next messages: all taken off the queue, concurrency + 1 of them never run
+    lost = [r.id for r in after if r.id not in ran]
+    assert len(lost) == concurrency + 1, (len(ran), len(lost))
+    assert all(states[u] == "PENDING" and not tap.states(u)[1:] for u in lost), states
+    assert all(states[u] == "SUCCESS" for u in ran), states

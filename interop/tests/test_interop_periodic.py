@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,10 +40,13 @@ class GoBeat:
     """mcbeat running in the background, its JSON lines collected."""
 
     def __init__(self, bins: Path, url: str, *extra: str) -> None:
+        # stderr goes to a file: only the reader thread touches the stdout pipe
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop()
+        self._stderr = ""
         self.proc = subprocess.Popen(
             [str(bins / "mcbeat"), "-broker", url, "-spec", SPEC, "-name", NAME, "-task", NAME,
              "-arg", "go", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=self._err, text=True)
         self.lines: list[dict[str, Any]] = []
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -63,12 +67,18 @@ class GoBeat:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            _, err = self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
+            self.proc.wait()
         self._reader.join(10)
-        return err
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
+        if not self._err.closed:
+            self._err.seek(0)
+            self._stderr = self._err.read()
+            self._err.close()
+        return self._stderr
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:

@@ -10,13 +10,13 @@ without ``PRECONDITION_FAILED`` and routing the Python producer's tasks to both.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from interop.tests.harness import yamlworker
 from machinery_compat import Machinery
 from tests.services import free_port
 
@@ -77,25 +77,9 @@ def go_worker(request: pytest.FixtureRequest, go_bins: Path, config_file: Path,
               tmp_path: Path) -> Iterator[str]:
     flavour = request.param
     log = tmp_path / f"yamlworker-{flavour}.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([str(go_bins / "yamlworker"), "-config", str(config_file),
-                                 "-flavour", flavour], stdout=subprocess.PIPE, stderr=err,
-                                text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "ready", (line, log.read_text())
+    with yamlworker(config_file, flavour, log, go_bins=go_bins) as proc:
         yield flavour
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        assert proc.returncode in (0, -15), log.read_text()
+    assert proc.returncode in (0, -15), log.read_text()
 
 
 @pytest.mark.interop

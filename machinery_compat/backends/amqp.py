@@ -288,6 +288,12 @@ class AMQPBackend(Backend):
             return out
 
         bodies: list[bytes] = self._run(op, f"state of {task_uuid}")
+        return self.newest_state(task_uuid, bodies)
+
+    def newest_state(self, task_uuid: str, bodies: Sequence[bytes]) -> TaskState | None:
+        """The newest of the state messages ``bodies`` just consumed from the task's queue
+        (remembered for this process), else the newest consumed before (not expired), else
+        ``None`` — no I/O (the asyncio API's consuming read shares it)."""
         newest: TaskState | None = None
         for raw in bodies:
             try:
@@ -313,6 +319,11 @@ class AMQPBackend(Backend):
         with _seen_lock:
             seen = self._latest.get(task_uuid)
         return seen[0] if seen is not None and seen[1] > time.monotonic() else None
+
+    def forget_consumed(self, task_uuid: str) -> None:
+        """Drop what this process remembers of ``task_uuid``'s consumed states (no I/O)."""
+        with _seen_lock:
+            self._latest.pop(task_uuid, None)
 
     # -- groups and chords --------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
@@ -386,8 +397,7 @@ class AMQPBackend(Backend):
 
     def purge_state(self, task_uuid: str) -> None:
         """Delete the task's queue (and its exception record's)."""
-        with _seen_lock:
-            self._latest.pop(task_uuid, None)
+        self.forget_consumed(task_uuid)
         self._delete(task_uuid, task_uuid + EXCEPTION_QUEUE_SUFFIX)
 
     def purge_group_meta(self, group_uuid: str) -> None:

@@ -28,13 +28,12 @@ Thread-safe; no optional dependency.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._named_stores import NamedStores
 from ..brokers.memory import store_name
 from ..exceptions import BackendError, DecodeError
 from ..protocol import GoTime, GroupMeta, TaskState
@@ -51,40 +50,17 @@ class _Store:
     writes: int = 0
 
 
-_stores: dict[str, _Store] = {}
-_stores_lock = threading.Lock()
-#: every store still in use (also those :func:`reset` dropped but a backend still holds)
-_live: weakref.WeakValueDictionary[int, _Store] = weakref.WeakValueDictionary()
+def _renew_lock(store: _Store) -> None:
+    store.lock = threading.Lock()
 
 
-def _store(name: str) -> _Store:
-    with _stores_lock:
-        store = _stores.get(name)
-        if store is None:
-            store = _stores[name] = _Store()
-            _live[id(store)] = store
-        return store
+_stores = NamedStores(_Store, _renew_lock)
+_store = _stores.get
 
 
 def reset(name: str | None = None) -> None:
     """Forget the result store ``name`` (every store when ``None``)."""
-    with _stores_lock:
-        if name is None:
-            _stores.clear()
-        else:
-            _stores.pop(name, None)
-
-
-def _after_fork_in_child() -> None:
-    """Fresh locks in a forked child: one another thread held at the fork stays held there.
-    (The child keeps the parent's data as it was at the fork.)"""
-    global _stores_lock
-    _stores_lock = threading.Lock()
-    for store in list(_live.values()):
-        store.lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    _stores.reset(name)
 
 
 class MemoryBackend(Backend):

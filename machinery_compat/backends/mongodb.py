@@ -504,8 +504,17 @@ class MongoDBBackend(Backend):
         return _date(time.time_ns() + self.expire_in * 1_000_000_000)
 
     def _update(self, task_uuid: str, fields: dict[str, Any], what: str) -> None:
+        import pymongo.errors
+
         with self._mongo(f"writing {what} of {task_uuid}"):
-            self.tasks.update_one({"_id": task_uuid}, {"$set": fields}, upsert=True)
+            try:
+                self.tasks.update_one({"_id": task_uuid}, {"$set": fields}, upsert=True)
+            except pymongo.errors.DuplicateKeyError:
+                # a concurrent upsert of the same _id (e.g. a Go worker's duplicate chord
+                # callback, §6.3) inserted the document first: MongoDB 4.2+ retries that
+                # itself, FerretDB and older servers report E11000; it exists now, so the
+                # same write again is an update
+                self.tasks.update_one({"_id": task_uuid}, {"$set": fields}, upsert=True)
 
     # -- writes -------------------------------------------------------------------------
     def state_fields(self, state: TaskState,

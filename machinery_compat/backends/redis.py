@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .._redis import MERGE_SET, UNLOCK, FastPath, Timeouts, client_for
+from .._redis import MERGE_SET, UNLOCK, Timeouts, client_for, fast_path, mget_all
 from ..exceptions import BackendError, DecodeError
 from ..protocol import GoTime, GroupMeta, Signature, TaskState
 from .base import (
@@ -43,7 +43,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import Config, RedisConfig
 
 CHORD_MUTEX_KEY = "TriggerChordMutex"
 CHORD_MUTEX_EXPIRY_MS = 8000
@@ -51,22 +51,29 @@ CHORD_MUTEX_TRIES = 32
 
 #: (TaskName JSON token, CreatedAt JSON token) of the stored state, as returned by the merge.
 MergeInfo = tuple[str, str]
+#: The token of a task whose states are not written (the sublime fork's ``NoBackend``).
+NO_WRITES: MergeInfo = ("", "no-backend")
 
 
 class RedisBackend(Backend):
     schemes = ("redis", "rediss", "redis+socket")
+    #: ``wire_dialect="sublime"`` (from the config): a task whose signature has ``NoBackend``
+    #: gets no state writes at all, as the fork's Redis backends skip all six state setters
+    honour_no_backend = False
 
     def __init__(self, url: str, results_expire_in: int = 0, *, client: Any = None,
                  timeouts: Timeouts | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 redis: RedisConfig | None = None) -> None:
         """``timeouts``: of the connections (default: Machinery's, 15 s each); ``ssl_context``:
         of ``rediss://`` connections (Go's ``TLSConfig``); both ignored when a ``client`` is
         given."""
         super().__init__(results_expire_in)
         self.url = url
-        self.client = client if client is not None else client_for(url, timeouts,
-                                                                    ssl_context=ssl_context)
-        self.fast = FastPath(self.client)
+        self.client = client if client is not None else client_for(
+            url, timeouts, ssl_context=ssl_context, redis=redis)
+        self.fast = fast_path(self.client, wait_replicas=redis.wait_replicas if redis else 0,
+                              wait_timeout_ms=redis.wait_timeout if redis else 0)
         self._merge = self.client.register_script(MERGE_SET)
         self._unlock = self.client.register_script(UNLOCK)
 
@@ -74,17 +81,29 @@ class RedisBackend(Backend):
     def from_config(cls, config: Config) -> RedisBackend:
         """The backend for ``config.result_backend``, with ``config.redis``'s timeouts and
         ``config.tls_config``."""
-        return cls(config.result_backend, config.results_expire_in,
-                   timeouts=Timeouts.from_config(config), ssl_context=config.tls_config)
+        backend = cls(config.result_backend, config.results_expire_in,
+                      timeouts=Timeouts.from_config(config), ssl_context=config.tls_config,
+                      redis=config.effective_redis)
+        backend.honour_no_backend = config.wire_dialect == "sublime"
+        return backend
+
+    def _skips(self, sig: Signature) -> bool:
+        """Whether ``sig``'s states are not written (``NoBackend`` in a sublime app)."""
+        return sig.no_backend and self.honour_no_backend
 
     # -- writes -------------------------------------------------------------------------
     def pending_command(self, sig: Signature) -> tuple[Any, ...]:
-        """The command that writes PENDING for ``sig``."""
+        """The command that writes PENDING for ``sig`` (a no-op ``PING`` for a ``NoBackend``
+        task, so that the message still goes in the same write)."""
+        if self._skips(sig):
+            return ("PING",)
         return ("SET", sig.uuid, pending_state(sig).to_json(), "EX", self.expire_in)
 
     def set_state_pending(self, sig: Signature) -> None:
         """PENDING through the fast path (a producer with another broker, e.g. AMQP, writes
         it on every send; redis-py's generic client cost ~40 us more a call)."""
+        if self._skips(sig):
+            return
         self.fast.execute(self.pending_command(sig))
 
     def set_state(self, state: TaskState, *, merge: bool) -> None:
@@ -94,18 +113,58 @@ class RedisBackend(Backend):
         else:
             self.client.set(state.task_uuid, state.to_json(), ex=self.expire_in)
 
-    def mark_received_started(self, sig: Signature) -> MergeInfo:
+    def _received_started_args(self, sig: Signature) -> list[Any]:
         from ..protocol import RECEIVED, STARTED
 
         received = TaskState(sig.uuid, RECEIVED)
         started = TaskState(sig.uuid, STARTED)
-        name, created = self.fast.evalsha(
-            self._merge,
-            [sig.uuid],
-            [self.expire_in, received.head(), received.tail(), received.middle(),
-                  started.middle()],
-        )
+        return [self.expire_in, received.head(), received.tail(), received.middle(),
+                started.middle()]
+
+    def set_state_received(self, sig: Signature) -> None:
+        """RECEIVED (before a FAILURE written without running the task); for a ``NoBackend``
+        task nothing, remembered so that its FAILURE is skipped too."""
+        if not self._skips(sig):
+            super().set_state_received(sig)
+            return
+        skipped = self.__dict__.setdefault("_skipped", {})
+        skipped[sig.uuid] = None
+        while len(skipped) > 1024:
+            skipped.pop(next(iter(skipped)), None)
+
+    def mark_received_started(self, sig: Signature) -> MergeInfo:
+        if self._skips(sig):
+            return NO_WRITES
+        name, created = self.fast.evalsha(self._merge, [sig.uuid],
+                                          self._received_started_args(sig))
         return _text(name), _text(created)
+
+    def set_final_state_then_start(self, state: TaskState, token: MergeInfo,
+                                   sig: Signature) -> MergeInfo | None:
+        """:meth:`set_final_state` (no exception record, ``token`` given) of one task, then
+        :meth:`mark_received_started` of the next, ``sig``, behind it in the same write: one
+        round trip for both, each task's states in Go's order (the first task's SUCCESS after
+        it ran, the next one's RECEIVED and STARTED before it runs; the same bytes as the two
+        calls).  Raises as :meth:`set_final_state` when the final state may not be stored;
+        returns the next task's token, or None when its write failed (the caller then makes
+        it again with :meth:`mark_received_started`)."""
+        if token is NO_WRITES:  # the first task's states are not written
+            return self.mark_received_started(sig)
+        if self._skips(sig):
+            self.set_final_state(state, token)
+            return NO_WRITES
+        name, created = token
+        body = (state.head() + name + state.middle() + created + state.tail()).encode(
+            "utf-8", "machinery_compat.gojson"
+        )
+        merge = ("EVALSHA", self._merge.sha, 1, sig.uuid, *self._received_started_args(sig))
+        _, after = self.fast.execute_then([("SET", state.task_uuid, body, "EX", self.expire_in)],
+                                          [merge])
+        reply = after[0]
+        if isinstance(reply, Exception):  # e.g. NOSCRIPT after a Redis restart
+            return None
+        name2, created2 = reply
+        return _text(name2), _text(created2)
 
     def set_final_state(self, state: TaskState, token: Any = None,
                         exc_record: ExceptionRecord | None = None) -> None:
@@ -114,6 +173,11 @@ class RedisBackend(Backend):
         ``token`` is the :data:`MergeInfo` :meth:`mark_received_started` returned.  An
         ``exc_record`` is SET first, in the same write.
         """
+        if token is NO_WRITES:
+            return
+        if token is None and self.honour_no_backend and \
+                self.__dict__.get("_skipped", {}).pop(state.task_uuid, 1) is None:
+            return  # a NoBackend task's FAILURE after set_state_received
         if token is None:
             super().set_final_state(state, None, exc_record)
             return
@@ -142,7 +206,7 @@ class RedisBackend(Backend):
         if not task_uuids:
             return []
         with _reading(f"{task_uuids[0]} …" if len(task_uuids) > 1 else task_uuids[0]):
-            raws = self.client.mget(list(task_uuids))
+            raws = mget_all(self.client, task_uuids)
         return [None if r is None else TaskState.from_json(r) for r in raws]
 
     def get_exception_record(self, task_uuid: str) -> ExceptionRecord | None:

@@ -19,6 +19,11 @@ scheme              module                                  extra
 ``gcppubsub://``    :mod:`machinery_compat.brokers.pubsub`  ``machinery-compat[pubsub]``
                     (``gcppubsub://<project>/
                     <subscription>``, as Go)
+``azure://``,       :mod:`machinery_compat.brokers.azure`   ``machinery-compat[azure]``
+``azures://``,      (the sublime-security fork's Azure
+URL containing      Storage Queues broker; ``azure://
+``queue.core.       <account>:<key>@<host>:<port>`` for
+windows``           emulators)
 ==================  ======================================  =========================
 """
 
@@ -74,6 +79,11 @@ def create_broker(config: Config, *, app: Machinery | None = None) -> Broker:
         if url == DEFAULT_BROKER:  # most likely not what the user runs: say where it came from
             logger.warning("broker: %s", not_configured_hint("broker", url, DEFAULT_BROKER)[2:])
         return AMQPBroker.from_config(config)
+    if scheme in ("azure", "azures") or "queue.core.windows" in url:
+        # (the sublime-security fork's rule: a URL containing queue.core.windows, before SQS)
+        from .azure import AzureBroker
+
+        return AzureBroker.from_config(config)
     if scheme in ("https", "http"):
         from .sqs import SQSBroker
 

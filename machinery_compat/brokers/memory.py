@@ -29,14 +29,13 @@ import heapq
 import itertools
 import json
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._named_stores import NamedStores
 from ..exceptions import DecodeError
 from ..protocol import Signature
 from .base import Broker, Delivery
@@ -56,10 +55,12 @@ class _Store:
     seq: itertools.count[int] = field(default_factory=itertools.count)
 
 
-_stores: dict[str, _Store] = {}
-_stores_lock = threading.Lock()
-#: every store still in use (also those :func:`reset` dropped but a broker still holds)
-_live: weakref.WeakValueDictionary[int, _Store] = weakref.WeakValueDictionary()
+def _renew_lock(store: _Store) -> None:
+    store.cond = threading.Condition()
+
+
+_stores = NamedStores(_Store, _renew_lock)
+_store = _stores.get
 
 
 def store_name(url: str) -> str:
@@ -68,35 +69,10 @@ def store_name(url: str) -> str:
     return rest.strip("/")
 
 
-def _store(name: str) -> _Store:
-    with _stores_lock:
-        store = _stores.get(name)
-        if store is None:
-            store = _stores[name] = _Store()
-            _live[id(store)] = store
-        return store
-
-
 def reset(name: str | None = None) -> None:
     """Forget the broker store ``name`` (every store when ``None``); brokers built on it
     afterwards start empty.  Brokers still holding the old store keep it."""
-    with _stores_lock:
-        if name is None:
-            _stores.clear()
-        else:
-            _stores.pop(name, None)
-
-
-def _after_fork_in_child() -> None:
-    """Fresh locks in a forked child: one another thread held at the fork stays held there.
-    (The child keeps the parent's data as it was at the fork.)"""
-    global _stores_lock
-    _stores_lock = threading.Lock()
-    for store in list(_live.values()):
-        store.cond = threading.Condition()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    _stores.reset(name)
 
 
 class MemoryBroker(Broker):

@@ -102,10 +102,11 @@ from ..exceptions import (
     BrokerConnectionError,
     BrokerError,
     ConfigError,
-    DecodeError,
     PublishError,
 )
 from ..protocol import Signature
+from ._held import Held, Holdings
+from ._peek import eta_ns, stop_task_deletion
 from .base import Broker, Delivery
 
 if TYPE_CHECKING:
@@ -175,14 +176,11 @@ def _retry() -> Any:
 
 
 @dataclass
-class _Held:
+class _Held(Held):
     """A message a consumer holds (received, not settled yet)."""
 
-    delivery: Delivery
-    received: float  # monotonic
-    next_extension: float  # monotonic
+    next_extension: float = 0.0  # monotonic
     for_eta: bool = False  # held for its ETA (not running): extended without limit
-    extending: bool = False  # a heartbeat call for it is on its way
 
 
 class PubSubBroker(Broker):
@@ -375,7 +373,7 @@ class PubSubBroker(Broker):
         """``Acknowledge`` (the task finished), except for a task that failed with
         ``StopTaskDeletionOnError``: its deadline is no longer extended, so it comes back
         (Go nacks it).  The worker marks a failed task's delivery ``extra["failed"]``."""
-        if delivery.extra.get("failed") and _stop_task_deletion(delivery.body):
+        if delivery.extra.get("failed") and stop_task_deletion(delivery.body):
             self._forget(delivery)
             logger.info("Pub/Sub: task failed with StopTaskDeletionOnError: message %s not "
                         "acknowledged (it comes back after its ack deadline; a dead-letter "
@@ -505,10 +503,8 @@ class PubSubConsumer(PubSubBroker):
         self._reset()
 
     def _reset(self) -> None:
-        self._held: dict[str, _Held] = {}
-        self._held_lock = threading.Condition(threading.RLock())
+        self._held: Holdings[_Held] = Holdings("ack_id", "mc-pubsub-lease")
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ready: dict[str, collections.deque[Delivery]] = {}
         self._early: list[tuple[int, int, Delivery]] = []
         self._seq = itertools.count()
@@ -613,8 +609,8 @@ class PubSubConsumer(PubSubBroker):
             while self._early and self._early[0][0] <= now_ns:
                 d = heapq.heappop(self._early)[2]
                 self._ready.setdefault(d.queue, collections.deque()).append(d)
-                with self._held_lock:
-                    held = self._held.get(d.extra["ack_id"])
+                with self._held.lock:
+                    held = self._held.get(d)
                     if held is not None:  # due: from now on it runs (max_extension applies)
                         held.for_eta, held.received = False, time.monotonic()
             for q in queues:
@@ -649,7 +645,7 @@ class PubSubConsumer(PubSubBroker):
                 "received": now,
                 "consumer": self,
             })
-            due = _eta_ns(delivery.body)
+            due = eta_ns(delivery.body)
             left = None if due is None else (due - time.time_ns()) / 1e9
             if left is not None and left > 0:
                 with self._cond:
@@ -684,79 +680,49 @@ class PubSubConsumer(PubSubBroker):
 
     # -- the ack-deadline extension -----------------------------------------------------
     def _hold(self, delivery: Delivery, now: float, *, for_eta: bool = False) -> None:
-        with self._held_lock:
-            self._held[delivery.extra["ack_id"]] = _Held(delivery, now, now + FIRST_EXTENSION,
-                                                         for_eta)
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._beat_loop, daemon=True,
-                                                name="mc-pubsub-lease")
-                self._thread.start()
+        self._held.hold(_Held(delivery, now, next_extension=now + FIRST_EXTENSION,
+                              for_eta=for_eta), self.beat)
 
     def forget(self, delivery: Delivery) -> None:
         """Stop extending ``delivery``'s deadline (it is being settled); waits for an
         extension of it on its way, so that it cannot undo the settling call."""
-        with self._held_lock:
-            held = self._held.pop(delivery.extra.get("ack_id", ""), None)
-            while held is not None and held.extending:
-                self._held_lock.wait(1.0)
+        self._held.forget(delivery)
 
     def held(self) -> list[Delivery]:
         """The deliveries this consumer holds (received, not settled)."""
-        with self._held_lock:
-            return [h.delivery for h in self._held.values()]
-
-    def _beat_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                pause = self.beat()
-            except Exception:
-                logger.exception("Pub/Sub ack-deadline extension failed")
-                pause = 1.0
-            self._stop.wait(pause)
+        return self._held.deliveries()
 
     def beat(self, now: float | None = None) -> float:
         """Extend the deadline of every held message due for it; returns the seconds until
         the next one is due (at most 1)."""
-        now = time.monotonic() if now is None else now
-        pause = 1.0
-        due: dict[str, list[_Held]] = {}
-        with self._held_lock:
-            for key, held in list(self._held.items()):
-                if not held.for_eta and now - held.received > self.max_extension:
-                    logger.warning("Pub/Sub: message %s has run for more than max_extension "
-                                   "(%g s): its ack deadline is no longer extended, it may be "
-                                   "redelivered and run a second time",
-                                   held.delivery.extra.get("message_id", "?"), self.max_extension)
-                    del self._held[key]
-                    continue
-                if held.next_extension <= now:
-                    held.extending = True
-                    due.setdefault(held.delivery.extra["subscription"], []).append(held)
-                else:
-                    pause = min(pause, held.next_extension - now)
+        return self._held.beat(time.monotonic() if now is None else now, self._due,
+                               lambda held: str(held.delivery.extra["subscription"]),
+                               self._extend)
+
+    def _due(self, held: _Held, now: float) -> float | None:
+        if not held.for_eta and now - held.received > self.max_extension:
+            logger.warning("Pub/Sub: message %s has run for more than max_extension (%g s): "
+                           "its ack deadline is no longer extended, it may be redelivered and "
+                           "run a second time", held.delivery.extra.get("message_id", "?"),
+                           self.max_extension)
+            self._held.discard(held)
+            return None
+        return held.next_extension
+
+    def _extend(self, path: str, items: list[_Held], now: float) -> None:
         try:
-            for path, items in due.items():
-                try:
-                    with self._translated(f"extend the ack deadline of {len(items)} "
-                                          f"message(s) of {path}"):
-                        self.subscriber.modify_ack_deadline(
-                            subscription=path, ack_ids=[h.delivery.extra["ack_id"] for h in items],
-                            ack_deadline_seconds=LEASE_SECONDS, retry=_retry(),
-                            timeout=CALL_DEADLINE)
-                except BrokerError as e:
-                    logger.warning("Pub/Sub ack-deadline extension: %s; trying again shortly", e)
-                    for h in items:
-                        h.next_extension = now + 1.0
-                    continue
-                for h in items:
-                    h.next_extension = now + LEASE_SECONDS / 3
-        finally:
-            with self._held_lock:
-                for items in due.values():
-                    for h in items:
-                        h.extending = False
-                self._held_lock.notify_all()
-        return max(pause, 0.05)
+            with self._translated(f"extend the ack deadline of {len(items)} message(s) of "
+                                  f"{path}"):
+                self.subscriber.modify_ack_deadline(
+                    subscription=path, ack_ids=[h.delivery.extra["ack_id"] for h in items],
+                    ack_deadline_seconds=LEASE_SECONDS, retry=_retry(), timeout=CALL_DEADLINE)
+        except BrokerError as e:
+            logger.warning("Pub/Sub ack-deadline extension: %s; trying again shortly", e)
+            for h in items:
+                h.next_extension = now + 1.0
+            return
+        for h in items:
+            h.next_extension = now + LEASE_SECONDS / 3
 
     def stop_consuming(self, *, idle: bool = True) -> None:
         """Give back what was pulled but not handed out (tasks held for their ETA included:
@@ -770,33 +736,10 @@ class PubSubConsumer(PubSubBroker):
         pool, self._pool = self._pool, None
         if pool is not None:  # what pulls in flight still get is given back (_taken)
             pool.shutdown(wait=False, cancel_futures=True)
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._held.stop()
 
     def close(self) -> None:
         self.stop_consuming()
-
-
-def _eta_ns(body: bytes) -> int | None:
-    """The task's ETA (Unix ns), if the body decodes and has one."""
-    if b'"ETA":null' in body:
-        return None
-    try:
-        eta = Signature.from_json(body).eta
-    except (DecodeError, ValueError):
-        return None  # the worker dead-letters it
-    return None if eta is None else eta.unix_ns
-
-
-def _stop_task_deletion(body: bytes) -> bool:
-    """The message's ``StopTaskDeletionOnError`` flag."""
-    if b'"StopTaskDeletionOnError":false' in body:
-        return False
-    try:
-        return Signature.from_json(body).stop_task_deletion_on_error
-    except (DecodeError, ValueError):
-        return False
 
 
 __all__ = [

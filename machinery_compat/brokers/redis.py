@@ -57,8 +57,9 @@ stops gracefully pushes back what it took but did not start, and unregisters.
 
 Turn it off with ``redis.crash_safe: false`` in the YAML config (``REDIS_CRASH_SAFE=false``),
 ``RedisConfig(crash_safe=False)`` or ``app.worker(crash_safe=False)``: the worker then
-uses ``LPOP``/``BLPOP`` exactly as before (and as Go does).  Not for Redis Cluster (the scripts
-touch keys of several slots).
+uses ``LPOP``/``BLPOP`` exactly as before (and as Go does).  On a Redis Cluster the
+processing lists carry their queue's hash tag and every step touches one slot
+(:mod:`machinery_compat._redis_cluster`).
 
 Timeouts: ``redis.connect_timeout``, ``read_timeout`` and ``write_timeout`` of the config
 (15 s each by default) bound every command (see :mod:`machinery_compat._redis`); a worker's
@@ -84,13 +85,13 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._redis import MOVE_DELAYED, RECOVER, SETTLE, TAKE, FastPath, Timeouts, client_for
+from .._redis import MOVE_DELAYED, RECOVER, SETTLE, TAKE, Timeouts, client_for, fast_path
 from ..exceptions import BrokerConnectionError, DecodeError, PublishError
 from ..protocol import Signature
 from .base import REDELIVERIES_HEADER, Broker, Delivery
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import Config, RedisConfig
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class RedisBroker(Broker):
         client: Any = None,
         timeouts: Timeouts | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        redis: RedisConfig | None = None,
     ) -> None:
         """``timeouts``: of the connections (default: Machinery's, 15 s each); ``ssl_context``:
         of ``rediss://`` connections (Go's ``TLSConfig``); both ignored when a ``client`` is
@@ -148,9 +150,10 @@ class RedisBroker(Broker):
         super().__init__(default_queue)
         self.url = url
         self.delayed_tasks_key = delayed_tasks_key or DEFAULT_DELAYED_TASKS_KEY
-        self.client = client if client is not None else client_for(url, timeouts,
-                                                                    ssl_context=ssl_context)
-        self.fast = FastPath(self.client)
+        self.client = client if client is not None else client_for(
+            url, timeouts, ssl_context=ssl_context, redis=redis)
+        self.fast = fast_path(self.client, wait_replicas=redis.wait_replicas if redis else 0,
+                              wait_timeout_ms=redis.wait_timeout if redis else 0)
         self._move_script = self.client.register_script(MOVE_DELAYED)
         self._errors = _connection_errors()
 
@@ -161,7 +164,8 @@ class RedisBroker(Broker):
         rcfg = config.redis
         return cls(config.broker, config.default_queue,
                    delayed_tasks_key=rcfg.delayed_tasks_key if rcfg else "",
-                   timeouts=Timeouts.from_config(config), ssl_context=config.tls_config)
+                   timeouts=Timeouts.from_config(config), ssl_context=config.tls_config,
+                   redis=config.effective_redis)
 
     # -- producer -----------------------------------------------------------------------
     def publish_command(self, sig: Signature) -> tuple[Any, ...]:
@@ -275,11 +279,21 @@ class RedisBroker(Broker):
         heartbeat thread running), else this broker (``LPOP``/``BLPOP``, Go's way)."""
         if not crash_safe:
             return self
+        if hasattr(self.client, "nodes_manager"):  # Redis Cluster: every step on one slot
+            from .._redis_cluster import ClusterConsumer
+
+            cluster = ClusterConsumer(self, queues, heartbeat_ttl=heartbeat_ttl)
+            cluster.start()
+            return cluster
         consumer = RedisConsumer(self, queues, heartbeat_ttl=heartbeat_ttl)
         consumer.start()
         return consumer
 
     def move_due_delayed(self, limit: int = 1000) -> int:
+        if hasattr(self.client, "nodes_manager"):  # Redis Cluster: ZREM, then RPUSH (Go's way)
+            from .._redis_cluster import move_due_delayed
+
+            return move_due_delayed(self, limit)
         moved: int = self._move_script(
             keys=[self.delayed_tasks_key], args=[time.time_ns(), limit, self.default_queue]
         )
@@ -321,6 +335,7 @@ class RedisConsumer(RedisBroker):
                  heartbeat_ttl: float | None = None, worker_id: str | None = None) -> None:
         super().__init__(broker.url, broker.default_queue,
                          delayed_tasks_key=broker.delayed_tasks_key, client=broker.client)
+        self.fast.wait = broker.fast.wait
         self.worker_id = worker_id or new_worker_id()
         ttl = heartbeat_ttl if heartbeat_ttl is not None else DEFAULT_HEARTBEAT_TTL
         if ttl < 0.5:
@@ -574,6 +589,10 @@ def recover_workers(broker: RedisBroker, *, worker_id: str = "", force: bool = F
     """Re-queue the processing lists of dead workers now (every registered worker without a
     heartbeat key; only ``worker_id`` if given, ``force``: even if its heartbeat is alive,
     which makes messages a live worker is running run twice).  Returns how many messages."""
+    if hasattr(broker.client, "nodes_manager"):  # Redis Cluster: one slot per step
+        from .._redis_cluster import recover_cluster
+
+        return recover_cluster(broker, only=worker_id, force=force, whose="worker")
     script = broker.client.register_script(RECOVER)
     reply = broker.fast.evalsha(script, [REGISTRY_KEY], [KEY_PREFIX, "", worker_id,
                                                          "1" if force else "0",

@@ -139,11 +139,13 @@ from ..exceptions import (
     BrokerConnectionError,
     BrokerError,
     ConfigError,
-    DecodeError,
     EncodeError,
     PublishError,
 )
 from ..protocol import Signature
+from ..protocol.sublime import SQS_MAX_DELAY_SECONDS, sqs_delay_seconds
+from ._held import Held, Holdings
+from ._peek import eta_ns, stop_task_deletion
 from .base import Broker, Delivery
 
 if TYPE_CHECKING:
@@ -185,6 +187,8 @@ _TRANSIENT = frozenset({
     "TooManyRequestsException",
 })
 _SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
+#: what a sublime-dialect app asks for (the fork's consumer fills FirstReceived from it)
+_SUBLIME_ATTRIBUTES = [*_SYSTEM_ATTRIBUTES, "ApproximateFirstReceiveTimestamp"]
 
 _AWS_HOST = re.compile(r"(^|\.)amazonaws\.com(\.cn)?$", re.IGNORECASE)
 _URL_REGION = (
@@ -260,15 +264,12 @@ def _client_errors() -> tuple[tuple[type[BaseException], ...], type[BaseExceptio
 
 
 @dataclass
-class _Held:
+class _Held(Held):
     """A message a consumer holds (received, not settled yet)."""
 
-    delivery: Delivery
-    queue_url: str
-    received: float  # monotonic
-    extended: float  # monotonic: when its visibility was last set
-    visibility: int  # seconds it was last set to (0: unknown)
-    extending: bool = False  # a heartbeat call for it is on its way
+    queue_url: str = ""
+    extended: float = 0.0  # monotonic: when its visibility was last set
+    visibility: int = 0  # seconds it was last set to (0: unknown)
 
 
 @dataclass
@@ -284,6 +285,10 @@ class SQSBroker(Broker):
     """See the module documentation."""
 
     schemes = ("https", "http")
+    #: the fork's ``RetrySameMessage``: a keep-and-retry changes the message's visibility
+    retries_same_message = True
+    #: ``wire_dialect="sublime"`` (from the config): also ask for the first-receive time
+    sublime = False
 
     def __init__(
         self,
@@ -320,7 +325,9 @@ class SQSBroker(Broker):
 
     @classmethod
     def from_config(cls, config: Config) -> SQSBroker:
-        return cls(config.broker, config.default_queue, sqs=config.sqs)
+        broker = cls(config.broker, config.default_queue, sqs=config.sqs)
+        broker.sublime = config.wire_dialect == "sublime"
+        return broker
 
     # -- client -------------------------------------------------------------------------
     @property
@@ -390,6 +397,16 @@ class SQSBroker(Broker):
         delays).  Adjusts ``sig.routing_key``."""
         body = sig.to_json()
         self.adjust_routing_key(sig)
+        if sig.wire_dialect == "sublime" and sig.delay > 0 and not is_fifo(sig.routing_key):
+            # the fork: DelaySeconds = whole seconds of Delay, clamped (upstream Go refuses)
+            params = self._params_for(sig.routing_key, body, "", None, now_ns)
+            seconds = sqs_delay_seconds(sig.delay) or 0
+            if seconds > self.max_delay or sig.delay > SQS_MAX_DELAY_SECONDS * 10**9:
+                logger.warning("task %s[%s]: Delay of %d s clamped to DelaySeconds %d (as the "
+                               "sublime fork does)", sig.name, sig.uuid, sig.delay // 10**9,
+                               min(seconds, self.max_delay))
+            params["DelaySeconds"] = min(seconds, self.max_delay)
+            return params
         return self._params_for(sig.routing_key, body, sig.broker_message_group_id, sig.eta,
                                 now_ns)
 
@@ -505,7 +522,7 @@ class SQSBroker(Broker):
             "QueueUrl": self.queue_url(queue),
             "MaxNumberOfMessages": max(1, min(max_messages, MAX_BATCH)),
             "WaitTimeSeconds": wait,
-            "MessageSystemAttributeNames": _SYSTEM_ATTRIBUTES,
+            "MessageSystemAttributeNames": _SUBLIME_ATTRIBUTES if self.sublime else _SYSTEM_ATTRIBUTES,
             "MessageAttributeNames": ["All"],
         }
         if self.cfg.visibility_timeout is not None:
@@ -558,7 +575,7 @@ class SQSBroker(Broker):
         ``StopTaskDeletionOnError``: left to come back after its visibility timeout (and to
         the queue's redrive policy), as Go does.  The worker marks a failed task's delivery
         with ``extra["failed"] = True``."""
-        if delivery.extra.get("failed") and _stop_task_deletion(delivery.body):
+        if delivery.extra.get("failed") and stop_task_deletion(delivery.body):
             self._forget(delivery)
             self._settled(delivery, finished=False)
             logger.info("SQS: task failed with StopTaskDeletionOnError: message %s left in %s "
@@ -730,16 +747,15 @@ class SQSConsumer(SQSBroker):
         self.url = broker.url
         self.cfg = broker.cfg
         self.default_wait = broker.default_wait
+        self.sublime = broker.sublime
         self._deleter = broker._deleter
         self._pid = os.getpid()
         self._reset()
 
     def _reset(self) -> None:
         """Fresh state (at creation, and in a forked child: nothing of the parent's)."""
-        self._held: dict[str, _Held] = {}
-        self._held_lock = threading.Condition(threading.RLock())
+        self._held: Holdings[_Held] = Holdings("receipt_handle", "mc-sqs-heartbeat")
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         #: received, not handed out yet: per queue, and (due ns, seq, delivery) not due yet
         self._ready: dict[str, collections.deque[Delivery]] = {}
         self._early: list[tuple[int, int, Delivery]] = []
@@ -896,12 +912,14 @@ class SQSConsumer(SQSBroker):
                 "message_id": m.get("MessageId", ""),
                 "receive_count": int(attributes.get("ApproximateReceiveCount", "1") or 1),
                 "sent_timestamp": int(attributes.get("SentTimestamp", "0") or 0),
+                "first_receive_timestamp": int(attributes.get("ApproximateFirstReceiveTimestamp",
+                                                              "0") or 0),
                 "group_id": attributes.get("MessageGroupId", ""),
                 "message_attributes": m.get("MessageAttributes") or {},
                 "received": now,
                 "consumer": self,
             })
-            due = None if is_fifo(queue) else _eta_ns(body)
+            due = None if is_fifo(queue) else eta_ns(body)
             left = None if due is None else (due - time.time_ns()) / 1e9
             if left is not None and left >= HOLD_LIMIT and self._hand_back(delivery, left):
                 continue
@@ -995,65 +1013,30 @@ class SQSConsumer(SQSBroker):
 
     # -- the heartbeat --------------------------------------------------------------------
     def _hold(self, delivery: Delivery, queue_url: str, now: float, visibility: int) -> None:
-        with self._held_lock:
-            self._held[delivery.extra["receipt_handle"]] = _Held(
-                delivery, queue_url, now, now, visibility)
-        if visibility > 0 and self._thread is None and not self._stop.is_set():
-            self._thread = threading.Thread(target=self._beat_loop, name="mc-sqs-heartbeat",
-                                            daemon=True)
-            self._thread.start()
+        self._held.hold(_Held(delivery, now, queue_url=queue_url, extended=now,
+                              visibility=visibility),
+                        self.beat if visibility > 0 else None)
 
     def forget(self, delivery: Delivery) -> None:
         """Stop extending ``delivery``'s visibility (it is being settled); if a heartbeat call
         for it is on its way, wait for that call first, so that it cannot change the
         visibility after the settling call did."""
-        with self._held_lock:
-            held = self._held.pop(delivery.extra.get("receipt_handle", ""), None)
-            while held is not None and held.extending:
-                self._held_lock.wait(1.0)
+        self._held.forget(delivery)
 
     def held(self) -> list[Delivery]:
         """The deliveries this consumer holds (received, not settled)."""
-        with self._held_lock:
-            return [h.delivery for h in self._held.values()]
-
-    def _beat_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                pause = self.beat()
-            except Exception:
-                logger.exception("SQS visibility heartbeat failed")
-                pause = 1.0
-            self._stop.wait(pause)
+        return self._held.deliveries()
 
     def beat(self, now: float | None = None) -> float:
         """Extend the visibility of every held message due for it (half its timeout passed);
         returns the seconds until the next one is due (at most 1).  The messages being
         extended are marked meanwhile (``forget`` waits for them)."""
-        now = time.monotonic() if now is None else now
-        pause = 1.0
-        due: dict[str, list[_Held]] = {}
-        with self._held_lock:
-            for held in self._held.values():
-                if held.visibility <= 0:
-                    continue
-                next_at = held.extended + held.visibility / 2
-                if next_at <= now:
-                    held.extending = True
-                    due.setdefault(held.queue_url, []).append(held)
-                else:
-                    pause = min(pause, next_at - now)
-        try:
-            for queue_url, items in due.items():
-                for i in range(0, len(items), MAX_BATCH):
-                    self._extend(queue_url, items[i:i + MAX_BATCH], now)
-        finally:
-            with self._held_lock:
-                for items in due.values():
-                    for held in items:
-                        held.extending = False
-                self._held_lock.notify_all()
-        return max(pause, 0.05)
+        return self._held.beat(time.monotonic() if now is None else now, _visibility_due,
+                               lambda held: held.queue_url, self._extend_all)
+
+    def _extend_all(self, queue_url: str, items: list[_Held], now: float) -> None:
+        for i in range(0, len(items), MAX_BATCH):
+            self._extend(queue_url, items[i:i + MAX_BATCH], now)
 
     def _extend(self, queue_url: str, items: list[_Held], now: float) -> None:
         entries = []
@@ -1064,8 +1047,7 @@ class SQSConsumer(SQSBroker):
                 logger.warning("SQS: message %s of %s has been held for 12 hours, SQS's limit: "
                                "it becomes visible again and may run a second time",
                                held.delivery.extra.get("message_id", "?"), queue_url)
-                with self._held_lock:
-                    self._held.pop(held.delivery.extra["receipt_handle"], None)
+                self._held.discard(held)
                 continue
             entries.append({"Id": str(i), "ReceiptHandle": held.delivery.extra["receipt_handle"],
                             "VisibilityTimeout": value})
@@ -1089,8 +1071,7 @@ class SQSConsumer(SQSBroker):
                            bad.get("Code"), bad.get("Message"))
             if bad.get("Code") in _BAD_RECEIPT or "receipt" in str(bad.get("Message", "")).lower():
                 # the handle expired (the message was received elsewhere): nothing to extend
-                with self._held_lock:
-                    self._held.pop(held.delivery.extra["receipt_handle"], None)
+                self._held.discard(held)
 
     def stop_consuming(self, *, idle: bool = True) -> None:
         """Give back what was received but not handed out (visible again at once), stop the
@@ -1106,12 +1087,16 @@ class SQSConsumer(SQSBroker):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._held.stop()
 
     def close(self) -> None:
         self.stop_consuming()
+
+
+def _visibility_due(held: _Held, now: float) -> float | None:
+    """When ``held``'s visibility is due to be extended: half its timeout after it was last
+    set (never for a queue whose timeout is unknown)."""
+    return None if held.visibility <= 0 else held.extended + held.visibility / 2
 
 
 @dataclass
@@ -1230,27 +1215,6 @@ class _Deleter:
 def _stale(queue_url: str, message_id: str, why: str) -> None:
     logger.warning("SQS: could not delete message %s from %s: %s; the message becomes visible "
                    "again and is received again (at-least-once)", message_id, queue_url, why)
-
-
-def _eta_ns(body: bytes) -> int | None:
-    """The task's ETA (Unix ns), if the body decodes and has one."""
-    if b'"ETA":null' in body:
-        return None
-    try:
-        eta = Signature.from_json(body).eta
-    except (DecodeError, ValueError):
-        return None  # the worker dead-letters it
-    return None if eta is None else eta.unix_ns
-
-
-def _stop_task_deletion(body: bytes) -> bool:
-    """The message's ``StopTaskDeletionOnError`` flag."""
-    if b"StopTaskDeletionOnError\":false" in body:
-        return False
-    try:
-        return Signature.from_json(body).stop_task_deletion_on_error
-    except (DecodeError, ValueError):
-        return False
 
 
 def _chunks(entries: list[tuple[Signature, dict[str, Any]]]

@@ -26,6 +26,7 @@ YAML key                             Environment variable                 Defaul
 ``result_backend``                   ``RESULT_BACKEND``                   ``amqp://guest:guest@localhost:5672/``
 ``results_expire_in``                ``RESULTS_EXPIRE_IN``                3600 s (0 means 3600)
 ``no_unix_signals``                  ``NO_UNIX_SIGNALS``                  false
+``wire_dialect``                     ``WIRE_DIALECT``                     ``upstream`` (Python only; or ``sublime``)
 ``amqp.exchange``                    ``AMQP_EXCHANGE``                    ``machinery_exchange``
 ``amqp.exchange_type``               ``AMQP_EXCHANGE_TYPE``               ``direct``
 ``amqp.queue_declare_args``          ``AMQP_QUEUE_DECLARE_ARGS``          ``{}``
@@ -54,6 +55,8 @@ YAML key                             Environment variable                 Defaul
 ``redis.sentinel_password``          ``REDIS_SENTINEL_PASSWORD``          ``""`` (Go v2 only)
 ``redis.crash_safe``                 ``REDIS_CRASH_SAFE``                 true (Python workers only)
 ``redis.heartbeat_ttl``              ``REDIS_HEARTBEAT_TTL``              5 s (Python workers only)
+``redis.wait_replicas``              ``REDIS_WAIT_REPLICAS``              0: off (Python only; WAIT after each batch)
+``redis.wait_timeout``               ``REDIS_WAIT_TIMEOUT``               1000 ms (Python only)
 ``dynamodb.task_states_table``       ``TASK_STATES_TABLE``                ``task_states``
 ``dynamodb.group_metas_table``       ``GROUP_METAS_TABLE``                ``group_metas``
 ``sqs.endpoint_url``                 ``SQS_ENDPOINT_URL``                 ``""`` (Python only: boto3 endpoint)
@@ -61,7 +64,18 @@ YAML key                             Environment variable                 Defaul
 ``sqs.max_delay_seconds``            ``SQS_MAX_DELAY_SECONDS``            900 s (Python only; <= 0: 900)
 ``dynamodb.endpoint_url``            ``DYNAMODB_ENDPOINT_URL``            ``""`` (Python only: boto3 endpoint)
 ``dynamodb.region``                  ``DYNAMODB_REGION``                  ``""`` (Python only: boto3 chain)
+``azure.ttl``                        ``AZURE_TTL``                        0 (the fork; Go duration; service default)
+``azure.visibilitytimeout``          ``AZURE_VISIBILITYTIMEOUT``          0 (the fork; duration; Python: 30 s)
+``azure.maxreceives``                ``AZURE_MAXRECEIVES``                0 (the fork; <= 0: 10)
+``azure.dlqttl``                     ``AZURE_DLQTTL``                     0 (the fork; duration; 30 days)
+``azure.dlq_queue``                  ``AZURE_DLQ_QUEUE``                  ``""`` (Python only: <default_queue>-dead)
+``azure.max_delay_seconds``          ``AZURE_MAX_DELAY_SECONDS``          0 (Python only; <= 0: 420 s)
 ===================================  ===================================  ======================================
+
+The ``azure`` section (the sublime-security fork's; :class:`AzureConfig`, durations kept in
+seconds, ``visibility_timeout``/``max_receives``/``dlq_ttl`` in Python) is written by neither
+``to_yaml`` nor a file without it; its ``client``, ``credential`` and ``connection_string``
+are code only (see :mod:`machinery_compat.brokers.azure`).
 
 The Python attribute is the YAML key's name except ``sqs.wait_time_seconds``,
 ``sqs.visibility_timeout``, ``sqs.visibility_heartbeat``, ``redis.idle_timeout`` and
@@ -169,6 +183,7 @@ from .model import (
     DEFAULT_SQS_MAX_DELAY_SECONDS,
     GO_YAML_READ_LIMIT,
     AMQPConfig,
+    AzureConfig,
     Config,
     DynamoDBConfig,
     GCPPubSubConfig,
@@ -205,6 +220,7 @@ __all__ = [
     "MASK",
     "TLS_QUERY_OPTIONS",
     "AMQPConfig",
+    "AzureConfig",
     "Config",
     "DynamoDBConfig",
     "GCPPubSubConfig",

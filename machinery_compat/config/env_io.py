@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..exceptions import ConfigError
+from ..protocol.sublime import check_dialect
 from .keys import _ENV_PREFIX, _KEYS, _Key, _section_for_env
 from .model import _INT64_MAX, _INT64_MIN, Config, SQSConfig
 
@@ -56,8 +57,14 @@ def _parse_env_value(spec: _Key, name: str, text: str) -> Any:
     try:
         if spec.kind == "str":
             return text
+        if spec.kind == "dialect":
+            return check_dialect(text or "upstream")
         if spec.kind in ("int", "opt_int"):
             return parse_go_int(text)
+        if spec.kind == "duration":  # envconfig: time.ParseDuration, kept in seconds
+            from ..periodic._go import parse_duration
+
+            return parse_duration(text) / 1e9
         if spec.kind in ("bool", "bool_or"):
             return parse_go_bool(text)
         if spec.kind == "declare_map":
@@ -126,6 +133,8 @@ def read_env(cls: type[Config], environ: Mapping[str, str] | None = None) -> Con
             if spec.kind == "bool_or":
                 value = bool(getattr(target, spec.attr)) or value
             setattr(target, spec.attr, value)
+    if cnf.azure is not None and cnf.azure == type(cnf.azure)():
+        cnf.azure = None  # no AZURE_ variable: the section stays absent (code-only default)
     return cnf
 
 
@@ -138,9 +147,12 @@ def to_env(cnf: Config, *, full: bool = False) -> dict[str, str]:
         if obj is None:
             continue
         ref = default if spec.section is None else getattr(default, spec.section)
+        if ref is None:  # a section absent by default (azure)
+            ref = type(obj)()
         value = getattr(obj, spec.attr)
         if value is None or value == {} or not (full or value != getattr(ref, spec.attr)):
             continue  # an empty map cannot be written (Go refuses AMQP_QUEUE_BINDING_ARGS=)
         for name in spec.env:
-            out[name] = _env_out(name, value)
+            out[name] = (f"{round(value * 1e9)}ns" if spec.kind == "duration"
+                         else _env_out(name, value))
     return out

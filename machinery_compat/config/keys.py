@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
-from .model import AMQPConfig, Config, DynamoDBConfig, RedisConfig, SQSConfig
+from .model import AMQPConfig, AzureConfig, Config, DynamoDBConfig, RedisConfig, SQSConfig
 
 _Kind: TypeAlias = Literal[
-    "str", "int", "bool", "bool_or", "opt_int", "map", "binding_map", "declare_map"
+    "str", "int", "bool", "bool_or", "opt_int", "map", "binding_map", "declare_map", "dialect",
+    "duration",
 ]
-_Section: TypeAlias = Literal["amqp", "sqs", "redis", "dynamodb"] | None
+_Section: TypeAlias = Literal["amqp", "sqs", "redis", "dynamodb", "azure"] | None
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ _KEYS: Final[tuple[_Key, ...]] = (
     _Key(None, "result_backend", ("result_backend",), ("RESULT_BACKEND",), "str", "url"),
     _Key(None, "results_expire_in", ("results_expire_in",), ("RESULTS_EXPIRE_IN",), "int"),
     _Key(None, "no_unix_signals", ("no_unix_signals",), ("NO_UNIX_SIGNALS",), "bool"),
+    # Python only (Go ignores it): which Signature layout to write, see protocol.sublime
+    _Key(None, "wire_dialect", ("wire_dialect",), ("WIRE_DIALECT",), "dialect"),
     _Key("amqp", "exchange", ("exchange",), ("AMQP_EXCHANGE",), "str"),
     _Key("amqp", "exchange_type", ("exchange_type",), ("AMQP_EXCHANGE_TYPE",), "str"),
     _Key(
@@ -134,6 +137,9 @@ _KEYS: Final[tuple[_Key, ...]] = (
     # Python workers only (Go ignores both): crash-safe consumption
     _Key("redis", "crash_safe", ("crash_safe",), ("REDIS_CRASH_SAFE",), "bool"),
     _Key("redis", "heartbeat_ttl", ("heartbeat_ttl",), ("REDIS_HEARTBEAT_TTL",), "int"),
+    # Python only (Go ignores both): WAIT for replicas after each hot-path batch
+    _Key("redis", "wait_replicas", ("wait_replicas",), ("REDIS_WAIT_REPLICAS",), "int"),
+    _Key("redis", "wait_timeout", ("wait_timeout",), ("REDIS_WAIT_TIMEOUT",), "int"),
     _Key(
         "dynamodb",
         "task_states_table",
@@ -151,6 +157,17 @@ _KEYS: Final[tuple[_Key, ...]] = (
     # Python only (Go ignores both): where boto3 sends DynamoDB calls
     _Key("dynamodb", "endpoint_url", ("endpoint_url",), ("DYNAMODB_ENDPOINT_URL",), "str"),
     _Key("dynamodb", "region", ("region",), ("DYNAMODB_REGION",), "str"),
+    # the sublime-security fork's azure section (Go fields without tags: lowercased names;
+    # durations as Go writes them, kept here in seconds); Client and DLQ are code only
+    _Key("azure", "ttl", ("ttl",), ("AZURE_TTL",), "duration"),
+    _Key("azure", "visibility_timeout", ("visibilitytimeout",), ("AZURE_VISIBILITYTIMEOUT",),
+         "duration"),
+    _Key("azure", "max_receives", ("maxreceives",), ("AZURE_MAXRECEIVES",), "int"),
+    _Key("azure", "dlq_ttl", ("dlqttl",), ("AZURE_DLQTTL",), "duration"),
+    # Python only: the dead-letter queue's name (Go: a client object), the publish-delay cap
+    _Key("azure", "dlq_queue", ("dlq_queue",), ("AZURE_DLQ_QUEUE",), "str"),
+    _Key("azure", "max_delay_seconds", ("max_delay_seconds",), ("AZURE_MAX_DELAY_SECONDS",),
+         "int"),
 )
 
 # envconfig's prefix for the fields of each nested struct: the Go field name, upper-cased.
@@ -160,6 +177,7 @@ _ENV_PREFIX: Final[dict[_Section, str]] = {
     "sqs": "SQS",
     "redis": "REDIS",
     "dynamodb": "DYNAMODB",
+    "azure": "AZURE",
 }
 
 _SECTION_TYPES: Final[dict[str, Callable[[], Any]]] = {
@@ -167,6 +185,7 @@ _SECTION_TYPES: Final[dict[str, Callable[[], Any]]] = {
     "sqs": SQSConfig,
     "redis": RedisConfig,
     "dynamodb": DynamoDBConfig,
+    "azure": AzureConfig,
 }
 
 

@@ -178,6 +178,17 @@ class RedisConfig:
     #: heartbeat key lives; a worker silent that long is taken for dead and its messages are
     #: re-queued. Default 5; <= 0 means 5.
     heartbeat_ttl: int = DEFAULT_REDIS_HEARTBEAT_TTL
+    #: ``wait_replicas`` / ``REDIS_WAIT_REPLICAS`` (Python only; Go has no such setting):
+    #: after each batch of hot-path commands (publish, state writes, taking and settling a
+    #: message), ``WAIT`` until this many replicas have it; fewer within ``wait_timeout``
+    #: (the master died or was replaced) makes the batch fail like a lost connection, so it
+    #: is retried on the new master: no acknowledged write is lost in a Sentinel failover,
+    #: at the price of a replication round trip per batch (a retried publish may be
+    #: duplicated: at-least-once).  Default 0: off, as Go.
+    wait_replicas: int = 0
+    #: ``wait_timeout`` / ``REDIS_WAIT_TIMEOUT`` (Python only): milliseconds the ``WAIT`` of
+    #: ``wait_replicas`` waits at most.  Default 1000; <= 0 means 1000.
+    wait_timeout: int = 1000
 
     @property
     def effective_heartbeat_ttl(self) -> int:
@@ -261,6 +272,41 @@ class GCPPubSubConfig:
 
 
 
+@dataclass(kw_only=True)
+class AzureConfig:
+    """Azure Storage Queues settings of the sublime-security fork (Go ``AzureConfig``; its
+    ``TTL``, ``VisibilityTimeout``, ``MaxReceives`` and ``DLQTTL``, here in seconds), plus the
+    Python-only ways to reach the account and name the dead-letter queue.  Code only; see
+    :mod:`machinery_compat.brokers.azure`."""
+
+    #: Code only: an ``azure.storage.queue.QueueServiceClient`` to use (Go's ``Client``).
+    client: Any = field(default=None, repr=False, compare=False)
+    #: Code only (Python): a credential for a ``https://<account>.queue.core.windows.net``
+    #: broker URL (an account key, a SAS token, a ``TokenCredential``...).
+    credential: Any = field(default=None, repr=False, compare=False)
+    #: Python only: an Azure Storage connection string (used by ``azure://`` without a host,
+    #: and by a ``queue.core.windows`` URL without a credential); empty: the environment's
+    #: ``AZURE_STORAGE_CONNECTION_STRING``.
+    connection_string: str = field(default="", repr=False)
+    #: ``TTL``: message time-to-live sent with every publish, seconds; <= 0: the service's
+    #: default (7 days; Go sends 0, outside the service's documented range).
+    ttl: float = 0.0
+    #: ``VisibilityTimeout``: how long a received message stays hidden, seconds (the worker
+    #: extends it while the task runs); <= 0: 30 (Go sends 0, which the service refuses).
+    visibility_timeout: float = 0.0
+    #: ``MaxReceives``: a message received more often than this goes to the dead-letter queue
+    #: (<= 0: 10, Go's default).
+    max_receives: int = 0
+    #: ``DLQTTL``: time-to-live of dead-lettered messages, seconds (<= 0: 30 days, Go's default).
+    dlq_ttl: float = 0.0
+    #: Python only: the dead-letter queue's name (Go: a client object); empty:
+    #: ``<default_queue>-dead``, created when missing.
+    dlq_queue: str = ""
+    #: Python only: the longest publish delay (visibility timeout) sent, seconds; <= 0: 420
+    #: (the fork's 7 minutes).  A Python worker re-delays a message received before it is due.
+    max_delay_seconds: int = 0
+
+
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
@@ -293,6 +339,11 @@ class Config:
     multiple_broker_separator: str = ""
     #: ``no_unix_signals`` / ``NO_UNIX_SIGNALS``: do not install signal handlers in workers.
     no_unix_signals: bool = False
+    #: ``wire_dialect`` / ``WIRE_DIALECT`` (Python only): the task-message layout this app
+    #: writes, ``"upstream"`` (Go Machinery v1/v2, default) or ``"sublime"`` (the
+    #: sublime-security fork, v1.12.12+: ``Delay`` instead of ``ETA``, 29 keys); both are read
+    #: either way. See :mod:`machinery_compat.protocol.sublime`.
+    wire_dialect: str = "upstream"
     #: YAML section ``amqp``; ``None`` when a YAML file has no ``amqp:`` section.
     amqp: AMQPConfig | None = field(default_factory=AMQPConfig)
     #: YAML section ``sqs``; ``None`` by default.
@@ -306,6 +357,9 @@ class Config:
     mongodb: MongoDBConfig | None = None
     #: Code only.
     gcppubsub: GCPPubSubConfig | None = field(default_factory=GCPPubSubConfig)
+    #: Code only (the sublime-security fork's ``azure`` section): the Azure Storage Queues
+    #: broker's settings; ``None``: the defaults.
+    azure: AzureConfig | None = None
     #: Code only (Go ``TLSConfig``): the :class:`ssl.SSLContext` of ``amqps://`` and
     #: ``rediss://`` connections (``None``: the system's default context; ``rediss://`` URLs may
     #: instead carry ``ssl_*`` query options, see :mod:`machinery_compat.config.redis_url`).

@@ -10,6 +10,7 @@ from typing import IO, Any, Final, cast
 import yaml
 
 from ..exceptions import ConfigError
+from ..protocol.sublime import check_dialect
 from .keys import _KEYS, _SECTION_TYPES, _Key, _Kind, _Section
 from .masking import MASK, mask_url
 from .model import _INT64_MAX, _INT64_MIN, GO_YAML_READ_LIMIT, Config, SQSConfig
@@ -82,10 +83,14 @@ def _apply_yaml(target: Any, spec: _Key, value: Any, dotted: str, source: str) -
 def _convert_yaml(kind: _Kind, value: Any) -> Any:
     if kind == "str":
         return _yaml_scalar_text(value)
+    if kind == "dialect":
+        return check_dialect("upstream" if value is None else _yaml_scalar_text(value))
     if kind == "int":
         return 0 if value is None else _yaml_int(value)
     if kind == "opt_int":
         return None if value is None else _yaml_int(value)
+    if kind == "duration":  # yaml.v2 into a time.Duration: integer ns or a duration string
+        return _duration_seconds(value)
     if kind in ("bool", "bool_or"):
         if value is None:
             return False
@@ -100,6 +105,18 @@ def _convert_yaml(kind: _Kind, value: Any) -> Any:
     if not isinstance(value, dict):
         raise TypeError("expected a mapping")
     return {_yaml_scalar_text(k): v for k, v in value.items()}
+
+
+def _duration_seconds(value: Any) -> float:
+    """A Go ``time.Duration`` from YAML (integer nanoseconds, or ``time.ParseDuration``
+    text), in seconds."""
+    from ..periodic._go import parse_duration
+
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        return parse_duration(value) / 1e9
+    return _yaml_int(value) / 1e9
 
 
 def _yaml_scalar_text(value: Any) -> str:
@@ -185,7 +202,8 @@ def to_yaml_dict(cnf: Config, *, full: bool = False) -> dict[str, Any]:
         if section is None:
             for spec in specs:
                 value = getattr(cnf, spec.attr)
-                if full or value != getattr(default, spec.attr):
+                # (wire_dialect is Python's own: written only when not the default)
+                if (full and spec.kind != "dialect") or value != getattr(default, spec.attr):
                     out[spec.yaml[0]] = _yaml_out(value)
             continue
         obj = getattr(cnf, section)

@@ -1,6 +1,6 @@
 """Operator tools behind ``machinery-compat inspect | purge | dead | stuck | status``.
 
-One module per service (:mod:`.redis`, :mod:`.amqp`, :mod:`.sqs`: the broker side, behind
+One module per service (:mod:`.redis`, :mod:`.amqp`, :mod:`.sqs`, :mod:`.pubsub`: the broker side, behind
 the small interface of :mod:`.base`), :mod:`.signatures` (the opt-in store of sent
 signatures that ``stuck --resend`` re-sends), :mod:`.heartbeat` (what Python workers
 publish so that ``status`` lists them) and :mod:`.render` (tables and JSON).  See
@@ -31,5 +31,9 @@ def broker_ops(broker: Any) -> BrokerOps:
         from .sqs import SQSOps
 
         return SQSOps(broker)
-    raise Unsupported(f"operator commands work on the Redis, AMQP and SQS brokers, not on "
-                      f"{type(broker).__name__}")
+    if "PubSubBroker" in kinds:
+        from .pubsub import PubSubOps
+
+        return PubSubOps(broker)
+    raise Unsupported(f"operator commands work on the Redis, AMQP, SQS and Pub/Sub brokers, "
+                      f"not on {type(broker).__name__}")

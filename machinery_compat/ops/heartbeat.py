@@ -45,6 +45,7 @@ from itertools import count
 from typing import Any
 
 from .. import __version__, signals
+from .._redis import mget_all
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class RedisStore(Store):
         if not keys:
             return []
         out = []
-        for raw in self.client.mget(keys):
+        for raw in mget_all(self.client, keys):
             if raw is None:
                 continue  # expired between SCAN and MGET
             try:

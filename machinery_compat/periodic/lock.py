@@ -246,6 +246,20 @@ class RedisLock(PeriodicLock):
         self._acquire = client.register_script(_ACQUIRE)
         self._ensure = client.register_script(_ENSURE_EXPIRY)
 
+    def _holder_key(self, key: str) -> str:
+        """Who holds ``key`` (Python only).  On a Redis Cluster it carries ``key``'s hash tag,
+        so the acquire script's two keys share a slot."""
+        if not hasattr(self.client, "nodes_manager"):
+            return HOLDER_KEY_PREFIX + key
+        from .._redis_cluster import slot_tag
+
+        tag = slot_tag(key)
+        if tag is None:
+            from ..exceptions import ConfigError
+
+            raise ConfigError(f"periodic lock {key!r}: no key can share its Redis Cluster slot")
+        return f"{HOLDER_KEY_PREFIX}{{{tag}}}:{key}"
+
     def _holder(self, value: int) -> str:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                            "program": self.program, "scheduler": self.scheduler_id,
@@ -261,7 +275,7 @@ class RedisLock(PeriodicLock):
                 return False
             px = max(expiration // 1_000_000, 1)
             try:
-                code, old = self._acquire(keys=[key, HOLDER_KEY_PREFIX + key],
+                code, old = self._acquire(keys=[key, self._holder_key(key)],
                                           args=[value, now, px, self._holder(value)])
             except Exception as e:  # connection trouble: try again, as Go does
                 last = e
@@ -280,7 +294,7 @@ class RedisLock(PeriodicLock):
         pipe = self.client.pipeline(transaction=False)
         pipe.get(key)
         pipe.pttl(key)
-        pipe.get(HOLDER_KEY_PREFIX + key)
+        pipe.get(self._holder_key(key))
         raw, ttl, holder_raw = pipe.execute()
         if raw is None:
             return LockState(key)

@@ -108,7 +108,8 @@ def create_lock(config: Config, lock: str | None = None, *,
         from ..exceptions import ConfigError
 
         raise ConfigError(f"periodic lock {mask_url(lock)}: give a redis:// URL or 'local'")
-    return RedisLock(client_for(lock, timeouts, ssl_context=config.tls_config), program=program)
+    return RedisLock(client_for(lock, timeouts, ssl_context=config.tls_config,
+                                redis=config.effective_redis), program=program)
 
 
 class Scheduler:

@@ -1,10 +1,14 @@
-"""Machinery's wire protocol, pure (standard library only, no I/O).
+"""Machinery's wire protocol, pure (no I/O; the standard library, and orjson only as the
+fast path of :mod:`.fastjson`, whose results are those of the exact decoder).
 
 * :mod:`.models` — Signature, Arg, TaskState, TaskResult, GroupMeta and the state names;
 * :mod:`.gojson` — Go-identical JSON encoding and Go-lenient decoding;
+* :mod:`.fastjson` — the common Signature message decoded through orjson, exactly as
+  :mod:`.gojson` decodes it (or not at all: the exact decoder then runs);
 * :mod:`.gotypes` — the 29 Machinery type names ⇄ Python values;
 * :mod:`.gotime` — Go times with nanoseconds;
-* :mod:`.retry` — Fibonacci retry delays; :mod:`.ids` — task/group/chord ids.
+* :mod:`.retry` — Fibonacci retry delays; :mod:`.ids` — task/group/chord ids;
+* :mod:`.sublime` — the sublime-security fork's wire dialect (``wire_dialect="sublime"``).
 """
 
 from .gojson import Number
@@ -27,9 +31,11 @@ from .models import (
     TaskState,
 )
 from .retry import fibonacci_next, retry_delays
+from .sublime import DIALECTS, WireDialect, check_dialect
 
 __all__ = [
     "ALL_STATES",
+    "DIALECTS",
     "FAILURE",
     "PENDING",
     "READY_STATES",
@@ -46,6 +52,8 @@ __all__ = [
     "Signature",
     "TaskResult",
     "TaskState",
+    "WireDialect",
+    "check_dialect",
     "chord_id",
     "fibonacci_next",
     "group_id",

@@ -95,11 +95,25 @@ codecs.register_error("machinery_compat.gojson", _gojson_errors)
 _encode_basestring: Callable[[str], str] = encode_basestring
 
 
+#: encoded short strings (type names, task names, queues, ""): most of a message's strings
+#: repeat from one message to the next; bounded (cleared when full)
+_short: dict[str, str] = {}
+_SHORT_LEN: Final = 32
+_SHORT_MAX: Final = 4096
+
+
 def encode_str(s: str) -> str:
     """A JSON string literal as Go writes it."""
+    r = _short.get(s)
+    if r is not None:
+        return r
     r = _encode_basestring(s)
     if not s.isascii() or "<" in s or ">" in s or "&" in s:
         r = _HTML_UNSAFE.sub(_html_escape, r)
+    if len(s) <= _SHORT_LEN:
+        if len(_short) >= _SHORT_MAX:
+            _short.clear()
+        _short[s] = r
     return r
 
 

@@ -27,6 +27,16 @@ _RFC3339 = re.compile(
 )
 
 
+#: (local seconds, their "YYYY-MM-DDTHH:MM:SS") of the last time formatted: one tuple,
+#: replaced whole, so threads never see a half-updated pair
+_last_second: tuple[int, str] = (-(2**63), "")
+
+
+def _remember_second(local: int, text: str) -> None:
+    global _last_second
+    _last_second = (local, text)
+
+
 class GoTime:
     """An instant with nanosecond precision and a fixed UTC offset (seconds east)."""
 
@@ -102,11 +112,17 @@ class GoTime:
         text = self._text
         if text is None:
             sec, ns = divmod(self.unix_ns, _NS)
-            dt = _EPOCH + timedelta(seconds=sec + self.offset)
-            text = (
-                f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
-                f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-            )
+            local = sec + self.offset
+            last = _last_second
+            if last[0] == local:  # most times written are of the current second
+                text = last[1]
+            else:
+                dt = _EPOCH + timedelta(seconds=local)
+                text = (
+                    f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+                    f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+                )
+                _remember_second(local, text)
             if ns:
                 text += "." + f"{ns:09d}".rstrip("0")
             if self.offset == 0:

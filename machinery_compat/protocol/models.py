@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, TypeVar
 
 from ..exceptions import DecodeError, EncodeError, ProtocolError
+from . import fastjson
 from .gojson import Number, encode_map, encode_str, encode_value, loads, plain, to_bytes
 from .gotime import ZERO_TIME_TEXT, GoTime
 from .gotypes import SUPPORTED_TYPES, encode_result_value, encode_typed, infer_type, to_python
+from .sublime import FORK_ONLY_FIELDS, SUBLIME, SUBLIME_FIELDS, check_dialect, sublime_json
 
 _T = TypeVar("_T")
 
@@ -33,6 +35,7 @@ FAILURE: Final = "FAILURE"
 READY_STATES: Final = frozenset({SUCCESS, FAILURE})
 ALL_STATES: Final = (PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE)
 
+_ZERO_TIME: Final = GoTime.zero()
 _INT_MIN: Final = -(1 << 63)
 _INT_MAX: Final = (1 << 63) - 1
 
@@ -111,13 +114,18 @@ def _kind(v: Any) -> str:
     return "object"
 
 
+def _kind_no_literal(v: Any) -> str:
+    """Go names a number stored into a string or bool field without its literal."""
+    return "number" if isinstance(v, Number) else _kind(v)
+
+
 def _str(d: dict[str, Any], key: str, where: str) -> str:
     v = d.get(key)
     if v is None:
         return ""
     if isinstance(v, str):
         return v
-    raise DecodeError(f"json: cannot unmarshal {_kind(v)} into Go struct field {where}.{key} of type string")
+    raise DecodeError(f"json: cannot unmarshal {_kind_no_literal(v)} into Go struct field {where}.{key} of type string")
 
 
 def _bool(d: dict[str, Any], key: str, where: str) -> bool:
@@ -126,7 +134,7 @@ def _bool(d: dict[str, Any], key: str, where: str) -> bool:
         return False
     if isinstance(v, bool):
         return v
-    raise DecodeError(f"json: cannot unmarshal {_kind(v)} into Go struct field {where}.{key} of type bool")
+    raise DecodeError(f"json: cannot unmarshal {_kind_no_literal(v)} into Go struct field {where}.{key} of type bool")
 
 
 def _int(d: dict[str, Any], key: str, where: str, lo: int = _INT_MIN, hi: int = _INT_MAX,
@@ -150,6 +158,25 @@ def _time(d: dict[str, Any], key: str, where: str, nullable: bool) -> GoTime | N
     if not isinstance(v, str):
         raise DecodeError(f"json: cannot unmarshal {_kind(v)} into Go struct field {where}.{key} of type time.Time")
     return GoTime.parse(v)
+
+
+def _fork_eta(d: dict[str, Any]) -> GoTime | None:
+    """``ETA`` in a fork message: not a fork field, so the fork ignores any value; kept
+    when it is a valid time."""
+    try:
+        return _time(d, "ETA", "Signature", nullable=True)
+    except DecodeError:
+        return None
+
+
+def _fork_time(d: dict[str, Any], key: str) -> GoTime | None:
+    """A fork time field (``null`` = unset); a bad value names the field."""
+    try:
+        return _time(d, key, "Signature", nullable=True)
+    except DecodeError as e:
+        if "Signature." in str(e):
+            raise
+        raise DecodeError(f"Signature.{key}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -276,7 +303,16 @@ def _decode_list(v: Any, ctor: Any, where: str) -> list[Any] | None:
 
 @dataclass(slots=True)
 class Signature:
-    """A Machinery task message (``tasks.Signature``), all 19 fields."""
+    """A Machinery task message (``tasks.Signature``): upstream's 19 fields, then the
+    sublime-security fork's (see :mod:`machinery_compat.protocol.sublime`).
+
+    One decoder reads both dialects (the union of the fields, each validated as Go does);
+    ``wire_dialect`` says which one :meth:`to_json` writes: ``"upstream"`` (``ETA``, 19
+    keys) or ``"sublime"`` (``Delay``, 29 keys).  A decoded message gets ``"sublime"`` when it
+    holds any fork-only key, so a re-encode reproduces what was received; the app sets it
+    on what it publishes (``wire_dialect`` setting).  The fork fields are kept (and ignored)
+    in the upstream dialect.
+    """
 
     uuid: str = ""
     name: str = ""
@@ -297,6 +333,27 @@ class Signature:
     sqs_receipt_handle: str = ""
     stop_task_deletion_on_error: bool = False
     ignore_when_task_not_registered: bool = False
+    # -- the sublime-security fork's fields (written in the "sublime" dialect only) --------
+    #: ``Delay``: Go ``time.Duration``, nanoseconds, relative to the moment of publishing
+    delay: int = 0
+    #: ``IngestionTime`` (SQS SentTimestamp / Azure insertion time); ``None`` = null
+    ingestion_time: GoTime | None = None
+    #: ``FirstReceived`` (SQS ApproximateFirstReceiveTimestamp); ``None`` = null
+    first_received: GoTime | None = None
+    #: ``ReceivedAt`` (local time of receipt); ``None`` = Go's zero time
+    received_at: GoTime | None = None
+    #: ``AttemptCount``: attempts so far, 0-based
+    attempt_count: int = 0
+    #: ``SplitSpan``: the producer did not inject tracing headers
+    split_span: bool = False
+    sqs_message_id: str = ""
+    azure_message_id: str = ""
+    azure_pop_receipt: str = ""
+    azure_message_content: str = ""
+    #: ``NoBackend``: skip result-backend writes for this task
+    no_backend: bool = False
+    #: which key set :meth:`to_json` writes: ``"upstream"`` or ``"sublime"``
+    wire_dialect: str = field(default="upstream", compare=False, repr=False)
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
@@ -305,10 +362,18 @@ class Signature:
         "IgnoreWhenTaskNotRegistered",
     )
 
+    #: the fork's keys, in its order (``wire_dialect="sublime"``)
+    SUBLIME_FIELDS: ClassVar[tuple[str, ...]] = SUBLIME_FIELDS
+    #: every key the decoder reads: upstream's and the fork's
+    ALL_FIELDS: ClassVar[tuple[str, ...]] = (
+        *FIELDS, *[f for f in SUBLIME_FIELDS if f in FORK_ONLY_FIELDS])
+
     # -- encoding -----------------------------------------------------------------------
     def to_go_json(self) -> str:
-        """The JSON text Go's ``json.Marshal(signature)`` produces."""
+        """The JSON text Go's ``json.Marshal(signature)`` produces (in :attr:`wire_dialect`)."""
         try:
+            if self.wire_dialect == SUBLIME:
+                return sublime_json(self)
             args = self.args
             headers = self.headers
             cb = self.chord_callback
@@ -346,9 +411,16 @@ class Signature:
         """Check that Go could encode and decode this signature; :class:`EncodeError` if not."""
         if not 0 <= self.priority <= 255:
             raise EncodeError(f"Priority {self.priority} is outside Go's uint8 range 0..255")
-        for n in (self.group_task_count, self.retry_count, self.retry_timeout):
+        for n in (self.group_task_count, self.retry_count, self.retry_timeout,
+                  self.attempt_count):
             if not _INT_MIN <= n <= _INT_MAX:
                 raise EncodeError(f"{n} does not fit Go's int")
+        if not _INT_MIN <= self.delay <= _INT_MAX:
+            raise EncodeError(f"Delay {self.delay} ns does not fit Go's time.Duration (int64)")
+        try:
+            check_dialect(self.wire_dialect)
+        except ValueError as e:
+            raise EncodeError(str(e)) from None
         for a in self.args or ():
             a.validate()
         for s in (*(self.on_success or ()), *(self.on_error or ())):
@@ -359,23 +431,32 @@ class Signature:
     # -- decoding -----------------------------------------------------------------------
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> Signature:
-        """Decode a message body; :class:`DecodeError` (with ``raw``) where Go would fail."""
-        return _decode(cls.from_obj, raw)
+        """Decode a message body; :class:`DecodeError` (with ``raw``) where Go would fail.
+
+        The common message (upstream keys spelled exactly, no floats, valid UTF-8) is read
+        through :mod:`.fastjson` when orjson is installed, with the same result; anything
+        else, and every error, goes through the exact decoder."""
+        sig = _fast_from_json(raw)
+        return sig if sig is not None else _decode(cls.from_obj, raw)
 
     @classmethod
     def from_obj(cls, obj: Any) -> Signature:
         """A Signature from decoded JSON, with Go's decoding rules (see :meth:`from_json`)."""
         w = "Signature"
-        d = _fold(obj, cls.FIELDS, "tasks.Signature")
+        if type(obj) is dict and all(k in _SIG_FIELDS for k in obj):
+            d, fork = obj, False  # upstream keys, exactly spelled: the hot path
+        else:
+            d = _fold(obj, cls.ALL_FIELDS, "tasks.Signature")
+            fork = any(k in FORK_ONLY_FIELDS for k in d)
         headers = d.get("Headers")
         if headers is not None and not isinstance(headers, dict):
             raise DecodeError(f"json: cannot unmarshal {_kind(headers)} into Go struct field Signature.Headers of type tasks.Headers")
         cb = d.get("ChordCallback")
-        return cls(
+        sig = cls(
             uuid=_str(d, "UUID", w),
             name=_str(d, "Name", w),
             routing_key=_str(d, "RoutingKey", w),
-            eta=_time(d, "ETA", w, nullable=True),
+            eta=_fork_eta(d) if fork else _time(d, "ETA", w, nullable=True),
             group_uuid=_str(d, "GroupUUID", w),
             group_task_count=_int(d, "GroupTaskCount", w),
             args=_decode_list(d.get("Args"), Arg.from_obj, "Signature.Args"),
@@ -392,6 +473,21 @@ class Signature:
             stop_task_deletion_on_error=_bool(d, "StopTaskDeletionOnError", w),
             ignore_when_task_not_registered=_bool(d, "IgnoreWhenTaskNotRegistered", w),
         )
+        if fork:
+            sig.wire_dialect = SUBLIME
+            sig.delay = _int(d, "Delay", w, go_type="time.Duration")
+            sig.ingestion_time = _fork_time(d, "IngestionTime")
+            sig.first_received = _fork_time(d, "FirstReceived")
+            received = _fork_time(d, "ReceivedAt")  # Go's zero time = unset
+            sig.received_at = None if received is None or received == _ZERO_TIME else received
+            sig.attempt_count = _int(d, "AttemptCount", w)
+            sig.split_span = _bool(d, "SplitSpan", w)
+            sig.sqs_message_id = _str(d, "SQSMessageID", w)
+            sig.azure_message_id = _str(d, "AzureMessageID", w)
+            sig.azure_pop_receipt = _str(d, "AzurePopReceipt", w)
+            sig.azure_message_content = _str(d, "AzureMessageContent", w)
+            sig.no_backend = _bool(d, "NoBackend", w)
+        return sig
 
     @classmethod
     def _nested(cls, obj: Any) -> Signature:
@@ -417,6 +513,100 @@ class Signature:
     def python_args(self) -> list[Any]:
         """The arguments as Python values (Go's conversion rules; ArgTypeError on mismatch)."""
         return [a.python_value for a in self.args or ()]
+
+
+#: upstream's keys as a set: the decoder's hot path (a message spelled exactly so)
+_SIG_FIELDS: Final = frozenset(Signature.FIELDS)
+_ARG_FIELDS: Final = frozenset(Arg.FIELDS)
+
+
+def _fast_from_json(raw: object) -> Signature | None:
+    """The Signature of ``raw`` through :mod:`.fastjson`, or None where the exact decoder
+    must decide."""
+    obj = fastjson.signature_obj(raw)
+    if obj is None:
+        return None
+    try:
+        return _fast_signature(obj, b"-0" in raw)  # type: ignore[operator]
+    except Exception:  # fastjson.Unsure, a bad ETA, anything unforeseen: the exact decoder
+        return None
+
+
+def _fast_signature(d: Any, neg_zero: bool) -> Signature:
+    """:meth:`Signature.from_obj` of what :func:`.fastjson.signature_obj` parsed (plain ints),
+    for the common shape only: upstream keys spelled exactly, every field of its Go type (or
+    null), ``Number`` made of the ints kept as literals (argument values, headers).
+    :class:`.fastjson.Unsure` for anything else: the exact decoder then decides (and makes
+    the error, if any)."""
+    if type(d) is not dict or not _SIG_FIELDS.issuperset(d):
+        raise fastjson.Unsure
+    g = d.get
+    eta = g("ETA")
+    if eta is not None:
+        if type(eta) is not str:
+            raise fastjson.Unsure
+        eta = GoTime.parse(eta)  # raising: Unsure too (see from_json)
+    headers = g("Headers")
+    if headers is not None:
+        if type(headers) is not dict:
+            raise fastjson.Unsure
+        headers = fastjson.numbers(headers, neg_zero)
+    args = g("Args")
+    if args is not None:
+        if type(args) is not list:
+            raise fastjson.Unsure
+        args = [_fast_arg(a, neg_zero) for a in args]
+    cb = g("ChordCallback")
+    if cb is not None:
+        cb = _fast_signature(cb, neg_zero)
+    return Signature(
+        _fs(g("UUID")), _fs(g("Name")), _fs(g("RoutingKey")), eta, _fs(g("GroupUUID")),
+        _fi(g("GroupTaskCount")), args, headers, _fi(g("Priority"), 0, 255), _fb(g("Immutable")),
+        _fi(g("RetryCount")), _fi(g("RetryTimeout")), _fast_list(g("OnSuccess"), neg_zero),
+        _fast_list(g("OnError"), neg_zero), cb, _fs(g("BrokerMessageGroupId")),
+        _fs(g("SQSReceiptHandle")), _fb(g("StopTaskDeletionOnError")),
+        _fb(g("IgnoreWhenTaskNotRegistered")),
+    )
+
+
+def _fast_arg(a: Any, neg_zero: bool) -> Arg:
+    if a is None:
+        return Arg("", None)
+    if type(a) is not dict or not _ARG_FIELDS.issuperset(a):
+        raise fastjson.Unsure
+    return Arg(_fs(a.get("Type")), fastjson.numbers(a.get("Value"), neg_zero), _fs(a.get("Name")))
+
+
+def _fast_list(v: Any, neg_zero: bool) -> list[Signature] | None:
+    if v is None:
+        return None
+    if type(v) is not list:
+        raise fastjson.Unsure
+    return [_fast_signature(s, neg_zero) for s in v]  # a null element: Unsure (not a dict)
+
+
+def _fs(v: Any) -> str:
+    if type(v) is str:
+        return v
+    if v is None:
+        return ""
+    raise fastjson.Unsure
+
+
+def _fb(v: Any) -> bool:
+    if type(v) is bool:
+        return v
+    if v is None:
+        return False
+    raise fastjson.Unsure
+
+
+def _fi(v: Any, lo: int = _INT_MIN, hi: int = _INT_MAX) -> int:
+    if type(v) is int and lo <= v <= hi:
+        return v
+    if v is None:
+        return 0
+    raise fastjson.Unsure
 
 
 # --------------------------------------------------------------------------------------

@@ -74,6 +74,9 @@ from ..protocol import (
 from ..protocol.gotypes import SLICE_TYPES, SUPPORTED_TYPES, encode_typed, result_type
 from ..protocol.retry import fibonacci_next
 from ..task import RETRIES_HEADER, Request, RetryBackoff, Task, retries_done, retry_delay
+from . import sublime as _sublime
+from ._logtext import _ClipArgs, clip, excerpt, resident_kib
+from .lookahead import Ahead, store_then_start, take_ahead, taken_ahead
 
 if TYPE_CHECKING:
     from ..app import Machinery
@@ -102,10 +105,12 @@ _MEMO_KEY = 200
 _RELEASE_PAUSE = 0.05
 #: messages larger than this (bytes) are dead-lettered without being parsed
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-#: the most of a message body a log line shows, and of any other value
-_EXCERPT = 300
-_LOG_VALUE = 500
 _MAX_BROKER_BACKOFF = 5.0
+#: with a prefetch above the concurrency, the consumer fetches once fewer than this many
+#: (or half the concurrency) messages wait for a thread, or once every slot is free, polling
+#: for freed slots this often meanwhile
+_REFILL_AT = 2
+_REFILL_WAIT = 0.005
 #: retries of a final-state write or a broker call through an outage: first delay, longest
 _FIRST_RETRY = 0.2
 _MAX_RETRY = 5.0
@@ -135,6 +140,31 @@ class RunningTask:
     name: str
     #: when it was received (Unix time)
     started: float
+    #: the queue it was taken from (its RoutingKey when not taken from a queue)
+    queue: str = ""
+
+
+class _Slots:
+    """A counting semaphore on a :class:`queue.SimpleQueue` of tokens (C code, one lock):
+    ``threading.Semaphore`` takes a Python-level Condition on every acquire and release,
+    which the pool threads and the consumer did once per message each."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, value: int) -> None:
+        self._tokens: queue_mod.SimpleQueue[None] = queue_mod.SimpleQueue()
+        for _ in range(value):
+            self._tokens.put(None)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        try:
+            self._tokens.get(blocking, timeout)
+        except queue_mod.Empty:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._tokens.put(None)
 
 
 class _NotStarted(Exception):
@@ -184,7 +214,9 @@ class Worker:
         (default: Machinery's Fibonacci steps); ``max_memory``: KiB of resident memory
         (Celery's ``--max-memory-per-child`` unit) past which the worker stops itself after
         the task that crossed it (as :meth:`stop`, so running tasks finish) and sets
-        :attr:`memory_exceeded`, for the process running it to start afresh."""
+        :attr:`memory_exceeded`, for the process running it to start afresh; ``prefetch``:
+        messages held at most, running or waiting for a thread (default: twice
+        ``concurrency`` on Redis, as Go's Redis broker holds, else ``concurrency``)."""
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
         self.queues = _queue_list(queue, queues, app.config.default_queue)
@@ -197,7 +229,7 @@ class Worker:
             delayed_poll_interval if delayed_poll_interval is not None else delayed_ms / 1000
         )
         self.move_delayed = move_delayed
-        self.prefetch = prefetch if prefetch > 0 else self.concurrency
+        self.prefetch = prefetch if prefetch > 0 else _default_prefetch(app, self.concurrency)
         self.crash_safe = crash_safe if crash_safe is not None else (
             rcfg.crash_safe if rcfg is not None else True)
         self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else float(
@@ -205,7 +237,7 @@ class Worker:
         self._consumer: Broker | None = None
         # SimpleQueue: C, one lock; Queue's Condition allocates a lock per wait in Python
         self._work: queue_mod.SimpleQueue[Delivery | None] = queue_mod.SimpleQueue()
-        self._slots = threading.Semaphore(self.prefetch)
+        self._slots = _Slots(self.prefetch)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -235,6 +267,10 @@ class Worker:
         self._pre_task_handler: Callable[[Signature], object] | None = None
         self._post_task_handler: Callable[[Signature], object] | None = None
         self._pre_consume_handler: Callable[[Worker], bool] | None = None
+        #: per pool thread: the message it took ahead (see :mod:`.lookahead`)
+        self._tl = threading.local()
+        #: tasks whose RECEIVED/STARTED went with the previous task's SUCCESS (:mod:`.lookahead`)
+        self.started_ahead = 0
 
     @property
     def broker(self) -> Broker:
@@ -452,6 +488,8 @@ class Worker:
             n = 1
             while n < self.prefetch and self._slots.acquire(blocking=False):
                 n += 1
+            if self.prefetch > self.concurrency:
+                n += self._more_slots(n)
             try:
                 order = rotate(self.queues, turn) if len(self.queues) > 1 else self.queues
                 turn += 1
@@ -486,6 +524,19 @@ class Worker:
                 self._stopping.wait(_RELEASE_PAUSE)
             if self._unregistered_backoff:
                 self._stopping.wait(self._unregistered_backoff)
+
+    def _more_slots(self, n: int) -> int:
+        """With a prefetch above the concurrency: while messages still wait for a thread,
+        wait for more free slots (each finished task frees one), so that one fetch takes
+        several messages instead of one round trip per freed slot; returns how many more."""
+        more = 0
+        work = self._work
+        refill_at = max(_REFILL_AT, self.concurrency // 2)
+        while (n + more < self.prefetch and work.qsize() >= refill_at
+               and not self._stopping.is_set()):
+            if self._slots.acquire(timeout=_REFILL_WAIT):
+                more += 1
+        return more
 
     def _give_back(self, deliveries: list[Delivery]) -> None:
         """Push messages taken but not started back to the head of their queue (one try: the
@@ -537,7 +588,13 @@ class Worker:
 
     def _run_pool(self) -> None:
         while True:
-            d = self._work.get()
+            d = taken_ahead(self)
+            if d is None:
+                d = self._work.get()
+            elif self._stopping.is_set() and "started" not in d.extra:
+                self._give_back([d])  # taken ahead, not started: back as the others
+                self._slots.release()
+                continue
             if d is None:
                 return
             try:
@@ -599,30 +656,23 @@ class Worker:
         message (``ack``, ``requeue``, ``dead_letter`` or ``drop``).
         """
         broker = self.app.broker
-        size = len(delivery.body)
-        if size > self.max_message_size:
-            self._dead_letter(delivery, f"message of {size} bytes is larger than "
-                              f"max_message_size ({self.max_message_size}); not parsed")
-            return
-        try:
-            sig = Signature.from_json(delivery.body)
-        except DecodeError as e:
-            self._dead_letter(delivery, str(e))
-            return
-        if not sig.name:
-            self._dead_letter(delivery, "the message names no task (empty or null Name)")
-            return
-        task = self.app.tasks.get(sig.name)
-        if task is None:
-            self._not_registered(delivery, sig)
-            return
+        ahead = delivery.extra.pop("started", None) if delivery.extra else None
+        if ahead is not None:  # RECEIVED and STARTED already written (see .lookahead)
+            sig, task = ahead.sig, ahead.task
+            if _sublime.active(self.app):
+                _sublime.fill_received(self.app, sig, delivery)
+        else:
+            pair = self._decode(delivery)
+            if pair is None:
+                return
+            sig, task = pair
         self._unregistered_backoff = 0.0
         if sig.headers and REDELIVERIES_HEADER in sig.headers:
             logger.warning("Task %s[%s] redelivered (%s time(s)): a worker holding it died; "
                            "it runs again", sig.name, sig.uuid,
                            str(sig.headers[REDELIVERIES_HEADER])[:20])
         try:
-            self.process(sig, task, delivery=delivery)
+            self.process(sig, task, delivery=delivery, ahead=ahead)
         except _NotStarted as e:
             # the backend is unreachable before the task ran: give the message back untouched
             logger.error("Task %s[%s] not started: result backend error: %s; pushing the "
@@ -642,6 +692,30 @@ class Worker:
             self._settle(delivery, lambda: broker.ack(delivery),
                          f"acknowledge task {sig.uuid} from {delivery.queue}")
 
+    def _decode(self, delivery: Delivery) -> tuple[Signature, Task[Any, Any]] | None:
+        """The message's Signature and task; None when it ended elsewhere (dead-lettered:
+        too large, undecodable, no name; handed back or dropped: not registered here)."""
+        size = len(delivery.body)
+        if size > self.max_message_size:
+            self._dead_letter(delivery, f"message of {size} bytes is larger than "
+                              f"max_message_size ({self.max_message_size}); not parsed")
+            return None
+        try:
+            sig = Signature.from_json(delivery.body)
+        except DecodeError as e:
+            self._dead_letter(delivery, str(e))
+            return None
+        if not sig.name:
+            self._dead_letter(delivery, "the message names no task (empty or null Name)")
+            return None
+        if _sublime.active(self.app):  # the fork's SQS receive fields, before the task
+            _sublime.fill_received(self.app, sig, delivery)
+        task = self.app.tasks.get(sig.name)
+        if task is None:
+            self._not_registered(delivery, sig)
+            return None
+        return sig, task
+
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.outcomes["dead_lettered"] += 1
         broker = self.app.broker
@@ -649,8 +723,13 @@ class Worker:
                      broker.dead_letter_place(delivery.queue), reason, excerpt(delivery.body))
         self._settle(delivery, lambda: broker.dead_letter(delivery, reason),
                      f"dead-letter a message from {delivery.queue}")
+        if signals.task_rejected.has_listeners(self):
+            signals.task_rejected.send(self, queue=delivery.queue, body=delivery.body,
+                                       reason=reason)
 
     def _not_registered(self, delivery: Delivery, sig: Signature) -> None:
+        if _sublime.unknown_task(self, delivery, sig):  # the fork's hook decided
+            return
         broker = self.app.broker
         if sig.ignore_when_task_not_registered:
             self._settle(delivery, lambda: broker.drop(delivery), f"drop task {sig.uuid}")
@@ -743,7 +822,7 @@ class Worker:
         return len(due)
 
     def process(self, sig: Signature, task: Task[Any, Any], *,
-                delivery: Delivery | None = None) -> None:
+                delivery: Delivery | None = None, ahead: Ahead | None = None) -> None:
         """Run one task and record its outcome (Go's ``worker.Process``).  With ``delivery``
         (the message it came in), the broker may acknowledge it in the same write as the
         final state when nothing else follows (no callbacks, no chord).
@@ -751,14 +830,20 @@ class Worker:
         Around the run: ``task_received``; then, once it is STARTED, the pre-task handler
         and ``task_prerun``; after its state, callbacks and retry were written and sent,
         ``task_postrun`` and the post-task handler; inside a CONSUMER span when the app is
-        traced (:mod:`machinery_compat.tracing`)."""
+        traced (:mod:`machinery_compat.tracing`).  ``ahead``: RECEIVED and STARTED were
+        written already, with the previous task's final state (:mod:`.lookahead`)."""
         started = time.perf_counter()
         logger.info("Task %s[%s] received", sig.name, sig.uuid)
         me = threading.get_ident()
         with self._lock:
             self._active += 1
-            self._running[me] = RunningTask(sig.uuid, sig.name, time.time())
+            self._running[me] = RunningTask(sig.uuid, sig.name, time.time(),
+                                            delivery.queue if delivery is not None
+                                            else sig.routing_key)
         try:
+            if ahead is not None:  # no listeners, no expiry, no tracing: checked ahead
+                self._run(sig, task, ahead.args, started, delivery, None, ahead.token)
+                return
             if signals.task_received.has_listeners(self):
                 signals.task_received.send(self, request=_request(sig, task, []))
             expires = parse_expires(sig.headers)
@@ -792,12 +877,14 @@ class Worker:
         return tracing.consumer(sig)
 
     def _run(self, sig: Signature, task: Task[Any, Any], args: list[Any], started: float,
-             delivery: Delivery | None, span: TaskSpan | None) -> None:
-        """STARTED, the handlers and signals around the call, the call, its outcome."""
-        try:
-            token = self.app.backend.mark_received_started(sig)
-        except Exception as e:
-            raise _NotStarted(str(e)) from e
+             delivery: Delivery | None, span: TaskSpan | None, token: Any = None) -> None:
+        """STARTED (unless ``token`` says it was written), the handlers and signals around
+        the call, the call, its outcome."""
+        if token is None:
+            try:
+                token = self.app.backend.mark_received_started(sig)
+            except Exception as e:
+                raise _NotStarted(str(e)) from e
         self._hook("pre-task", self._pre_task_handler, sig)
         signals.task_prerun.send(task, task_id=sig.uuid, task=task, args=args, kwargs={})
         state: str | None = None
@@ -884,8 +971,14 @@ class Worker:
                  delivery: Delivery | None = None, *, task: Task[Any, Any] | None = None,
                  value: Any = None) -> str:
         chord = bool(sig.group_uuid and sig.chord_callback is not None)
-        with self._acking(delivery, not sig.on_success and not chord):
-            self._store(TaskState(sig.uuid, SUCCESS, results=results), token)
+        last = not sig.on_success and not chord
+        state = TaskState(sig.uuid, SUCCESS, results=results)
+        nxt = take_ahead(self) if last and delivery is not None and token is not None else None
+        with self._acking(delivery, last):
+            if nxt is None:
+                self._store(state, token)
+            else:
+                store_then_start(self, state, token, nxt)
         if task is not None:
             signals.task_success.send(task, result=value)
         if logger.isEnabledFor(logging.INFO):
@@ -950,6 +1043,7 @@ class Worker:
                delivery: Delivery | None = None, *, task: Task[Any, Any] | None = None,
                args: list[Any] | None = None) -> str:
         again = _counted_retry(sig)
+        _sublime.count_attempt(self.app, again)
         again.retry_count -= 1
         delay, again.retry_timeout = retry_delay(
             self._backoff(task), sig.retry_timeout,
@@ -978,6 +1072,7 @@ class Worker:
                      delivery: Delivery | None = None, *, task: Task[Any, Any] | None = None,
                      args: list[Any] | None = None) -> str:
         again = _counted_retry(sig)
+        _sublime.count_attempt(self.app, again)
         delay = r.countdown if r.countdown is not None else 1.0
         if r.consume:  # Celery's self.retry(): uses up one RetryCount
             left = sig.retry_count if r.max_retries is None else min(sig.retry_count, r.max_retries)
@@ -999,8 +1094,9 @@ class Worker:
         self._store(TaskState(sig.uuid, RETRY), token)
         again.eta = eta
         logger.warning("Task %s[%s] retry: Retry in %gs: %s", sig.name, sig.uuid, delay, r)
-        with self._acking(delivery, True):
-            self._resend(again)
+        if not _sublime.kept(self, r, delivery, delay):  # keep-and-retry: same message
+            with self._acking(delivery, True):
+                self._resend(again)
         self._retried(sig, task, args, r)
         return RETRY
 
@@ -1043,23 +1139,16 @@ class Worker:
         self._send_callback(cb, "chord", sig)
 
 
-def resident_kib() -> int | None:
-    """This process's resident memory in KiB (``/proc/self/statm``; else the peak from
-    ``getrusage``), or None when neither can be read."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak  # macOS counts bytes
-    except (ImportError, OSError, ValueError):
-        return None
+def _default_prefetch(app: Machinery, concurrency: int) -> int:
+    """How many messages a worker holds at most, running or waiting for a thread, unless
+    told: on Redis twice the concurrency, as Go's Redis broker does (its fetching goroutine
+    fills a channel of ``concurrency`` messages while ``concurrency`` run), so that a finishing
+    thread finds its next message waiting and writes that one's RECEIVED/STARTED with its own
+    SUCCESS (:mod:`.lookahead`), and one fetch takes several messages; elsewhere (AMQP, SQS,
+    whose own prefetch or visibility timeout governs) the concurrency."""
+    broker = getattr(app.config, "broker", "")
+    scheme = broker.split(":", 1)[0].lower() if isinstance(broker, str) else ""
+    return 2 * concurrency if scheme.startswith("redis") else concurrency
 
 
 def _request(sig: Signature, task: Task[Any, Any], args: list[Any]) -> Request:
@@ -1069,49 +1158,7 @@ def _request(sig: Signature, task: Task[Any, Any], args: list[Any]) -> Request:
                    retries_done(sig, task.retry_count))
 
 
-def clip(text: str, limit: int = _LOG_VALUE) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it was."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text)} characters)"
-
-
-class _Clipped:
-    """A log argument shown cut short, whether formatted with %s or %r."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __str__(self) -> str:
-        return clip(str(self.value))
-
-    def __repr__(self) -> str:
-        return clip(repr(self.value))
-
-
-class _ClipArgs(logging.Filter):
-    """Keeps this logger's lines short: names, ids, results and error texts come from messages
-    and tasks and can be megabytes long; numbers are left alone (``%d``, ``%g``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and args:
-            record.args = tuple(
-                a if isinstance(a, (int, float)) or (isinstance(a, str) and len(a) <= _LOG_VALUE)
-                else _Clipped(a) for a in args)
-        return True
-
-
 logger.addFilter(_ClipArgs())
-
-
-def excerpt(body: bytes) -> str:
-    """A log-sized view of a message body: its first bytes and its length."""
-    if len(body) <= _EXCERPT:
-        return repr(body)
-    return f"{body[:_EXCERPT]!r}… ({len(body)} bytes)"
 
 
 def _go_crasher(sig: Signature, depth: int = 0) -> str | None:

@@ -9,7 +9,12 @@ Fixtures (names are stable; write new behaviour tests against them):
   broker + AMQP backend, one RabbitMQ vhost), ``"amqp+redis"`` (AMQP broker + Redis
   backend, the common production setup), ``"sqs+redis"`` (SQS broker on the session moto
   server + Redis backend) and ``"redis+memcache"`` (Redis broker + Memcache backend on the
-  session's three memcached nodes, ``memcache_url``: flushed per test; marker ``memcache``).
+  session's three memcached nodes, ``memcache_url``: flushed per test; marker ``memcache``);
+  ``"redis-sentinel"`` (Redis broker + backend through the session's three sentinels,
+  ``redis.master_name``/``sentinel_password`` and ``wait_replicas: 1``: ``redis_settings``;
+  the master's DB 0 flushed per test); ``"redis-cluster"`` (Redis broker + backend on the
+  session's six-node Redis Cluster, ``redis.cluster_enabled`` and every address in the URL,
+  as Go v2 reads them: ``redis_settings``; every master flushed per test).
   A test runs over :data:`DEFAULT_KINDS` (``redis``, ``memory``,
   ``amqp``, ``sqs+redis``); mark it ``@pytest.mark.mixed`` to run it on ``redis+memory`` and
   ``amqp+redis`` too, or ``@pytest.mark.kinds("memory", …)`` to choose the kinds exactly
@@ -49,6 +54,13 @@ Fixtures (names are stable; write new behaviour tests against them):
   ``delayed()`` lists what this test's apps sent (or ``push_delayed`` pushed) whose ETA (due
   time) is still ahead: SQS cannot list delayed messages.
 * ``eager_app``  an app on ``eager://<unique name>`` (eager broker, memory-backed results).
+* ``producer`` / ``producer_api``  what a test sends and reads through: ``producer.send_task``,
+  ``.apply_async(canvas)``, ``.send_group``, ``.AsyncResult``.  ``producer_api`` is ``"sync"``
+  (the app's own calls and results), except in tests marked ``@pytest.mark.both_apis``: they
+  also run with ``"aio"`` on :data:`~tests.behaviour._aio_driver.AIO_KINDS` (``redis``,
+  ``amqp+redis``, ``amqp``, ``redis-sentinel``), where every send and read is ``app.aio``'s,
+  awaited on a loop thread behind a sync-looking result view, and ``start_worker`` starts
+  asyncio-pool workers running the app's tasks as ``async def`` (tests/behaviour/_aio_driver.py).
 
 Helpers: :func:`tests.helpers.wait_for` (re-exported here); ``StartWorker`` (the type of
 ``start_worker``).  Every test logs ``machinery_compat`` at INFO into ``caplog``.
@@ -73,20 +85,32 @@ from machinery_compat.backends.memcache import MemcacheBackend
 from machinery_compat.backends.mongodb import MongoDBBackend
 from machinery_compat.brokers import memory as memory_broker
 from machinery_compat.brokers.amqp import MIN_DELAY_MS, AMQPBroker
+from machinery_compat.brokers.azure import AzureBroker
 from machinery_compat.brokers.base import Delivery
 from machinery_compat.brokers.pubsub import PubSubBroker
 from machinery_compat.brokers.sqs import SQSBroker, dead_letter_queue
-from machinery_compat.config import AMQPConfig, Config, SQSConfig
+from machinery_compat.config import AMQPConfig, AzureConfig, Config, SQSConfig
 from machinery_compat.worker import Worker
 from tests.helpers import wait_for
+
+from ._aio_driver import (
+    AIO_KINDS,
+    PRODUCER_APIS,
+    AioProducer,
+    SyncProducer,
+    as_coroutines,
+    make_producer,
+)
 
 __all__ = ["DEFAULT_KINDS", "KINDS", "Probe", "StartWorker", "wait_for"]
 
 #: Every broker+backend combination the behaviour suite knows.
 KINDS = ("redis", "memory", "redis+memory", "amqp", "amqp+redis", "sqs+redis", "sqs+dynamodb",
-         "memory+dynamodb", "redis+memcache", "pubsub+redis", "redis+mongodb")
+         "memory+dynamodb", "redis+memcache", "pubsub+redis", "redis+mongodb", "azure+redis",
+         "redis-sentinel", "redis-cluster")
 #: What a test runs over unless marked ``mixed`` or ``kinds(...)``.
-DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis", "sqs+dynamodb", "pubsub+redis")
+DEFAULT_KINDS = ("redis", "memory", "amqp", "sqs+redis", "sqs+dynamodb", "pubsub+redis",
+                 "azure+redis")
 
 #: SQS kinds: the moto region their queues live in (nothing else uses it: the queues there are
 #: deleted before each test), the account of the broker URL, and the queues the behaviour
@@ -224,6 +248,45 @@ MONGODB_LIMITS: dict[str, str] = {
 }
 
 
+#: Azure kinds: the default queue (Azure names allow no ``_``: ``machinery_tasks`` is not a
+#: valid name, so the suite's default queue becomes this one there).
+AZURE_QUEUE = "machinery-tasks"
+#: Behaviour tests that check what the Azure broker cannot do, by its design or the fork's:
+#: test name -> why.  Their ``azure+*`` params are reported as skipped with the reason.
+_AZURE_QUEUES = ("custom queues: the fork's Azure broker consumes its default queue only, and "
+                 "the suite's queue names (q, qa, q2, other, ...) are no valid Azure names "
+                 "(3-63 lowercase letters, digits, single hyphens)")
+_AZURE_NAME = ("the suite's default queue machinery_tasks is no valid Azure name (no _): on "
+               "Azure it is machinery-tasks, which these routing-key/byte comparisons do not "
+               "expect; the bytes are compared with the fork's golden captures in "
+               "tests/integration/test_azure_broker.py")
+_AZURE_NO_PEEK = ("Azure cannot list hidden (delayed or received) messages: pending_tasks/"
+                  "delayed_tasks raise NotImplementedError (tests/integration/"
+                  "test_azure_broker.py checks delays)")
+AZURE_LIMITS: dict[str, str] = {
+    "test_routing_key_is_the_queue": _AZURE_QUEUES,
+    "test_fetch_is_fifo_and_takes_from_the_first_non_empty_queue": _AZURE_QUEUES,
+    "test_fetch_wakes_up_when_a_message_arrives": _AZURE_QUEUES,
+    "test_queue_option_and_options_on_the_wire": _AZURE_QUEUES,
+    "test_worker_consumes_several_queues": _AZURE_QUEUES,
+    "test_requeue_front_and_back_keep_the_bytes_and_order": (
+        "Azure queues have no head: a message given back becomes visible again in its place "
+        "(Update Message, visibility 0)"),
+    "test_dead_letters_are_a_plain_queue": (
+        "the Azure broker has one dead-letter queue, azure.dlq_queue (default "
+        "<default_queue>-dead: Azure names allow no '.'), whatever the queue"),
+    "test_move_due_delayed_routes_by_routing_key": (
+        "Azure has no delayed set to move from: a delayed message is hidden (visibility "
+        "timeout) and a Python consumer hides it again until due"),
+    "test_make_app_shares_broker_and_backend": _AZURE_NO_PEEK,
+    "test_pending_tasks_inspection": _AZURE_NO_PEEK,
+    "test_eta_goes_to_delayed_tasks_due_in_nanoseconds": _AZURE_NO_PEEK,
+    "test_send_task_pushes_go_bytes_and_pending_first": _AZURE_NAME,
+    "test_generated_ids_and_default_headers": _AZURE_NAME,
+    "test_signals_of_a_successful_task_in_order": _AZURE_NAME,
+}
+
+
 def _kind_param(kind: str, test_name: str) -> Any:
     limit = AMQP_LIMITS.get(test_name)
     if limit is not None:
@@ -236,6 +299,9 @@ def _kind_param(kind: str, test_name: str) -> Any:
     if kind.split("+")[0] == "pubsub" and test_name in PUBSUB_LIMITS:
         return pytest.param(kind, marks=pytest.mark.skip(
             reason=f"{kind}: {PUBSUB_LIMITS[test_name]}"))
+    if kind.split("+")[0] == "azure" and test_name in AZURE_LIMITS:
+        return pytest.param(kind, marks=pytest.mark.skip(
+            reason=f"{kind}: {AZURE_LIMITS[test_name]}"))
     if kind.split("+")[-1] == "mongodb" and test_name in MONGODB_LIMITS:
         return pytest.param(kind, marks=pytest.mark.skip(
             reason=f"{kind}: {MONGODB_LIMITS[test_name]}"))
@@ -251,6 +317,8 @@ def _kind_param(kind: str, test_name: str) -> Any:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mixed: also run this behaviour test on redis+memory and amqp+redis")
     config.addinivalue_line("markers", "kinds(*kinds): the broker+backend kinds to run this behaviour test on")
+    config.addinivalue_line("markers", "both_apis: also run this behaviour test's producer side "
+                            "(the producer fixture) through app.aio, on the kinds AIO_KINDS")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -267,7 +335,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     else:
         kinds = DEFAULT_KINDS
     name = metafunc.definition.originalname
+    if (metafunc.definition.get_closest_marker("both_apis") is not None
+            and "producer_api" in metafunc.fixturenames):
+        # every kind with "sync", the kinds of AIO_KINDS with "aio" too
+        metafunc.parametrize(["app_kind", "producer_api"],
+                             [_with_api(_kind_param(k, name), api) for k in kinds
+                              for api in PRODUCER_APIS if api == "sync" or k in AIO_KINDS],
+                             indirect=True)
+        return
     metafunc.parametrize("app_kind", [_kind_param(k, name) for k in kinds], indirect=True)
+
+
+def _with_api(kind_param: Any, api: str) -> Any:
+    """A kind parameter of :func:`_kind_param` (its skip mark kept) with a producer API."""
+    if isinstance(kind_param, str):
+        return pytest.param(kind_param, api)
+    return pytest.param(kind_param.values[0], api, marks=kind_param.marks)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -286,6 +369,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.mongodb)
         if "pubsub" in kind:
             item.add_marker(pytest.mark.pubsub)
+        if "azure" in kind:
+            item.add_marker(pytest.mark.azure)
+
+
+@pytest.fixture
+def producer_api(request: pytest.FixtureRequest) -> str:
+    """``"sync"``, or ``"aio"`` in the app.aio variant of a ``both_apis`` test."""
+    return str(getattr(request, "param", "sync"))
+
+
+@pytest.fixture
+def producer(app: Machinery, producer_api: str) -> Iterator[SyncProducer | AioProducer]:
+    """What a ``both_apis`` test sends and reads through (tests/behaviour/_aio_driver.py)."""
+    p = make_producer(app, producer_api)
+    yield p
+    p.close()
 
 
 @pytest.fixture
@@ -314,10 +413,16 @@ def _url_for(side: str, request: pytest.FixtureRequest, memory_name: str) -> str
         url = "https://dynamodb.us-east-1.amazonaws.com"  # selects the backend, as Go v1's factory
     elif side == "pubsub":
         url = request.getfixturevalue("_pubsub_topics")
+    elif side == "azure":
+        url = request.getfixturevalue("_azure_queues")
     elif side == "memcache":
         url = request.getfixturevalue("memcache_url")  # three nodes, flushed
     elif side == "mongodb":
         url = request.getfixturevalue("mongodb_url")  # the database: mongodb_config
+    elif side == "redis-sentinel":
+        url = request.getfixturevalue("_sentinel_url")  # settings: redis_settings
+    elif side == "redis-cluster":
+        url = request.getfixturevalue("_cluster_url")  # settings: redis_settings
     else:
         url = f"memory://{memory_name}"
     return url
@@ -357,6 +462,35 @@ def _pubsub_topics(pubsub_emulator: Any, pubsub_project: str) -> str:
         pubsub_emulator.create_topic(pubsub_project, name)
         pubsub_emulator.create_subscription(pubsub_project, name, name)
     return f"gcppubsub://{pubsub_project}/machinery_tasks"
+
+
+@pytest.fixture
+def _azure_queues(azurite: Any) -> str:
+    """The Azure broker URL of this test, with every queue on the session's Azurite deleted
+    and :data:`AZURE_QUEUE` created afresh (the broker creates only its dead-letter queue)."""
+    service = azurite.service()
+    for q in list(service.list_queues()):
+        service.delete_queue(q.name)
+    azurite.create_queue(AZURE_QUEUE)
+    return str(azurite.broker_url)
+
+
+def _record_azure_sends(app: Machinery, sent: list[tuple[bytes, int]]) -> None:
+    """Note the ETA of every message ``app``'s Azure broker sends (invisible ones cannot be
+    listed)."""
+    broker = app.broker
+    assert isinstance(broker, AzureBroker)
+    params_of = broker.message_params
+
+    def record(sig: Signature, now_ns: int | None = None) -> tuple[str, dict[str, Any]]:
+        queue, params = params_of(sig, now_ns)
+        raw = params["content"].encode("utf-8")
+        due = _eta_ns(raw) or (time.time_ns() + sig.delay if sig.delay > 0 else 0)
+        if due and all(b != raw for b, _ in sent):
+            sent.append((raw, due))
+        return queue, params
+
+    broker.message_params = record  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -437,7 +571,43 @@ def mongodb_config(app_kind: str, request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
+def _sentinel_url(redis_sentinel: Any) -> str:
+    """redis-sentinel: the session sentinel set's URL (the sentinels' addresses), its master's
+    DB 0 flushed."""
+    with redis_sentinel.wait_stable().client() as c:
+        c.flushdb()
+    return str(redis_sentinel.url())
+
+
+@pytest.fixture
+def _cluster_url(redis_cluster: Any) -> str:
+    """redis-cluster: the session cluster's URL (every node's address), every master
+    flushed."""
+    redis_cluster.wait_ok()
+    redis_cluster.flushall()
+    return str(redis_cluster.url())
+
+
+@pytest.fixture
+def redis_settings(app_kind: str) -> Any:
+    """redis-sentinel: the ``redis`` section Go v2 reads too (``master_name``,
+    ``sentinel_password``) and ``wait_replicas: 1`` (every hot-path batch waits for the
+    replica); redis-cluster: ``cluster_enabled``; ``None`` for other kinds."""
+    if app_kind not in ("redis-sentinel", "redis-cluster"):
+        return None
+    from machinery_compat.config import RedisConfig
+
+    if app_kind == "redis-cluster":
+        return RedisConfig(cluster_enabled=True)
+    from tests.services.redis_cluster_svc import MASTER_NAME, SENTINEL_PASSWORD
+
+    return RedisConfig(master_name=MASTER_NAME, sentinel_password=SENTINEL_PASSWORD,
+                       wait_replicas=1)
+
+
+@pytest.fixture
 def make_app(broker_url: str, backend_url: str, dynamodb_config: Any, mongodb_config: Any,
+             redis_settings: Any,
              _sqs_sent: list[tuple[bytes, int]]) -> Iterator[Callable[..., Machinery]]:
     apps: list[Machinery] = []
 
@@ -447,17 +617,25 @@ def make_app(broker_url: str, backend_url: str, dynamodb_config: Any, mongodb_co
             # default routing into the workers' queue (see the module docstring)
             kwargs["config"] = Config(amqp=AMQPConfig(binding_key=kwargs["default_queue"]))
         sqs = broker_url.startswith("http")
+        if broker_url.startswith("azure"):
+            if kwargs["default_queue"] == "machinery_tasks":
+                kwargs["default_queue"] = AZURE_QUEUE
+            kwargs.setdefault("config", Config()).azure = AzureConfig(visibility_timeout=5)
         if sqs and "config" not in kwargs:
             kwargs["config"] = Config(sqs=SQSConfig(region=SQS_REGION))
         if dynamodb_config is not None:
             kwargs.setdefault("config", Config()).dynamodb = dynamodb_config
         if mongodb_config is not None:
             kwargs.setdefault("config", Config()).mongodb = mongodb_config
+        if redis_settings is not None:
+            kwargs.setdefault("config", Config()).redis = redis_settings
         a = Machinery(broker=broker_url, result_backend=backend_url, **kwargs)
         if sqs:
             _record_sqs_sends(a, _sqs_sent)
         if broker_url.startswith("gcppubsub"):
             _record_pubsub_sends(a, _sqs_sent)
+        if broker_url.startswith("azure"):
+            _record_azure_sends(a, _sqs_sent)
         apps.append(a)
         return a
 
@@ -472,11 +650,17 @@ def app(make_app: Callable[..., Machinery]) -> Machinery:
 
 
 @pytest.fixture
-def start_worker(app: Machinery) -> Iterator[StartWorker]:
-    """Start workers (``start_worker(concurrency=2)``); all are stopped at teardown."""
+def start_worker(app: Machinery, request: pytest.FixtureRequest) -> Iterator[StartWorker]:
+    """Start workers (``start_worker(concurrency=2)``); all are stopped at teardown (the
+    app.aio variant of a ``both_apis`` test starts asyncio-pool workers)."""
     workers: list[Worker] = []
+    aio = ("producer_api" in request.fixturenames
+           and request.getfixturevalue("producer_api") == "aio")
 
     def start(target: Machinery | None = None, **options: Any) -> Worker:
+        if aio:
+            options.setdefault("pool", "asyncio")
+            as_coroutines(target or app)
         options.setdefault("concurrency", 2)
         options.setdefault("poll_timeout", 0.1)
         options.setdefault("delayed_poll_interval", 0.05)
@@ -513,6 +697,8 @@ class Probe:
             return sqs_peek(self.broker, queue)
         if isinstance(self.broker, PubSubBroker):
             return pubsub_peek(self.broker, queue)
+        if isinstance(self.broker, AzureBroker):
+            return azure_peek(self.broker, queue)
         client = self._redis(self.broker)
         if client is not None:
             return list(client.lrange(queue, 0, -1))
@@ -523,6 +709,8 @@ class Probe:
         """Raw bodies kept in ``<queue>.dead`` (SQS: ``<queue>-dead``)."""
         if isinstance(self.broker, SQSBroker):
             return self.messages(dead_letter_queue(queue))
+        if isinstance(self.broker, AzureBroker):
+            return self.messages(self.broker.dlq_name)
         return self.messages(f"{queue}.dead")
 
     def push(self, queue: str, *bodies: bytes) -> None:
@@ -538,6 +726,11 @@ class Probe:
         if isinstance(self.broker, PubSubBroker):
             self.broker._publish(queue, list(bodies), "raw test bytes")
             return
+        if isinstance(self.broker, AzureBroker):
+            q = self.broker.queue_client(_azure_name(self.broker, queue))
+            for body in bodies:
+                q.send_message(body.decode("utf-8", "surrogateescape"))
+            return
         client = self._redis(self.broker)
         if client is not None:
             client.rpush(queue, *bodies)
@@ -547,7 +740,7 @@ class Probe:
 
     def delayed(self) -> list[tuple[bytes, int]]:
         """Raw delayed bodies with their due time (Unix ns), soonest first."""
-        if isinstance(self.broker, SQSBroker | PubSubBroker):
+        if isinstance(self.broker, SQSBroker | PubSubBroker | AzureBroker):
             now = time.time_ns()
             return sorted(((b, due) for b, due in self._sqs_sent if due > now),
                           key=lambda pair: pair[1])
@@ -565,6 +758,15 @@ class Probe:
         if isinstance(self.broker, SQSBroker):
             self._sqs_sent.append((body, due_ns))
             sqs_push_delayed(self.broker, body, due_ns)
+            return
+        if isinstance(self.broker, AzureBroker):
+            self._sqs_sent.append((body, due_ns))
+            sig = _routed(body)
+            self.broker.adjust_routing_key(sig)
+            left = max(0, -((time.time_ns() - due_ns) // 1_000_000_000))
+            self.broker.queue_client(_azure_name(self.broker, sig.routing_key)).send_message(
+                body.decode("utf-8", "surrogateescape"),
+                visibility_timeout=min(left, self.broker.max_delay) or None)
             return
         if isinstance(self.broker, PubSubBroker):  # the ETA is in the body: published at once
             self._sqs_sent.append((body, due_ns))
@@ -584,12 +786,12 @@ class Probe:
         self.broker.push_delayed(body, due_ns)
 
     def pending(self, queue: str | None = None) -> list[Signature]:
-        if isinstance(self.broker, SQSBroker | PubSubBroker):
+        if isinstance(self.broker, SQSBroker | PubSubBroker | AzureBroker):
             return _decodable(self.messages(queue or self.broker.default_queue))
         return self.broker.pending_tasks(queue)
 
     def delayed_tasks(self) -> list[Signature]:
-        if isinstance(self.broker, SQSBroker | PubSubBroker):
+        if isinstance(self.broker, SQSBroker | PubSubBroker | AzureBroker):
             return _decodable([body for body, _ in self.delayed()])
         return self.broker.delayed_tasks()
 
@@ -769,6 +971,23 @@ def pubsub_peek(broker: PubSubBroker, queue: str) -> list[bytes]:
                                        ack_deadline_seconds=0, timeout=10)
     got.sort(key=lambda m: (m.message.publish_time, m.message.message_id))
     return [bytes(m.message.data) for m in got]
+
+
+def _azure_name(broker: AzureBroker, queue: str) -> str:
+    """The suite's ``machinery_tasks`` is :data:`AZURE_QUEUE` on Azure kinds."""
+    return broker.default_queue if queue == "machinery_tasks" else queue
+
+
+def azure_peek(broker: AzureBroker, queue: str) -> list[bytes]:
+    """The visible messages of an Azure queue (up to 32, oldest first), not received; [] when
+    the queue does not exist."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        got = broker.queue_client(_azure_name(broker, queue)).peek_messages(max_messages=32)
+    except HttpResponseError:  # no such queue, or no valid Azure name (nothing can be there)
+        return []
+    return [m.content.encode("utf-8") for m in got]
 
 
 def sqs_push_delayed(broker: SQSBroker, body: bytes, due_ns: int) -> None:

@@ -1,6 +1,11 @@
 """The producer writes exactly what Go's SendTask writes (protocol notes §12.1), on every broker
 and backend.  Redis-only details (MONITOR order, TTLs, outages) are in
-tests/integration/test_redis_layout.py."""
+tests/integration/test_redis_layout.py.
+
+Run both ways (sync API and app.aio, marker ``both_apis``, the aio variant on redis,
+amqp+redis, amqp and redis-sentinel, where the test's kinds include them): test_send_task_pushes_go_bytes_and_pending_first,
+test_eta_goes_to_delayed_tasks_due_in_nanoseconds, test_async_result_reads_go_written_states,
+test_get_timeout (they send and read through the ``producer`` fixture)."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from machinery_compat import (
 )
 from tests.helpers import GOLDEN_BODY, UUID
 
+from ._aio_driver import Producer
 from .conftest import Probe
 
 PENDING_RE = re.compile(
@@ -31,9 +37,11 @@ PENDING_RE = re.compile(
 
 
 @pytest.mark.mixed
-def test_send_task_pushes_go_bytes_and_pending_first(app: Machinery, probe: Probe) -> None:
+@pytest.mark.both_apis
+def test_send_task_pushes_go_bytes_and_pending_first(app: Machinery, probe: Probe,
+                                                     producer: Producer) -> None:
     before = time.time()
-    res = app.send_task("add", args=[1, 1], task_id=UUID)
+    res = producer.send_task("add", args=[1, 1], task_id=UUID)
     assert res.id == UUID
     assert probe.messages() == [GOLDEN_BODY]
     pending = probe.state_bytes(UUID)
@@ -69,10 +77,12 @@ def test_queue_option_and_options_on_the_wire(app: Machinery, probe: Probe) -> N
 
 
 @pytest.mark.mixed
-def test_eta_goes_to_delayed_tasks_due_in_nanoseconds(app: Machinery, probe: Probe) -> None:
+@pytest.mark.both_apis
+def test_eta_goes_to_delayed_tasks_due_in_nanoseconds(app: Machinery, probe: Probe,
+                                                      producer: Producer) -> None:
     eta = GoTime.now().add_seconds(30)
     eta = GoTime(eta.unix_ns - eta.unix_ns % 1000 + 789)  # nanoseconds that datetime cannot hold
-    app.send_task("add", args=[1], task_id="task_eta", eta=eta)
+    producer.send_task("add", args=[1], task_id="task_eta", eta=eta)
     assert probe.messages() == []
     ((body, due),) = probe.delayed()
     assert abs(due - eta.unix_ns) < 1000  # a Redis score is a double: ~256 ns of precision
@@ -121,7 +131,9 @@ def test_type_hints_pin_arg_types(app: Machinery, probe: Probe) -> None:
 
 
 @pytest.mark.mixed
-def test_async_result_reads_go_written_states(app: Machinery, probe: Probe) -> None:
+@pytest.mark.both_apis
+def test_async_result_reads_go_written_states(app: Machinery, probe: Probe,
+                                              producer: Producer) -> None:
     probe.put_state_bytes("task_multi", b'{"TaskUUID":"task_multi","TaskName":"multi_return","State":"SUCCESS",'
                           b'"Results":[{"Type":"int64","Value":42},{"Type":"string","Value":"answer"},'
                           b'{"Type":"bool","Value":true}],"Error":"","CreatedAt":"0001-01-01T00:00:00Z","TTL":0}')
@@ -131,24 +143,25 @@ def test_async_result_reads_go_written_states(app: Machinery, probe: Probe) -> N
                           b'"Results":null,"Error":"boom","CreatedAt":"0001-01-01T00:00:00Z","TTL":0}')
     probe.put_state_bytes("task_bytes", b'{"TaskUUID":"task_bytes","State":"SUCCESS","Results":[{"Type":"[]uint8",'
                           b'"Value":"aGk="},{"Type":"uint64","Value":18446744073709551615}],"CreatedAt":"0001-01-01T00:00:00Z"}')
-    assert app.AsyncResult("task_multi").get(timeout=1) == (42, "answer", True)
-    assert app.AsyncResult("task_none").get(timeout=1) is None
-    assert app.AsyncResult("task_bytes").get(timeout=1) == (b"hi", 18446744073709551615)
+    assert producer.AsyncResult("task_multi").get(timeout=1) == (42, "answer", True)
+    assert producer.AsyncResult("task_none").get(timeout=1) is None
+    assert producer.AsyncResult("task_bytes").get(timeout=1) == (b"hi", 18446744073709551615)
     with pytest.raises(TaskFailed, match="boom") as info:
-        app.AsyncResult("task_bad").get(timeout=1)
+        producer.AsyncResult("task_bad").get(timeout=1)
     assert info.value.task_id == "task_bad"
-    bad = app.AsyncResult("task_bad")
+    bad = producer.AsyncResult("task_bad")
     assert isinstance(bad.get(timeout=1, propagate=False), TaskFailed)
     assert bad.failed() and bad.ready() and not bad.successful() and bad.error == "boom"
-    multi = app.AsyncResult("task_multi")
+    multi = producer.AsyncResult("task_multi")
     assert [(r.type, r.python_value) for r in multi.results or []] == [
         ("int64", 42), ("string", "answer"), ("bool", True)]
 
 
-def test_get_timeout(app: Machinery) -> None:
+@pytest.mark.both_apis
+def test_get_timeout(app: Machinery, producer: Producer) -> None:
     from machinery_compat import ResultTimeout
 
-    res = app.send_task("nobody_runs_this", args=[])
+    res = producer.send_task("nobody_runs_this", args=[])
     with pytest.raises(ResultTimeout, match="last state: PENDING"):
         res.get(timeout=0.2)
 

@@ -1,6 +1,12 @@
 """Chains, groups, chords and Celery-style retries, Python workers only, on every broker and
 backend.
 
+Run both ways (sync API and app.aio, marker ``both_apis``, the aio variant on redis,
+amqp+redis, amqp and redis-sentinel, with asyncio-pool workers running the tasks as async def): the chain, group and chord tests that send
+through the ``producer`` fixture (test_chain_passes_results_along, test_group_results_in_order,
+test_chord_callback_gets_member_results_in_group_order,
+test_chord_failing_member_no_callback_on_error_fired, test_on_error_of_a_group_member).
+
 The same workflows across Go and Python workers are in interop/tests/; the Redis chord lock
 is in tests/integration/test_redis_layout.py.
 """
@@ -18,6 +24,7 @@ import pytest
 
 from machinery_compat import GroupMeta, Machinery, Signature, TaskFailed, chain, chord, group
 
+from ._aio_driver import Producer
 from .conftest import Probe, StartWorker, wait_for
 
 
@@ -57,9 +64,11 @@ def tasks(app: Machinery) -> dict[str, Any]:
 
 
 @pytest.mark.mixed
-def test_chain_passes_results_along(app: Machinery, tasks: dict[str, Any], start_worker: StartWorker) -> None:
+@pytest.mark.both_apis
+def test_chain_passes_results_along(app: Machinery, tasks: dict[str, Any], start_worker: StartWorker,
+                                    producer: Producer) -> None:
     add = tasks["add"]
-    res = (add.s(1, 1) | add.s(5) | app.signature("multiply", args=[4])).apply_async()
+    res = producer.apply_async(add.s(1, 1) | add.s(5) | app.signature("multiply", args=[4]))
     start_worker()
     assert res.get(timeout=10) == 28
     assert [r.get(timeout=1) for r in res.results] == [2, 7, 28]
@@ -83,11 +92,13 @@ def test_chain_failure_stops_and_raises(app: Machinery, tasks: dict[str, Any], s
 
 
 @pytest.mark.mixed
+@pytest.mark.both_apis
 def test_group_results_in_order(
-    app: Machinery, tasks: dict[str, Any], probe: Probe, start_worker: StartWorker
+    app: Machinery, tasks: dict[str, Any], probe: Probe, start_worker: StartWorker,
+    producer: Producer
 ) -> None:
     add = tasks["add"]
-    res = group(add.s(i, i) for i in range(10)).apply_async()
+    res = producer.apply_async(group(add.s(i, i) for i in range(10)))
     meta = GroupMeta.from_json(probe.state_bytes(res.id) or b"")
     assert meta.task_uuids == [r.id for r in res.results] and not meta.chord_triggered
     assert all(r.state == "PENDING" for r in res.results)
@@ -98,11 +109,12 @@ def test_group_results_in_order(
 
 
 @pytest.mark.mixed
+@pytest.mark.both_apis
 def test_chord_callback_gets_member_results_in_group_order(
-    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker
+    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker, producer: Producer
 ) -> None:
     add, collect = tasks["add"], tasks["collect"]
-    res = chord([add.s(i) for i in range(8)], collect.s("first")).apply_async()
+    res = producer.apply_async(chord([add.s(i) for i in range(8)], collect.s("first")))
     assert res.id.startswith("chord_")
     start_worker(concurrency=4)
     assert res.get(timeout=10) == ["first"] + [str(i) for i in range(8)]
@@ -116,12 +128,13 @@ def test_chord_immutable_callback(app: Machinery, tasks: dict[str, Any], start_w
     assert res.get(timeout=10) == ["only"]
 
 
+@pytest.mark.both_apis
 def test_chord_failing_member_no_callback_on_error_fired(
-    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker
+    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker, producer: Producer
 ) -> None:
     add, fail, collect = tasks["add"], tasks["fail"], tasks["collect"]
     failing = fail.s("member broke")
-    res = chord([add.s(1), failing, add.s(2)], collect.s()).apply_async()
+    res = producer.apply_async(chord([add.s(1), failing, add.s(2)], collect.s()))
     # attach an OnError to the failing member by rebuilding it: Machinery's OnError is per task
     start_worker()
     with pytest.raises(TaskFailed, match="member broke"):
@@ -132,16 +145,17 @@ def test_chord_failing_member_no_callback_on_error_fired(
 
 
 @pytest.mark.mixed
+@pytest.mark.both_apis
 def test_on_error_of_a_group_member(
-    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker
+    app: Machinery, tasks: dict[str, Any], start_worker: StartWorker, producer: Producer
 ) -> None:
     members, _ = chord([tasks["add"].s(1), tasks["fail"].s("bad")], tasks["collect"].s()).to_signatures()
     members[1].on_error = [app.build_signature("collect", args=["handled"])]
     errback_id = "task_errback"
     members[1].on_error[0].uuid = errback_id
-    app.send_group(members)
+    producer.send_group(members)
     start_worker()
-    assert app.AsyncResult(errback_id).get(timeout=10) == ["bad", "handled"]
+    assert producer.AsyncResult(errback_id).get(timeout=10) == ["bad", "handled"]
     assert tasks["runs"]["collect"] == 1
 
 

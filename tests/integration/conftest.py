@@ -41,6 +41,25 @@ def start_worker(app: Machinery) -> Iterator[Callable[..., Worker]]:
         w.stop(timeout=10)
 
 
+@pytest.fixture
+def start_any_worker() -> Iterator[Callable[..., Worker]]:
+    """``start(app, **options)``: a worker of the app given (2 threads, 0.2 s polls unless
+    told), for the broker modules that build their own apps (SQS, Pub/Sub, Azure); all are
+    stopped at teardown."""
+    workers: list[Worker] = []
+
+    def start(target: Machinery, **options: Any) -> Worker:
+        options.setdefault("concurrency", 2)
+        options.setdefault("poll_timeout", 0.2)
+        w = target.worker(**options).start()
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop(timeout=15)
+
+
 @pytest.fixture(autouse=True)
 def _worker_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="machinery_compat")

@@ -207,8 +207,12 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-A", APP, "-P", "processes"],
-         "-P processes is not implemented yet; use -P threads (the default) or -P solo"),
+        (["-A", APP, "-P", "processes", "--processes", "2"],
+         "-P processes starts one process per -c; give -c (or use --processes N"),
+        (["-A", APP, "-c", "1", "--processes", "2"],
+         "-c 1 is less than --processes 2: -c is the total number of tasks at once"),
+        (["-A", APP, "-P", "solo", "--processes", "2"],
+         "-P solo is one process running one task at a time; use --processes 2 -c 2"),
         (["-A", APP, "-Q", "a,,b"], "empty queue name in 'a,,b'"),
         (["-A", APP, "-Q", "a", "-Q", ""], "empty queue name in ''"),
         (["-A", APP, "-P", "solo", "-c", "4"], "-P solo runs one task at a time; drop -c 4"),

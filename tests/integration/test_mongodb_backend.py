@@ -33,6 +33,7 @@ from machinery_compat.config import Config, MongoDBConfig
 from machinery_compat.exceptions import BackendError, ConfigError, DecodeError
 from machinery_compat.protocol import (
     FAILURE,
+    PENDING,
     SUCCESS,
     GoTime,
     Signature,
@@ -343,6 +344,40 @@ def test_chord_trigger_once_under_races(ferretdb_server: FerretDBServer,
         for t in threads:
             t.join(30)
         assert sorted(wins) == groups
+    finally:
+        for b in backends:
+            b.close()
+
+
+def test_concurrent_upserts_of_a_new_task_all_succeed(ferretdb_server: FerretDBServer,
+                                                      mongodb_database: str) -> None:
+    """Racing first writes of one task document (a Go worker's duplicate chord callback and
+    the Python worker's copy both write PENDING): FerretDB, unlike MongoDB 4.2+, reports
+    E11000 to the losing upsert instead of retrying it; the backend writes again."""
+    backends = [MongoDBBackend(ferretdb_server.url, database=mongodb_database)
+                for _ in range(6)]
+    try:
+        errors: list[BaseException] = []
+        for i in range(15):
+            uuid = f"task_upsert_race_{i}_{time.monotonic_ns()}"
+            start = threading.Barrier(len(backends))
+
+            def write(b: MongoDBBackend, uuid: str = uuid,
+                      start: threading.Barrier = start) -> None:
+                start.wait()
+                try:
+                    b.set_state_pending(_sig(uuid))
+                except BaseException as e:  # (collected, asserted below)
+                    errors.append(e)
+
+            threads = [threading.Thread(target=write, args=(b,)) for b in backends]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            st = backends[0].get_state(uuid)
+            assert st is not None and st.state == PENDING, uuid
+        assert errors == []
     finally:
         for b in backends:
             b.close()

@@ -1,6 +1,6 @@
 """The operator commands (``inspect``, ``purge``, ``dead``, ``stuck``, ``status``) through the
 CLI, once over each stack: Redis broker + Redis results, AMQP broker + AMQP results (RabbitMQ),
-SQS broker + DynamoDB results (moto).  Table and ``--json`` output, the purge confirmation,
+SQS broker + DynamoDB results (moto), Pub/Sub broker (pstest) + Redis results.  Table and ``--json`` output, the purge confirmation,
 byte-identical dead-letter requeues, stuck tasks re-sent, worker heartbeats in ``status``."""
 
 from __future__ import annotations
@@ -158,12 +158,41 @@ def _sqs_stack(request: pytest.FixtureRequest, tmp_path: Path, queue: str) -> St
                  push_dead=push_dead, queued=queued)
 
 
-@pytest.fixture(params=["redis", "amqp", "sqs"])
+def _pubsub_stack(request: pytest.FixtureRequest, tmp_path: Path, queue: str) -> Stack:
+    ps = request.getfixturevalue("pubsub_emulator")
+    project = request.getfixturevalue("pubsub_project")
+    redis_url = request.getfixturevalue("redis_url")
+    sub = f"workers_{queue}"
+    ps.create_topic(project, queue)
+    ps.create_subscription(project, sub, queue)
+    dead = queue + ".dead"
+    ps.create_topic(project, dead)
+    ps.create_subscription(project, dead, dead)
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(f"broker: gcppubsub://{project}/{sub}\nresult_backend: {redis_url}\n"
+                   f"default_queue: {queue}\n")
+    publisher = ps.publisher()
+
+    def push(q: str, b: bytes, **attributes: str) -> None:
+        publisher.publish(f"projects/{project}/topics/{q}", b, **attributes).result(timeout=10)
+
+    def queued(q: str) -> list[bytes]:
+        out: list[bytes] = []
+        while batch := ps.pull(project, sub if q == queue else q, 100):
+            out += [bytes(m.message.data) for m in batch]
+        return out
+
+    return Stack("pubsub", cfg, queue, push=push,
+                 push_dead=lambda b, reason: push(dead, b, reason=reason), queued=queued)
+
+
+@pytest.fixture(params=["redis", "amqp", "sqs", "pubsub"])
 def stack(request: pytest.FixtureRequest, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     monkeypatch.setattr(heartbeat, "INTERVAL", 0.2)
     queue = f"ops_{uuid.uuid4().hex[:8]}"
-    s = {"redis": _redis_stack, "amqp": _amqp_stack, "sqs": _sqs_stack}[request.param](
+    s = {"redis": _redis_stack, "amqp": _amqp_stack, "sqs": _sqs_stack,
+         "pubsub": _pubsub_stack}[request.param](
         request, tmp_path, queue)
     yield s
     for w in s.workers:
@@ -202,6 +231,10 @@ def test_inspect_pending_and_purge_with_confirmation(stack: Stack, cli: Any) -> 
         code, out, err = cli("inspect", "pending", q)
         assert code == 1 and out == "" and len(err.splitlines()) == 1
         assert "SQS cannot list" in err and "status" in err
+    elif stack.kind == "pubsub":
+        code, out, err = cli("inspect", "pending", q)
+        assert code == 1 and out == "" and len(err.splitlines()) == 1
+        assert "Pub/Sub cannot list" in err
     else:
         code, out, _ = cli("inspect", "pending", q)
         assert code == 0
@@ -214,11 +247,13 @@ def test_inspect_pending_and_purge_with_confirmation(stack: Stack, cli: Any) -> 
         assert [r["body"].encode() for r in rows] == bodies[:2]
         assert stack.queued(q) == bodies  # browsing left them in place, in order
     # no confirmation: nothing purged
+    count = "all" if stack.kind == "pubsub" else "3"  # (Pub/Sub does not count)
     for answer in ("", "n\n"):
         code, out, err = cli("purge", q, stdin=answer)
         assert code == 1 and out == ""
-        assert f"Purge 3 messages from {q}? [y/N]" in err and "not purged" in err
-    assert _json(cli("status", "--json"))["queues"][0]["messages"] == 3
+        assert f"Purge {count} messages from {q}? [y/N]" in err and "not purged" in err
+    waiting = _json(cli("status", "--json"))["queues"][0]["messages"]
+    assert waiting == (None if stack.kind == "pubsub" else 3)
     code, out, err = cli("purge", q, "-A", "tests.integration.test_ops_cli:app", stdin="y\n")
     assert code == 0 and out == f"purged 3 message(s) from {q}\n"
     # SQS allows one PurgeQueue per queue every 60 s (moto >= 5.2.5 too): another queue
@@ -226,7 +261,10 @@ def test_inspect_pending_and_purge_with_confirmation(stack: Stack, cli: Any) -> 
     for b in bodies:
         stack.push(q2, b)
     assert _json(cli("purge", q2, "--force", "--json")) == {"queue": q2, "purged": 3}
-    assert _json(cli("status", "--json"))["queues"][0]["messages"] == 0
+    if stack.kind == "pubsub":
+        assert stack.queued(q) == []
+    else:
+        assert _json(cli("status", "--json"))["queues"][0]["messages"] == 0
     if stack.kind == "sqs":  # a second purge within 60 s: SQS refuses it, in one line
         code, out, err = cli("purge", q, "--force")
         assert code == 1 and out == "" and len(err.splitlines()) == 1
@@ -249,12 +287,13 @@ def test_dead_list_requeue_keeps_bytes_and_purge(stack: Stack, cli: Any) -> None
         assert {r["reason"] for r in rows} == {"undecodable"}
     assert _json(cli("dead", "requeue", "--json")) == {"from": place, "to": q, "requeued": 2}
     assert sorted(stack.queued(q)) == sorted(bodies)  # the same bytes, on their queue
-    if stack.kind != "sqs":
+    if stack.kind in ("redis", "amqp"):
         assert stack.queued(q) == bodies  # and in their order
     assert _json(cli("dead", "list", "--json")) == []
     stack.push_dead(bodies[0], "again")
     code, _, err = cli("dead", "purge", q)
-    assert code == 1 and f"Purge 1 messages from {place}? [y/N]" in err
+    count = "all" if stack.kind == "pubsub" else "1"
+    assert code == 1 and f"Purge {count} messages from {place}? [y/N]" in err
     assert _json(cli("dead", "purge", q, "--force", "--json")) == {"queue": place, "purged": 1}
     assert _json(cli("dead", "list", "--json")) == []
 
@@ -266,6 +305,12 @@ def test_inspect_delayed(stack: Stack, cli: Any) -> None:
         code, out, err = cli("inspect", "delayed")
         assert code == 1 and "SQS cannot list delayed messages" in err
         assert _json(cli("status", "--json"))["delayed"] == 1
+        return
+    if stack.kind == "pubsub":
+        code, out, err = cli("inspect", "delayed")
+        assert code == 1 and "Pub/Sub has no delayed messages" in err
+        assert _json(cli("status", "--json"))["delayed"] is None
+        assert "delayed: unknown (Pub/Sub" in cli("status")[1]
         return
     extra: list[str] = []
     if stack.kind == "amqp":
@@ -364,7 +409,7 @@ def test_stuck_finds_a_killed_workers_task_and_resends_it(stack: Stack, cli: Any
     assert code == 0 and r.id in out and ("gone" if stack.kind == "redis" else "not checked") in out
     assert "no stuck tasks" in cli("stuck", "--older-than", "3600")[1]
 
-    if stack.kind == "sqs":  # the message cannot be looked for: only with --force
+    if stack.kind in ("sqs", "pubsub"):  # the message cannot be looked for: only with --force
         rows = _json(cli("stuck", "--older-than", "0", "--resend", "--json"))
         mine = {row["uuid"]: row for row in rows}
         assert mine[r.id]["resent"] is False and "without force" in mine[r.id]["reason"]
@@ -396,7 +441,7 @@ def test_status_lists_a_live_python_worker_until_it_stops(stack: Stack, cli: Any
     assert code == 0 and "workers: " in out and "Go workers publish no heartbeat" in out
     assert rec["hostname"] in out
     queue_line = next(ln for ln in out.splitlines() if ln.startswith(stack.queue))
-    assert queue_line.split()[1] == "0"
+    assert queue_line.split()[1] == ("-" if stack.kind == "pubsub" else "0")
     w.stop(timeout=10)
     stack.workers.remove(w)
     assert live() == []

@@ -92,19 +92,8 @@ def app(make_app: Callable[..., Machinery]) -> Machinery:
 
 
 @pytest.fixture
-def start_worker() -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def start(target: Machinery, **options: Any) -> Worker:
-        options.setdefault("concurrency", 2)
-        options.setdefault("poll_timeout", 0.2)
-        w = target.worker(**options).start()
-        workers.append(w)
-        return w
-
-    yield start
-    for w in workers:
-        w.stop(timeout=15)
+def start_worker(start_any_worker: Callable[..., Worker]) -> Callable[..., Worker]:
+    return start_any_worker
 
 
 def add_sig(**changes: Any) -> Signature:
@@ -243,7 +232,7 @@ def test_ack_deadline_is_extended_while_held(app: Machinery, caplog: pytest.LogC
     broker.publish(add_sig(eta=GoTime.now().add_seconds(3600)))
     consumer = broker.consumer([QUEUE])
     assert isinstance(consumer, PubSubConsumer)
-    consumer._thread = threading.current_thread()  # no extension thread: beats driven here
+    consumer._held._thread = threading.current_thread()  # no extension thread: beats driven here
     (d,) = wait_for(lambda: consumer.fetch([QUEUE], 5, 1.0), what="the due task")
     wait_for(lambda: len(consumer.held()) == 2, what="the early task held too")
     t0 = d.extra["received"]

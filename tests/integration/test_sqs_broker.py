@@ -98,19 +98,8 @@ def app(make_app: Callable[..., Machinery]) -> Machinery:
 
 
 @pytest.fixture
-def start_worker() -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def start(target: Machinery, **options: Any) -> Worker:
-        options.setdefault("concurrency", 2)
-        options.setdefault("poll_timeout", 0.2)
-        w = target.worker(**options).start()
-        workers.append(w)
-        return w
-
-    yield start
-    for w in workers:
-        w.stop(timeout=15)
+def start_worker(start_any_worker: Callable[..., Worker]) -> Callable[..., Worker]:
+    return start_any_worker
 
 
 def receive_all(sqs: Any, url: str, wait: int = 1, visibility: int = 30) -> list[dict[str, Any]]:
@@ -584,7 +573,7 @@ def test_no_heartbeat_without_a_visibility_timeout_it_can_read() -> None:
     consumer = SQSConsumer(SQSBroker(AWS_PREFIX, client=object()))
     d = Delivery(b"{}", "q", "rh", {"receipt_handle": "rh"})
     consumer._hold(d, "u", time.monotonic(), 0)
-    assert consumer._thread is None
+    assert consumer._held._thread is None
     assert consumer.held() == [d]
     consumer.forget(d)
     assert consumer.held() == []
@@ -607,7 +596,7 @@ def test_heartbeat_every_half_timeout_up_to_12_hours(caplog: pytest.LogCaptureFi
     consumer = SQSConsumer(SQSBroker(AWS_PREFIX, client=stub))
     d = Delivery(b"{}", "q", "rh", {"receipt_handle": "rh", "message_id": "m1"})
     t0 = 1000.0
-    consumer._held["rh"] = _Held(d, "u", t0, t0, 10)
+    consumer._held.hold(_Held(d, t0, queue_url="u", extended=t0, visibility=10))
     assert consumer.beat(t0 + 4.5) == pytest.approx(0.5)
     assert stub.calls == []
     consumer.beat(t0 + 5)

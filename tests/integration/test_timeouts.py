@@ -178,3 +178,22 @@ def test_worker_logs_the_stall_and_recovers(
         assert res.get(timeout=15) == 5
     finally:
         w.stop(timeout=10)
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(redis_url: str,
+                                                               redis_client: Any) -> None:
+    """A thread's connection that Redis closed while it sat idle (a restart, its ``timeout``,
+    CLIENT KILL) is noticed before the next send, which goes on a new connection: the send
+    succeeds instead of failing with 'Connection closed by server'."""
+    from machinery_compat import _redis
+
+    app = Machinery(redis_url, default_queue="idle_q")
+    try:
+        app.send_task("add", args=[1])
+        killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        time.sleep(_redis.IDLE_CHECK + 0.2)
+        app.send_task("add", args=[2])
+        assert redis_client.llen("idle_q") == 2
+    finally:
+        app.close()

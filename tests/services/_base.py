@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -203,16 +205,96 @@ class _ServerProcess:
     _port: int | None
     #: the temp dir holding its files (set by ``start``), removed by ``close``
     _dir: Path | None = None
+    #: the server's name in errors, and the prefix of its temp dir (``mc-<name>-``)
+    name = "service"
+    #: True when the caller chose the port (no other port is tried when it is taken)
+    _fixed_port = False
+    die_with_parent = True
+    startup_timeout = 30.0
 
     def start(self) -> Self:
+        """Start it in a fresh temp dir on a free port (another one if that port was taken
+        meanwhile), or on the port it had; no-op while running."""
+        if self.running:
+            return self
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix=f"mc-{self.name}-"))
+        attempts = 1 if (self._fixed_port or self._port is not None) else 3
+        for attempt in range(attempts):
+            if self._port is None:
+                self._port = free_port(self.host)
+            try:
+                self._launch()
+                _live.add(self)
+                return self
+            except ServiceError:
+                # lost a race for a freshly picked port: pick another one
+                if attempt + 1 < attempts and "address already in use" in self._log_tail().lower():
+                    self._port = None
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self) -> None:
+        """Start the process on ``self._port`` and return once it serves (ServiceError if it
+        does not, the process stopped)."""
         raise NotImplementedError
 
+    def _spawn(self, command: Sequence[str], ready: Callable[[], bool], what: str, *,
+               cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """Start ``command`` with its output in the log, then wait until ``ready()`` (an
+        OSError from it counts as not yet) for ``startup_timeout`` seconds; ``what`` is the
+        check, for the error.  The process is stopped if it does not get ready."""
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- starting on port {self._port}\n".encode())
+            log.flush()
+            prefix = die_with_parent_prefix() if self.die_with_parent else []
+            self._proc = subprocess.Popen([*prefix, *command], cwd=cwd, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT)
+        try:
+            self._wait_until(ready, what)
+        except BaseException:
+            self._terminate(timeout=5)
+            raise
+
+    def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServiceError(f"{self.name} exited with status {proc.returncode} while "
+                                   f"starting on port {self._port}; log:\n{self._log_tail()}")
+            try:
+                if ready():
+                    return
+            except OSError as exc:
+                last = exc
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} on port {self._port} did not {what} within "
+                           f"{self.startup_timeout}s (last error: {last!r}); "
+                           f"log:\n{self._log_tail()}")
+
     def stop(self, timeout: float = 10.0) -> None:
-        raise NotImplementedError
+        """SIGTERM, then wait (SIGKILL after the grace); the port stays reserved for start()."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+        self._terminate(timeout)
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServiceError(f"{type(self).__name__} has no port yet: call start() first")
+        return self._port
 
     @property
     def log_path(self) -> Path:
-        raise NotImplementedError
+        """``<its temp dir>/<name>.log``."""
+        if self._dir is None:
+            raise ServiceError(f"{type(self).__name__} has no directory yet: call start() first")
+        return self._dir / f"{self.name}.log"
 
     def restart(self) -> Self:
         self.stop()

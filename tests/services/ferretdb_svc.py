@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +27,9 @@ import pytest
 from tests.services._base import (
     LOOPBACK,
     STARTUP_TIMEOUT,
-    ServiceError,
     ServiceUnavailable,
-    _live,
     _ServerProcess,
     _session_service,
-    die_with_parent_prefix,
-    free_port,
     missing_service,
 )
 
@@ -55,6 +49,8 @@ class FerretDBServer(_ServerProcess):
     ``start()`` waits until ``ping`` answers; after ``stop()`` it restarts on the same port with
     the same data.  :meth:`client` is a pymongo client on it.
     """
+
+    name = "ferretdb"
 
     def __init__(self, *, binary: str | None = None, port: int | None = None,
                  host: str = LOOPBACK, startup_timeout: float = STARTUP_TIMEOUT,
@@ -81,20 +77,8 @@ class FerretDBServer(_ServerProcess):
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("FerretDBServer has no port yet: call start() first")
-        return self._port
-
-    @property
     def url(self) -> str:
         return f"mongodb://{self.host}:{self.port}/"
-
-    @property
-    def log_path(self) -> Path:
-        if self._dir is None:
-            raise ServiceError("FerretDBServer has no directory yet: call start() first")
-        return self._dir / "ferretdb.log"
 
     def version(self) -> str:
         """``ferretdb --version``'s first line (``version: v1.24.2``)."""
@@ -102,56 +86,21 @@ class FerretDBServer(_ServerProcess):
                              timeout=30, check=False).stdout
         return out.splitlines()[0].split(":", 1)[-1].strip() if out else "?"
 
-    def start(self) -> FerretDBServer:
-        if self.running:
-            return self
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="mc-ferretdb-"))
-            (self._dir / "data").mkdir()
-        attempts = 1 if (self._fixed_port or self._port is not None) else 3
-        for attempt in range(attempts):
-            if self._port is None:
-                self._port = free_port(self.host)
-            try:
-                self._launch()
-                _live.add(self)
-                return self
-            except ServiceError:
-                if attempt + 1 < attempts and "address already in use" in self._log_tail().lower():
-                    self._port = None
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _launch(self) -> None:
         assert self._dir is not None
-        cmd = [self.binary, "--handler=sqlite", f"--sqlite-url=file:{self._dir / 'data'}/",
-               f"--listen-addr={self.host}:{self.port}", "--debug-addr=-",
-               "--telemetry=disable", f"--state-dir={self._dir}", "--log-level=warn"]
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting on port {self.port}\n".encode())
-            log.flush()
-            prefix = die_with_parent_prefix() if self.die_with_parent else []
-            self._proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.startup_timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._terminate()
-                raise ServiceError(f"ferretdb exited with status {code} while starting on "
-                                   f"port {self.port}; log:\n{self._log_tail()}")
-            try:
-                with self.client(timeout_ms=500) as c:
-                    c.admin.command("ping")
-                return
-            except Exception as exc:  # pymongo errors while it starts
-                last = exc
-            time.sleep(0.1)
-        self._terminate()
-        raise ServiceError(f"ferretdb on port {self.port} did not answer ping within "
-                           f"{self.startup_timeout}s (last error: {last!r})")
+        (self._dir / "data").mkdir(exist_ok=True)
+        self._spawn([self.binary, "--handler=sqlite", f"--sqlite-url=file:{self._dir / 'data'}/",
+                     f"--listen-addr={self.host}:{self.port}", "--debug-addr=-",
+                     "--telemetry=disable", f"--state-dir={self._dir}", "--log-level=warn"],
+                    self._pings, "answer ping")
+
+    def _pings(self) -> bool:
+        try:
+            with self.client(timeout_ms=500) as c:
+                c.admin.command("ping")
+        except Exception as exc:  # pymongo errors while it starts
+            raise OSError(str(exc)) from exc
+        return True
 
     def client(self, timeout_ms: int = 5000, **kwargs: Any) -> Any:
         """A pymongo ``MongoClient`` on this server (close it, or use it as a context)."""
@@ -163,12 +112,6 @@ class FerretDBServer(_ServerProcess):
     def drop_database(self, name: str) -> None:
         with self.client() as c:
             c.drop_database(name)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-        self._terminate(timeout)
-
 
 MONGODB_FIXTURES = frozenset({"ferretdb_server", "mongodb_database", "mongodb_url"})
 

@@ -7,10 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,11 +16,8 @@ from tests.services._base import (
     STARTUP_TIMEOUT,
     ServiceError,
     ServiceUnavailable,
-    _live,
     _ServerProcess,
     _session_service,
-    die_with_parent_prefix,
-    free_port,
     missing_service,
 )
 
@@ -34,6 +28,8 @@ class MemcachedServer(_ServerProcess):
     ``start()`` waits until ``version`` answers; after ``stop()`` it restarts on the same port.
     :meth:`command` sends one raw protocol line and returns the reply (``flush_all``, ``mg``…).
     """
+
+    name = "memcached"
 
     binary_name = "memcached"
 
@@ -59,12 +55,6 @@ class MemcachedServer(_ServerProcess):
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("MemcachedServer has no port yet: call start() first")
-        return self._port
-
-    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -72,60 +62,12 @@ class MemcachedServer(_ServerProcess):
     def url(self) -> str:
         return f"memcache://{self.address}"
 
-    @property
-    def log_path(self) -> Path:
-        if self._dir is None:
-            raise ServiceError("MemcachedServer has no directory yet: call start() first")
-        return self._dir / "memcached.log"
-
-    def start(self) -> MemcachedServer:
-        if self.running:
-            return self
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="mc-memcached-"))
-        attempts = 1 if (self._fixed_port or self._port is not None) else 3
-        for attempt in range(attempts):
-            if self._port is None:
-                self._port = free_port(self.host)
-            try:
-                self._launch()
-                _live.add(self)
-                return self
-            except ServiceError:
-                if attempt + 1 < attempts and "Address already in use" in self._log_tail():
-                    self._port = None
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _launch(self) -> None:
         # -u root: memcached refuses to run as root without it (CI runs as root)
         user = ["-u", "root"] if os.geteuid() == 0 else []
-        cmd = [self.binary, "-l", self.host, "-p", str(self.port), "-U", "0", "-m", "64",
-               "-t", "1", "-c", "256", *user]
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting on port {self.port}\n".encode())
-            log.flush()
-            prefix = die_with_parent_prefix() if self.die_with_parent else []
-            self._proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.startup_timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._terminate()
-                raise ServiceError(f"memcached exited with status {code} while starting on "
-                                   f"port {self.port}; log:\n{self._log_tail()}")
-            try:
-                if self.command("version").startswith(b"VERSION"):
-                    return
-            except OSError as exc:
-                last = exc
-            time.sleep(0.05)
-        self._terminate()
-        raise ServiceError(f"memcached on port {self.port} did not answer `version` within "
-                           f"{self.startup_timeout}s (last error: {last!r})")
+        self._spawn([self.binary, "-l", self.host, "-p", str(self.port), "-U", "0", "-m", "64",
+                     "-t", "1", "-c", "256", *user],
+                    lambda: self.command("version").startswith(b"VERSION"), "answer `version`")
 
     def command(self, line: str, timeout: float = 2.0) -> bytes:
         """Send one protocol line, return the reply up to its terminating line."""
@@ -142,12 +84,6 @@ class MemcachedServer(_ServerProcess):
     def flush(self) -> None:
         if self.command("flush_all") != b"OK\r\n":
             raise ServiceError(f"memcached on port {self.port}: flush_all failed")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-        self._terminate(timeout)
-
 
 def _complete(line: str, reply: bytes) -> bool:
     """Whether ``reply`` holds the whole answer to ``line``: ``get`` ends with ``END``, a

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +19,8 @@ from tests.services._base import (
     STARTUP_TIMEOUT,
     ServiceError,
     ServiceUnavailable,
-    _live,
     _ServerProcess,
     _session_service,
-    die_with_parent_prefix,
-    free_port,
     start_or_report,
 )
 
@@ -59,24 +54,27 @@ models.SQSBackend.receive_message = receive_message
 
 # moto's threaded server checks a DynamoDB condition and then writes with nothing in between,
 # so two racing conditional writes can both succeed; DynamoDB serializes writes to an item.
+# moto also changes an item's attributes one by one, so a read racing an UpdateItem could see
+# it half done (a SUCCESS without its Results); on DynamoDB one item's update is atomic: reads
+# take the same lock.
 import threading
 from moto.dynamodb import models as dynamodb_models
 
-_dynamodb_writes = threading.RLock()
+_dynamodb_items = threading.RLock()
 
 
 def _serialized(name):
     original = getattr(dynamodb_models.DynamoDBBackend, name)
 
     def write(self, *args, **kwargs):
-        with _dynamodb_writes:
+        with _dynamodb_items:
             return original(self, *args, **kwargs)
 
     setattr(dynamodb_models.DynamoDBBackend, name, write)
 
 
 for _name in ("put_item", "update_item", "delete_item", "transact_write_items",
-              "batch_write_item"):
+              "batch_write_item", "get_item", "batch_get_item", "query", "scan"):
     _serialized(_name)
 from moto.server import main
 
@@ -97,6 +95,8 @@ class MotoServer(_ServerProcess):
       :data:`AWS_TEST_ENV`'s dummy credentials and region (never the caller's real ones).
     * ``close()`` stops it and removes the temp dir holding ``moto.log``.
     """
+
+    name = "moto"
 
     binary_name = "moto.server"
 
@@ -126,12 +126,6 @@ class MotoServer(_ServerProcess):
         self._dir: Path | None = None
 
     # -- addresses ---------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("MotoServer has no port yet: call start() first")
-        return self._port
-
     @property
     def endpoint_url(self) -> str:
         """``http://127.0.0.1:PORT`` (the endpoint for every service)."""
@@ -188,79 +182,16 @@ class MotoServer(_ServerProcess):
         self._api("POST", "/moto-api/reset")
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self) -> MotoServer:
-        if self.running:
-            return self
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="mc-moto-"))
-        attempts = 1 if (self._fixed_port or self._port is not None) else 3
-        for attempt in range(attempts):
-            if self._port is None:
-                self._port = free_port(self.host)
-            try:
-                self._launch()
-                _live.add(self)
-                return self
-            except ServiceError:
-                # Lost a race for a freshly picked port: pick another one.
-                if attempt + 1 < attempts and "Address already in use" in self._log_tail():
-                    self._port = None
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _launch(self) -> None:
         env = {**os.environ, **AWS_TEST_ENV}
         # moto's own stdout must not be buffered away from the log on a crash.
         env["PYTHONUNBUFFERED"] = "1"
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting on port {self.port}\n".encode())
-            log.flush()
-            prefix = die_with_parent_prefix() if self.die_with_parent else []
-            self._proc = subprocess.Popen(
-                [*prefix, self.python, "-c", _MOTO_BOOTSTRAP,
-                 "-H", self.host, "-p", str(self.port)],
-                cwd=self.dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self._terminate(timeout=5)
-            raise
+        self._spawn([self.python, "-c", _MOTO_BOOTSTRAP, "-H", self.host, "-p", str(self.port)],
+                    self._answers, "answer", cwd=self.dir, env=env)
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServiceError(
-                    f"moto server exited with status {self._proc.returncode} while "
-                    f"starting on port {self.port}; log:\n{self._log_tail()}"
-                )
-            try:
-                self._api("GET", "/moto-api/data.json", timeout=1.0)
-            except OSError as exc:  # refused while booting (urllib's URLError is an OSError)
-                last_error = exc
-            else:
-                return
-            time.sleep(0.05)
-        raise ServiceError(
-            f"moto server on port {self.port} did not answer within {self.startup_timeout}s "
-            f"(last error: {last_error!r}); log:\n{self._log_tail()}"
-        )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (moto has no shutdown API); the port stays reserved for start()."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        self._terminate(timeout)
+    def _answers(self) -> bool:
+        self._api("GET", "/moto-api/data.json", timeout=1.0)  # refused: URLError, an OSError
+        return True
 
 
 MOTO_FIXTURES = frozenset({"moto_server", "moto_endpoint"})

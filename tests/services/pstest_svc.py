@@ -19,8 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +31,8 @@ from tests.services._base import (
     STARTUP_TIMEOUT,
     ServiceError,
     ServiceUnavailable,
-    _live,
     _ServerProcess,
     _session_service,
-    die_with_parent_prefix,
-    free_port,
     start_or_report,
 )
 
@@ -67,6 +62,8 @@ class PubSubEmulator(_ServerProcess):
     """``interop/bin/pstest`` on a free loopback port (:attr:`emulator_host`).  ``stop()`` /
     ``start()`` restart it on the same port with no state (everything is in memory)."""
 
+    name = "pstest"
+
     def __init__(self, *, port: int | None = None, host: str = LOOPBACK,
                  startup_timeout: float = STARTUP_TIMEOUT, die_with_parent: bool = True) -> None:
         try:
@@ -83,62 +80,21 @@ class PubSubEmulator(_ServerProcess):
         self._dir: Path | None = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("PubSubEmulator has no port yet: call start() first")
-        return self._port
-
-    @property
     def emulator_host(self) -> str:
         """``127.0.0.1:PORT``: the value of ``PUBSUB_EMULATOR_HOST``."""
         return f"{self.host}:{self.port}"
 
     url = emulator_host
 
-    @property
-    def log_path(self) -> Path:
-        if self._dir is None:
-            raise ServiceError("PubSubEmulator has no directory yet: call start() first")
-        return self._dir / "pstest.log"
+    def _launch(self) -> None:
+        self._spawn([str(self.binary), "-host", self.host, "-port", str(self.port)],
+                    self._listening, "start listening")
 
-    def start(self) -> PubSubEmulator:
-        if self.running:
-            return self
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="mc-pstest-"))
-        if self._port is None:
-            self._port = free_port(self.host)
-        prefix = die_with_parent_prefix() if self.die_with_parent else []
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [*prefix, str(self.binary), "-host", self.host, "-port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise ServiceError(f"pstest exited with status {code} while starting on port "
-                                   f"{self.port}; log:\n{self._log_tail()}")
-            if "listening on" in self.log_path.read_text(errors="replace"):
-                try:
-                    socket.create_connection((self.host, self.port), timeout=1).close()
-                except OSError:
-                    pass
-                else:
-                    _live.add(self)
-                    return self
-            time.sleep(0.02)
-        self._terminate(timeout=1)
-        raise ServiceError(f"pstest on port {self.port} did not start within "
-                           f"{self.startup_timeout}s; log:\n{self._log_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        self._terminate(timeout)
+    def _listening(self) -> bool:
+        if "listening on" not in self.log_path.read_text(errors="replace"):
+            return False
+        socket.create_connection((self.host, self.port), timeout=1).close()
+        return True
 
     # -- clients (they need PUBSUB_EMULATOR_HOST set to this emulator) ------------------
     def _env(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -88,7 +89,12 @@ class RabbitMQServer(_ServerProcess):
         die_with_parent: bool = True,
         tls: TLSFiles | None = None,
         tls_client_certs: bool = False,
+        epmd_port: int | None = None,
+        cookie: str | None = None,
     ) -> None:
+        """``epmd_port``: register with the epmd already running on that port (a cluster's
+        other nodes) instead of starting one; ``cookie``: the Erlang cookie (nodes of one
+        cluster need the same one; default: Erlang makes one)."""
         server = _rabbitmq_script(self.binary_name, "RABBITMQ_SERVER_BIN")
         ctl = _rabbitmq_script("rabbitmqctl", "RABBITMQCTL_BIN")
         if server is None or ctl is None:
@@ -106,7 +112,9 @@ class RabbitMQServer(_ServerProcess):
         self.host = host
         self._port = port
         self._dist_port: int | None = None
-        self._epmd_port: int | None = None
+        self._epmd_port: int | None = epmd_port
+        self._own_epmd = epmd_port is None
+        self.cookie = cookie
         self.config_lines = tuple(config_lines)
         self.startup_timeout = startup_timeout
         self.die_with_parent = die_with_parent
@@ -122,12 +130,6 @@ class RabbitMQServer(_ServerProcess):
         self._vhost_serial = 0
 
     # -- addresses ---------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("RabbitMQServer has no port yet: call start() first")
-        return self._port
-
     @property
     def dist_port(self) -> int:
         if self._dist_port is None:
@@ -232,6 +234,11 @@ class RabbitMQServer(_ServerProcess):
         (d / "enabled_plugins").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("")
         (d / "advanced.config").write_text("[].\n")
+        if self.cookie is not None:
+            path = d / ".erlang.cookie"
+            if not path.exists():
+                path.write_text(self.cookie)
+                path.chmod(0o400)
         lines = [
             f"listeners.tcp.default = {self.host}:{self.port}",
             "loopback_users.guest = true",
@@ -349,7 +356,7 @@ class RabbitMQServer(_ServerProcess):
     def _start_epmd(self) -> None:
         """The node's own epmd, as a child of this process (the node would otherwise start
         a daemonized one that outlives a killed test run)."""
-        if self._epmd_proc is not None and self._epmd_proc.poll() is None:
+        if not self._own_epmd or (self._epmd_proc is not None and self._epmd_proc.poll() is None):
             return
         prefix = die_with_parent_prefix() if self.die_with_parent else []
         with open(self.dir / "epmd.log", "ab") as log:
@@ -420,7 +427,18 @@ class RabbitMQServer(_ServerProcess):
                 self.ctl("stop", timeout=timeout)
         self._terminate(timeout)
 
+    def kill(self) -> None:
+        """Crash the node (SIGKILL of its Erlang VM, which runs as a child of the
+        ``rabbitmq-server`` script: killing the script alone would leave the VM serving)."""
+        if self._proc is not None and self._proc.poll() is None:
+            for pid in _descendants(self._proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        super().kill()
+
     def _stop_epmd(self) -> None:
+        if not self._own_epmd:
+            return
         proc, self._epmd_proc = self._epmd_proc, None
         if proc is not None:
             proc.terminate()
@@ -464,6 +482,26 @@ class RabbitMQServer(_ServerProcess):
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<RabbitMQServer {self._port and self.node} {self.host}:{self._port} {state}>"
+
+
+def _descendants(pid: int) -> list[int]:
+    """The pids of ``pid``'s children, grandchildren, ... (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 RABBITMQ_FIXTURES = frozenset({

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +20,9 @@ from tests.services._base import (
     ServiceError,
     ServiceUnavailable,
     TLSFiles,
-    _live,
     _no_retry,
     _ServerProcess,
     _session_service,
-    die_with_parent_prefix,
-    free_port,
     start_or_report,
 )
 
@@ -46,6 +41,8 @@ class RedisServer(_ServerProcess):
     With ``die_with_parent`` (default) Linux kills the server when the thread
     that started it exits: start servers from the main thread (or pass False).
     """
+
+    name = "redis-server"
 
     binary_name = "redis-server"
 
@@ -82,12 +79,6 @@ class RedisServer(_ServerProcess):
 
     # -- addresses ---------------------------------------------------------
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("RedisServer has no port yet: call start() first")
-        return self._port
-
-    @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
@@ -117,27 +108,6 @@ class RedisServer(_ServerProcess):
         return {}
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self) -> RedisServer:
-        if self.running:
-            return self
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="mc-redis-"))
-        attempts = 1 if (self._fixed_port or self._port is not None) else 3
-        for attempt in range(attempts):
-            if self._port is None:
-                self._port = free_port(self.host)
-            try:
-                self._launch()
-                _live.add(self)
-                return self
-            except ServiceError:
-                # Lost a race for a freshly picked port: pick another one.
-                if attempt + 1 < attempts and "Address already in use" in self._log_tail():
-                    self._port = None
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _command(self) -> list[str]:
         return [
             self.binary,
@@ -155,53 +125,18 @@ class RedisServer(_ServerProcess):
         return ["--port", str(self.port)]
 
     def _launch(self) -> None:
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting on port {self.port}\n".encode())
-            log.flush()
-            prefix = die_with_parent_prefix() if self.die_with_parent else []
-            self._proc = subprocess.Popen(
-                [*prefix, *self._command()],
-                cwd=self.dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self._terminate()
-            raise
+        self._spawn(self._command(), self._pings, "answer PING", cwd=self.dir)
 
-    def _wait_ready(self) -> None:
+    def _pings(self) -> bool:
         import redis
 
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServiceError(
-                    f"redis-server exited with status {self._proc.returncode} while "
-                    f"starting on port {self.port}; log:\n{self._log_tail()}"
-                )
-            try:
-                with redis.Redis(
-                    host=self.host,
-                    port=self.port,
-                    socket_connect_timeout=0.5,
-                    socket_timeout=0.5,
-                    retry=_no_retry(),
-                    **self._client_kwargs(),
-                ) as probe:
-                    if probe.ping():
-                        return
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                last_error = exc
-            time.sleep(0.05)
-        raise ServiceError(
-            f"redis-server on port {self.port} did not answer PING within "
-            f"{self.startup_timeout}s (last error: {last_error!r}); log:\n{self._log_tail()}"
-        )
+        try:
+            with redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5,
+                             socket_timeout=0.5, retry=_no_retry(),
+                             **self._client_kwargs()) as probe:
+                return bool(probe.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise OSError(str(exc)) from exc
 
     def stop(self, timeout: float = 10.0) -> None:
         """Clean shutdown (SHUTDOWN NOSAVE); the port stays reserved for start()."""

@@ -191,3 +191,26 @@ def test_property_format_parse_identity(unix_ns: int, offset_minutes: int) -> No
         f"{wall.year:04d}-{wall.month:02d}-{wall.day:02d}T"
         f"{wall.hour:02d}:{wall.minute:02d}:{wall.second:02d}"
     )
+
+
+def test_isoformat_of_times_in_the_same_second_and_across_offsets() -> None:
+    """The seconds part is reused for the next time of the same (local) second: check it
+    against a plain datetime formatting for random instants, neighbours and offsets."""
+    import random
+
+    def reference(ns: int, off: int) -> str:
+        sec, frac = divmod(ns, 10**9)
+        text = (datetime(1970, 1, 1) + timedelta(seconds=sec + off)).strftime("%Y-%m-%dT%H:%M:%S")
+        if frac:
+            text += "." + f"{frac:09d}".rstrip("0")
+        if off == 0:
+            return text + "Z"
+        h, m = divmod(abs(off) // 60, 60)
+        return text + f"{'+' if off > 0 else '-'}{h:02d}:{m:02d}"
+
+    rng = random.Random(1204)
+    for _ in range(2000):
+        ns = rng.randrange(-(10**18), 4 * 10**18)
+        off = rng.choice([0, 3600, -18000, 19800])
+        for step in (0, 1, 999_999_999, 10**9):
+            assert GoTime(ns + step, off).isoformat() == reference(ns + step, off)

@@ -101,6 +101,7 @@ func run() int {
 		pollMs    = flag.Int64("poll-ms", 50, "default GetWithTimeout sleep between polls")
 		amqpOpts  = mc.AMQPFlags(flag.CommandLine)
 		awsOpts   = mc.AWSFlags(flag.CommandLine)
+		redisOpts = mc.RedisFlags(flag.CommandLine)
 	)
 	flag.Parse()
 	if *backend == "" {
@@ -115,7 +116,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "mcproducer:", err)
 		return 2
 	}
-	srv, err := mc.New(mc.Options{Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue, AMQP: ao, AWS: awsOpts()})
+	srv, err := mc.New(mc.Options{Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue, AMQP: ao, AWS: awsOpts(), Redis: redisOpts()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mcproducer:", err)
 		return 2
@@ -215,7 +216,7 @@ func (p *producer) readResult(n int, id json.RawMessage, uuid string, timeout, p
 
 // fill waits for the result and records state, results and error.
 func (p *producer) fill(o *outLine, res mc.Result, timeout, poll time.Duration, start time.Time) {
-	vals, err := res.GetWithTimeout(timeout, poll)
+	vals, err := getRecovering(res, timeout, poll)
 	el := time.Since(start).Milliseconds()
 	o.ElapsedMs = &el
 	st := res.State()
@@ -230,6 +231,18 @@ func (p *producer) fill(o *outLine, res mc.Result, timeout, poll time.Duration, 
 		}
 		o.Results = &items
 	}
+}
+
+// getRecovering is res.GetWithTimeout with a panic inside Machinery reported as the error
+// "panic: <value>" instead of ending mcproducer (Go's MongoDB reader panics in its reflection
+// on the BSON binary Go's own writer stores for []uint8 results).
+func getRecovering(res mc.Result, timeout, poll time.Duration) (vals []reflect.Value, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			vals, err = nil, fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return res.GetWithTimeout(timeout, poll)
 }
 
 func describe(v reflect.Value) resultItem {

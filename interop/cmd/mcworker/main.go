@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,6 +43,7 @@ func run() int {
 		quitTimeout = flag.Duration("quit-timeout", 30*time.Second, "how long to wait for running tasks on SIGINT/SIGTERM")
 		amqpOpts    = mc.AMQPFlags(flag.CommandLine)
 		awsOpts     = mc.AWSFlags(flag.CommandLine)
+		redisOpts   = mc.RedisFlags(flag.CommandLine)
 	)
 	flag.Parse()
 	if *backend == "" {
@@ -88,7 +90,7 @@ func run() int {
 	srv, err := mc.New(mc.Options{
 		Flavour: *flavour, Broker: *broker, Backend: *backend, Queue: *queue,
 		DelayedPollMs: *delayedPoll, NormalPollMs: *normalPoll, ResultsExpireIn: *expire,
-		AMQP: ao, AWS: aws,
+		AMQP: ao, AWS: aws, Redis: redisOpts(),
 	})
 	if err != nil {
 		return fatal("server: %v", err)
@@ -120,7 +122,11 @@ func run() int {
 	// once this worker's consumer is attached (Launch connects asynchronously).
 	var amqpProbe *consumerProbe
 	if mc.Scheme(*broker) == "amqp" {
-		if amqpProbe, err = newConsumerProbe(*broker, *queue, 10*time.Second); err != nil {
+		first := *broker
+		if ao.Separator != "" {
+			first = strings.Split(first, ao.Separator)[0]
+		}
+		if amqpProbe, err = newConsumerProbe(first, *queue, 10*time.Second); err != nil {
 			return fatal("amqp %v", err)
 		}
 		defer amqpProbe.Close()

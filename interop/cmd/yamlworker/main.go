@@ -2,7 +2,8 @@
 // loaded with Machinery's own config.NewFromYaml (v1 or v2): the proof that one
 // file serves a Go worker and a Python worker alike (README, "AMQP").
 //
-// It registers "add" (sum of int64s, as the Python side also has it) and
+// It registers "add" (sum of int64s, as the Python side also has it),
+// "sleep_ms" (sleeps that many milliseconds, returns them) and
 // "go_who" (returns "go-<flavour>"), consumes the file's default_queue and
 // prints "ready" on stdout once it consumes (Machinery's log goes to stderr).
 // The v2 flavour builds the AMQP broker and the AMQP backend (or go-redis for a
@@ -17,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/RichardKnop/machinery/v1"
 	v1config "github.com/RichardKnop/machinery/v1/config"
@@ -44,6 +46,12 @@ func add(args ...int64) (int64, error) {
 	return sum, nil
 }
 
+// sleepMs sleeps ms milliseconds and returns ms (a task that takes a while).
+func sleepMs(ms int64) (int64, error) {
+	time.Sleep(time.Duration(ms) * time.Millisecond)
+	return ms, nil
+}
+
 func main() {
 	path := flag.String("config", "", "YAML file (Machinery's format)")
 	flavour := flag.String("flavour", "v2", "v1 | v2")
@@ -51,7 +59,7 @@ func main() {
 	flag.Parse()
 	mc.LogToStderr("yamlworker ") // stdout carries only "ready"
 	who := func() (string, error) { return "go-" + *flavour, nil }
-	tasks := map[string]interface{}{"add": add, "go_who": who}
+	tasks := map[string]interface{}{"add": add, "go_who": who, "sleep_ms": sleepMs}
 
 	var w worker
 	switch *flavour {

@@ -28,6 +28,9 @@ type AMQPOptions struct {
 	QueueBindingArgs map[string]interface{}
 	AutoDelete       bool
 	DelayedQueue     string
+	// Separator is Machinery's MultipleBrokerSeparator (a top-level config
+	// key): the broker URL is split on it and the URLs are tried in order.
+	Separator string
 }
 
 // AMQPFlags registers the -amqp-* flags on fs. After fs.Parse, call the
@@ -43,11 +46,13 @@ func AMQPFlags(fs *flag.FlagSet) func(queue string) (AMQPOptions, error) {
 		bindingArgs  = fs.String("amqp-binding-args", "", "AMQP.QueueBindingArgs as a JSON object")
 		autoDelete   = fs.Bool("amqp-auto-delete", false, "AMQP.AutoDelete (delay queues)")
 		delayedQueue = fs.String("amqp-delayed-queue", "", "AMQP.DelayedQueue")
+		separator    = fs.String("amqp-separator", "", "MultipleBrokerSeparator: -broker holds several AMQP URLs joined by it, tried in order")
 	)
 	return func(queue string) (AMQPOptions, error) {
 		o := AMQPOptions{
 			Exchange: *exchange, ExchangeType: *exchangeType, BindingKey: *bindingKey,
 			PrefetchCount: *prefetch, AutoDelete: *autoDelete, DelayedQueue: *delayedQueue,
+			Separator: *separator,
 		}
 		if o.BindingKey == "" {
 			o.BindingKey = queue

@@ -44,6 +44,7 @@ type Options struct {
 	ResultsExpireIn int    // seconds
 	AMQP            AMQPOptions
 	AWS             AWSOptions
+	Redis           RedisOptions // cluster / sentinel (redis_topology.go)
 }
 
 // Arg is a flavour-neutral tasks.Arg.

@@ -29,6 +29,8 @@ func newV1(o Options) (Server, error) {
 		DefaultQueue:    o.Queue,
 		ResultsExpireIn: o.ResultsExpireIn,
 		NoUnixSignals:   true, // mcworker handles SIGINT/SIGTERM itself
+
+		MultipleBrokerSeparator: o.AMQP.Separator,
 		Redis: &config.RedisConfig{
 			MaxIdle:                10,
 			MaxActive:              100,
@@ -51,6 +53,7 @@ func newV1(o Options) (Server, error) {
 			DelayedQueue:     o.AMQP.DelayedQueue,
 		},
 	}
+	configureV1Redis(cnf, o)
 	if err := configureV1AWS(cnf, o); err != nil {
 		return nil, err
 	}

@@ -34,6 +34,8 @@ func newV2(o Options) (Server, error) {
 		DefaultQueue:    o.Queue,
 		ResultsExpireIn: o.ResultsExpireIn,
 		NoUnixSignals:   true, // mcworker handles SIGINT/SIGTERM itself
+
+		MultipleBrokerSeparator: o.AMQP.Separator,
 		Redis: &config.RedisConfig{
 			MaxIdle:                10,
 			MaxActive:              100,
@@ -59,6 +61,7 @@ func newV2(o Options) (Server, error) {
 		},
 	}
 	configureV2AWS(cnf, o)
+	configureV2Redis(cnf, o)
 	redisClient := func(what string) error {
 		if o.Flavour == FlavourV2 {
 			return fmt.Errorf("%s is a redis:// URL: use -flavour v2-redigo or v2-goredis to pick the Redis client", what)
@@ -83,13 +86,17 @@ func newV2(o Options) (Server, error) {
 		if err := redisClient("broker"); err != nil {
 			return nil, err
 		}
-		u, err := rurl.Parse(o.Broker)
-		if err != nil {
-			return nil, fmt.Errorf("broker: %v", err)
-		}
 		if o.Flavour == FlavourV2GoRedis {
-			br = redisbroker.NewGR(cnf, []string{u.GoRedisAddr()}, u.DB)
+			addrs, db, err := GoRedisAddrs(o.Broker)
+			if err != nil {
+				return nil, fmt.Errorf("broker: %v", err)
+			}
+			br = redisbroker.NewGR(cnf, addrs, db)
 		} else {
+			u, err := rurl.Parse(o.Broker)
+			if err != nil {
+				return nil, fmt.Errorf("broker: %v", err)
+			}
 			br = redisbroker.New(cnf, u.Host, u.Username, u.Password, "", u.DB)
 		}
 	}
@@ -110,13 +117,17 @@ func newV2(o Options) (Server, error) {
 		if err := redisClient("backend"); err != nil {
 			return nil, err
 		}
-		u, err := rurl.Parse(o.Backend)
-		if err != nil {
-			return nil, fmt.Errorf("backend: %v", err)
-		}
 		if o.Flavour == FlavourV2GoRedis {
-			be = redisbackend.NewGR(cnf, []string{u.GoRedisAddr()}, u.DB)
+			addrs, db, err := GoRedisAddrs(o.Backend)
+			if err != nil {
+				return nil, fmt.Errorf("backend: %v", err)
+			}
+			be = redisbackend.NewGR(cnf, addrs, db)
 		} else {
+			u, err := rurl.Parse(o.Backend)
+			if err != nil {
+				return nil, fmt.Errorf("backend: %v", err)
+			}
 			be = redisbackend.New(cnf, u.Host, u.Username, u.Password, "", u.DB)
 		}
 	}

@@ -1,0 +1,122 @@
+"""The event model, the settings and the stats aggregation (pure: no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from machinery_compat.events import EventsConfig
+from machinery_compat.events.model import (
+    FAILED,
+    MAX_TEXT,
+    SENT,
+    STARTED,
+    SUCCEEDED,
+    TYPES,
+    WORKER_HEARTBEAT,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
+    Event,
+    clip,
+)
+from machinery_compat.events.stats import aggregate, percentile
+from machinery_compat.exceptions import ConfigError, DecodeError
+
+
+def test_event_json_round_trip_keeps_only_what_it_has() -> None:
+    e = Event(SUCCEEDED, 1700000000.5, "task_1", "add", "q", "1@h", runtime=0.25)
+    text = e.to_json()
+    assert json.loads(text) == {"type": "task-succeeded", "timestamp": 1700000000.5,
+                                "uuid": "task_1", "name": "add", "queue": "q",
+                                "hostname": "1@h", "runtime": 0.25}
+    assert Event.from_json(text, id="1-0") == e
+    assert Event.from_json(text, id="1-0").id == "1-0"
+
+
+def test_worker_event_extra_keys_survive() -> None:
+    e = Event(WORKER_ONLINE, 1.0, hostname="w", extra={"pid": 7, "queues": ["a"]})
+    back = Event.from_json(e.to_json())
+    assert back.extra == {"pid": 7, "queues": ["a"]}
+    assert back.hostname == "w"
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"[]", b'{"timestamp": 1}', b'{"type": "x"}', b'{"type": "x", "timestamp": true}',
+    b'{"type": "x", "timestamp": 1, "runtime": "fast"}', b'{"type": "x", "timestamp": 1, "retries": 1.5}',
+    b'{"type": "x", "timestamp": 1, "uuid": 5}',
+])
+def test_bad_events_are_refused_with_a_decode_error(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        Event.from_json(raw)
+
+
+def test_clip_and_types() -> None:
+    assert clip("x" * 10) == "x" * 10
+    long = clip("y" * (MAX_TEXT + 50))
+    assert len(long) == MAX_TEXT and long.endswith("…")
+    assert len(set(TYPES)) == len(TYPES) == 10
+
+
+def test_settings_from_env() -> None:
+    assert EventsConfig.from_env({}) == EventsConfig(False, False, 10_000)  # both off
+    assert EventsConfig.from_env({"MACHINERY_COMPAT_WORKER_EVENTS": "on"}).worker_events
+    cfg = EventsConfig.from_env({"MACHINERY_COMPAT_WORKER_EVENTS": "off",
+                                 "MACHINERY_COMPAT_SEND_EVENTS": "YES",
+                                 "MACHINERY_COMPAT_EVENTS_MAX_LEN": "50"})
+    assert cfg == EventsConfig(worker_events=False, send_events=True, max_len=50)
+    with pytest.raises(ConfigError, match="MACHINERY_COMPAT_SEND_EVENTS"):
+        EventsConfig.from_env({"MACHINERY_COMPAT_SEND_EVENTS": "maybe"})
+    with pytest.raises(ConfigError, match="MAX_LEN"):
+        EventsConfig.from_env({"MACHINERY_COMPAT_EVENTS_MAX_LEN": "lots"})
+    with pytest.raises(ConfigError, match=">= 1"):
+        EventsConfig(max_len=0)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 90) == 90.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
+
+
+def test_aggregate_counts_per_queue_and_name_with_percentiles() -> None:
+    now = 1000.0
+    evs = [Event(SENT, 1.0, "a", "add", "q1"), Event(STARTED, 2.0, "a", "add", "q1")]
+    evs += [Event(SUCCEEDED, 3.0 + i, f"s{i}", "add", "q1", runtime=float(i)) for i in range(1, 11)]
+    evs += [Event(FAILED, 20.0, "f", "boom", "q2", runtime=0.5, exception="x"),
+            Event(FAILED, 21.0, "g", "boom", "q2", exception="not run")]
+    out = aggregate(evs, now=now)
+    assert out["events"] == {"count": 14, "first": 1.0, "last": 21.0}
+    assert out["queues"]["q1"]["enqueued"] == 1
+    assert out["queues"]["q1"]["succeeded"] == 10
+    assert out["queues"]["q2"]["failed"] == 2
+    rt = out["tasks"]["add"]["runtime"]
+    assert (rt["count"], rt["p50"], rt["p90"], rt["p99"], rt["max"]) == (10, 5.0, 9.0, 10.0, 10.0)
+    assert out["tasks"]["boom"]["runtime"]["count"] == 1  # the run that did not run has none
+
+
+def test_aggregate_lists_workers_whose_last_event_is_recent_and_not_offline() -> None:
+    now = 1000.0
+    evs = [Event(WORKER_ONLINE, 990.0, hostname="a", extra={"pid": 1}),
+           Event(WORKER_HEARTBEAT, 995.0, hostname="a", extra={"pid": 1, "processed": 5}),
+           Event(WORKER_ONLINE, 990.0, hostname="b", extra={"pid": 2}),
+           Event(WORKER_OFFLINE, 999.0, hostname="b", extra={"pid": 2}),
+           Event(WORKER_ONLINE, 900.0, hostname="c", extra={"pid": 3})]  # silent too long
+    workers = aggregate(evs, now=now)["workers"]
+    assert [(w["hostname"], w["last_event"], w["processed"]) for w in workers] == [
+        ("a", WORKER_HEARTBEAT, 5)]
+
+
+@pytest.mark.parametrize("event", [
+    Event(FAILED, 1.5, "t\u00e9", 'q"uote', "q\\n", "h\x01", runtime=1e-07, retries=3,
+          exception="line\nbreak ✓", reason="r", eta="2026-01-01T00:00:00Z"),
+    Event(WORKER_HEARTBEAT, 2.0, hostname="w", extra={"pid": 1, "queues": ["a", "b"],
+                                                       "type": "ignored", "x": None}),
+    Event(SENT, 3.0),
+])
+def test_to_json_is_the_json_of_to_dict(event: Event) -> None:
+    assert json.loads(event.to_json()) == event.to_dict()
+    assert Event.from_json(event.to_json()).to_dict() == event.to_dict()
