@@ -196,8 +196,9 @@ def test_go_v2_through_a_sentinel_master_kill(redis_sentinel: RedisSentinelSet,
 
 def _sentinel_side(s: RedisSentinelSet) -> tuple[str, list[str], dict[str, Any], str,
                                                Callable[[str], bytes | None], Callable[[], None]]:
-    """(URL, Go flags, Python's ``redis`` settings, a direct URL, read a key, close)."""
-    master = s.master()
+    """(URL, Go flags, Python's ``redis`` settings, a direct URL, read a key, close).  Waits
+    until the set is stable: an earlier test may have killed and restarted a master."""
+    master = s.wait_stable()
 
     def read(key: str) -> bytes | None:
         with s.master().client() as c:

@@ -18,6 +18,7 @@ import pytest
 
 from interop.tests.harness import yamlworker
 from machinery_compat import Machinery
+from machinery_compat.exceptions import ResultTimeout
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ def go_worker(request: pytest.FixtureRequest, go_bins: Path, config_file: Path,
 
 @pytest.mark.interop
 def test_go_and_python_workers_share_one_yaml_file(go_worker: str, config_file: Path,
-                                                   variant: str) -> None:
+                                                   variant: str, tmp_path: Path) -> None:
     headers = VARIANTS[variant][1]
     app = Machinery.from_yaml(str(config_file))
     assert app.config.amqp is not None and app.config.amqp.prefetch_count == 3
@@ -103,9 +104,19 @@ def test_go_and_python_workers_share_one_yaml_file(go_worker: str, config_file: 
         py = [app.send_task("py_who", headers=headers) for _ in range(3)]
         sums = [app.send_task("add", args=[i, 1], priority=i % 10, headers=headers)
                 for i in range(20)]
-        assert [r.get(timeout=30) for r in go] == [f"go-{go_worker}"] * 3
-        assert [r.get(timeout=30) for r in py] == ["python"] * 3
-        assert [r.get(timeout=30) for r in sums] == [i + 1 for i in range(20)]
+        try:  # 60 s: once in CI (two pytest processes, two cores) 30 s were not enough
+            assert [r.get(timeout=60) for r in go] == [f"go-{go_worker}"] * 3
+            assert [r.get(timeout=60) for r in py] == ["python"] * 3
+            assert [r.get(timeout=60) for r in sums] == [i + 1 for i in range(20)]
+        except ResultTimeout as e:  # say where the messages were
+            log = tmp_path / f"yamlworker-{go_worker}.log"
+            try:
+                pending: object = [r.task_id for r in (*go, *py, *sums) if not r.ready()]
+            except Exception as read_error:  # a diagnostic only
+                pending = read_error
+            raise AssertionError(f"{e}; not done: {pending}; Python worker outcomes "
+                                 f"{dict(worker.outcomes)}; Go log tail:\n"
+                                 f"{log.read_text()[-4000:]}") from e
     finally:
         worker.stop()
         app.close()
