@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import select
 import socket
@@ -54,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 from ._redis_topology import plan, sentinel_pool
 from .config import parse_redis_url
 from .exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .config import Config, RedisConfig
@@ -626,6 +629,8 @@ class FastPath(_ThreadCalls):
     def __init__(self, client: Any, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.pool = client.connection_pool
         self._local = _thread_state(self.pool)
+        #: a Sentinel master's pool: a READONLY reply means the master moved (see _execute)
+        self.sentinel = hasattr(self.pool, "service_name")
         #: ``WAIT`` appended to every batch (``redis.wait_replicas``), or None
         self.wait: tuple[str, int, int] | None = (
             ("WAIT", wait_replicas, wait_timeout_ms if wait_timeout_ms > 0 else 1000)
@@ -744,6 +749,20 @@ class FastPath(_ThreadCalls):
         return conn.pack_commands(commands)
 
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        try:
+            return self._execute_once(commands)
+        except (require_redis().ConnectionError, require_redis().ResponseError) as e:
+            if not (self.sentinel and _demoted_master(e)):
+                raise
+            # a Sentinel master connection reached a replica (the master was demoted, or a
+            # sentinel still named the old one): the replica refused every write of the
+            # batch, so it is sent again, once, on a new connection to the master the
+            # sentinels name now (go-redis' FailoverClient retries READONLY too)
+            logger.warning("Redis answered READONLY (%s): sending again to the master the "
+                           "sentinels name now", e)
+            return self._execute_once(commands)
+
+    def _execute_once(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         if self.wait is not None:
             commands = [*commands, self.wait]
         conn = self._conn()
@@ -892,6 +911,14 @@ def _hiredis_sentinel() -> Any:
 
 
 _NOT_ENOUGH_DATA: Any = _hiredis_sentinel() if redis is not None else None
+
+
+def _demoted_master(e: BaseException) -> bool:
+    """Whether ``e`` is a ``READONLY`` reply: as read here, or as redis-py's Sentinel
+    connection turns it into "The previous master is now a slave" (nothing was written)."""
+    r = require_redis()
+    return isinstance(e, r.exceptions.ReadOnlyError) or (
+        isinstance(e.__context__, r.exceptions.ReadOnlyError) and "previous master" in str(e))
 
 
 def _direct_io(conn: Any, sock: Any) -> bool:

@@ -73,6 +73,37 @@ def test_tasks_canvas_and_etas_through_the_sentinels(redis_sentinel: RedisSentin
     assert stored is not None and b'"State":"SUCCESS"' in stored
 
 
+def test_a_send_refused_by_a_replica_goes_again_to_the_master(
+        redis_sentinel: RedisSentinelSet, queue: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The connection a send takes reaches the replica (a sentinel still naming the old
+    master right after a failover; CI saw it twice): the replica refuses the PENDING write
+    and the push (READONLY), so the send goes once more, on a new connection, to the master
+    the sentinels name now; the task is queued once and its PENDING stored."""
+    app = _app(redis_sentinel, queue)
+    try:
+        pool = app.broker.client.connection_pool
+        pool.disconnect(inuse_connections=True)  # this thread's connection: connect anew
+        # (redis-py's connections ask the pool's proxy for the master when they connect)
+        replica, real = redis_sentinel.replica(), pool.proxy.get_master_address
+        answers: list[tuple[str, int]] = []
+
+        def stale_first() -> tuple[str, int]:
+            answers.append((replica.host, replica.port) if not answers else real())
+            return answers[-1]
+
+        monkeypatch.setattr(pool.proxy, "get_master_address", stale_first)
+        with caplog.at_level("WARNING", logger="machinery_compat._redis"):
+            res = app.send_task("add", args=[2, 3])
+        assert answers[0] == (replica.host, replica.port) and len(answers) == 2
+        assert "READONLY" in caplog.text
+        with redis_sentinel.master().client() as c:
+            assert c.llen(queue) == 1
+            assert b'"State":"PENDING"' in c.get(res.task_id)
+    finally:
+        app.close()
+
+
 def test_a_wrong_sentinel_password_is_a_clear_error(redis_sentinel: RedisSentinelSet,
                                                     queue: str) -> None:
     app = _app(redis_sentinel, queue, password="wrong")
