@@ -662,7 +662,13 @@ class FastPath(_ThreadCalls):
             held = _Held(self.pool, self.pool.get_connection())
             self._local.held = held  # released to the pool when the thread ends
         held.used = now
-        return held.conn
+        conn = held.conn
+        if conn._sock is None and self.sentinel:
+            # disconnected (the SwitchWatcher after a failover, an error): connect through
+            # the sentinels.  redis-py 8 reconnects a disconnected connection to the address
+            # it had (send_packed_command -> connect_check_health), the old master
+            conn.connect()
+        return conn
 
     def _drop(self, conn: Any) -> None:
         held: _Held | None = getattr(self._local, "held", None)

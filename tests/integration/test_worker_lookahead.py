@@ -67,7 +67,8 @@ def test_lookahead_states_and_outcomes(redis_url: str, redis_client: redis.Redis
             assert final["Results"] == [{"Type": "int64", "Value": final["Results"][0]["Value"]}]
         assert expired not in seen
         assert worker.started_ahead >= N, worker.started_ahead  # the look-ahead path ran
-        assert worker.outcomes["run"] == 2 * N + 1
+        # (counted after the stored state these reads saw)
+        wait_for(lambda: worker.outcomes["run"] == 2 * N + 1, 10, "every run counted")
         assert worker.outcomes["handed_back"] >= 1
         assert redis_client.llen(f"{queue}.dead") == 1
         assert other not in seen
