@@ -108,6 +108,7 @@ def test_three_python_schedulers_and_go_send_once_per_period(
         _wait(lambda: len({a["value"] for a in go.attempts() if a["at"] > first}) >= 8,
               timeout=120, what="eight periods tried by Go")
     finally:
+        stopping = time.time_ns()
         for s in schedulers:
             s.stop()
         err = go.stop()
@@ -118,7 +119,13 @@ def test_three_python_schedulers_and_go_send_once_per_period(
     won = go_won + py_won
     assert len(won) == len(set(won)), ("two sends in one period", Counter(won).most_common(3))
     tried = {a["value"] for a in go_tried} | {f.value for f in py_tried}
-    assert tried == set(won), ("a period nobody sent", sorted(tried - set(won)), err[-2000:])
+    # every period that ended before the schedulers began to stop was sent (one still running
+    # then may have been tried by a party on its way out); CI once saw one period tried and
+    # sent by nobody, not known to be the last: the message names every attempt at it
+    unsent = sorted(v for v in tried - set(won) if v < stopping)
+    assert not unsent, ("a period nobody sent", unsent,
+                        [a for a in go_tried if a["value"] in unsent],
+                        [f for f in py_tried if f.value in unsent], err[-2000:])
     assert not [f for f in py_tried if f.error], "a Python send failed"
     msgs = [json.loads(m) for m in client.lrange("machinery_tasks", 0, -1)]
     senders = Counter(m["Args"][0]["Value"] for m in msgs)
