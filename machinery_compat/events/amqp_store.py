@@ -137,8 +137,5 @@ class AMQPEventStore:
         finally:
             link.close()
 
-    def length(self) -> int | None:
-        return None
-
     def close(self) -> None:
         self.pool.close()

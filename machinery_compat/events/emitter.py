@@ -1,14 +1,16 @@
 """Emitting events: signal receivers feed a bounded buffer that a background thread flushes.
 
 Python workers (unless ``worker_events`` is off, see :mod:`.settings`) emit, through the
-receivers connected here when :mod:`machinery_compat.worker` is imported:
+receivers connected here when :mod:`machinery_compat.worker` is imported and, for the two
+events of every task, :class:`WorkerEvents`, which the pool threads call directly:
 
 ==========================  ================================================================
 event                       from
 ==========================  ================================================================
-``task-started``            ``task_prerun`` (RECEIVED and STARTED were just written together)
-``task-succeeded``          ``task_postrun`` with state SUCCESS (``runtime``: seconds the
-                            task function ran)
+``task-started``            the worker, after ``task_prerun`` (RECEIVED and STARTED were
+                            just written together)
+``task-succeeded``          the worker, after ``task_postrun`` with state SUCCESS
+                            (``runtime``: seconds the task function ran)
 ``task-failed``             ``task_failure`` (``exception``: the error text; ``runtime`` when
                             the task ran)
 ``task-received``           ``task_failure`` of a task that did not run (expired, bad
@@ -24,9 +26,10 @@ event                       from
 and producers with ``send_events`` on emit ``task-sent`` for every message the app publishes
 (sends, group and chord members, and the callbacks and retries its workers publish).
 
-A task thread only builds a small :class:`~.model.Event` and appends it to a deque; the
-flusher thread (``mc-events``) encodes and writes them every :data:`FLUSH_INTERVAL`
-seconds, or as soon as :data:`BATCH` wait, in one round trip per batch.  The buffer holds at
+A task thread only appends a tuple (or, for the rarer events, a small
+:class:`~.model.Event`) to a deque; the flusher thread (``mc-events``) encodes and writes
+what waits every :data:`FLUSH_INTERVAL` seconds, or as soon as :data:`BATCH` wait, in one
+round trip per batch (what comes meanwhile waits for the next flush).  The buffer holds at
 most :data:`MAX_BUFFER` events: past that, and for a batch the store refused, events are
 dropped on purpose and counted (:attr:`Emitter.dropped`, and ``dropped`` in the next
 worker-heartbeat), with one warning per outage.  Events never slow down or fail a task.
@@ -89,23 +92,30 @@ _create_lock = threading.Lock()
 _tl = threading.local()
 
 
+#: the JSON of (name, queue, hostname) as events end with it: a worker's are few
+_tails: dict[tuple[str, str, str], str] = {}
+
+
+def _tail(name: str, queue: str, host: str) -> str:
+    key = (name, queue, host)
+    tail = _tails.get(key)
+    if tail is None:
+        tail = "".join(f',"{k}":{_esc(v)}' for k, v in (("name", name), ("queue", queue),
+                                                          ("hostname", host)) if v)
+        if len(_tails) < 4096:
+            _tails[key] = tail
+    return tail
+
+
 def _raw_json(item: Any) -> str:
     """The JSON of a task thread's tuple: what ``Event(...).to_json()`` gives, made in a
-    third of the time (the flusher shares the GIL with the tasks)."""
-    kind, ts, uuid, name, queue, host, runtime = item
-    parts = ['{"type":"', kind, '","timestamp":', repr(ts)]  # (kind: one of ours)
-    if uuid:
-        parts += [',"uuid":', _esc(uuid)]
-    if name:
-        parts += [',"name":', _esc(name)]
-    if queue:
-        parts += [',"queue":', _esc(queue)]
-    if host:
-        parts += [',"hostname":', _esc(host)]
-    if runtime is not None:
-        parts += [',"runtime":', repr(runtime)]
-    parts.append("}")
-    return "".join(parts)
+    fraction of the time (the flusher shares the GIL with the tasks)."""
+    kind, ts, uuid, name, queue, host, runtime = item  # (kind: one of ours)
+    head = f'{{"type":"{kind}","timestamp":{ts!r},"uuid":{_esc(uuid)}' if uuid else (
+        f'{{"type":"{kind}","timestamp":{ts!r}')
+    if runtime is None:
+        return f"{head}{_tail(name, queue, host)}}}"
+    return f'{head}{_tail(name, queue, host)},"runtime":{runtime!r}}}'
 
 
 def _default_hostname() -> str:
@@ -155,14 +165,14 @@ class Emitter:
             return
         self._put(event)
 
-    def task_event(self, kind: str, uuid: str, name: str, queue: str, host: str,
+    def task_event(self, kind: str, ts: float, uuid: str, name: str, queue: str, host: str,
                    runtime: float | None = None) -> None:
         """:meth:`emit` for the task threads' events: a tuple goes in the buffer (the
         flusher makes the Event); an Event is made here only for listeners."""
         if self.listeners:
-            self.emit(Event(kind, time.time(), uuid, name, queue, host, runtime=runtime))
+            self.emit(Event(kind, ts, uuid, name, queue, host, runtime=runtime))
         elif self.store is not None or self.resolve_store:
-            self._put((kind, time.time(), uuid, name, queue, host, runtime))
+            self._put((kind, ts, uuid, name, queue, host, runtime))
 
     def _put(self, item: Event | _Raw) -> None:
         buf = self._buf
@@ -241,14 +251,19 @@ class Emitter:
         if store is None:
             buf.clear()
             return
-        while buf:
+        # what waits now, no more: events that come meanwhile wait for the next flush (a
+        # flusher writing as long as the buffer is not empty would write a few events per
+        # round trip while the tasks run, at a cost per event many times this one's)
+        left = len(buf)
+        while left > 0:
             batch: list[str] = []
             try:
-                while len(batch) < BATCH:
+                for _ in range(min(left, BATCH)):
                     item = buf.popleft()
                     batch.append(item.to_json() if type(item) is Event else _raw_json(item))
-            except IndexError:
-                pass
+            except IndexError:  # taken by another flush (stop() on another thread)
+                left = len(batch)
+            left -= len(batch)
             try:
                 store.write(batch)
             except Exception as e:
@@ -370,6 +385,8 @@ def _on_ready(sender: Any, **_: Any) -> None:
     if em.store is None and not em.listeners:
         return
     em.workers.append(sender)
+    if hasattr(sender, "task_events"):
+        sender.task_events = WorkerEvents(em, getattr(sender, "hostname", None) or em.hostname)
     em.emit(worker_event(WORKER_ONLINE, sender, em))
     em.start()
 
@@ -387,6 +404,8 @@ def _on_shutdown(sender: Any, **_: Any) -> None:
         em.emit(worker_event(WORKER_OFFLINE, sender, em, dropped=em._new_drops()))
         if sender in em.workers:
             em.workers.remove(sender)
+            if getattr(sender, "task_events", None) is not None:
+                sender.task_events = None
         if not em.workers:
             em.stop()  # flushes; a later emit starts it again
 
@@ -403,27 +422,42 @@ def _flush_at_exit() -> None:
             logger.debug("events not flushed at exit", exc_info=True)
 
 
-def _on_prerun(sender: Any, task_id: str = "", **_: Any) -> None:
-    em = _task_emitter(sender)
-    if em is None:
-        return
-    w, rt = em.running_here()
-    queue = getattr(rt, "queue", "") if rt is not None else ""
-    host = (getattr(w, "hostname", None) or em.hostname) if w is not None else em.hostname
-    _tl.cur = (task_id, time.perf_counter(), queue, host)
-    em.task_event(STARTED, task_id, sender.name, queue, host)
+class WorkerEvents:
+    """A worker's task-started and task-succeeded events, called by its pool threads
+    directly (``Worker.task_events``): no signal dispatch, no lookup of the running task."""
 
+    __slots__ = ("em", "host")
 
-def _on_postrun(sender: Any, task_id: str = "", state: str | None = None, **_: Any) -> None:
-    if state != "SUCCESS":
-        return  # FAILURE and RETRY: task_failure / task_retry
-    em = _task_emitter(sender)
-    cur = getattr(_tl, "cur", None)
-    if em is None or cur is None or cur[0] != task_id:
-        return
-    _tl.cur = None
-    em.task_event(SUCCEEDED, task_id, sender.name, cur[2], cur[3],
-                  round(time.perf_counter() - cur[1], 6))
+    def __init__(self, em: Emitter, host: str) -> None:
+        self.em = em
+        self.host = host
+
+    def started(self, task_id: str, name: str, queue: str) -> None:
+        """The task is STARTED (written) and about to run."""
+        host = self.host
+        _tl.cur = (task_id, time.perf_counter(), queue, host)
+        self._add((STARTED, time.time(), task_id, name, queue, host, None))
+
+    def succeeded(self, task_id: str, name: str) -> None:
+        """It ran, and SUCCESS is written."""
+        cur = getattr(_tl, "cur", None)
+        if cur is None or cur[0] != task_id:
+            return
+        _tl.cur = None
+        self._add((SUCCEEDED, time.time(), task_id, name, cur[2], cur[3],
+                   round(time.perf_counter() - cur[1], 6)))
+
+    def _add(self, item: _Raw) -> None:
+        """:meth:`Emitter.task_event`, with its usual case (no listeners, the flusher
+        running, room in the buffer) inline: this runs twice per task."""
+        em = self.em
+        buf = em._buf
+        if em.listeners or em._thread is None or len(buf) >= em.max_buffer:
+            em.task_event(*item)
+            return
+        buf.append(item)
+        if len(buf) == BATCH:
+            em._wake.set()
 
 
 def _error(exc: Any) -> str:
@@ -491,8 +525,6 @@ def connect() -> None:
     uid = "machinery_compat.events.emitter."
     signals.worker_ready.connect(_on_ready, dispatch_uid=uid + "ready")
     signals.worker_shutdown.connect(_on_shutdown, dispatch_uid=uid + "shutdown")
-    signals.task_prerun.connect(_on_prerun, dispatch_uid=uid + "prerun")
-    signals.task_postrun.connect(_on_postrun, dispatch_uid=uid + "postrun")
     signals.task_failure.connect(_on_failure, dispatch_uid=uid + "failure")
     signals.task_retry.connect(_on_retry, dispatch_uid=uid + "retry")
     rejected = getattr(signals, "task_rejected", None)

@@ -1,13 +1,15 @@
 """Events on Redis: the capped stream ``machinery_compat.events``.
 
-Each event is one stream entry with one field, ``e``, holding the event's JSON.  Writers
-(the background flusher of :mod:`.emitter`) add a whole batch in one round trip: a Lua
-script, given the batch's JSON texts joined by newlines, doing ``XADD machinery_compat.events
-MAXLEN ~ <max_len> * e <json>`` per event, so the stream keeps about ``max_len`` events (Redis trims whole macro nodes: a little more).
-Go Machinery never reads or writes a key of that name.
+Each stream entry holds one flush of a writer (the background flusher of :mod:`.emitter`):
+one field, ``e``, holding the events' JSON texts joined by newlines (JSON text as written
+here has none; an entry of one event is that event's JSON).  One ``XADD`` per batch, capped
+with ``MAXLEN ~ max_len // n`` for a batch of ``n`` events, so that the stream keeps about
+``max_len`` events while batches are of about one size (Redis trims whole macro nodes: a
+little more; right after a burst, until smaller batches have replaced its big ones, up to a
+few times more).  Go Machinery never reads or writes a key of that name.
 
 Readers: ``XRANGE`` (history, from a time: entry ids start with the Unix milliseconds of
-the write) and ``XREAD BLOCK`` (follow).
+the write) and ``XREAD BLOCK`` (follow).  Every event read carries its entry's id.
 """
 
 from __future__ import annotations
@@ -23,20 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: the stream's key
 STREAM: Final = "machinery_compat.events"
-#: the entry field holding an event's JSON
+#: the entry field holding the events' JSON
 FIELD: Final = "e"
-
-#: ARGV[1] the cap, ARGV[2] the events' JSON texts joined by newlines (JSON text has none:
-#: one argument to pack instead of one per event)
-_XADD_ALL: Final = """
-local n = tonumber(ARGV[1])
-local count = 0
-for text in string.gmatch(ARGV[2], "[^\\n]+") do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', n, '*', 'e', text)
-  count = count + 1
-end
-return count
-"""
 
 #: entries read per XRANGE call
 _PAGE = 1000
@@ -46,20 +36,24 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def decode_entry(entry_id: Any, fields: Any) -> Event | None:
-    """The event of one stream entry (None, logged, for an entry that is no event)."""
+def decode_entry(entry_id: Any, fields: Any) -> list[Event]:
+    """The events of one stream entry (what is no event is logged and skipped)."""
     eid = _text(entry_id)
     raw = None
     if isinstance(fields, dict):
         raw = fields.get(FIELD.encode()) if FIELD.encode() in fields else fields.get(FIELD)
     if raw is None:
         logger.warning("event stream entry %s has no %r field: skipped", eid, FIELD)
-        return None
-    try:
-        return Event.from_json(raw, id=eid)
-    except DecodeError as e:
-        logger.warning("event stream entry %s is no event (%s): skipped", eid, e)
-        return None
+        return []
+    out = []
+    for line in (raw.split(b"\n") if isinstance(raw, bytes) else str(raw).split("\n")):
+        if not line:
+            continue
+        try:
+            out.append(Event.from_json(line, id=eid))
+        except DecodeError as e:
+            logger.warning("event stream entry %s holds no event (%s): skipped", eid, e)
+    return out
 
 
 class RedisEventStore:
@@ -71,30 +65,30 @@ class RedisEventStore:
         self.client = client
         self.max_len = max_len
         self.key = key
-        self._script = client.register_script(_XADD_ALL)
 
     def write(self, events: Sequence[str]) -> None:
-        """Append the events (JSON texts) in one round trip."""
+        """Append the events (JSON texts) as one entry, in one round trip."""
         if events:
-            self._script(keys=[self.key], args=[self.max_len, "\n".join(events)])
+            self.client.xadd(self.key, {FIELD: "\n".join(events)},
+                             maxlen=max(self.max_len // len(events), 1), approximate=True)
 
     def history(self, since: float | None = None, limit: int | None = None) -> list[Event]:
         """The events kept, in the order written (each process's in the order it emitted
         them; two processes' batches interleave): from ``since`` (Unix seconds, compared
         with the write time) on, else all; with ``limit``, only the newest ``limit``."""
         if limit is not None:
+            # every entry holds one event at least: the newest ``limit`` entries are enough
             entries = self.client.xrevrange(self.key, "+", self._start(since), count=limit)
             entries.reverse()
-            return [e for e in (decode_entry(i, f) for i, f in entries) if e is not None]
+            events = [e for i, f in entries for e in decode_entry(i, f)]
+            return events[-limit:] if limit > 0 else []
         return list(self._range(self._start(since)))
 
     def _range(self, start: str, end: str = "+") -> Iterator[Event]:
         while True:
             entries = self.client.xrange(self.key, start, end, count=_PAGE)
             for entry_id, fields in entries:
-                event = decode_entry(entry_id, fields)
-                if event is not None:
-                    yield event
+                yield from decode_entry(entry_id, fields)
             if len(entries) < _PAGE:
                 return
             start = "(" + _text(entries[-1][0])
@@ -119,12 +113,7 @@ class RedisEventStore:
             for _key, entries in reply:
                 for entry_id, fields in entries:
                     last = _text(entry_id)
-                    event = decode_entry(entry_id, fields)
-                    if event is not None:
-                        yield event
-
-    def length(self) -> int:
-        return int(self.client.xlen(self.key))
+                    yield from decode_entry(entry_id, fields)
 
     def close(self) -> None:
         """The client is the broker's or backend's: nothing of its own to close."""

@@ -52,11 +52,12 @@ class EventsConfig:
 
     #: Python workers emit task-started/succeeded/failed/retried/dead-lettered and
     #: worker-online/heartbeat/offline.  Off by default until their cost is within the 5 %
-    #: of the drain rate issue #16 asks for (measured 9-25 %: docs/events.md)
+    #: of the drain rate issue #16 asks for (measured 6-7 %: docs/events.md)
     worker_events: bool = False
     #: every message this app publishes gives a task-sent event (producers; off by default)
     send_events: bool = False
-    #: about how many events the Redis stream keeps (``XADD MAXLEN ~``); on AMQP how many
+    #: about how many events the Redis stream keeps (``XADD MAXLEN ~ max_len // n`` for a
+    #: batch of n events: :mod:`.redis_store`); on AMQP how many
     #: batches the history queue keeps (``x-max-length``)
     max_len: int = DEFAULT_MAX_LEN
 

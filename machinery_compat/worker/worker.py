@@ -263,6 +263,9 @@ class Worker:
         self.memory_exceeded = False
         #: the tasks running now, by the pool thread running them
         self._running: dict[int, RunningTask] = {}
+        #: task-started / task-succeeded events, called by the pool threads directly (set
+        #: by :mod:`machinery_compat.events.emitter` while this worker emits events)
+        self.task_events: Any = None
         self._error_handler: Callable[[BaseException], object] | None = None
         self._pre_task_handler: Callable[[Signature], object] | None = None
         self._post_task_handler: Callable[[Signature], object] | None = None
@@ -887,6 +890,10 @@ class Worker:
                 raise _NotStarted(str(e)) from e
         self._hook("pre-task", self._pre_task_handler, sig)
         signals.task_prerun.send(task, task_id=sig.uuid, task=task, args=args, kwargs={})
+        events = self.task_events
+        if events is not None:
+            events.started(sig.uuid, task.name,
+                           delivery.queue if delivery is not None else sig.routing_key)
         state: str | None = None
         retval: Any = None
         try:
@@ -921,6 +928,8 @@ class Worker:
                 span.outcome(state, retval if isinstance(retval, BaseException) else None)
             signals.task_postrun.send(task, task_id=sig.uuid, task=task, args=args, kwargs={},
                                       retval=retval, state=state)
+            if events is not None and state == "SUCCESS":
+                events.succeeded(sig.uuid, task.name)
             self._hook("post-task", self._post_task_handler, sig)
 
     # -- outcomes -----------------------------------------------------------------------

@@ -212,6 +212,39 @@ def test_worker_events_off_writes_nothing(redis_url: str, redis_client: Any) -> 
         next(Machinery(broker="memory://ev-none").events(timeout=0))
 
 
+def test_the_redis_stream_packs_a_batch_per_entry_and_keeps_about_max_len_events(
+        redis_client: Any) -> None:
+    """One entry per written batch; the cap (``MAXLEN ~ max_len // n``) keeps about
+    ``max_len`` events of batches of one size; ``limit`` counts events, not entries; an
+    entry of one event (as written before batches were packed) and a line that is no event
+    are read as such."""
+    from machinery_compat.events.redis_store import RedisEventStore
+
+    key = f"ev_stream_{uuid.uuid4().hex[:8]}"
+    store = RedisEventStore(redis_client, 400, key=key)
+
+    def batch(start: int, n: int) -> list[str]:
+        return [Event("task-succeeded", 1000.0 + i, f"t{i}", "add", "q", "h",
+                      runtime=0.5).to_json() for i in range(start, start + n)]
+
+    for b in range(100):
+        store.write(batch(b * 50, 50))
+    # an entry of 50 events is bigger than a macro node (stream-node-max-bytes 4096): one
+    # node each, so "~" trims to exactly 400 // 50 entries here
+    assert redis_client.xlen(key) == 8
+    kept = store.history()
+    assert len(kept) == 400
+    assert [e.uuid for e in kept[-3:]] == ["t4997", "t4998", "t4999"]
+    entry_id = redis_client.xrevrange(key, count=1)[0][0].decode()
+    assert kept[-1].id == entry_id and kept[-1].runtime == 0.5
+    newest = store.history(limit=75)
+    assert [e.uuid for e in newest] == [f"t{i}" for i in range(4925, 5000)]
+    redis_client.xadd(key, {"e": batch(7, 1)[0]})
+    redis_client.xadd(key, {"e": "not json\n" + batch(8, 1)[0]})
+    assert [e.uuid for e in store.history(limit=2)] == ["t7", "t8"]
+    redis_client.delete(key)
+
+
 def _scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()

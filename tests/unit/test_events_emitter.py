@@ -205,6 +205,29 @@ def test_flush_writes_batches_of_at_most_BATCH(app: Machinery) -> None:
     assert sum(sizes) == emitter_mod.BATCH * 2 + 7 and max(sizes) == emitter_mod.BATCH
 
 
+def test_a_flush_writes_what_waited_and_leaves_what_came_meanwhile(app: Machinery) -> None:
+    """Events emitted while a batch is written wait for the next flush: a flusher writing
+    until the buffer is empty wrote a few events per round trip under load."""
+    store = _SlowStore()
+    store.release.set()
+    sizes: list[int] = []
+    em = Emitter(app, store, EventsConfig(worker_events=True))
+    original = store.write
+
+    def write(events: Sequence[str]) -> None:
+        sizes.append(len(events))
+        original(events)
+        em._buf.append(_event(1000 + len(sizes)))  # a task thread, meanwhile
+
+    store.write = write  # type: ignore[method-assign]
+    for i in range(3):
+        em._buf.append(_event(i))
+    em.flush()
+    assert sizes == [3] and len(em._buf) == 1
+    em.flush()
+    assert sizes == [3, 1] and len(em._buf) == 1
+
+
 @pytest.mark.parametrize("item", [
     ("task-started", 1.25, "task_1", "add", "q", "1@h", None),
     ("task-succeeded", 1796351557.6126065, 't"\\\n\u00e9', "n\x00", "", "h✓", 1e-06),
