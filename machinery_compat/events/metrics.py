@@ -24,8 +24,8 @@ metric                                            type        labels
 ================================================  ==========  ===============================
 
 The counters count what this process's workers did since it started (a counter per
-process, as Prometheus expects: sum them over instances).  They are fed by the same signal
-receivers as the events (:mod:`.emitter`), also with ``MACHINERY_COMPAT_WORKER_EVENTS=0``.
+process, as Prometheus expects: sum them over instances).  They are fed by the emitter of
+the events (:mod:`.emitter`, as its listener), also with ``MACHINERY_COMPAT_WORKER_EVENTS=0``.
 """
 
 from __future__ import annotations
