@@ -85,6 +85,7 @@ bench: bootstrap
 	$(PYTHON) -m bench.amqp_bench
 	$(PYTHON) -m bench.sqs_bench
 	$(PYTHON) -m bench.latency_bench
+	$(PYTHON) -m bench.codec_bench
 
 soak: bootstrap
 	$(PYTHON) -m bench.soak
