@@ -52,7 +52,7 @@ class EventsConfig:
 
     #: Python workers emit task-started/succeeded/failed/retried/dead-lettered and
     #: worker-online/heartbeat/offline.  Off by default until their cost is within the 5 %
-    #: of the drain rate issue #16 asks for (measured 6-7 %: docs/events.md)
+    #: of the drain rate issue #16 asks for (measured 2-7 %: docs/events.md)
     worker_events: bool = False
     #: every message this app publishes gives a task-sent event (producers; off by default)
     send_events: bool = False
