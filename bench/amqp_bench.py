@@ -98,6 +98,7 @@ from bench._common import (
     version,
     wait_worker,
 )
+from bench.chart import write_results
 
 if TYPE_CHECKING:
     import amqp
@@ -552,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_all(bench, args)
         publish(render(rows, args, bench, redis_version, (load0, loadavg())), args.output,
                 targets_summary(rows))
+        write_results(rows, f"RabbitMQ (Redis results): tasks/s, N = {args.n:,}, C = {args.concurrency} ({machine()})", args.output)
 
     return bench_main("amqp-bench-", run, (ServiceError, ServiceUnavailable))
 

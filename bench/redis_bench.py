@@ -96,6 +96,7 @@ from bench._common import (
     version,
     wait_worker,
 )
+from bench.chart import write_results
 
 if TYPE_CHECKING:
     import subprocess
@@ -429,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         load0 = loadavg()
         rows = run_all(bench, args)
         publish(render(rows, args, redis_version, (load0, loadavg())), args.output)
+        write_results(rows, f"Redis: tasks/s, N = {args.n:,}, C = {args.concurrency} ({machine()})", args.output)
 
     return bench_main("redis-bench-", run)
 

@@ -91,6 +91,7 @@ from bench._common import (
     version,
     wait_worker,
 )
+from bench.chart import write_results
 
 if TYPE_CHECKING:
     from machinery_compat import Machinery
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_all(bench, args)
         publish(render(rows, args, redis_version, (load0, loadavg())), args.output,
                 ratios_summary(rows))
+        write_results(rows, f"SQS on moto (Redis results): tasks/s, N = {args.n:,}, C = {args.concurrency} ({machine()})", args.output)
 
     return bench_main("sqs-bench-", run, (ServiceError, ServiceUnavailable))
 
