@@ -462,11 +462,13 @@ def register_add(app: Machinery) -> None:
 
 def send_adds(make_app: Callable[[], Machinery], n: int, servers_cpu: ServersCpu,
               warmup_queue: str | None = None,
-              profile: cProfile.Profile | None = None) -> tuple[list[str], Cell]:
+              profile: cProfile.Profile | None = None,
+              chunk: int | None = None) -> tuple[list[str], Cell]:
     """``app.send_task("add", args=[1])`` n times from this thread, timed around the loop
     (after one untimed send to ``warmup_queue``, if given: connecting, as Go's start-up run),
     under ``profile`` if given: the task ids and the cell (CPU: this process, then each of
-    ``servers_cpu()``)."""
+    ``servers_cpu()``).  With ``chunk``: one ``app.send_many`` of the n tasks in chunks of
+    that many, timed around the call."""
     app = make_app()
     try:
         send = app.send_task
@@ -474,12 +476,16 @@ def send_adds(make_app: Callable[[], Machinery], n: int, servers_cpu: ServersCpu
             send("add", args=[1], queue=warmup_queue)
         ids: list[str] = []
         append = ids.append
+        items = [("add", [1])] * n if chunk is not None else []
         servers0 = servers_cpu()
         if profile is not None:
             profile.enable()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(n):
-            append(send("add", args=[1]).id)
+        if chunk is not None:
+            ids = [r.id for r in app.send_many(items, chunk=chunk)]
+        else:
+            for _ in range(n):
+                append(send("add", args=[1]).id)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if profile is not None:
             profile.disable()

@@ -44,7 +44,6 @@ import contextlib
 import cProfile
 import logging
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -70,7 +69,6 @@ from bench._common import (
     bench_main,
     child_env,
     cpu_row,
-    delta,
     go_machinery_version,
     go_startup_seconds,
     impl_lines,
@@ -189,21 +187,12 @@ class Bench:
     def mc_send_many(self) -> Cell:
         """``app.send_many`` of N ``add(1)`` in chunks of :data:`SEND_MANY_CHUNK`, from this
         thread, timed around the call (after one untimed send: connecting)."""
-        app = mc_app(self.server.url, self.server.url)
-        try:
-            app.send_task("add", args=[1], queue="warmup")
-            items = [("add", [1])] * self.n
-            servers0 = self.cpu()
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            results = app.send_many(items, chunk=SEND_MANY_CHUNK)
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            servers1 = self.cpu()
-        finally:
-            app.close()
-        push_ids(self.r, IDS_KEY, [r.id for r in results])
+        url = self.server.url
+        ids, cell = send_adds(lambda: mc_app(url, url), self.n, self.cpu, "warmup",
+                              chunk=SEND_MANY_CHUNK)
+        push_ids(self.r, IDS_KEY, ids)
         self.check_queued(QUEUE)
-        return Cell(rate=self.n / elapsed, seconds=elapsed, n=self.n,
-                    cpu=(cpu, *map(delta, servers0, servers1)))
+        return cell
 
     def mc_drain(self, profile_out: Path | None = None, processes: int = 1,
                  events: bool | None = None, extra_env: dict[str, str] | None = None) -> Cell:
