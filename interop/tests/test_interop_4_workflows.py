@@ -54,6 +54,7 @@ callback with every member's results in group order), whichever language wrote i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -77,6 +78,7 @@ from interop.tests.harness import (
 )
 from interop.tests.pyapp import PyApp, stack_app
 from machinery_compat import AsyncResult, ChordResult, TaskFailed, chord, group
+from machinery_compat.exceptions import ResultTimeout
 from machinery_compat.protocol import chord_id, group_id, task_id
 from machinery_compat.worker import Worker
 
@@ -309,6 +311,50 @@ class Pool:
     def go_errors(self) -> list[str]:
         return [e["error"] for e in self.go.snapshot() if e.get("event") == "error_handler"]
 
+    @contextlib.contextmanager
+    def unless_go_swallows(self, uuids: Sequence[str]) -> Iterator[None]:
+        """Waits for ``uuids`` inside: a :class:`ResultTimeout` there is Go's known message loss
+        when the evidence says so, and the test then ends as an expected failure naming it.
+        Redis broker, MongoDB backend: a duplicate chord callback of the Go worker can lose
+        the race for the callback's first PENDING upsert (FerretDB answers E11000, where
+        MongoDB 4.2+ retries), which ends Go's consume loop; Machinery starts a new one, but
+        the old loop's BLPOP goroutine goes on popping up to concurrency + 1 messages that
+        nobody runs (test_interop_mongodb.py::test_go_worker_cannot_store_uint64_above_int64
+        shows it alone).  Evidence: every Go error is such a race, the loop restarted once per
+        race, the queue is empty, and each task not done never ran anywhere and is within
+        what the races can swallow.  Anything else is re-raised."""
+        try:
+            yield
+        except ResultTimeout:
+            note = self._swallowed(uuids)
+            if note is None:
+                raise
+            print(f"\n[{self.stack.spec.id}] {note}")
+            pytest.xfail(note)
+
+    def _swallowed(self, uuids: Sequence[str]) -> str | None:
+        st = self.stack
+        if st.mongodb is None or st.amqp_broker or st.sqs_broker or st.pubsub_broker:
+            return None
+        errors = self.go_errors()
+        races = [e for e in errors if e.startswith("Set state pending error: ")
+                 and "E11000 duplicate key error" in e]
+        if not races or races != errors:
+            return None
+        if self.go.stderr().count("[*] Waiting for messages") != 1 + len(races):
+            return None
+        if st.queue_depth() != 0:
+            return None
+        runs = self.all_runs()
+        lost = [u for u in uuids if u not in runs
+                and AsyncResult(u, self.app.backend).state == "PENDING"]
+        if not lost or len(lost) > len(races) * (self.go_concurrency + 1):
+            return None
+        return (f"Go's message loss (a known Go Machinery bug on the Redis broker, not this "
+                f"library's): {len(races)} E11000 race(s) of a Go duplicate chord callback's "
+                f"PENDING upsert ended Go's consume loop, whose orphaned BLPOP then took "
+                f"{lost} off the queue; they never ran")
+
     @property
     def consuming(self) -> bool:
         return self.stack.consuming_reads
@@ -513,11 +559,12 @@ def _chord_test(pool: Pool, callback: str) -> None:
     res = chord(sigs, body).apply_async()
     members = [r.id for r in res.results]
     cb = res.callback.id
-    if pool.consuming:  # each result read once, by the other side
-        assert pool.values([*members, cb]) == [*values, 1000 + sum(values)]
-    else:
-        assert res.get(timeout=TIMEOUT) == 1000 + sum(values)
-        assert res.group.get(timeout=1) == values
+    with pool.unless_go_swallows([*members, cb]):
+        if pool.consuming:  # each result read once, by the other side
+            assert pool.values([*members, cb]) == [*values, 1000 + sum(values)]
+        else:
+            assert res.get(timeout=TIMEOUT) == 1000 + sum(values)
+            assert res.group.get(timeout=1) == values
     assert cb.startswith("chord_")
     pool.wait_runs([*members, cb])
     for uuid, (name, _, _) in zip(members, CHORD_MEMBERS, strict=True):
@@ -796,7 +843,9 @@ def test_chord_last_member_triggers(make_pool: Callable[..., Pool]) -> None:
                 wait_for(lambda: _dynamodb_callbacks_done(pool, obs, [go_last.callback.id]),
                          TIMEOUT, "the Go-sent callback to be refused", interval=0.5)
                 continue
-            assert pool.values([*members, res.callback.id]) == [*values, 1000 + sum(values)]
+            with pool.unless_go_swallows([*members, res.callback.id]):
+                got = pool.values([*members, res.callback.id])
+            assert got == [*values, 1000 + sum(values)]
         time.sleep(SETTLE)
     finally:
         obs.stop()
@@ -879,9 +928,10 @@ def test_chord_go_producer(make_pool: Callable[..., Pool]) -> None:
     assert all(o.get("sent") is True for k, o in out.items() if not k.startswith("read")), out
     total = 100 + sum(values)
     for cb_name, (cb, members) in chords.items():
+        with pool.unless_go_swallows([cb, *members]):
+            assert pool.values([cb, *members]) == [total, *values]
         if not pool.consuming:
             pool.go_is(out[f"read {cb_name}"], [("int64", Num(str(total)))])
-        assert pool.values([cb, *members]) == [total, *values]
         pool.wait_runs([*members, cb])
         for uuid, (name, _) in zip(members, spec, strict=True):
             assert pool.runs(uuid) == (["py"] if name.startswith("py_") else ["go"]), name
@@ -1336,14 +1386,16 @@ def test_immutable(make_pool: Callable[..., Pool]) -> None:
               app.get_task("py_mul").s(2, 2)]
     go_res = chord(header, app.signature("multiply", args=[6, 7], immutable=True)).apply_async()
     py_res = chord(header, app.get_task("py_add").si(40, 2)).apply_async()
-    if pool.consuming:  # each result read once, by the other side
-        for res2 in (go_res, py_res):
-            assert pool.values([r.id for r in res2.results]) == [3, 6, 4]
-            assert pool.value(res2.callback.id) == 42
-    else:
-        assert go_res.get(timeout=TIMEOUT) == 42
-        assert py_res.get(timeout=TIMEOUT) == 42
-        assert go_res.group.get(timeout=1) == py_res.group.get(timeout=1) == [3, 6, 4]
+    with pool.unless_go_swallows([r.id for r2 in (go_res, py_res)
+                                  for r in (*r2.results, r2.callback)]):
+        if pool.consuming:  # each result read once, by the other side
+            for res2 in (go_res, py_res):
+                assert pool.values([r.id for r in res2.results]) == [3, 6, 4]
+                assert pool.value(res2.callback.id) == 42
+        else:
+            assert go_res.get(timeout=TIMEOUT) == 42
+            assert py_res.get(timeout=TIMEOUT) == 42
+            assert go_res.group.get(timeout=1) == py_res.group.get(timeout=1) == [3, 6, 4]
     pool.wait_runs([go_res.callback.id, py_res.callback.id])
     time.sleep(SETTLE)
     if pool.stack.mongodb is not None:  # one run per trigger: Go's may be extra copies (§6.3)
