@@ -7,8 +7,9 @@
 * a private ``redis-server`` on a free loopback port (:class:`RedisServer`) and the
   :class:`DoneWatcher` that times a drain by the SUCCESS states stored in it;
 * the Go interop programs (:func:`ensure_go_binaries`, :func:`run_go_producer`,
-  :func:`time_go_producer`, :func:`start_go_worker`) and Celery's (:func:`time_celery_producer`,
-  :func:`start_celery_worker`);
+  :func:`time_go_producer`, :func:`start_go_worker`), Celery's worker
+  (:func:`start_celery_worker`) and the Python peers' producers (:func:`time_peer_producer`:
+  Celery, dramatiq, taskiq);
 * the machinery_compat producer loop (:func:`send_adds`) and worker subprocess
   (:func:`start_mc_worker`, :func:`mc_worker_main`) with its optional per-thread profiler;
   ``--profile`` (:func:`run_profile`, :func:`profile_handle`);
@@ -72,7 +73,10 @@ local first = tonumber(ARGV[1])
 local ids = redis.call('LRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)
 local n = 0
 for _, id in ipairs(ids) do
-  local v = redis.call('GET', ARGV[3] .. id)
+  local v = redis.pcall('GET', ARGV[3] .. id)
+  if type(v) == 'table' and v.err then  -- a list (dramatiq's results): its newest item
+    v = redis.call('LINDEX', ARGV[3] .. id, 0)
+  end
   if not v or not string.find(v, ARGV[4], 1, true) then break end
   n = n + 1
 end
@@ -101,10 +105,16 @@ def die_with_bench() -> list[str]:
 def spawn(cmd: list[str], *, stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.STDOUT,
           stdin: Any = subprocess.DEVNULL,
           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    """``cmd`` as a child (see :func:`die_with_bench`); file objects given as its ``stdout``
+    or ``stderr`` are the child's now, and closed here."""
+    proc = subprocess.Popen(
         [*die_with_bench(), *cmd], cwd=ROOT, stdin=stdin, stdout=stdout, stderr=stderr,
         env=env, start_new_session=True,
     )
+    for f in (stdout, stderr):
+        if hasattr(f, "close"):
+            f.close()
+    return proc
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> None:
@@ -418,19 +428,20 @@ def start_go_worker(flags: list[str], logfile: Path,
 # --------------------------------------------------------------------------------------
 
 
-def time_celery_producer(n: int, env: dict[str, str], logfile: Path, servers_cpu: ServersCpu,
-                         timeout: float) -> Cell:
-    """``python -m bench.celery_app produce n`` (it pushes the task ids itself): its send loop's
-    rate and CPU, then each of ``servers_cpu()`` over the whole subprocess (start-up, warm-up,
-    pushing the ids: small)."""
+def time_peer_producer(module: str, n: int, env: dict[str, str], logfile: Path,
+                       servers_cpu: ServersCpu, timeout: float) -> Cell:
+    """``python -m <module> produce n`` (``bench.celery_app``, ``bench.dramatiq_app``,
+    ``bench.taskiq_app``: each pushes the ids it sent itself): its send loop's rate and CPU,
+    then each of ``servers_cpu()`` over the whole subprocess (start-up, warm-up, pushing the
+    ids: small)."""
     servers0 = servers_cpu()
-    out = subprocess.run(
-        [*die_with_bench(), sys.executable, "-m", "bench.celery_app", "produce", str(n)],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=logfile.open("wb"), timeout=timeout, start_new_session=True, check=False,
-    )
+    with logfile.open("wb") as err:
+        out = subprocess.run(
+            [*die_with_bench(), sys.executable, "-m", module, "produce", str(n)],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            timeout=timeout, start_new_session=True, check=False)
     if out.returncode != 0:
-        raise BenchError(f"celery producer failed ({out.returncode}):\n{tail(logfile)}")
+        raise BenchError(f"{module} producer failed ({out.returncode}):\n{tail(logfile)}")
     servers1 = servers_cpu()
     res = json.loads(out.stdout.decode().strip().splitlines()[-1])
     return Cell(rate=n / res["elapsed"], seconds=res["elapsed"], n=n,
@@ -820,14 +831,15 @@ class Impl(NamedTuple):
     label: str = ""  # in the progress lines on stderr (default: the name)
 
 
-def run_impls(impls: list[Impl], go: Impl | None, reset: Callable[[], None],
+def run_impls(impls: list[Impl], go: Impl | list[Impl] | None, reset: Callable[[], None],
               repeat: int = 1) -> dict[str, Row]:
     """Every implementation's producer and then worker drain, each implementation after a
-    ``reset()``, ``repeat`` times interleaved; ``reset()`` again at the end.  ``go`` comes last
-    when the Go interop programs are there (built if need be), else its row says why not.  A
-    row's cells are the median runs (:meth:`Runs.summary`)."""
-    why = ensure_go_binaries() if go is not None else None
-    measured = [*impls, go] if go is not None and why is None else impls
+    ``reset()``, ``repeat`` times interleaved; ``reset()`` again at the end.  ``go`` (one or
+    several: the Go rows) comes last when the Go interop programs are there (built if need
+    be), else its rows say why not.  A row's cells are the median runs (:meth:`Runs.summary`)."""
+    gos = [] if go is None else [go] if isinstance(go, Impl) else go
+    why = ensure_go_binaries() if gos else None
+    measured = [*impls, *gos] if why is None else impls
     runs = {impl.key: (Runs(), Runs()) for impl in measured}
     for i in range(repeat):
         if repeat > 1:
@@ -842,8 +854,8 @@ def run_impls(impls: list[Impl], go: Impl | None, reset: Callable[[], None],
     reset()
     rows = {impl.key: Row(impl.name, runs[impl.key][0].summary(), runs[impl.key][1].summary())
             for impl in measured}
-    if go is not None and why is not None:
-        rows[go.key] = Row(go.name, Cell(note=why), Cell(note=why))
+    if why is not None:
+        rows.update({g.key: Row(g.name, Cell(note=why), Cell(note=why)) for g in gos})
     return rows
 
 

@@ -93,8 +93,8 @@ from bench._common import (
     start_celery_worker,
     start_go_worker,
     start_mc_worker,
-    time_celery_producer,
     time_go_producer,
+    time_peer_producer,
     version,
     wait_worker,
 )
@@ -305,8 +305,8 @@ class Bench:
                          BENCH_IDS_KEY=IDS_KEY, BENCH_WARMUP_QUEUE=WARMUP_QUEUE)
 
     def celery_producer(self) -> Cell:
-        cell = time_celery_producer(self.n, self.celery_env(),
-                                    self.workdir / "celery-producer.log", self.cpu, timeout=900)
+        cell = time_peer_producer("bench.celery_app", self.n, self.celery_env(),
+                                  self.workdir / "celery-producer.log", self.cpu, timeout=900)
         self.check_queued(CELERY_QUEUE)
         return cell
 

@@ -2,9 +2,10 @@
 
 :func:`write_results` is called by ``bench.redis_bench``, ``bench.amqp_bench`` and
 ``bench.sqs_bench`` after the Markdown table: ``<table>.json`` (every row's producer and
-drain rate, spread and CPU per task) and ``<table>.png`` (a bar chart of the rates per
-implementation, producer and worker drain side by side, the min-max of repeated runs as
-error bars; matplotlib with the Agg backend, no display needed).  Without matplotlib the
+drain rate, spread and CPU per task; the Redis benchmark adds every worker's drain at each
+concurrency) and ``<table>.png`` (a bar chart of the rates per implementation, producer and
+worker drain side by side, the min-max of repeated runs as error bars, and beside it, when
+there are several concurrencies, the drains per implementation and concurrency; matplotlib with the Agg backend, no display needed).  Without matplotlib the
 chart is left out with one line on stderr; the JSON is always written.
 
 ``python -m bench.chart RESULTS.json [OUT.png]`` draws the chart of a JSON written earlier.
@@ -27,10 +28,24 @@ def _cell(cell: Cell) -> dict[str, Any]:
             "cpu_us_per_task": cpu, "note": cell.note}
 
 
-def results_json(rows: dict[str, Row], title: str) -> dict[str, Any]:
-    return {"title": title,
-            "rows": [{"key": key, "name": row.name, "producer": _cell(row.producer),
-                      "drain": _cell(row.drain)} for key, row in rows.items()]}
+def results_json(rows: dict[str, Row], title: str,
+                 by_concurrency: dict[int, dict[str, Row]] | None = None) -> dict[str, Any]:
+    """``rows`` as JSON; with ``by_concurrency`` (concurrency -> rows) also every row's drain
+    at each concurrency (``"drain_by_concurrency"``: key -> {C: cell})."""
+    data: dict[str, Any] = {
+        "title": title,
+        "rows": [{"key": key, "name": row.name, "producer": _cell(row.producer),
+                  "drain": _cell(row.drain)} for key, row in rows.items()]}
+    if by_concurrency:
+        drains: dict[str, dict[str, Any]] = {}
+        names: dict[str, str] = {}
+        for c, crows in by_concurrency.items():
+            for key, row in crows.items():
+                drains.setdefault(key, {})[str(c)] = _cell(row.drain)
+                names.setdefault(key, row.name)
+        data["drain_by_concurrency"] = [{"key": k, "name": names[k], "cells": v}
+                                        for k, v in drains.items()]
+    return data
 
 
 def draw(data: dict[str, Any], out: Path) -> bool:
@@ -46,7 +61,13 @@ def draw(data: dict[str, Any], out: Path) -> bool:
 
     rows = data["rows"]
     names = [r["name"].replace("`", "") for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6), dpi=110)
+    swept = data.get("drain_by_concurrency") or []
+    if swept:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 0.55 * len(rows) + 1.6), dpi=110,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+        _draw_by_concurrency(ax2, swept)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6), dpi=110)
     height = 0.38
     for i, (part, color) in enumerate((("producer", "#4c78a8"), ("drain", "#f58518"))):
         ys = [j + (i - 0.5) * height for j in range(len(rows))]
@@ -71,9 +92,30 @@ def draw(data: dict[str, Any], out: Path) -> bool:
     return True
 
 
-def write_results(rows: dict[str, Row], title: str, table: Path) -> None:
+def _draw_by_concurrency(ax: Any, swept: list[dict[str, Any]]) -> None:
+    """Worker drain rates, one group of bars per implementation, one bar per concurrency."""
+    cs = sorted({int(c) for r in swept for c in r["cells"]})
+    height = 0.8 / len(cs)
+    colors = ("#54a24b", "#f58518", "#b279a2", "#4c78a8")
+    for i, c in enumerate(cs):
+        ys = [j + (i - (len(cs) - 1) / 2) * height for j in range(len(swept))]
+        rates = [(r["cells"].get(str(c)) or {}).get("rate") or 0.0 for r in swept]
+        ax.barh(ys, rates, height, color=colors[i % len(colors)], label=f"C = {c}")
+        for y, rate in zip(ys, rates, strict=True):
+            if rate:
+                ax.text(rate, y, f" {rate:,.0f}", va="center", fontsize=6)
+    ax.set_yticks(range(len(swept)), [r["name"].replace("`", "") for r in swept], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("worker drain, tasks/s (median)")
+    ax.set_title("worker drain by concurrency C", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.15)
+
+
+def write_results(rows: dict[str, Row], title: str, table: Path,
+                  by_concurrency: dict[int, dict[str, Row]] | None = None) -> None:
     """``table`` with ``.json`` and ``.png`` for its suffix: the figures and their chart."""
-    data = results_json(rows, title)
+    data = results_json(rows, title, by_concurrency)
     table.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
     if draw(data, table.with_suffix(".png")):
         print(f"(chart: {table.with_suffix('.png')})", file=sys.stderr)
