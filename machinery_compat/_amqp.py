@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from ._gil_io import recv_nowait, send_all
 from .exceptions import BrokerConnectionError, BrokerError, ConfigError, PublishError
 
 if TYPE_CHECKING:
@@ -212,6 +213,24 @@ def _kombu_transports() -> tuple[type[Any], type[Any]]:
             super()._setup_transport()
             self._read_buffer = bytearray()
             self._poller = None
+            self._scratch = bytearray(READ_CHUNK)  # what one non-blocking recv fills
+            sock = self.sock
+            # writes keep the GIL when the kernel takes them at once (machinery_compat._gil_io)
+            self._write = lambda data: send_all(sock, data)
+
+        def _fill_now(self) -> int | None:
+            """Append what the socket holds now (up to :data:`READ_CHUNK`) to the buffer,
+            without waiting or letting go of the GIL: how many bytes, None when nothing was
+            there; OSError when the server closed the connection."""
+            n = recv_nowait(self.sock, self._scratch)
+            if n is None:
+                return None
+            if not n:
+                self.connected = False
+                raise OSError("Server unexpectedly closed connection")
+            buf = self._buffer()
+            buf += memoryview(self._scratch)[:n]
+            return n
 
         def _buffer(self) -> bytearray:
             buf = self._read_buffer
@@ -249,27 +268,18 @@ def _kombu_transports() -> tuple[type[Any], type[Any]]:
             """The next frame, within ``timeout`` seconds (else ``socket.timeout``, the bytes
             of a partial frame kept): parsed from the buffer, else from what one non-blocking
             ``recv`` brings, else after ``poll`` says the socket is readable."""
-            sock = self.sock
-            buf = self._buffer()
             deadline = 0.0
             while True:
                 frame = self._buffered_frame()
                 if frame is not None:
                     return frame
                 try:
-                    chunk = sock.recv(READ_CHUNK, _DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    chunk = None
+                    got = self._fill_now()
                 except OSError as exc:
                     if exc.errno not in _UNAVAIL:
                         self.connected = False
                     raise
-                if chunk is not None:
-                    if not chunk:
-                        self.connected = False
-                        raise OSError("Server unexpectedly closed connection")
-                    buf = self._buffer()
-                    buf += chunk
+                if got is not None:
                     continue
                 now = time.monotonic()
                 if not deadline:
@@ -282,19 +292,12 @@ def _kombu_transports() -> tuple[type[Any], type[Any]]:
             False when nothing was there or only less than a full chunk came (the socket is
             then most likely drained: a caller waits for it to be readable again)."""
             try:
-                chunk = self.sock.recv(READ_CHUNK, _DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return False
+                got = self._fill_now()
             except OSError as exc:
                 if exc.errno not in _UNAVAIL:
                     self.connected = False
                 raise
-            if not chunk:
-                self.connected = False
-                raise OSError("Server unexpectedly closed connection")
-            buf = self._buffer()
-            buf += chunk
-            return len(chunk) >= READ_CHUNK
+            return got is not None and got >= READ_CHUNK
 
         def _readable(self, seconds: float) -> bool:
             poller = self._poller

@@ -52,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._gil_io import recv_into, send_all
 from ._redis_topology import plan, sentinel_pool
 from .config import parse_redis_url
 from .exceptions import ConfigError
@@ -974,12 +975,12 @@ def _send_and_read(conn: Any, sock: Any, data: bytes, count: int, *,
     buf = parser._buffer
     missing = _NOT_ENOUGH_DATA
     try:
-        sock.sendall(data)
+        send_all(sock, data)
         replies = []
         for _ in range(count):
             reply = reader.gets()
             while reply is missing:
-                n = sock.recv_into(buf)
+                n = recv_into(sock, buf)
                 if n == 0:
                     raise r.ConnectionError("Connection closed by server.")
                 reader.feed(buf, 0, n)
