@@ -43,8 +43,9 @@ def results_json(rows: dict[str, Row], title: str,
             for key, row in crows.items():
                 drains.setdefault(key, {})[str(c)] = _cell(row.drain)
                 names.setdefault(key, row.name)
-        data["drain_by_concurrency"] = [{"key": k, "name": names[k], "cells": v}
-                                        for k, v in drains.items()]
+        order = [k for k in rows if k in drains] + [k for k in drains if k not in rows]
+        data["drain_by_concurrency"] = [{"key": k, "name": names[k], "cells": drains[k]}
+                                        for k in order]
     return data
 
 
@@ -108,7 +109,7 @@ def _draw_by_concurrency(ax: Any, swept: list[dict[str, Any]]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("worker drain, tasks/s (median)")
     ax.set_title("worker drain by concurrency C", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     ax.margins(x=0.15)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import depth_bench
-from bench._common import DASH, TIMES
+from bench._common import DASH, TIMES, Cell
 from tests.services import missing_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,9 +22,18 @@ NUMBER = r"[\d,]+"
 
 def test_the_checkpoints_start_at_the_window_and_end_at_the_depth() -> None:
     assert depth_bench.checkpoints(3000, 500, 50_000) == [
-        500, 600, 900, 1200, 1500, 1800, 2100, 2400, 2700, 3000]
+        500, 600, 900, 1000, 1200, 1500, 1800, 2100, 2400, 2700, 3000]
     assert depth_bench.checkpoints(1_000_000, 10_000, 50_000) == [
-        10_000, 50_000, *range(100_000, 1_000_001, 100_000)]
+        10_000, 20_000, 30_000, 50_000, *range(100_000, 1_000_001, 100_000)]
+
+
+def test_the_deep_rate_is_the_median_of_the_first_windows() -> None:
+    first = Cell(rate=1000.0, seconds=1.0, n=1000, cpu=(0.1, 0.05))
+    samples = [depth_bench.Sample(1000, 1.0, 1), depth_bench.Sample(2000, 1.5, 1),
+               depth_bench.Sample(3000, 2.75, 1), depth_bench.Sample(5000, 4.0, 1)]
+    cell = depth_bench.head_windows(first, samples, 1000)
+    assert cell.rate == 1000.0 and cell.spread == (800.0, 2000.0) and cell.cpu == (0.1, 0.05)
+    assert depth_bench.head_windows(first, samples[:1], 1000) is first
 
 
 @pytest.mark.redis
