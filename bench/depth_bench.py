@@ -370,8 +370,9 @@ def render(shallow: Cell, deep: Deep, args: argparse.Namespace, redis_version: s
         "",
         f"Machine: {machine()}; Redis {redis_version} (local, loopback TCP, `--save '' "
         f"--appendonly no`); redis-py {version('redis')}, hiredis {version('hiredis')}. "
-        f"{run_stamp(1)} (the W-queued drain twice, before and after the deep run: median "
-        f"(min{DASH}max)); load average {load[0]} at the start, {load[1]} at the end.",
+        f"{run_stamp(1)} (the W-queued drain {SHALLOW_RUNS} times, once before the deep run "
+        f"and the others after it, median (min{DASH}max); the deep rate the median "
+        f"(min{DASH}max) of its first {DEEP_WINDOWS} windows of W); load average {load[0]} at the start, {load[1]} at the end.",
         "",
         "| Measurement | Tasks/s | CPU µs/task | Seconds |",
         "|---|---:|---:|---:|",
