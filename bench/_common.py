@@ -149,24 +149,29 @@ def proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(pid: int) -> float | None:
-    """:func:`proc_cpu` of ``pid`` plus that of its descendants alive now (a worker started
-    with ``--processes``: the supervisor and its forked workers)."""
-    parents: dict[int, list[int]] = {}
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants alive now (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                parents.setdefault(ppid, []).append(int(entry))
+                children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, ())
+    return tree
+
+
+def tree_cpu(pid: int) -> float | None:
+    """:func:`proc_cpu` of ``pid`` plus that of its descendants alive now (a worker started
+    with ``--processes``: the supervisor and its forked workers)."""
     total = proc_cpu(pid)
     if total is None:
         return None
-    todo = list(parents.get(pid, ()))
-    while todo:
-        child = todo.pop()
-        total += proc_cpu(child) or 0.0
-        todo += parents.get(child, ())
-    return total
+    return total + sum(proc_cpu(p) or 0.0 for p in process_tree(pid)[1:])
 
 
 def children_cpu() -> float:

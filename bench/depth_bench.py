@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import shutil
 import statistics
 import sys
@@ -71,6 +70,7 @@ from bench._common import (
     machine,
     mc_worker_main,
     measure,
+    process_tree,
     publish,
     push_ids,
     ratio_row,
@@ -116,22 +116,6 @@ def mc_app(url: str) -> Machinery:
 # --------------------------------------------------------------------------------------
 # memory of a process tree
 # --------------------------------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants alive now (Linux ``/proc``)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, ())
-    return tree
 
 
 def status_kb(pid: int, key: str) -> int:
