@@ -7,10 +7,20 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from machinery_compat import _gil_io
+
+
+@pytest.fixture(autouse=True, params=["other threads", "alone"])
+def threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test both ways: libc's GIL-keeping calls (another thread might want the GIL),
+    and the plain socket calls a lone thread takes."""
+    n = 2 if request.param == "other threads" else 1
+    monkeypatch.setattr(_gil_io, "_active_count", lambda: n)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -24,6 +34,28 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 def test_libc_is_used_where_the_platform_has_msg_dontwait() -> None:
     assert (_gil_io._CALLS is not None) == (sys.platform != "win32"
                                            and hasattr(socket, "MSG_DONTWAIT"))
+
+
+def test_libc_calls_only_when_another_thread_might_want_the_gil(
+        threads: str, pair: tuple[socket.socket, socket.socket],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if _gil_io._CALLS is None:
+        pytest.skip("no GIL-keeping libc calls on this platform")
+    calls: list[str] = []
+    send, recv = _gil_io._CALLS
+
+    def counted(name: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls.append(name)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(_gil_io, "_CALLS", (counted("send", send), counted("recv", recv)))
+    a, b = pair
+    _gil_io.send_all(a, b"ping")
+    buf = bytearray(16)
+    assert bytes(buf[:_gil_io.recv_into(b, buf)]) == b"ping"
+    assert calls == (["send", "recv"] if threads == "other threads" else [])
 
 
 def test_a_small_write_and_a_waiting_read(pair: tuple[socket.socket, socket.socket]) -> None:
