@@ -264,6 +264,24 @@ def redis_cpu(r: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+#: where the queued messages wait (``RENAME``) while a worker starts
+STAGING_KEY = "bench:staging"
+
+
+def redis_mc_app(broker: str, backend: str | None = None) -> Machinery:
+    """The machinery_compat app of a Redis benchmark's producer and worker (results on
+    ``backend``, by default the broker's Redis), on Machinery's default queue."""
+    from machinery_compat import Machinery
+
+    return Machinery(broker=broker, result_backend=backend or broker, default_queue=QUEUE)
+
+
+def blocked_consumers(r: redis.Redis) -> int:
+    """Clients of ``r`` waiting in BLPOP/BRPOP/BLMOVE now (an idle worker's consumers)."""
+    return sum(c.get("cmd") in ("blpop", "brpop", "blmove") and "b" in c.get("flags", "")
+               for c in r.client_list())
+
+
 def push_ids(r: redis.Redis, key: str, ids: list[str]) -> None:
     for i in range(0, len(ids), 5000):
         r.rpush(key, *ids[i : i + 5000])

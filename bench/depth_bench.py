@@ -57,6 +57,7 @@ from bench._common import (
     MC_DONE,
     QUEUE,
     RESULTS_DIR,
+    STAGING_KEY,
     TIMES,
     BenchError,
     Cell,
@@ -64,6 +65,7 @@ from bench._common import (
     RedisServer,
     Runs,
     bench_main,
+    blocked_consumers,
     child_env,
     delta,
     loadavg,
@@ -75,6 +77,7 @@ from bench._common import (
     push_ids,
     ratio_row,
     redis_cpu,
+    redis_mc_app,
     run_stamp,
     running,
     send_adds,
@@ -87,10 +90,8 @@ from bench._common import (
 if TYPE_CHECKING:
     import subprocess
 
-    from machinery_compat import Machinery
 
 MODULE = "bench.depth_bench"  # ``python -m`` name of this module, for the worker subprocess
-STAGING_KEY = "bench:staging"  # where the queued messages wait while a worker starts
 #: tasks per ``send_many`` chunk (one pipelined Redis write each)
 SEND_CHUNK = 1000
 #: tasks per ``send_many`` call while enqueueing (keeps the benchmark's own memory small)
@@ -104,13 +105,6 @@ DEEP_WINDOWS = 3
 RSS_TARGET = 0.10
 #: the shallow drain's runs: before and after the deep one
 SHALLOW_RUNS = 3
-
-
-def mc_app(url: str) -> Machinery:
-    """The machinery_compat app of producer and worker: broker and results on ``url``."""
-    from machinery_compat import Machinery
-
-    return Machinery(broker=url, result_backend=url, default_queue=QUEUE)
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +195,7 @@ class DepthBench:
         seconds, client, server = 0.0, 0.0, 0.0
         for i, size in enumerate(sizes):
             for start in range(0, size, SEND_BATCH):
-                ids, cell = send_adds(lambda: mc_app(url), min(SEND_BATCH, size - start),
+                ids, cell = send_adds(lambda: redis_mc_app(url), min(SEND_BATCH, size - start),
                                       self.cpu, chunk=SEND_CHUNK)
                 push_ids(self.r, self.ids_key(i), ids)
                 seconds += cell.seconds or 0.0
@@ -227,11 +221,8 @@ class DepthBench:
     def wait_idle(self, proc: subprocess.Popen[bytes], logfile: Path) -> None:
         """Until the worker (nobody else blocks here) waits in BLPOP/BRPOP/BLMOVE."""
 
-        def blocked() -> bool:
-            return any(c.get("cmd") in ("blpop", "brpop", "blmove") and "b" in c.get("flags", "")
-                       for c in self.r.client_list())
-
-        wait_worker(proc, logfile, blocked, "not consuming after")
+        wait_worker(proc, logfile, lambda: blocked_consumers(self.r) > 0,
+                    "not consuming after")
 
     def release(self) -> None:
         self.r.rename(STAGING_KEY, QUEUE)
@@ -475,7 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_mc-worker":
-        return mc_worker_main(MODULE, argv[1:], lambda a: mc_app(a.broker))
+        return mc_worker_main(MODULE, argv[1:], lambda a: redis_mc_app(a.broker))
     args = parse_args(argv)
 
     def run(workdir: Path, stack: contextlib.ExitStack) -> None:

@@ -63,6 +63,7 @@ from bench._common import (
     QUEUE,
     RATIO_HEAD,
     RESULTS_DIR,
+    STAGING_KEY,
     BenchError,
     Cell,
     DoneWatcher,
@@ -72,6 +73,7 @@ from bench._common import (
     add_common_args,
     add_repeat_arg,
     bench_main,
+    blocked_consumers,
     child_env,
     cpu_row,
     go_machinery_version,
@@ -86,6 +88,7 @@ from bench._common import (
     push_ids,
     ratio_row,
     redis_cpu,
+    redis_mc_app,
     run_impls,
     run_profile,
     run_stamp,
@@ -113,9 +116,7 @@ from bench.peers import (
 if TYPE_CHECKING:
     import subprocess
 
-    from machinery_compat import Machinery
 
-STAGING_KEY = "bench:staging"  # where the queued messages wait while a worker starts
 
 log = logging.getLogger("bench")
 
@@ -123,13 +124,6 @@ log = logging.getLogger("bench")
 SEND_MANY_CHUNK = 1000
 #: #13: ``send_many`` puts at least this many tasks per second into Redis
 SEND_MANY_TARGET = 50_000
-
-
-def mc_app(broker: str, backend: str) -> Machinery:
-    """The machinery_compat app of producer and worker (broker and results: the same Redis)."""
-    from machinery_compat import Machinery
-
-    return Machinery(broker=broker, result_backend=backend, default_queue=QUEUE)
 
 
 # --------------------------------------------------------------------------------------
@@ -167,11 +161,8 @@ class Bench:
         """Until ``clients`` clients (the worker's processes: nobody else blocks here) wait in
         BLPOP/BRPOP/BLMOVE."""
 
-        def blocked() -> bool:
-            return sum(c.get("cmd") in ("blpop", "brpop", "blmove") and "b" in c.get("flags", "")
-                       for c in self.r.client_list()) >= clients
-
-        wait_worker(proc, logfile, blocked, "not consuming after")
+        wait_worker(proc, logfile, lambda: blocked_consumers(self.r) >= clients,
+                    "not consuming after")
 
     def drain(self, queue: str, start_worker: Callable[[], subprocess.Popen[bytes]],
               logfile: Path, prefix: str = "", done: str = MC_DONE, processes: int = 1,
@@ -198,7 +189,7 @@ class Bench:
     # -- machinery_compat ---------------------------------------------------------------
     def mc_producer(self, profile: cProfile.Profile | None = None) -> Cell:
         url = self.server.url
-        ids, cell = send_adds(lambda: mc_app(url, url), self.n, self.cpu, profile=profile)
+        ids, cell = send_adds(lambda: redis_mc_app(url, url), self.n, self.cpu, profile=profile)
         push_ids(self.r, IDS_KEY, ids)
         self.check_queued(QUEUE)
         return cell
@@ -207,7 +198,7 @@ class Bench:
         """``app.send_many`` of N ``add(1)`` in chunks of :data:`SEND_MANY_CHUNK`, from this
         thread, timed around the call (after one untimed send: connecting)."""
         url = self.server.url
-        ids, cell = send_adds(lambda: mc_app(url, url), self.n, self.cpu, "warmup",
+        ids, cell = send_adds(lambda: redis_mc_app(url, url), self.n, self.cpu, "warmup",
                               chunk=SEND_MANY_CHUNK)
         push_ids(self.r, IDS_KEY, ids)
         self.check_queued(QUEUE)
@@ -507,7 +498,7 @@ def run_sweep(bench: Bench, args: argparse.Namespace) -> dict[int, dict[str, Row
 
 def profile_queued(bench: Bench) -> None:
     """:func:`profile_handle` on the N queued messages."""
-    app = mc_app(bench.server.url, bench.server.url)
+    app = redis_mc_app(bench.server.url, bench.server.url)
     try:
         profile_handle(app, cast("list[bytes]", bench.r.lpop(QUEUE, bench.n) or []))
     finally:
@@ -562,7 +553,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_mc-worker":
-        return mc_worker_main("bench.redis_bench", argv[1:], lambda a: mc_app(a.broker, a.backend))
+        return mc_worker_main("bench.redis_bench", argv[1:], lambda a: redis_mc_app(a.broker, a.backend))
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
