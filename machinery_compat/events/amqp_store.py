@@ -2,7 +2,7 @@
 ``machinery_compat.events``.
 
 The background flusher of :mod:`.emitter` publishes each batch of events as one message
-(body: a JSON array of events, ``content_type`` ``application/json``, not persistent,
+(body: the batch's JSON array, :func:`.model.encode_batch`, ``content_type`` ``application/json``, not persistent,
 publisher-confirmed) to the durable fanout exchange ``machinery_compat.events``.  Bound to
 it, the durable queue ``machinery_compat.events.history`` keeps the newest batches
 (``x-max-length`` = ``max_len`` batches, RabbitMQ drops the oldest), which ``history`` browses
@@ -13,13 +13,11 @@ exchange.  Go Machinery never declares, binds or reads these names.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Final
 
-from ..exceptions import DecodeError
-from .model import Event
+from .model import Event, decode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +25,12 @@ EXCHANGE: Final = "machinery_compat.events"
 HISTORY_QUEUE: Final = "machinery_compat.events.history"
 
 
-def decode_batch(body: bytes) -> list[Event]:
-    """The events of one message (logged and skipped when it is none)."""
-    try:
-        items = json.loads(body)
-    except ValueError as e:
-        logger.warning("event message is not JSON (%s): skipped", e)
-        return []
-    if not isinstance(items, list):
-        items = [items]
-    out = []
-    for item in items:
-        try:
-            out.append(Event.from_dict(item))
-        except DecodeError as e:
-            logger.warning("event message holds no event (%s): skipped", e)
-    return out
+def decode_message(body: bytes) -> list[Event]:
+    """The events of one message (what is no event is logged and skipped)."""
+    events, bad = decode_batch(body)
+    for why in bad:
+        logger.warning("event message holds an item that is no event (%s): skipped", why)
+    return events
 
 
 class AMQPEventStore:
@@ -68,11 +56,11 @@ class AMQPEventStore:
         bind_queue(link.channel, HISTORY_QUEUE, EXCHANGE, "", None)
         link.declared.add("events")
 
-    def write(self, events: Sequence[str]) -> None:
-        """Publish the events (JSON texts) as one message."""
-        if not events:
+    def write(self, body: bytes, count: int) -> None:
+        """Publish a batch (:func:`.model.encode_batch` of ``count`` events) as one
+        message."""
+        if count <= 0:
             return
-        body = ("[" + ",".join(events) + "]").encode()
         props = {"content_type": "application/json", "delivery_mode": 1}
 
         def op(link: Any) -> None:
@@ -94,7 +82,7 @@ class AMQPEventStore:
                     ch.close()
 
         messages = self.pool.run(op, budget=5.0, describe="read events")
-        events = [e for m in messages for e in decode_batch(body_bytes(m.body))
+        events = [e for m in messages for e in decode_message(body_bytes(m.body))
                   if since is None or e.timestamp >= since]  # in the order written
         return events[-limit:] if limit is not None else events
 
@@ -127,7 +115,7 @@ class AMQPEventStore:
                         continue
                 batch, got[:] = list(got), []
                 for body in batch:
-                    for event in decode_batch(body):
+                    for event in decode_message(body):
                         if seen:
                             text = event.to_json()
                             if text in seen:

@@ -27,8 +27,9 @@ and producers with ``send_events`` on emit ``task-sent`` for every message the a
 (sends, group and chord members, and the callbacks and retries its workers publish).
 
 A task thread only appends a tuple (or, for the rarer events, a small
-:class:`~.model.Event`) to a deque; the flusher thread (``mc-events``) encodes and writes
-what waits every :data:`FLUSH_INTERVAL` seconds, or as soon as :data:`BATCH` wait, in one
+:class:`~.model.Event`) to a deque; the flusher thread (``mc-events``) encodes what waits as
+one JSON array (:func:`~.model.encode_batch`: a tuple becomes a compact array in orjson's C
+code, no Python work per event) and writes it every :data:`FLUSH_INTERVAL` seconds, or as soon as :data:`BATCH` wait, in one
 round trip per batch (what comes meanwhile waits for the next flush).  The buffer holds at
 most :data:`MAX_BUFFER` events: past that, and for a batch the store refused, events are
 dropped on purpose and counted (:attr:`Emitter.dropped`, and ``dropped`` in the next
@@ -61,9 +62,10 @@ from .model import (
     WORKER_HEARTBEAT,
     WORKER_OFFLINE,
     WORKER_ONLINE,
+    Compact,
     Event,
-    _esc,
     clip,
+    encode_batch,
 )
 from .settings import EventsConfig, config_for
 from .stores import EventStore, describe_none, store_for
@@ -81,41 +83,14 @@ HEARTBEAT_INTERVAL: Final = 5.0
 #: seconds worker-offline waits for a stopping worker's running tasks, at most
 OFFLINE_WAIT: Final = 60.0
 
-#: a task event as the task thread leaves it: (type, timestamp, uuid, name, queue, hostname,
-#: runtime)
-_Raw = tuple[str, float, str, str, str, str, float | None]
+#: a task event as the task thread leaves it: the values of its compact array
+_Raw = Compact
 
 _emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
 #: what a worker without a running-task table (another pool) is read as
 _NONE: Final[dict[int, Any]] = {}
 _create_lock = threading.Lock()
 _tl = threading.local()
-
-
-#: the JSON of (name, queue, hostname) as events end with it: a worker's are few
-_tails: dict[tuple[str, str, str], str] = {}
-
-
-def _tail(name: str, queue: str, host: str) -> str:
-    key = (name, queue, host)
-    tail = _tails.get(key)
-    if tail is None:
-        tail = "".join(f',"{k}":{_esc(v)}' for k, v in (("name", name), ("queue", queue),
-                                                          ("hostname", host)) if v)
-        if len(_tails) < 4096:
-            _tails[key] = tail
-    return tail
-
-
-def _raw_json(item: Any) -> str:
-    """The JSON of a task thread's tuple: what ``Event(...).to_json()`` gives, made in a
-    fraction of the time (the flusher shares the GIL with the tasks)."""
-    kind, ts, uuid, name, queue, host, runtime = item  # (kind: one of ours)
-    head = f'{{"type":"{kind}","timestamp":{ts!r},"uuid":{_esc(uuid)}' if uuid else (
-        f'{{"type":"{kind}","timestamp":{ts!r}')
-    if runtime is None:
-        return f"{head}{_tail(name, queue, host)}}}"
-    return f'{head}{_tail(name, queue, host)},"runtime":{runtime!r}}}'
 
 
 def _default_hostname() -> str:
@@ -256,16 +231,17 @@ class Emitter:
         # round trip while the tasks run, at a cost per event many times this one's)
         left = len(buf)
         while left > 0:
-            batch: list[str] = []
+            batch: list[Event | _Raw] = []
             try:
                 for _ in range(min(left, BATCH)):
-                    item = buf.popleft()
-                    batch.append(item.to_json() if type(item) is Event else _raw_json(item))
+                    batch.append(buf.popleft())
             except IndexError:  # taken by another flush (stop() on another thread)
                 left = len(batch)
             left -= len(batch)
+            if not batch:
+                return
             try:
-                store.write(batch)
+                store.write(encode_batch(batch), len(batch))
             except Exception as e:
                 self.dropped += len(batch)
                 if not self._failing:

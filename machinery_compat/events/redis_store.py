@@ -1,8 +1,10 @@
 """Events on Redis: the capped stream ``machinery_compat.events``.
 
 Each stream entry holds one flush of a writer (the background flusher of :mod:`.emitter`):
-one field, ``e``, holding the events' JSON texts joined by newlines (JSON text as written
-here has none; an entry of one event is that event's JSON).  One ``XADD`` per batch, capped
+one field, ``j``, holding the batch as one JSON array (:func:`.model.encode_batch`: event
+objects and compact task events).  Entries written before 2026-12-05 have the field ``e``
+instead, the events' JSON objects joined by newlines (or one event's): still read.  One
+``XADD`` per batch, capped
 with ``MAXLEN ~ max_len // n`` for a batch of ``n`` events, so that the stream keeps about
 ``max_len`` events while batches are of about one size (Redis trims whole macro nodes: a
 little more; right after a burst, until smaller batches have replaced its big ones, up to a
@@ -15,18 +17,20 @@ the write) and ``XREAD BLOCK`` (follow).  Every event read carries its entry's i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Final
 
 from ..exceptions import DecodeError
-from .model import Event
+from .model import Event, decode_batch
 
 logger = logging.getLogger(__name__)
 
 #: the stream's key
 STREAM: Final = "machinery_compat.events"
-#: the entry field holding the events' JSON
-FIELD: Final = "e"
+#: the entry field holding the batch's JSON array
+FIELD: Final = "j"
+#: the field of entries written before 2026-12-05: JSON objects, one per line
+LINES_FIELD: Final = "e"
 
 #: entries read per XRANGE call
 _PAGE = 1000
@@ -36,12 +40,24 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _field(fields: Any, name: str) -> Any:
+    if not isinstance(fields, dict):
+        return None
+    raw = fields.get(name.encode())
+    return fields.get(name) if raw is None else raw
+
+
 def decode_entry(entry_id: Any, fields: Any) -> list[Event]:
     """The events of one stream entry (what is no event is logged and skipped)."""
     eid = _text(entry_id)
-    raw = None
-    if isinstance(fields, dict):
-        raw = fields.get(FIELD.encode()) if FIELD.encode() in fields else fields.get(FIELD)
+    raw = _field(fields, FIELD)
+    if raw is not None:
+        events, bad = decode_batch(raw, eid)
+        for why in bad:
+            logger.warning("event stream entry %s holds an item that is no event (%s): skipped",
+                           eid, why)
+        return events
+    raw = _field(fields, LINES_FIELD)
     if raw is None:
         logger.warning("event stream entry %s has no %r field: skipped", eid, FIELD)
         return []
@@ -66,11 +82,12 @@ class RedisEventStore:
         self.max_len = max_len
         self.key = key
 
-    def write(self, events: Sequence[str]) -> None:
-        """Append the events (JSON texts) as one entry, in one round trip."""
-        if events:
-            self.client.xadd(self.key, {FIELD: "\n".join(events)},
-                             maxlen=max(self.max_len // len(events), 1), approximate=True)
+    def write(self, batch: bytes, count: int) -> None:
+        """Append a batch (:func:`.model.encode_batch` of ``count`` events) as one entry, in
+        one round trip."""
+        if count > 0:
+            self.client.xadd(self.key, {FIELD: batch},
+                             maxlen=max(self.max_len // count, 1), approximate=True)
 
     def history(self, since: float | None = None, limit: int | None = None) -> list[Event]:
         """The events kept, in the order written (each process's in the order it emitted

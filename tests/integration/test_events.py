@@ -25,7 +25,7 @@ from machinery_compat import Machinery
 from machinery_compat.cli import main
 from machinery_compat.config import Config
 from machinery_compat.events import EventsConfig, history
-from machinery_compat.events.model import Event
+from machinery_compat.events.model import Event, encode_batch
 from machinery_compat.worker import Worker
 from tests.helpers import wait_for
 from tests.services._base import free_port
@@ -215,20 +215,21 @@ def test_worker_events_off_writes_nothing(redis_url: str, redis_client: Any) -> 
 def test_the_redis_stream_packs_a_batch_per_entry_and_keeps_about_max_len_events(
         redis_client: Any) -> None:
     """One entry per written batch; the cap (``MAXLEN ~ max_len // n``) keeps about
-    ``max_len`` events of batches of one size; ``limit`` counts events, not entries; an
-    entry of one event (as written before batches were packed) and a line that is no event
-    are read as such."""
+    ``max_len`` events of batches of one size; ``limit`` counts events, not entries; entries
+    of the older format (field ``e``: one event per line, or one event) are still read; an
+    item or a line that is no event is skipped."""
     from machinery_compat.events.redis_store import RedisEventStore
 
     key = f"ev_stream_{uuid.uuid4().hex[:8]}"
     store = RedisEventStore(redis_client, 400, key=key)
 
-    def batch(start: int, n: int) -> list[str]:
-        return [Event("task-succeeded", 1000.0 + i, f"t{i}", "add", "q", "h",
-                      runtime=0.5).to_json() for i in range(start, start + n)]
+    def events(start: int, n: int) -> list[Event]:
+        return [Event("task-succeeded", 1000.0 + i, f"t{i}", "add", "q", "h", runtime=0.5)
+                for i in range(start, start + n)]
 
-    for b in range(100):
-        store.write(batch(b * 50, 50))
+    for b in range(100):  # compact task events, as the flusher writes them
+        store.write(encode_batch([(e.type, e.timestamp, e.uuid, e.name, e.queue, e.hostname,
+                                   e.runtime) for e in events(b * 50, 50)]), 50)
     # an entry of 50 events is bigger than a macro node (stream-node-max-bytes 4096): one
     # node each, so "~" trims to exactly 400 // 50 entries here
     assert redis_client.xlen(key) == 8
@@ -239,9 +240,12 @@ def test_the_redis_stream_packs_a_batch_per_entry_and_keeps_about_max_len_events
     assert kept[-1].id == entry_id and kept[-1].runtime == 0.5
     newest = store.history(limit=75)
     assert [e.uuid for e in newest] == [f"t{i}" for i in range(4925, 5000)]
-    redis_client.xadd(key, {"e": batch(7, 1)[0]})
-    redis_client.xadd(key, {"e": "not json\n" + batch(8, 1)[0]})
-    assert [e.uuid for e in store.history(limit=2)] == ["t7", "t8"]
+    # entries written before batches were JSON arrays (field "e": one object per line)
+    redis_client.xadd(key, {"e": events(7, 1)[0].to_json()})
+    redis_client.xadd(key, {"e": "not json\n" + events(8, 1)[0].to_json()})
+    # an item that is no event is skipped, the rest of its batch kept
+    redis_client.xadd(key, {"j": b'[42,' + encode_batch(events(9, 1))[1:]})
+    assert [e.uuid for e in store.history(limit=3)] == ["t7", "t8", "t9"]
     redis_client.delete(key)
 
 

@@ -19,6 +19,8 @@ from machinery_compat.events.model import (
     WORKER_ONLINE,
     Event,
     clip,
+    decode_batch,
+    encode_batch,
 )
 from machinery_compat.events.stats import aggregate, percentile
 from machinery_compat.exceptions import ConfigError, DecodeError
@@ -120,3 +122,53 @@ def test_aggregate_lists_workers_whose_last_event_is_recent_and_not_offline() ->
 def test_to_json_is_the_json_of_to_dict(event: Event) -> None:
     assert json.loads(event.to_json()) == event.to_dict()
     assert Event.from_json(event.to_json()).to_dict() == event.to_dict()
+
+
+_COMPACT_ITEMS = [
+    ("task-started", 1.25, "task_1", "add", "q", "1@h", None),
+    ("task-succeeded", 1796351557.6126065, 't"\\\n\u00e9', "n\x00", "", "h\u2713", 1e-06),
+    ("task-succeeded", 2.0, "", "", "", "", 0.0),
+]
+
+
+def test_a_batch_is_one_json_array_of_objects_and_compact_task_events() -> None:
+    """A task thread's tuple is written as its compact array and read back as the event
+    it stands for, in order with the event objects around it."""
+    full = [Event(FAILED, 1.5, "t", "add", "q", "h", runtime=0.25, exception="boom"),
+            Event(WORKER_HEARTBEAT, 2.0, hostname="w", extra={"pid": 1, "queues": ["a"]})]
+    items = [_COMPACT_ITEMS[0], full[0], *_COMPACT_ITEMS[1:], full[1]]
+    raw = encode_batch(items)
+    data = json.loads(raw)
+    assert [type(x).__name__ for x in data] == ["list", "dict", "list", "list", "dict"]
+    assert data[0] == ["task-started", 1.25, "task_1", "add", "q", "1@h", None]
+    events, bad = decode_batch(raw, id="7-0")
+    assert bad == []
+    expected = [Event(k, ts, u, n, q, h, runtime=r) for k, ts, u, n, q, h, r in _COMPACT_ITEMS]
+    assert events == [expected[0], full[0], expected[1], expected[2], full[1]]
+    assert {e.id for e in events} == {"7-0"}
+
+
+def test_a_batch_orjson_refuses_is_written_escaped_and_read_back() -> None:
+    """A lone surrogate (orjson refuses it) or a value of an unknown type in ``extra``: the
+    batch is still written (by json: escaped, or as its str) and read back."""
+    items = [("task-started", 1.0, "u\ud800", "add", "q", "h", None),
+             Event(WORKER_ONLINE, 2.0, hostname="w", extra={"odd": {1, 2}.__class__})]
+    events, bad = decode_batch(encode_batch(items))
+    assert bad == []
+    assert events[0].uuid == "u\ud800"
+    assert events[1].extra == {"odd": str(set)}
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"[1]", "a JSON object, not int"),
+    (b'[["task-started"]]', "2 to 7 values, not 1"),
+    (b'[["task-started", 1, "u", "n", "q", "h", null, "extra"]]', "not 8"),
+    (b'[["task-started", "soon"]]', "numeric 'timestamp'"),
+    (b'[["task-started", 1, 5]]', "'uuid' must be a string"),
+    (b"not json", "not JSON"),
+])
+def test_what_is_no_event_in_a_batch_is_described_and_the_rest_kept(raw: bytes, why: str) -> None:
+    events, bad = decode_batch(raw[:-1] + b',{"type":"task-sent","timestamp":1}]'
+                               if raw.startswith(b"[") else raw)
+    assert len(bad) == 1 and why in bad[0]
+    assert [e.type for e in events] == (["task-sent"] if raw.startswith(b"[") else [])
