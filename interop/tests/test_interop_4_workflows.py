@@ -1163,7 +1163,8 @@ def _racing_chords_mongodb(pool: Pool, sent: list[tuple[ChordResult, list[int]]]
     redelivered; on Redis the abandoned loop's BLPOP goroutine swallows up to concurrency + 1
     messages (members or callbacks, never run: test_interop_mongodb.py shows it).  So: every
     callback ran once per copy sent, with the right args; Python never triggered a group
-    twice; each copy or member missing is accounted for by one of Go's failed upserts."""
+    twice; each copy or member missing is accounted for by one of Go's failed upserts (or, on
+    AMQP, by a member run again: see the end)."""
     runs = pool.all_runs()
     errors = pool.go_errors()
     races = [e for e in errors if e.startswith("Set state pending error: ")
@@ -1203,8 +1204,15 @@ def _racing_chords_mongodb(pool: Pool, sent: list[tuple[ChordResult, list[int]]]
             f"callback's PENDING: {len(races)}; members run again after it: {len(again)}")
     print(f"\n[{pool.stack.spec.id}] racing chords, {callback} callback: {note}")
     record_property("note", note)
-    if pool.stack.amqp_broker:  # (redelivered: only Go's failed sends are missing)
-        assert unrun == [] and by["not triggered"] == 0 and missing <= len(races), note
+    if pool.stack.amqp_broker:
+        # redelivered, so nothing is swallowed; missing are Go's failed sends, and one Go
+        # copy per member run again: a re-run writes the member RECEIVED and STARTED before
+        # SUCCESS again, and a Go worker whose TriggerChord (recorded) then reads the group's
+        # states finds it not SUCCESS and returns without sending (v2/worker.go,
+        # taskSucceeded: "if !taskState.IsSuccess() { return nil }"; seen once in CI: 1
+        # race, 2 members of one chord run again, 2 copies missing)
+        assert unrun == [] and by["not triggered"] == 0, note
+        assert missing <= len(races) + len(again), note
     else:  # each race: Go's failed send, then up to concurrency + 1 messages swallowed
         assert missing + len(unrun) <= len(races) * (1 + pool.go_concurrency + 1), note
         assert races or (unrun == [] and missing == 0), note
