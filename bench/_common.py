@@ -180,8 +180,13 @@ def children_cpu() -> float:
 
 
 def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: the repository importable, and
+    machinery_compat workers' task events off unless ``extra`` says otherwise (the main
+    rows measure the task path alone; ``bench.redis_bench --events compare`` gives their
+    cost beside them)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["MACHINERY_COMPAT_WORKER_EVENTS"] = "0"
     env.update(extra)
     return env
 

@@ -26,7 +26,7 @@ between implementations.  How each number is measured:
   worker is not counted, for any implementation.
 
 ``--events on|off|compare`` (default ``compare``): the machinery_compat worker with task events
-on (``MACHINERY_COMPAT_WORKER_EVENTS=1``), off (the default), or both: the main row with
+on (``MACHINERY_COMPAT_WORKER_EVENTS=1``, a worker's default), off, or both: the main row with
 events off and a row "task events on", and the ratio of the two drains (#16: events on must
 keep ≥ 0.95 of the drain).
 

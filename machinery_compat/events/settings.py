@@ -4,7 +4,7 @@ variables.
 ======================================  ==========  =============================================
 environment variable                    default     meaning
 ======================================  ==========  =============================================
-``MACHINERY_COMPAT_WORKER_EVENTS``      ``0``       Python workers emit task and worker events
+``MACHINERY_COMPAT_WORKER_EVENTS``      ``1``       Python workers emit task and worker events
 ``MACHINERY_COMPAT_SEND_EVENTS``        ``0``       producers emit ``task-sent`` for every
                                                     message they publish (Celery's
                                                     ``task_send_sent_event``)
@@ -51,9 +51,9 @@ class EventsConfig:
     """What a process emits and how much the store keeps."""
 
     #: Python workers emit task-started/succeeded/failed/retried/dead-lettered and
-    #: worker-online/heartbeat/offline.  Off by default until their cost is within the 5 %
-    #: of the drain rate issue #16 asks for (measured 2-7 %: docs/events.md)
-    worker_events: bool = False
+    #: worker-online/heartbeat/offline (on by default: they cost about 4 % of the drain of a
+    #: trivial task, docs/events.md)
+    worker_events: bool = True
     #: every message this app publishes gives a task-sent event (producers; off by default)
     send_events: bool = False
     #: about how many events the Redis stream keeps (``XADD MAXLEN ~ max_len // n`` for a
@@ -73,7 +73,7 @@ class EventsConfig:
             max_len = int(text) if text else DEFAULT_MAX_LEN
         except ValueError:
             raise ConfigError(f"{ENV_MAX_LEN}={text!r}: expected an integer") from None
-        return cls(worker_events=_bool(env, ENV_WORKER, False),
+        return cls(worker_events=_bool(env, ENV_WORKER, True),
                    send_events=_bool(env, ENV_SEND, False), max_len=max_len)
 
 

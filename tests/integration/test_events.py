@@ -197,6 +197,29 @@ def test_follow_from_since_gives_history_then_new_events(config_file: Path,
     assert succeeded.count(first.task_id) == 1 and succeeded[-1] == second.task_id
 
 
+def test_a_worker_emits_task_events_by_default(redis_url: str, redis_client: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No events config and no environment variable: a worker emits (producers do not)."""
+    monkeypatch.delenv("MACHINERY_COMPAT_WORKER_EVENTS", raising=False)
+    monkeypatch.delenv("MACHINERY_COMPAT_SEND_EVENTS", raising=False)
+    a = Machinery(broker=redis_url, result_backend=redis_url, default_queue="ev_default")
+    _register(a)
+    try:
+        w = a.worker(concurrency=1, poll_timeout=0.1).start()
+        try:
+            res = a.send_task("add", args=[1])
+            assert res.get(timeout=10) == 1
+        finally:
+            w.stop(timeout=10)
+        wait_for(lambda: any(e.type == "worker-offline" for e in history(a)), 10,
+                 "the stopped worker's worker-offline")
+        assert [e.type for e in history(a) if e.uuid == res.task_id] == [
+            "task-started", "task-succeeded"]
+        assert not [e for e in history(a) if e.type == "task-sent"]
+    finally:
+        a.close()
+
+
 def test_worker_events_off_writes_nothing(redis_url: str, redis_client: Any) -> None:
     a = Machinery(broker=redis_url, result_backend=redis_url, default_queue="ev_off")
     a.events_config = EventsConfig(worker_events=False)

@@ -61,7 +61,8 @@ def test_clip_and_types() -> None:
 
 
 def test_settings_from_env() -> None:
-    assert EventsConfig.from_env({}) == EventsConfig(False, False, 10_000)  # both off
+    # workers on, producers off
+    assert EventsConfig.from_env({}) == EventsConfig(True, False, 10_000) == EventsConfig()
     assert EventsConfig.from_env({"MACHINERY_COMPAT_WORKER_EVENTS": "on"}).worker_events
     cfg = EventsConfig.from_env({"MACHINERY_COMPAT_WORKER_EVENTS": "off",
                                  "MACHINERY_COMPAT_SEND_EVENTS": "YES",
