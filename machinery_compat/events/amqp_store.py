@@ -2,8 +2,9 @@
 ``machinery_compat.events``.
 
 The background flusher of :mod:`.emitter` publishes each batch of events as one message
-(body: the batch's JSON array, :func:`.model.encode_batch`, ``content_type`` ``application/json``, not persistent,
-publisher-confirmed) to the durable fanout exchange ``machinery_compat.events``.  Bound to
+(body: the batch's JSON array, :func:`.model.encode_batch`; ``content_type``
+``application/json``, not persistent, publisher-confirmed) to the durable fanout exchange
+``machinery_compat.events``.  Bound to
 it, the durable queue ``machinery_compat.events.history`` keeps the newest batches
 (``x-max-length`` = ``max_len`` batches, RabbitMQ drops the oldest), which ``history`` browses
 (``basic.get`` of every message, then all nacked back) for ``stats`` and ``events`` without

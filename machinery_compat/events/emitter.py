@@ -1,6 +1,6 @@
 """Emitting events: signal receivers feed a bounded buffer that a background thread flushes.
 
-Python workers (unless ``worker_events`` is off, see :mod:`.settings`) emit, through the
+Python workers (unless ``worker_events`` is off, see :mod:`.settings`; it is on by default) emit, through the
 receivers connected here when :mod:`machinery_compat.worker` is imported and, for the two
 events of every task, :class:`WorkerEvents`, which the pool threads call directly:
 
@@ -29,8 +29,9 @@ and producers with ``send_events`` on emit ``task-sent`` for every message the a
 A task thread only appends a tuple (or, for the rarer events, a small
 :class:`~.model.Event`) to a deque; the flusher thread (``mc-events``) encodes what waits as
 one JSON array (:func:`~.model.encode_batch`: a tuple becomes a compact array in orjson's C
-code, no Python work per event) and writes it every :data:`FLUSH_INTERVAL` seconds, or as soon as :data:`BATCH` wait, in one
-round trip per batch (what comes meanwhile waits for the next flush).  The buffer holds at
+code, no Python work per event) and writes it every :data:`FLUSH_INTERVAL` seconds, or as
+soon as :data:`BATCH` wait, in one round trip per batch (what comes meanwhile waits for the
+next flush).  The buffer holds at
 most :data:`MAX_BUFFER` events: past that, and for a batch the store refused, events are
 dropped on purpose and counted (:attr:`Emitter.dropped`, and ``dropped`` in the next
 worker-heartbeat), with one warning per outage.  Events never slow down or fail a task.

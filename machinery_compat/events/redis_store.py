@@ -4,8 +4,7 @@ Each stream entry holds one flush of a writer (the background flusher of :mod:`.
 one field, ``j``, holding the batch as one JSON array (:func:`.model.encode_batch`: event
 objects and compact task events).  Entries written before 2026-12-05 have the field ``e``
 instead, the events' JSON objects joined by newlines (or one event's): still read.  One
-``XADD`` per batch, capped
-with ``MAXLEN ~ max_len // n`` for a batch of ``n`` events, so that the stream keeps about
+``XADD`` per batch, capped with ``MAXLEN ~ max_len // n`` for a batch of ``n`` events, so that the stream keeps about
 ``max_len`` events while batches are of about one size (Redis trims whole macro nodes: a
 little more; right after a burst, until smaller batches have replaced its big ones, up to a
 few times more).  Go Machinery never reads or writes a key of that name.
