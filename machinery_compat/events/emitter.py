@@ -1,8 +1,9 @@
 """Emitting events: signal receivers feed a bounded buffer that a background thread flushes.
 
-Python workers (unless ``worker_events`` is off, see :mod:`.settings`; it is on by default) emit, through the
-receivers connected here when :mod:`machinery_compat.worker` is imported and, for the two
-events of every task, :class:`WorkerEvents`, which the pool threads call directly:
+Python workers (unless ``worker_events`` is off, see :mod:`.settings`; it is on by
+default) emit, through the receivers connected here when :mod:`machinery_compat.worker` is
+imported and, for the two events of every task, :class:`WorkerEvents`, which the pool
+threads call directly:
 
 ==========================  ================================================================
 event                       from
