@@ -87,8 +87,10 @@ pytestmark = [pytest.mark.interop, pytest.mark.redis, pytest.mark.slow]
 PY_ONLY = ("py_add", "py_mul", "py_sq", "py_concat", "py_fail", "py_sleep")
 TIMEOUT = 30.0  # generous per-workflow budget; a healthy run needs well under a second
 # SQS, pools where the Python worker shares the main queue: a Go-only task it hands back is
-# visible again without a send, which moto's long polls only notice when they start, so the
-# Go worker may lose it to the Python worker's polls many times over (seen: > 30 s once)
+# visible again without a send, which moto's long polls only notice when they start; the
+# Python worker steps aside when it reappears (machinery_compat/brokers/_aside.py: before
+# that, its polls ran in step with the visibility delay it set and it took the task back for
+# the whole 120 s in 1 run of 5), so the Go worker gets it within a few hand-backs
 SHARED_SQS_TIMEOUT = 120.0
 SETTLE = 0.5  # after everything finished: time for a duplicate/unwanted run to show up
 N_RACING = 200

@@ -144,6 +144,7 @@ from ..exceptions import (
 )
 from ..protocol import Signature
 from ..protocol.sublime import SQS_MAX_DELAY_SECONDS, sqs_delay_seconds
+from ._aside import StepAside
 from ._held import Held, Holdings
 from ._peek import eta_ns, stop_task_deletion
 from .base import Broker, Delivery
@@ -634,6 +635,9 @@ class SQSBroker(Broker):
                     functools.partial(self.client.change_message_visibility, **params),
                     f"{doing} message {d.extra.get('message_id', '?')} of {queue_url}",
                 )
+                consumer = d.extra.get("consumer")
+                if isinstance(consumer, SQSConsumer):
+                    consumer.aside.note(d.queue, time.monotonic() + params["VisibilityTimeout"])
             finally:
                 self._settled(d, finished=False)
 
@@ -768,6 +772,8 @@ class SQSConsumer(SQSBroker):
         #: FIFO message groups with a message handed out: (queue URL, group id) -> the group
         self._groups: dict[tuple[str, str], _Group] = {}
         self._waiting = 0  # messages waiting in self._groups
+        #: messages this consumer handed back: it keeps out of their way (:mod:`._aside`)
+        self.aside = StepAside()
 
     # shared with the broker
     @property
@@ -830,11 +836,15 @@ class SQSConsumer(SQSBroker):
         wait = self.wait_seconds(budget)
         # with FIFO messages waiting for their predecessor, long polls run in the background
         # too, so that a message released meanwhile is handed out at once
+        aside = self.aside
         if wait == 0 or (len(queues) == 1 and not self._polls and not self._waiting):
             for q in queues:
                 if q in self._polls:
                     continue  # a background long poll covers it
-                messages = self.receive(q, n, wait if len(queues) == 1 else 0)
+                q_wait = aside.wait_for(q, wait if len(queues) == 1 else 0, time.monotonic())
+                if q_wait is None:
+                    continue  # a message it handed back reappears: others first
+                messages = self.receive(q, n, q_wait)
                 if messages:
                     self._taken(q, messages)
                     return
@@ -844,7 +854,9 @@ class SQSConsumer(SQSBroker):
                 # when short-polling, so that polls do not stay in step with a visibility
                 # timeout this worker set (it would then always be first to receive a task it
                 # handed back, before a worker that has the task)
-                self._wait_for_arrivals(rest if wait else rest * random.uniform(0.5, 1.0))
+                rest = rest if wait else rest * random.uniform(0.5, 1.0)
+                paused = aside.pause_left(queues, time.monotonic())
+                self._wait_for_arrivals(rest if paused is None else min(rest, paused))
             return
         pool = self._pool
         if pool is None:
@@ -852,10 +864,14 @@ class SQSConsumer(SQSBroker):
                 max_workers=min(len(queues), 16), thread_name_prefix="mc-sqs-poll")
         for q in queues:
             if q not in self._polls:
-                future = pool.submit(self.receive, q, n, wait)
+                q_wait = aside.wait_for(q, wait, time.monotonic())
+                if q_wait is None:
+                    continue  # a message it handed back reappears: others first
+                future = pool.submit(self.receive, q, n, q_wait)
                 self._polls[q] = future
                 future.add_done_callback(functools.partial(self._poll_done, q))
-        self._wait_for_arrivals(budget)
+        paused = aside.pause_left(queues, time.monotonic())
+        self._wait_for_arrivals(budget if paused is None else min(budget, paused))
 
     def _poll_done(self, queue: str,
                    future: concurrent.futures.Future[list[dict[str, Any]]]) -> None:
