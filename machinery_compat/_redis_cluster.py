@@ -132,6 +132,12 @@ def _word(v: Any) -> bytes:
     return str(v).encode() if not isinstance(v, str) else v.encode("utf-8", "surrogateescape")
 
 
+
+def _redirects() -> tuple[type[BaseException], ...]:
+    """The error replies that send a command again (after a new slot map)."""
+    e = require_redis().exceptions
+    return (e.MovedError, e.AskError, e.ReadOnlyError, e.TryAgainError, e.ClusterDownError)
+
 def _first_key(command: Sequence[Any]) -> Any:
     """The key a command is routed by (None: any node)."""
     name = _word(command[0]).upper()
@@ -198,7 +204,17 @@ class ClusterPath(_ThreadCalls):
                     except r.ResponseError as e:
                         replies[i] = e
                 if self.wait is not None:
-                    acked = conn.read_response(disconnect_on_error=False)
+                    try:
+                        acked = conn.read_response(disconnect_on_error=False)
+                    except r.ResponseError as e:
+                        # "WAIT cannot be used with replica instances": a failover made this
+                        # node a replica; its writes were answered READONLY (or MOVED) and go
+                        # again to the new master (see _run), where WAIT answers
+                        if any(isinstance(replies[i], _redirects()) for i, _ in items):
+                            continue
+                        raise r.ConnectionError(
+                            f"WAIT on {conn.host}:{conn.port}: {e} (the master may be "
+                            "changing); retry it") from e
                     if int(acked) < self.wait[1]:
                         conn.disconnect()
                         raise r.ConnectionError(
@@ -218,8 +234,7 @@ class ClusterPath(_ThreadCalls):
         """Run one wave (no order among its commands); redirected ones again.  Error replies
         other than redirections are returned as exception objects."""
         r = require_redis()
-        redirect = (r.exceptions.MovedError, r.exceptions.AskError, r.exceptions.ReadOnlyError,
-                    r.exceptions.TryAgainError, r.exceptions.ClusterDownError)
+        redirect = _redirects()
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         pause = REDIRECT_PAUSE

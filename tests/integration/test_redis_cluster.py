@@ -12,8 +12,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
+from redis.cluster import ClusterNode
 
 from machinery_compat import Machinery, chord, group
 from machinery_compat._redis_cluster import cluster_processing_key, slot_tag
@@ -201,6 +204,36 @@ def test_a_cluster_url_with_a_db_is_refused(redis_cluster: RedisClusterNodes) ->
 
 
 TASKS = 2000
+
+
+def test_a_write_with_wait_sent_to_a_master_turned_replica_goes_to_the_new_master(
+        redis_cluster: RedisClusterNodes) -> None:
+    """A slot map older than a failover sends a write (and ``WAIT``) to the old master, now a
+    replica: its MOVED sends the write again to the new master, and its "WAIT cannot be used
+    with replica instances" does not fail the call (seen in CI: a worker's state write failed
+    with it, and the message stayed in its processing list)."""
+    from machinery_compat._redis_cluster import ClusterPath
+
+    with redis_cluster.client() as c:
+        path = ClusterPath(c, wait_replicas=1)
+        key = f"cluster-wait-{uuid.uuid4().hex[:8]}"
+        server = redis_cluster.replica_of(redis_cluster.master_for(key))
+        replica = ClusterNode(server.host, server.port, server_type="replica",
+                              redis_connection=redis.Redis(host=server.host, port=server.port))
+        real = path._node
+        sent_to: list[int] = []
+
+        def stale_first(command: Any) -> Any:
+            node = replica if not sent_to else real(command)
+            sent_to.append(node.port)
+            return node
+
+        path._node = stale_first  # type: ignore[method-assign]
+        assert path.execute(("SET", key, "v")) == [b"OK"]
+        assert sent_to[0] == replica.port and sent_to[-1] != replica.port
+        assert c.get(key) == b"v"
+        c.delete(key)
+        replica.redis_connection.close()
 
 
 def test_a_failover_during_2000_tasks_loses_none(redis_cluster: RedisClusterNodes,
