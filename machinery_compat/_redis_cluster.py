@@ -132,11 +132,11 @@ def _word(v: Any) -> bytes:
     return str(v).encode() if not isinstance(v, str) else v.encode("utf-8", "surrogateescape")
 
 
-
 def _redirects() -> tuple[type[BaseException], ...]:
     """The error replies that send a command again (after a new slot map)."""
     e = require_redis().exceptions
     return (e.MovedError, e.AskError, e.ReadOnlyError, e.TryAgainError, e.ClusterDownError)
+
 
 def _first_key(command: Sequence[Any]) -> Any:
     """The key a command is routed by (None: any node)."""
@@ -210,7 +210,8 @@ class ClusterPath(_ThreadCalls):
                         # "WAIT cannot be used with replica instances": a failover made this
                         # node a replica; its writes were answered READONLY (or MOVED) and go
                         # again to the new master (see _run), where WAIT answers
-                        if any(isinstance(replies[i], _redirects()) for i, _ in items):
+                        redirect = _redirects()
+                        if any(isinstance(replies[i], redirect) for i, _ in items):
                             continue
                         raise r.ConnectionError(
                             f"WAIT on {conn.host}:{conn.port}: {e} (the master may be "

@@ -854,9 +854,8 @@ class SQSConsumer(SQSBroker):
                 # when short-polling, so that polls do not stay in step with a visibility
                 # timeout this worker set (it would then always be first to receive a task it
                 # handed back, before a worker that has the task)
-                rest = rest if wait else rest * random.uniform(0.5, 1.0)
-                paused = aside.pause_left(queues, time.monotonic())
-                self._wait_for_arrivals(rest if paused is None else min(rest, paused))
+                self._wait_for_arrivals(rest if wait else rest * random.uniform(0.5, 1.0),
+                                        queues)
             return
         pool = self._pool
         if pool is None:
@@ -870,8 +869,7 @@ class SQSConsumer(SQSBroker):
                 future = pool.submit(self.receive, q, n, q_wait)
                 self._polls[q] = future
                 future.add_done_callback(functools.partial(self._poll_done, q))
-        paused = aside.pause_left(queues, time.monotonic())
-        self._wait_for_arrivals(budget if paused is None else min(budget, paused))
+        self._wait_for_arrivals(budget, queues)
 
     def _poll_done(self, queue: str,
                    future: concurrent.futures.Future[list[dict[str, Any]]]) -> None:
@@ -886,7 +884,12 @@ class SQSConsumer(SQSBroker):
         with self._cond:
             self._cond.notify_all()
 
-    def _wait_for_arrivals(self, seconds: float) -> None:
+    def _wait_for_arrivals(self, seconds: float, queues: Sequence[str] = ()) -> None:
+        """Until something was received, at most ``seconds`` (and no longer than a pause of
+        one of ``queues`` lasts: then it is polled again)."""
+        paused = self.aside.pause_left(queues, time.monotonic())
+        if paused is not None:
+            seconds = min(seconds, paused)
         with self._cond:
             if not any(self._ready.values()) and self._poll_error is None:
                 self._cond.wait(seconds)
