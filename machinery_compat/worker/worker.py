@@ -361,12 +361,14 @@ class Worker:
             logger.warning("this worker has no tasks registered: every message it takes goes "
                            "back to its queue for another worker (register tasks with "
                            "@app.task before starting it, or check -A)")
+        # before any thread runs: its receivers (task events, the heartbeat) then see the
+        # worker's first task, which a queue with waiting messages gives at once
+        signals.worker_ready.send(self)
         for i in range(self.concurrency):
             self._spawn(self._run_pool, f"mc-worker-{i}")
         self._spawn(self._consume_loop, "mc-consumer")
         if self.move_delayed:
             self._spawn(self._delayed_loop, "mc-delayed")
-        signals.worker_ready.send(self)
         return self
 
     def _spawn(self, target: Any, name: str) -> None:

@@ -220,6 +220,31 @@ def test_a_worker_emits_task_events_by_default(redis_url: str, redis_client: Any
         a.close()
 
 
+def test_tasks_waiting_when_a_worker_starts_have_their_events(redis_url: str,
+                                                              redis_client: Any) -> None:
+    """The worker's threads take waiting messages at once: its events (and metrics) are
+    wired before they run, so none of its first tasks goes uncounted."""
+    a = Machinery(broker=redis_url, result_backend=redis_url, default_queue="ev_waiting")
+    a.events_config = EventsConfig(worker_events=True)
+    _register(a)
+    try:
+        waiting = [a.send_task("add", args=[i]) for i in range(40)]
+        w = a.worker(concurrency=4, poll_timeout=0.1).start()
+        try:
+            assert [r.get(timeout=15) for r in waiting] == list(range(40))
+        finally:
+            w.stop(timeout=10)
+        wait_for(lambda: any(e.type == "worker-offline" for e in history(a)), 10,
+                 "the stopped worker's worker-offline")
+        seen = history(a)
+        for kind in ("task-started", "task-succeeded"):
+            missing = {r.task_id for r in waiting} - {e.uuid for e in seen if e.type == kind}
+            assert not missing, f"{len(missing)} of 40 waiting tasks have no {kind}"
+        assert next(e.type for e in seen if e.type.startswith("worker-")) == "worker-online"
+    finally:
+        a.close()
+
+
 def test_worker_events_off_writes_nothing(redis_url: str, redis_client: Any) -> None:
     a = Machinery(broker=redis_url, result_backend=redis_url, default_queue="ev_off")
     a.events_config = EventsConfig(worker_events=False)
