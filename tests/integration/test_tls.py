@@ -22,7 +22,7 @@ import pytest
 from machinery_compat import Machinery
 from machinery_compat._redis import client_for
 from machinery_compat.brokers.redis import RedisBroker
-from machinery_compat.config import Config, mask_url, parse_redis_url
+from machinery_compat.config import AMQPConfig, Config, mask_url, parse_redis_url
 from machinery_compat.config.redis_url import TLS_QUERY_OPTIONS, RedisTLSOptions
 from machinery_compat.exceptions import (
     BackendError,
@@ -174,8 +174,12 @@ def _with_password(url: str) -> str:
 
 def _round_trip(url: str, tls_config: ssl.SSLContext | None = None) -> None:
     """Send ``add`` over ``url`` and have a worker on the same URL run it."""
-    config = Config.from_url(url, default_queue=f"tls_{time.monotonic_ns()}",
-                             tls_config=tls_config)
+    queue = f"tls_{time.monotonic_ns()}"
+    # AMQP: a direct exchange routes default-routed tasks by the binding key, so the queue's
+    # binding must be its name, or what is sent before the worker has bound its queue goes
+    # only to the producer's own queue named by the key (Go's AdjustRoutingKey)
+    amqp = {"amqp": AMQPConfig(binding_key=queue)} if url.startswith("amqp") else {}
+    config = Config.from_url(url, default_queue=queue, tls_config=tls_config, **amqp)
     producer = Machinery(config=config)
     worker_app = Machinery(config=config)
 
