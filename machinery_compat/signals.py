@@ -46,7 +46,7 @@ task_rejected          the worker           ``queue``, ``body`` (the message's b
                                             ``reason``: a message dead-lettered (too large,
                                             undecodable, no task name, an unexpected worker
                                             error); Celery's has ``message``, ``exc``
-worker_ready           the worker           —
+worker_ready           the worker           — (before its threads take the first message)
 worker_shutdown        the worker           —
 =====================  ===================  ===================================================
 
