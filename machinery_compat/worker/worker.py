@@ -364,6 +364,8 @@ class Worker:
         # before any thread runs: its receivers (task events, the heartbeat) then see the
         # worker's first task, which a queue with waiting messages gives at once
         signals.worker_ready.send(self)
+        if self._stopping.is_set():  # stopped by a receiver: no thread to start
+            return self
         for i in range(self.concurrency):
             self._spawn(self._run_pool, f"mc-worker-{i}")
         self._spawn(self._consume_loop, "mc-consumer")
