@@ -80,15 +80,25 @@ def test_lock_reads_values_as_gos_atoi(lock: RedisLock, redis_client: redis.Redi
     assert redis_client.pttl(KEY) > 0  # whatever it holds, the key expires
 
 
-def test_lock_compares_nanoseconds_exactly(lock: RedisLock, redis_client: redis.Redis) -> None:
-    """Lua numbers are doubles (about 256 ns apart at today's Unix ns): the script compares
-    the decimal strings instead."""
-    now = time.time_ns()
-    just_ahead = now + 2 * S  # still in the future when the script runs
-    redis_client.set(KEY, str(just_ahead), px=5000)
-    assert not lock.acquire(KEY, now + 3 * S)
-    # 2**53 < value: as doubles, value and value+1 are equal; as decimals they are not
-    assert float(just_ahead) == float(just_ahead + 1)
+def test_lock_compares_nanoseconds_exactly(lock: RedisLock, redis_client: redis.Redis,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lua numbers are doubles (256 ns apart at today's Unix ns): the script compares the
+    decimal strings instead.  The scheduler's clock is pinned to 1 ns either side of the
+    stored value, where doubles cannot tell them apart."""
+    import types
+
+    from machinery_compat.periodic import lock as lock_module
+
+    stored = (time.time_ns() + 2 * S) & ~0x3FF  # a multiple of 1024: exact as a double
+    assert float(stored) == float(stored + 1)   # so a double compare sees now == stored
+    redis_client.set(KEY, str(stored), px=5000)
+    clock = types.SimpleNamespace(time_ns=lambda: stored)
+    monkeypatch.setattr(lock_module, "time", clock)
+    assert not lock.acquire(KEY, stored + 3 * S)  # Go: taken only when now > stored
+    assert redis_client.get(KEY) == str(stored).encode()
+    clock.time_ns = lambda: stored + 1
+    assert lock.acquire(KEY, stored + 3 * S)      # 1 ns later it has passed
+    assert redis_client.get(KEY) == str(stored + 3 * S).encode()
 
 
 def _go_lock_once(client: redis.Redis, key: str, value: int) -> bool:
