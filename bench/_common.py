@@ -476,11 +476,13 @@ def time_peer_producer(module: str, n: int, env: dict[str, str], logfile: Path,
                 cpu=(res["cpu"], *map(delta, servers0, servers1)))
 
 
-def start_celery_worker(concurrency: int, env: dict[str, str],
-                        logfile: Path) -> subprocess.Popen[bytes]:
-    """``celery worker`` of ``bench.celery_app``, threads pool, output to ``logfile``."""
+def start_celery_worker(concurrency: int, env: dict[str, str], logfile: Path,
+                        cpus: str | None = None) -> subprocess.Popen[bytes]:
+    """``celery worker`` of ``bench.celery_app``, threads pool, output to ``logfile``;
+    ``cpus``: pinned to them (``taskset -c``; Celery has no option of its own)."""
     celery = shutil.which("celery") or "celery"
-    cmd = [celery, "-A", "bench.celery_app", "worker", "--pool", "threads",
+    pin = [] if cpus is None else [shutil.which("taskset") or "taskset", "-c", cpus]
+    cmd = [*pin, celery, "-A", "bench.celery_app", "worker", "--pool", "threads",
            "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
            "--without-heartbeat", "-l", "warning", "-n", "bench@%h"]
     return spawn(cmd, stdout=logfile.open("wb"), env=env)
@@ -558,25 +560,29 @@ def mc_worker_main(module: str, argv: list[str],
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes sharing --concurrency (app.worker(processes=N))")
     p.add_argument("--profile", type=Path, help="write cProfile stats of all threads here")
+    p.add_argument("--cpu-affinity", default=None,
+                   help="the worker's cpu_affinity (app.worker(cpu_affinity=...))")
     if add_args is not None:
         add_args(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    return run_mc_worker(make_app(a), a.concurrency, a.profile, a.processes)
+    return run_mc_worker(make_app(a), a.concurrency, a.profile, a.processes, a.cpu_affinity)
 
 
 def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None,
-                  processes: int = 1) -> int:
+                  processes: int = 1, cpu_affinity: str | None = None) -> int:
     """Run ``app.worker(concurrency)`` with ``add`` registered until SIGTERM; with ``profile``,
     every thread runs under cProfile (timer: the thread's CPU time) and the merged stats are
     written there.  Prints ``{"processed": n}`` at the end.  ``processes`` > 1:
     ``app.worker(concurrency, processes=N)`` (N forked workers sharing ``concurrency``; no
-    profile, nothing printed)."""
+    profile, nothing printed).  ``cpu_affinity``: the worker's (see
+    :mod:`machinery_compat.worker.affinity`)."""
+    pinned: dict[str, Any] = {} if cpu_affinity is None else {"cpu_affinity": cpu_affinity}
     if processes > 1:
         if profile is not None:
             raise SystemExit("--profile profiles one worker process: drop --processes")
         register_add(app)
-        app.worker(concurrency=concurrency, processes=processes).run()
+        app.worker(concurrency=concurrency, processes=processes, **pinned).run()
         return 0
     profiles: list[cProfile.Profile] = []
     if profile is not None:
@@ -597,8 +603,8 @@ def run_mc_worker(app: Machinery, concurrency: int, profile: Path | None,
     # MC_BENCH_PREFETCH: the worker's prefetch (messages taken ahead of the threads), for
     # experiments; unset: the worker's default
     prefetch = int(os.environ.get("MC_BENCH_PREFETCH", "0") or 0)
-    worker = (app.worker(concurrency=concurrency, prefetch=prefetch) if prefetch
-              else app.worker(concurrency=concurrency))
+    worker = (app.worker(concurrency=concurrency, prefetch=prefetch, **pinned) if prefetch
+              else app.worker(concurrency=concurrency, **pinned))
     worker.run()  # until SIGTERM: stops fetching, finishes running tasks
     app.close()
     if profiles and profile is not None:

@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import cProfile
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -198,6 +199,8 @@ class Bench:
         self.c: int = args.concurrency
         self.prefetch: int = args.prefetch
         self.processes: int = args.processes
+        #: the CPU of the pinned rows (``--pin``), None: no pinned rows
+        self.pin: str | None = args.pin
         self.workdir = workdir
         self.drain_timeout: float = args.drain_timeout
         self.broker_url = node.url
@@ -284,19 +287,30 @@ class Bench:
         self.check_queued(QUEUE)
         return cell
 
-    def mc_drain(self, profile_out: Path | None = None, processes: int = 1) -> Cell:
+    def mc_drain(self, profile_out: Path | None = None, processes: int = 1,
+                 cpus: str | None = None) -> Cell:
         """``processes`` > 1: each process gets its share of the prefetch count too (the
-        same total as one worker)."""
-        logfile = self.workdir / f"mc-worker-{processes}.log"
+        same total as one worker); ``cpus``: the worker's ``cpu_affinity``."""
+        logfile = self.workdir / f"mc-worker-{processes}{'-pinned' if cpus else ''}.log"
         flags = ["--broker", self.broker_url, "--backend", self.backend_url, "--concurrency",
                  str(self.c), "--prefetch", str(max(1, self.prefetch // processes)),
                  "--processes", str(processes)]
+        if cpus is not None:
+            flags += ["--cpu-affinity", cpus]
         return self.drain(QUEUE, lambda: start_mc_worker("bench.amqp_bench", flags, logfile,
                                                          profile_out), logfile,
                           processes=processes)
 
     def mc_drain_processes(self) -> Cell:
         return self.mc_drain(processes=self.processes)
+
+    def mc_drain_pinned(self) -> Cell:
+        """One process on the CPU ``--pin`` names (``cpu_affinity``)."""
+        return self.mc_drain(cpus=self.pin)
+
+    def mc_drain_processes_pinned(self) -> Cell:
+        """``--processes P --cpu-affinity all``: process i on CPU i."""
+        return self.mc_drain(processes=self.processes, cpus="all")
 
     # -- Celery ---------------------------------------------------------------------------
     def celery_env(self) -> dict[str, str]:
@@ -310,11 +324,16 @@ class Bench:
         self.check_queued(CELERY_QUEUE)
         return cell
 
-    def celery_drain(self) -> Cell:
-        logfile = self.workdir / "celery-worker.log"
+    def celery_drain(self, cpus: str | None = None) -> Cell:
+        logfile = self.workdir / f"celery-worker{'-pinned' if cpus else ''}.log"
         return self.drain(CELERY_QUEUE,
-                          lambda: start_celery_worker(self.c, self.celery_env(), logfile),
+                          lambda: start_celery_worker(self.c, self.celery_env(), logfile, cpus),
                           logfile, "celery-task-meta-", CELERY_DONE)
+
+    def celery_drain_pinned(self) -> Cell:
+        """Celery's worker on the CPU ``--pin`` names (``taskset -c``), as the pinned
+        machinery_compat worker."""
+        return self.celery_drain(self.pin)
 
     # -- Go Machinery -------------------------------------------------------------------
     def go_producer(self) -> Cell:
@@ -368,9 +387,25 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
                                  f"--processes {args.processes}", bench.mc_producer,
                           bench.mc_drain_processes,
                           label=f"machinery_compat --processes {args.processes}"))
+    if args.pin is not None:
+        impls.append(Impl("mcpin", f"machinery_compat {version('machinery-compat')}, "
+                                   f"--cpu-affinity {args.pin}", bench.mc_producer,
+                          bench.mc_drain_pinned,
+                          label=f"machinery_compat --cpu-affinity {args.pin}"))
+        if args.processes > 1:
+            impls.append(Impl("mcppin", f"machinery_compat {version('machinery-compat')}, "
+                                        f"--processes {args.processes} --cpu-affinity all",
+                              bench.mc_producer, bench.mc_drain_processes_pinned,
+                              label=f"machinery_compat --processes {args.processes} "
+                                    "--cpu-affinity all"))
     if not args.skip_celery:
         impls.append(Impl("celery", f"Celery {version('celery')} (threads pool, py-amqp)",
                           bench.celery_producer, bench.celery_drain))
+        if args.pin is not None:
+            impls.append(Impl("celerypin", f"Celery {version('celery')} (threads pool, "
+                                           f"py-amqp), taskset -c {args.pin}",
+                              bench.celery_producer, bench.celery_drain_pinned,
+                              label=f"Celery, taskset -c {args.pin}"))
     go = None if args.skip_go else Impl(
         "go", f"Go Machinery {go_machinery_version()} (amqp091-go, redigo)", bench.go_producer,
         bench.go_drain)
@@ -414,25 +449,42 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
     ]
     out += impl_lines(rows)
     out += RATIO_HEAD
+    pin = rows.get("mcpin")
+    ppin = rows.get("mcppin")
     if "go" in rows:
         go = rows["go"]
         out.append(ratio_row("machinery_compat / Go Machinery, producer", mc.producer,
                              go.producer, 1))
         out.append(ratio_row("machinery_compat (1 process) / Go Machinery, worker drain",
                              mc.drain, go.drain, 1))
+        if pin is not None:
+            out.append(ratio_row(f"machinery_compat (1 process, --cpu-affinity {args.pin}) / "
+                                 "Go Machinery, worker drain", pin.drain, go.drain, 1))
         if mcp is not None:
             out.append(ratio_row(f"machinery_compat --processes {args.processes} / Go "
                                  "Machinery, worker drain (#13)", mcp.drain, go.drain,
                                  1.5))
+        if ppin is not None:
+            out.append(ratio_row(f"machinery_compat --processes {args.processes} "
+                                 "--cpu-affinity all / Go Machinery, worker drain",
+                                 ppin.drain, go.drain, None))
     if "celery" in rows:
         cel = rows["celery"]
         out.append(ratio_row("machinery_compat / Celery, worker drain", mc.drain, cel.drain, 3))
         if mcp is not None:
             out.append(ratio_row(f"machinery_compat --processes {args.processes} / Celery, "
                                  "worker drain", mcp.drain, cel.drain, 3))
+        celpin = rows.get("celerypin")
+        if pin is not None and celpin is not None:
+            out.append(ratio_row(f"machinery_compat --cpu-affinity {args.pin} / Celery "
+                                 f"taskset -c {args.pin}, worker drain (both pinned)", pin.drain,
+                                 celpin.drain, 3))
         out.append(ratio_row("machinery_compat / Celery, producer", mc.producer, cel.producer,
                              None))
     out.append(cpu_row("machinery_compat worker CPU per task, 1 process (#13)", mc.drain, 200))
+    if pin is not None:
+        out.append(cpu_row(f"machinery_compat worker CPU per task, 1 process, --cpu-affinity "
+                           f"{args.pin}", pin.drain, 200))
     out += [
         "",
         "Producer: N sends from one thread, publisher confirms on (machinery_compat "
@@ -460,6 +512,15 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
         "`/proc`; with processes, the supervisor and its workers), of RabbitMQ's Erlang VM (`/proc`) and of `redis-server` (`INFO cpu`), over "
         "the timed interval, divided by N.",
     ]
+    if args.pin is not None:
+        out += [
+            "",
+            f"Pinned rows (`--pin {args.pin}`): the same machinery_compat worker with "
+            f"`cpu_affinity` (`--cpu-affinity {args.pin}`: every thread of the one process on CPU "
+            f"{args.pin}; with processes `--cpu-affinity all`: process i on CPU i), and Celery's "
+            f"worker under `taskset -c {args.pin}` (it has no option of its own). RabbitMQ, Redis, "
+            "the poller and Go's worker are never pinned.",
+        ]
     out += notes_lines(rows)
     return "\n".join(out) + "\n"
 
@@ -468,8 +529,10 @@ def targets_summary(rows: dict[str, Row]) -> list[str]:
     """One line per target for stderr."""
     out = []
     for row, key, which, target in (("mc", "go", "producer", 1.0), ("mc", "go", "drain", 1.0),
+                                    ("mcpin", "go", "drain", 1.0),
                                     ("mcp", "go", "drain", 1.5), ("mc", "celery", "drain", 3.0),
-                                    ("mcp", "celery", "drain", 3.0)):
+                                    ("mcp", "celery", "drain", 3.0),
+                                    ("mcpin", "celerypin", "drain", 3.0)):
         if key not in rows or row not in rows:
             continue
         value = ratio(getattr(rows[row], which), getattr(rows[key], which))
@@ -510,7 +573,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="RabbitMQ prefetch count of every worker (default: the concurrency; "
                         "with Celery, a multiple of it)")
     add_repeat_arg(p, 1)
+    p.add_argument("--pin", default=str(max(os.sched_getaffinity(0))) if hasattr(
+                       os, "sched_getaffinity") else "none", metavar="CPU",
+                   help="also measure machinery_compat pinned (`--cpu-affinity CPU`, and with "
+                        "--processes P `--cpu-affinity all`) and Celery on that CPU (`taskset "
+                        "-c CPU`); default: the last CPU; none: no pinned rows")
     a = p.parse_args(argv)
+    a.pin = None if a.pin.lower() == "none" else a.pin
     if a.n < 2 or a.concurrency < 1 or a.repeat < 1 or not 1 <= a.processes <= a.concurrency:
         p.error("--n must be ≥ 2, --concurrency and --repeat ≥ 1, --processes 1 to C")
     a.prefetch = a.prefetch or a.concurrency

@@ -71,6 +71,7 @@ class WorkerArgs:
     processes: int = 1  # worker processes sharing -c (--processes; -P processes: one per -c)
     metrics_port: int | None = None  # Prometheus /metrics (process i of --processes: port + i)
     metrics_address: str = "0.0.0.0"
+    cpu_affinity: str | None = None  # --cpu-affinity: CPUs, one per process with --processes
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> WorkerArgs:
@@ -80,7 +81,7 @@ class WorkerArgs:
                    logfile=ns.logfile, pool=ns.pool, max_message_size=ns.max_message_size,
                    max_memory=ns.max_memory, beat=ns.beat, lock=ns.lock, lock_program=ns.lock_program,
                    processes=ns.processes, metrics_port=ns.metrics_port,
-                   metrics_address=ns.metrics_address)
+                   metrics_address=ns.metrics_address, cpu_affinity=ns.cpu_affinity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="once the worker's resident memory is past SIZE (a bare number is "
                         "KiB, as Celery's --max-memory-per-child; or 512M, 2G) it finishes "
                         "running tasks, stops and starts afresh in this process (exec)")
+    w.add_argument("--cpu-affinity", default=None, metavar="CPUS",
+                   help="pin the worker to these CPUs (Linux): 1, 0-3, 0,2 or all; with "
+                        "--processes N, process i runs on the i-th of them (round-robin). One "
+                        "Python process runs Python on one CPU at a time: pinned, its threads "
+                        "hand over without cross-CPU wake-ups (README, Performance)")
     w.add_argument("-B", "--beat", action="store_true",
                    help="also fire the app's periodic tasks in this process, as a Go worker does")
     _lock_options(w)
@@ -404,6 +410,13 @@ def run_worker(args: WorkerArgs) -> int:
         options["max_memory"] = args.max_memory
     if args.pool == "asyncio":
         options["pool"] = "asyncio"
+    if args.cpu_affinity is not None:
+        from .worker.affinity import parse_cpus
+
+        try:
+            options["cpu_affinity"] = parse_cpus(args.cpu_affinity)
+        except ConfigError as e:
+            raise UsageError(f"--cpu-affinity: {e}") from e
     if processes > 1:
         return _run_processes(args, app, processes, concurrency, hostname, options)
     try:
@@ -448,7 +461,7 @@ def _run_processes(args: WorkerArgs, app: Machinery, processes: int, concurrency
             from .events.metrics import serve_metrics
 
             serve_metrics(app, args.metrics_port + index, args.metrics_address)
-        worker = app.worker(concurrency=share, queues=queues, **options)
+        worker = app.worker(concurrency=share, queues=queues, **supervisor.options_for(index))
         if hostname is not None and getattr(worker, "hostname", None) is None:
             setattr(worker, "hostname", hostname)  # noqa: B010 - its heartbeat shows the name
         if scheduler is None or index != 0:

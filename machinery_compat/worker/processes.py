@@ -98,6 +98,12 @@ class WorkerProcesses:
         self.queues = _queue_list(queue, queues, app.config.default_queue)
         self.queue = self.queues[0]
         self.options = options
+        #: each process's CPU: the i-th of these (round-robin), see :mod:`.affinity`
+        self.cpus: list[int] | None = None
+        if options.get("cpu_affinity") is not None:
+            from .affinity import parse_cpus
+
+            self.cpus = parse_cpus(options["cpu_affinity"])
         self.max_memory: int | None = options.get("max_memory")
         #: never set: a child past max_memory is restarted by the supervisor (for the CLI)
         self.memory_exceeded = False
@@ -109,14 +115,24 @@ class WorkerProcesses:
         self.restarts = 0
 
     # -- the child side -------------------------------------------------------------------
-    def worker(self, concurrency: int) -> Worker:
-        """The worker a child runs."""
+    def worker(self, concurrency: int, index: int = 0) -> Worker:
+        """The worker child ``index`` runs (pinned to its one CPU with ``cpu_affinity``)."""
         from .worker import Worker
 
-        return Worker(self.app, concurrency=concurrency, queues=self.queues, **self.options)
+        return Worker(self.app, concurrency=concurrency, queues=self.queues,
+                      **self.options_for(index))
+
+    def options_for(self, index: int) -> dict[str, Any]:
+        """The Worker keywords of child ``index``: the shared ones, with its one CPU."""
+        options = dict(self.options)
+        if self.cpus is not None:
+            from .affinity import for_process
+
+            options["cpu_affinity"] = for_process(self.cpus, index)
+        return options
 
     def _default_main(self, index: int, concurrency: int) -> int:
-        w = self.worker(concurrency)
+        w = self.worker(concurrency, index)
         w.run()
         return EXIT_MEMORY if w.memory_exceeded else 0
 

@@ -76,6 +76,7 @@ from ..protocol.retry import fibonacci_next
 from ..task import RETRIES_HEADER, Request, RetryBackoff, Task, retries_done, retry_delay
 from . import sublime as _sublime
 from ._logtext import _ClipArgs, clip, excerpt, resident_kib
+from .affinity import parse_cpus, pin_process
 from .lookahead import Ahead, store_then_start, take_ahead, taken_ahead
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ class Worker:
         heartbeat_ttl: float | None = None,
         retry_backoff: RetryBackoff | None = None,
         max_memory: int | None = None,
+        cpu_affinity: str | int | Sequence[int] | None = None,
     ) -> None:
         """``crash_safe`` (default: ``redis.crash_safe`` of the config, true): on Redis, keep
         every message taken in this worker's processing list until it is settled, so that a
@@ -216,7 +218,9 @@ class Worker:
         the task that crossed it (as :meth:`stop`, so running tasks finish) and sets
         :attr:`memory_exceeded`, for the process running it to start afresh; ``prefetch``:
         messages held at most, running or waiting for a thread (default: twice
-        ``concurrency`` on Redis, as Go's Redis broker holds, else ``concurrency``)."""
+        ``concurrency`` on Redis, as Go's Redis broker holds, else ``concurrency``);
+        ``cpu_affinity``: the CPUs this process runs on once started (``1``, ``"0-3"``,
+        ``"all"``, a list; Linux), see :mod:`machinery_compat.worker.affinity`."""
         self.app = app
         self.concurrency = concurrency if concurrency >= 1 else 2 * (os.cpu_count() or 1)
         self.queues = _queue_list(queue, queues, app.config.default_queue)
@@ -259,6 +263,9 @@ class Worker:
         #: the default back-off of Python-side retries (a task's own comes first)
         self.retry_backoff = retry_backoff
         self.max_memory = max_memory
+        #: the CPUs :meth:`start` pins this process to (None: left to the OS)
+        self.cpu_affinity: list[int] | None = (
+            None if cpu_affinity is None else parse_cpus(cpu_affinity))
         #: set when the worker stopped itself because its memory went past ``max_memory``
         self.memory_exceeded = False
         #: the tasks running now, by the pool thread running them
@@ -347,6 +354,8 @@ class Worker:
         """Start consuming in background threads; returns immediately."""
         if self._threads:
             raise RuntimeError("worker already started")
+        if self.cpu_affinity is not None:
+            pin_process(self.cpu_affinity)
         _ = self.app.backend
         broker = self._consumer = self.app.broker.consumer(
             self.queues, crash_safe=self.crash_safe, heartbeat_ttl=self.heartbeat_ttl)

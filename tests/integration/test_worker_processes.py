@@ -15,6 +15,7 @@ Workers are ``machinery-compat worker -A tests.integration.apps.crash_app:app`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -250,6 +251,61 @@ def test_redis_max_memory_restarts_each_child_and_second_sigterm_quits(
         assert time.monotonic() - began < 5, worker.log_tail()
         assert "quit at once" in worker.log_tail(), worker.log_tail()
         slow.close()
+    finally:
+        worker.kill()
+        producer.close()
+
+
+def _thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of the threads of ``pid`` (from the kernel)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # the thread exited meanwhile
+            out.add(frozenset(os.sched_getaffinity(int(tid))))
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_cpu_affinity_pins_one_cpu_per_process(redis_url: str, client: redis.Redis,
+                                               tmp_path: Path) -> None:
+    """``--processes 2 --cpu-affinity all``: every thread of child i on the i-th CPU (one
+    each), the supervisor left alone; then one process pinned to the last CPU; a CPU this
+    machine lacks is a usage error."""
+    cpus = sorted(os.sched_getaffinity(0))
+    queue = f"procs_{uuid.uuid4().hex[:8]}"
+    producer = Producer(redis_url, 40, seed=8, queue=queue, task="add").start()
+    producer.join()
+    worker = ProcWorker(redis_url, tmp_path, queue=queue, concurrency=4,
+                        extra=("--cpu-affinity", "all")).start()
+    try:
+        wait_all_done(client, producer.uuids, 90)
+        _until("two children", lambda: len(worker.children()) == 2, 30, worker)
+        pinned = {pid: _thread_cpus(pid) for pid in worker.children()}
+        for pid, sets in pinned.items():
+            assert len(sets) == 1 and len(next(iter(sets))) == 1, (pid, sets)
+        used = sorted(c for sets in pinned.values() for s in sets for c in s)
+        assert used == sorted(cpus[i % len(cpus)] for i in range(2)), (used, cpus)
+        assert worker.proc is not None
+        assert _thread_cpus(worker.proc.pid) == {frozenset(cpus)}
+        assert worker.log_tail(100_000).count("pinned to CPU(s)") == 2, worker.log_tail()
+        assert worker.stop(60) == 0, worker.log_tail()
+
+        more = Producer(redis_url, 20, seed=9, queue=queue, task="add").start()
+        more.join()
+        worker = ProcWorker(redis_url, tmp_path, queue=queue, concurrency=4, processes=1,
+                            extra=("--cpu-affinity", str(cpus[-1]))).start()
+        wait_all_done(client, more.uuids, 90)
+        assert worker.proc is not None
+        assert _thread_cpus(worker.proc.pid) == {frozenset([cpus[-1]])}
+        assert worker.stop(60) == 0, worker.log_tail()
+        more.close()
+
+        bad = subprocess.run(
+            [sys.executable, "-m", "machinery_compat", "worker", "-A", APP, "--cpu-affinity",
+             str(max(cpus) + 1000)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert bad.returncode == 2, (bad.returncode, bad.stderr)
+        assert f"CPU(s) {max(cpus) + 1000} not available to this process" in bad.stderr
     finally:
         worker.kill()
         producer.close()
