@@ -906,6 +906,12 @@ def add_common_args(p: argparse.ArgumentParser, output: Path) -> None:
                    help="also measure the machinery_compat worker as this many processes "
                         "sharing C (`--processes N`: a second row; 1: the one-process row only; "
                         "default 2)")
+    p.add_argument("--pin", type=_pin, default=_pin("last"), metavar="CPU",
+                   help="bench.redis_bench, bench.amqp_bench: also measure the "
+                        "machinery_compat worker pinned to CPU "
+                        "(`--cpu-affinity CPU`; bench.amqp_bench also `--processes P "
+                        "--cpu-affinity all` and Celery under `taskset -c CPU`); default: the "
+                        "last CPU; none: no pinned rows")
     p.add_argument("--skip-celery", action="store_true", help="do not measure Celery")
     p.add_argument("--skip-go", action="store_true", help="do not measure Go Machinery")
     p.add_argument("--profile", action="store_true",
@@ -915,6 +921,17 @@ def add_common_args(p: argparse.ArgumentParser, output: Path) -> None:
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server")
     p.add_argument("--output", type=Path, default=output,
                    help=f"where to write the Markdown table ({output.relative_to(ROOT)})")
+
+
+def _pin(text: str) -> str | None:
+    """``--pin``: a CPU number, ``last`` (this machine's last CPU) or ``none``."""
+    if text.lower() == "none" or not hasattr(os, "sched_getaffinity"):
+        return None
+    if text.lower() == "last":
+        return str(max(os.sched_getaffinity(0)))
+    if not text.isdigit() or int(text) not in os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(f"not a CPU of this machine: {text!r}")
+    return text
 
 
 def add_repeat_arg(p: argparse.ArgumentParser, default: int) -> None:

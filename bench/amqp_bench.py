@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import cProfile
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -573,13 +572,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="RabbitMQ prefetch count of every worker (default: the concurrency; "
                         "with Celery, a multiple of it)")
     add_repeat_arg(p, 1)
-    p.add_argument("--pin", default=str(max(os.sched_getaffinity(0))) if hasattr(
-                       os, "sched_getaffinity") else "none", metavar="CPU",
-                   help="also measure machinery_compat pinned (`--cpu-affinity CPU`, and with "
-                        "--processes P `--cpu-affinity all`) and Celery on that CPU (`taskset "
-                        "-c CPU`); default: the last CPU; none: no pinned rows")
     a = p.parse_args(argv)
-    a.pin = None if a.pin.lower() == "none" else a.pin
     if a.n < 2 or a.concurrency < 1 or a.repeat < 1 or not 1 <= a.processes <= a.concurrency:
         p.error("--n must be ≥ 2, --concurrency and --repeat ≥ 1, --processes 1 to C")
     a.prefetch = a.prefetch or a.concurrency

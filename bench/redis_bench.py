@@ -205,13 +205,17 @@ class Bench:
         return cell
 
     def mc_drain(self, profile_out: Path | None = None, processes: int = 1,
-                 events: bool | None = None, extra_env: dict[str, str] | None = None) -> Cell:
+                 events: bool | None = None, extra_env: dict[str, str] | None = None,
+                 cpus: str | None = None) -> Cell:
         on = self.events == "on" if events is None else events
         variant = "-" + "-".join(f"{k}={v}" for k, v in extra_env.items()) if extra_env else ""
+        variant += f"-cpus{cpus}" if cpus is not None else ""
         logfile = self.workdir / f"mc-worker-{processes}{'-events' if on else ''}{variant}.log"
         url = self.server.url
         flags = ["--broker", url, "--backend", url, "--concurrency", str(self.c),
                  "--processes", str(processes)]
+        if cpus is not None:
+            flags += ["--cpu-affinity", cpus]
         env = child_env(MACHINERY_COMPAT_WORKER_EVENTS="1" if on else "0", **(extra_env or {}))
         return self.drain(QUEUE, lambda: start_mc_worker("bench.redis_bench", flags, logfile,
                                                          profile_out, env=env), logfile,
@@ -344,6 +348,10 @@ def render(rows: dict[str, Row], args: argparse.Namespace, redis_version: str,
                              mc.producer, go.producer, 1.2))
         out.append(ratio_row(f"machinery_compat (1 process) / Go Machinery ({client}), worker "
                              "drain (#13)", mc.drain, go.drain, 1.0))
+        if "mcpin" in rows:
+            out.append(ratio_row(f"machinery_compat (1 process, --cpu-affinity {args.pin}) / "
+                                 f"Go Machinery ({client}), worker drain", rows["mcpin"].drain,
+                                 go.drain, 1.0))
         if mcp is not None:
             out.append(ratio_row(f"machinery_compat --processes {args.processes} / Go "
                                  f"Machinery ({client}), worker drain (#13)", mcp.drain,
@@ -472,6 +480,11 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Row]:
     mcv = version("machinery-compat")
     extra = [Impl("mcmany", f"machinery_compat {mcv}, `send_many`", bench.mc_send_many, Cell,
                   label="machinery_compat send_many")]
+    if args.pin is not None:
+        extra.append(Impl("mcpin", f"machinery_compat {mcv}, --cpu-affinity {args.pin}",
+                          bench.mc_producer,
+                          lambda: bench.mc_drain(cpus=args.pin),
+                          label=f"machinery_compat --cpu-affinity {args.pin}"))
     if args.events == "compare":
         extra.append(Impl("mcev", f"machinery_compat {mcv}, task events on", bench.mc_producer,
                           bench.mc_drain_events, label="machinery_compat, events on"))

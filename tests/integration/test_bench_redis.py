@@ -1,18 +1,20 @@
 """``python -m bench.redis_bench`` end to end with tiny sizes (a smoke test, not a timing):
-every implementation — machinery_compat (threads, processes, ``send_many``, events on),
+every implementation — machinery_compat (threads, processes, ``send_many``, events on,
+pinned to a CPU),
 Celery, dramatiq, taskiq, Go Machinery with redigo and go-redis — produces and drains, at the
 main concurrency and at the swept one, and the table, JSON and chart say so."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from bench import redis_bench
-from bench._common import go_machinery_version, version
+from bench._common import TIMES, go_machinery_version, version
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,12 +39,15 @@ def test_every_implementation_produces_and_drains_at_each_concurrency(tmp_path: 
         assert re.match(r"^[\d,]+; [\d,]+ µs$", c1) and re.match(r"^[\d,]+; [\d,]+ µs$", c8), (
             name, c1, c8)
     mc = f"machinery_compat {version('machinery-compat')}"
-    for name in (f"{mc} |", f"{mc}, --processes 2 |", f"{mc}, task events on |"):
+    pinned = f"{mc}, --cpu-affinity {max(os.sched_getaffinity(0))} |"
+    for name in (f"{mc} |", f"{mc}, --processes 2 |", f"{mc}, task events on |", pinned):
         cells = _row(main, name)
         assert number.match(cells[1]) and number.match(cells[3]), cells
     assert number.match(_row(main, f"{mc}, `send_many` |")[1])
     assert "| machinery_compat / dramatiq, worker drain |" in main
     assert "| machinery_compat (1 process) / Go Machinery (go-redis), worker drain (#13) |" in main
+    assert re.search(r"\| machinery_compat \(1 process, --cpu-affinity \d+\) / Go Machinery "
+                     r"\(redigo\), worker drain \| [\d.]+" + TIMES, main), main
     assert "| Implementation | C = 1 | C = 8 |" in sweep
     data = json.loads(out.with_suffix(".json").read_text())
     swept = {r["key"]: r["cells"] for r in data["drain_by_concurrency"]}
