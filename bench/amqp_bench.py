@@ -474,6 +474,9 @@ def render(rows: dict[str, Row], args: argparse.Namespace, bench: Bench, redis_v
             out.append(ratio_row(f"machinery_compat --processes {args.processes} / Celery, "
                                  "worker drain", mcp.drain, cel.drain, 3))
         celpin = rows.get("celerypin")
+        if pin is not None:
+            out.append(ratio_row(f"machinery_compat --cpu-affinity {args.pin} / Celery, worker "
+                                 "drain", pin.drain, cel.drain, 3))
         if pin is not None and celpin is not None:
             out.append(ratio_row(f"machinery_compat --cpu-affinity {args.pin} / Celery "
                                  f"taskset -c {args.pin}, worker drain (both pinned)", pin.drain,
@@ -531,6 +534,7 @@ def targets_summary(rows: dict[str, Row]) -> list[str]:
                                     ("mcpin", "go", "drain", 1.0),
                                     ("mcp", "go", "drain", 1.5), ("mc", "celery", "drain", 3.0),
                                     ("mcp", "celery", "drain", 3.0),
+                                    ("mcpin", "celery", "drain", 3.0),
                                     ("mcpin", "celerypin", "drain", 3.0)):
         if key not in rows or row not in rows:
             continue

@@ -222,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "running tasks, stops and starts afresh in this process (exec)")
     w.add_argument("--cpu-affinity", default=None, metavar="CPUS",
                    help="pin the worker to these CPUs (Linux): 1, 0-3, 0,2 or all; with "
-                        "--processes N, process i runs on the i-th of them (round-robin). One "
-                        "Python process runs Python on one CPU at a time: pinned, its threads "
-                        "hand over without cross-CPU wake-ups (README, Performance)")
+                        "--processes N, process i runs only on the i-th of them. A GIL-bound "
+                        "worker process often drains faster pinned to one CPU (README, "
+                        "Performance); a pinned process uses only its CPUs, even for tasks that "
+                        "release the GIL")
     w.add_argument("-B", "--beat", action="store_true",
                    help="also fire the app's periodic tasks in this process, as a Go worker does")
     _lock_options(w)

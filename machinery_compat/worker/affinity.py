@@ -1,10 +1,11 @@
 """Pinning a worker process to CPUs (``--cpu-affinity``, ``app.worker(cpu_affinity=...)``).
 
 One Python process runs Python on one CPU at a time (the GIL); its pool threads take turns.
-Left to the scheduler, those threads wake up on whichever CPU is free, and every hand-over
-of the GIL between threads on different CPUs costs a cross-CPU wake-up.  Pinned to one CPU,
-a process hands the GIL over without them and leaves the other CPUs to the broker, the
-result store and the other processes (bench/README.md has the figures).
+Left to the scheduler, those threads, and the wake-ups after their loopback sends, move
+between CPUs; pinned to one CPU, a GIL-bound worker measured 20-30 % less CPU per task and a
+faster drain on a 2-vCPU machine, leaving the other CPUs to the broker, the result store and
+other processes (bench/README.md has the figures).  Off by default: a pinned process uses
+only its CPUs, also for tasks that release the GIL and could use more.
 
 * one process (``processes=1``): every thread of the process is pinned to the CPUs given;
 * ``processes=N``: process ``i`` is pinned to one CPU, the ``i``-th of those given

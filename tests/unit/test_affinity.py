@@ -72,3 +72,19 @@ def test_worker_refuses_a_bad_spec_when_built() -> None:
         app.worker(concurrency=1, cpu_affinity=max(CPUS) + 1000)
     assert app.worker(concurrency=1, cpu_affinity="all").cpu_affinity == CPUS
     assert app.worker(concurrency=1).cpu_affinity is None
+
+
+def test_worker_processes_give_each_child_its_cpu() -> None:
+    from machinery_compat import Machinery
+    from machinery_compat.config import Config
+    from machinery_compat.worker.processes import WorkerProcesses
+
+    app = Machinery(config=Config(broker="memory://", result_backend="memory://"))
+    sup = app.worker(concurrency=4, processes=3, cpu_affinity="all")
+    assert isinstance(sup, WorkerProcesses) and sup.cpus == CPUS
+    for i in range(3):
+        assert sup.options_for(i)["cpu_affinity"] == [CPUS[i % len(CPUS)]]
+        assert sup.worker(1, i).cpu_affinity == [CPUS[i % len(CPUS)]]
+    assert app.worker(concurrency=4, processes=2).options_for(1) == {}
+    with pytest.raises(ConfigError):
+        app.worker(concurrency=4, processes=2, cpu_affinity="x")
