@@ -2,7 +2,7 @@
 
 One Python process runs Python on one CPU at a time (the GIL); its pool threads take turns.
 Left to the scheduler, those threads, and the wake-ups after their loopback sends, move
-between CPUs; pinned to one CPU, a GIL-bound worker measured 20-30 % less CPU per task and a
+between CPUs; pinned to one CPU, a GIL-bound worker measured 15-20 % less CPU per task and a
 faster drain on a 2-vCPU machine, leaving the other CPUs to the broker, the result store and
 other processes (bench/README.md has the figures).  Off by default: a pinned process uses
 only its CPUs, also for tasks that release the GIL and could use more.
